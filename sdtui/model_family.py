@@ -1,0 +1,76 @@
+"""Which architecture a checkpoint is, from its tensor names and shapes alone (no torch).
+
+Works on a mapping name -> shape, so it can read a safetensors header without loading a byte
+of weights, and the same function serves a loaded ``.ckpt`` state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+UNET = "model.diffusion_model."
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    family: str  # "SD1", "SD2", "SDXL"
+    config: str  # name of the bundled diffusers config folder (sdtui/engine/assets/configs/)
+    inpainting: bool = False
+    v_prediction: bool | None = None  # None: not decidable from the weights alone
+
+    @property
+    def label(self) -> str:
+        return self.family + (" inpainting" if self.inpainting else "")
+
+
+class UnknownArchitectureError(ValueError):
+    pass
+
+
+# (family, UNet base channels, cross-attention width) -> bundled config
+_SIGNATURES: dict[tuple[str, int, int], str] = {
+    ("SD1", 320, 768): "sd15",
+    ("SD2", 320, 1024): "sd21-768-v",  # 512-base (epsilon) uses the same config, other scheduler
+    ("SDXL", 320, 2048): "sdxl-base",
+    ("SD1", 32, 32): "sdtui-demo",  # the tiny built-in demo model
+}
+
+
+def detect_family(shapes: Mapping[str, Sequence[int]]) -> ModelFamily:
+    """Classify an original-layout (A1111/LDM) state dict by its keys and shapes."""
+    conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
+    if conv_in is None:
+        if any(k.startswith("down_blocks.") or k.startswith("unet.") for k in shapes):
+            raise UnknownArchitectureError(
+                "this file holds diffusers-layout weights, not an A1111 checkpoint: "
+                "put the whole diffusers folder (with model_index.json) in models/Stable-diffusion"
+            )
+        raise UnknownArchitectureError(
+            "no Stable Diffusion UNet in this file (it may be a LoRA, VAE, embedding or "
+            "upscaler): LoRAs go in models/Lora, VAEs in models/VAE, upscalers in models/ESRGAN"
+        )
+    base_channels, in_channels = int(conv_in[0]), int(conv_in[1])
+    context = None
+    for name, shape in shapes.items():
+        if name.startswith(UNET) and name.endswith("attn2.to_k.weight"):
+            context = int(shape[1])
+            break
+    if any(k.startswith("conditioner.embedders.1.") for k in shapes):
+        family = "SDXL"
+    elif any(k.startswith("cond_stage_model.model.") for k in shapes) or context == 1024:
+        family = "SD2"
+    elif any(k.startswith("conditioner.embedders.0.") for k in shapes):
+        raise UnknownArchitectureError(
+            "this looks like an SDXL refiner, which sdtui does not run yet: use an SDXL base "
+            "or SD 1.x/2.x checkpoint"
+        )
+    else:
+        family = "SD1"
+    config = _SIGNATURES.get((family, base_channels, context or 0))
+    if config is None:
+        raise UnknownArchitectureError(
+            f"unknown {family}-like architecture (UNet width {base_channels}, text width "
+            f"{context}): sdtui runs SD 1.x, SD 2.x and SDXL base checkpoints"
+        )
+    return ModelFamily(family=family, config=config, inpainting=in_channels == 9)

@@ -1,0 +1,305 @@
+"""The one vocabulary of a job: what the form edits, the CLI parses, the engine runs and the
+PNG infotext stores. Validation lives here, once.
+
+Field names follow A1111 (steps, sampler, cfg_scale, seed, width, height, batch_size,
+batch_count, denoising_strength, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdtui.samplers import (
+    SCHEDULE_TYPES,
+    UnknownSamplerError,
+    normalize_sampler,
+    normalize_schedule,
+)
+
+RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and fill")
+MAX_SEED = 4294967294  # A1111 draws random seeds in [0, 4294967294)
+SIZE_MULTIPLE = 8
+MIN_SIZE, MAX_SIZE = 64, 4096
+
+
+class ParamError(ValueError):
+    """A value a user typed that cannot run; the message names the field and the fix."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler: str = "Euler a"
+    schedule_type: str = "Automatic"
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    batch_count: int = 1
+    # img2img: set init_image to a PNG/JPEG path
+    init_image: str | None = None
+    denoising_strength: float = 0.75
+    resize_mode: str = "just resize"
+    # model: a name from `sdtui models`, a path, or None for the configured default
+    model: str | None = None
+    vae: str = "Automatic"
+    clip_skip: int = 1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    # hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_denoising_strength: float = 0.7
+    # live preview every N steps; 0 = off
+    preview_every: int = 1
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def mode(self) -> str:
+        return "img2img" if self.init_image else "txt2img"
+
+    @property
+    def images_total(self) -> int:
+        return self.batch_size * self.batch_count
+
+    def replace(self, **changes: Any) -> GenerationParams:
+        return dataclasses.replace(self, **changes)
+
+    # -- validation -------------------------------------------------------------------------
+
+    def field_errors(self) -> dict[str, str]:
+        """Every problem, keyed by field, in words a user can act on."""
+        errors: dict[str, str] = {}
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < MIN_SIZE or v > MAX_SIZE:
+                errors[name] = f"{name} {v} is out of range: use {MIN_SIZE} to {MAX_SIZE}"
+            elif v % SIZE_MULTIPLE:
+                lo = v - v % SIZE_MULTIPLE
+                errors[name] = (
+                    f"{name} {v} is not a multiple of {SIZE_MULTIPLE}: "
+                    f"use {max(lo, MIN_SIZE)} or {lo + SIZE_MULTIPLE}"
+                )
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 500:
+            errors["steps"] = f"steps {self.steps} is out of range: use 1 to 500"
+        if not 0 <= self.cfg_scale <= 30:
+            errors["cfg_scale"] = f"CFG scale {self.cfg_scale} is out of range: use 0 to 30"
+        if not -1 <= self.seed <= MAX_SEED:
+            errors["seed"] = f"seed {self.seed} is out of range: use -1 (random) or 0 to {MAX_SEED}"
+        if not -1 <= self.subseed <= MAX_SEED:
+            errors["subseed"] = f"variation seed {self.subseed} is out of range"
+        if not 0 <= self.subseed_strength <= 1:
+            errors["subseed_strength"] = "variation strength must be between 0 and 1"
+        if not 1 <= self.batch_size <= 64:
+            errors["batch_size"] = f"batch size {self.batch_size} is out of range: use 1 to 64"
+        if not 1 <= self.batch_count <= 1000:
+            errors["batch_count"] = f"batch count {self.batch_count} is out of range: use 1 to 1000"
+        if not 0 <= self.denoising_strength <= 1:
+            errors["denoising_strength"] = (
+                f"denoising strength {self.denoising_strength} is out of range: use 0 to 1"
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            errors["resize_mode"] = f"resize mode must be one of: {', '.join(RESIZE_MODES)}"
+        if not 1 <= self.clip_skip <= 4:
+            errors["clip_skip"] = f"clip skip {self.clip_skip} is out of range: use 1 to 4"
+        try:
+            normalize_sampler(self.sampler)
+        except UnknownSamplerError as e:
+            errors["sampler"] = str(e)
+        try:
+            normalize_schedule(self.schedule_type)
+        except UnknownSamplerError as e:
+            errors["schedule_type"] = str(e)
+        if self.enable_hr:
+            if not 1 <= self.hr_scale <= 4:
+                errors["hr_scale"] = "hires upscale must be between 1 and 4"
+            if not 0 <= self.hr_denoising_strength <= 1:
+                errors["hr_denoising_strength"] = "hires denoising strength must be 0 to 1"
+            if not 0 <= self.hr_second_pass_steps <= 500:
+                errors["hr_second_pass_steps"] = "hires steps must be 0 (same as steps) to 500"
+        return errors
+
+    def validated(self) -> GenerationParams:
+        """Return a normalized copy (canonical sampler names) or raise the first ParamError."""
+        errors = self.field_errors()
+        if errors:
+            name, message = next(iter(errors.items()))
+            raise ParamError(name, message)
+        sampler, schedule = normalize_sampler(self.sampler, self.schedule_type)
+        if schedule == "Automatic":
+            # "DPM++ 2M Karras" carries its schedule in the name
+            _, from_name = normalize_sampler(self.sampler)
+            schedule = from_name
+        return self.replace(sampler=sampler, schedule_type=schedule)
+
+    # -- infotext ---------------------------------------------------------------------------
+
+    def infotext_pairs(
+        self,
+        *,
+        seed: int,
+        model_name: str | None = None,
+        model_hash: str | None = None,
+        subseed: int | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> dict[str, object]:
+        """The A1111 key/value line for one image, in A1111's order."""
+        from sdtui import __version__
+
+        pairs: dict[str, object] = {
+            "Steps": self.steps,
+            "Sampler": self.sampler,
+            "Schedule type": self.schedule_type,
+            "CFG scale": _num(self.cfg_scale),
+            "Seed": seed,
+            "Size": f"{self.width}x{self.height}",
+            "Model hash": model_hash,
+            "Model": model_name,
+        }
+        if self.vae != "Automatic":
+            pairs["VAE"] = self.vae
+        if self.subseed_strength > 0:
+            pairs["Variation seed"] = subseed if subseed is not None else self.subseed
+            pairs["Variation seed strength"] = _num(self.subseed_strength)
+        if self.init_image:
+            pairs["Denoising strength"] = _num(self.denoising_strength)
+        elif self.enable_hr:
+            pairs["Denoising strength"] = _num(self.hr_denoising_strength)
+        if self.clip_skip > 1:
+            pairs["Clip skip"] = self.clip_skip
+        if self.enable_hr and not self.init_image:
+            pairs["Hires upscale"] = _num(self.hr_scale)
+            if self.hr_second_pass_steps:
+                pairs["Hires steps"] = self.hr_second_pass_steps
+            pairs["Hires upscaler"] = self.hr_upscaler
+        pairs.update(extra or {})
+        pairs["Version"] = f"sdtui {__version__}"
+        return pairs
+
+    @classmethod
+    def from_infotext_fields(
+        cls, prompt: str, negative_prompt: str, pairs: dict[str, str]
+    ) -> GenerationParams:
+        """Build params from a parsed infotext (ours or A1111's); missing keys take defaults."""
+        p = cls(prompt=prompt, negative_prompt=negative_prompt)
+        changes: dict[str, Any] = {}
+        conv: list[tuple[str, str, Any]] = [
+            ("Steps", "steps", int),
+            ("CFG scale", "cfg_scale", float),
+            ("Seed", "seed", int),
+            ("Clip skip", "clip_skip", int),
+            ("Variation seed", "subseed", int),
+            ("Variation seed strength", "subseed_strength", float),
+            ("Hires upscale", "hr_scale", float),
+            ("Hires steps", "hr_second_pass_steps", int),
+            ("Hires upscaler", "hr_upscaler", str),
+            ("VAE", "vae", str),
+            ("Model", "model", str),
+        ]
+        for key, name, fn in conv:
+            if key in pairs:
+                try:
+                    changes[name] = fn(pairs[key])
+                except ValueError:
+                    pass
+        if "Size" in pairs:
+            try:
+                w, h = pairs["Size"].lower().split("x")
+                changes["width"], changes["height"] = int(w), int(h)
+            except ValueError:
+                pass
+        if "Sampler" in pairs:
+            schedule = pairs.get("Schedule type", "Automatic")
+            try:
+                changes["sampler"], changes["schedule_type"] = normalize_sampler(
+                    pairs["Sampler"], schedule if schedule in SCHEDULE_TYPES else "Automatic"
+                )
+            except UnknownSamplerError:
+                changes["sampler"] = pairs["Sampler"]
+        if "Hires upscale" in pairs:
+            changes["enable_hr"] = True
+            if "Denoising strength" in pairs:
+                changes["hr_denoising_strength"] = float(pairs["Denoising strength"])
+        elif "Denoising strength" in pairs:
+            changes["denoising_strength"] = float(pairs["Denoising strength"])
+        known = {k for k, _, _ in conv} | {"Size", "Sampler", "Schedule type", "Denoising strength"}
+        changes["extra"] = {k: v for k, v in pairs.items() if k not in known}
+        return p.replace(**changes)
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    """Extras: upscale one image (or each image of a folder)."""
+
+    image: str
+    upscaler: str = "Lanczos"
+    scale: float = 4.0
+    # resize to a size instead of a factor when both are set
+    target_width: int | None = None
+    target_height: int | None = None
+    upscaler_2: str | None = None
+    upscaler_2_visibility: float = 0.0
+    tile: int = 192
+    tile_overlap: int = 8
+
+    def replace(self, **changes: Any) -> UpscaleParams:
+        return dataclasses.replace(self, **changes)
+
+    def field_errors(self) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        if not 1 <= self.scale <= 8:
+            errors["scale"] = f"scale {self.scale} is out of range: use 1 to 8"
+        for name in ("target_width", "target_height"):
+            v = getattr(self, name)
+            if v is not None and not 16 <= v <= 16384:
+                errors[name] = f"{name} {v} is out of range: use 16 to 16384"
+        if not 0 <= self.upscaler_2_visibility <= 1:
+            errors["upscaler_2_visibility"] = "upscaler 2 visibility must be between 0 and 1"
+        if self.tile and not 32 <= self.tile <= 4096:
+            errors["tile"] = "tile must be 0 (no tiling) or 32 to 4096 pixels"
+        return errors
+
+    def validated(self) -> UpscaleParams:
+        errors = self.field_errors()
+        if errors:
+            name, message = next(iter(errors.items()))
+            raise ParamError(name, message)
+        return self
+
+    def infotext_pairs(self) -> dict[str, object]:
+        pairs: dict[str, object] = {}
+        if self.target_width and self.target_height:
+            pairs["Postprocess upscale to"] = f"{self.target_width}x{self.target_height}"
+        else:
+            pairs["Postprocess upscale by"] = _num(self.scale)
+        pairs["Postprocess upscaler"] = self.upscaler
+        if self.upscaler_2 and self.upscaler_2_visibility > 0:
+            pairs["Postprocess upscaler 2"] = self.upscaler_2
+            pairs["Postprocess upscaler 2 visibility"] = _num(self.upscaler_2_visibility)
+        return pairs
+
+
+def _num(v: float) -> int | float:
+    """A1111 writes 7 not 7.0."""
+    return int(v) if float(v).is_integer() else round(float(v), 4)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768); a ParamError that shows the expected form otherwise."""
+    try:
+        w, h = text.lower().replace("×", "x").split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise ParamError("size", f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x512") from None
