@@ -1,0 +1,1 @@
+"""The inference engine: everything that imports torch. Never imports textual."""

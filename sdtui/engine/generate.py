@@ -1,0 +1,305 @@
+"""One txt2img / img2img job, top to bottom: seeds, scheduler, conditioning, sampling with
+progress and previews, decode, save with infotext, grid."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sdtui.engine import preview as preview_mod
+from sdtui.engine import protocol as msg
+from sdtui.engine.samplers import make_scheduler
+from sdtui.errors import UserError
+from sdtui.infotext import format_infotext
+from sdtui.outputs import OutputLayout
+from sdtui.params import MAX_SEED, GenerationParams
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback: stop now, keep what is saved."""
+
+
+class BatchSkipped(Exception):
+    """Raised from the step callback: drop the current batch, go on with the next."""
+
+
+@dataclass
+class JobControl:
+    """Flags the engine's command thread sets while a job runs."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    skip: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class JobContext:
+    job_id: int
+    emit: Callable[[Any], None]
+    control: JobControl
+    layout: OutputLayout
+    model_name: str | None = None
+    model_hash: str | None = None
+    family: str = "SD1"
+
+    def log(self, text: str, level: str = "info") -> None:
+        self.emit(msg.Log(level, text, self.job_id))
+
+
+def resolve_seeds(params: GenerationParams) -> GenerationParams:
+    """Draw the random seeds (-1) once, so every image's infotext names a real seed."""
+    changes: dict[str, int] = {}
+    if params.seed == -1:
+        changes["seed"] = random.randrange(0, MAX_SEED)
+    if params.subseed == -1 and params.subseed_strength > 0:
+        changes["subseed"] = random.randrange(0, MAX_SEED)
+    return params.replace(**changes) if changes else params
+
+
+def load_init_image(path: str, width: int, height: int, resize_mode: str) -> Image.Image:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"init image {p} does not exist: check the path")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            image = ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(
+            f"init image {p} is not an image PIL can read ({e.__class__.__name__}): "
+            "use a PNG, JPEG or WebP file"
+        ) from None
+    return resize_image(image, width, height, resize_mode)
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """A1111's img2img resize modes."""
+    if mode == "just resize":
+        return image.resize((width, height), Image.LANCZOS)
+    ratio = width / height
+    src_ratio = image.width / image.height
+    if mode == "crop and resize":
+        # scale to cover, then centre-crop
+        scale = width / image.width if ratio > src_ratio else height / image.height
+        resized = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS
+        )
+        left = (resized.width - width) // 2
+        top = (resized.height - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+    # "resize and fill": scale to fit, then fill the borders by stretching the edge pixels
+    scale = width / image.width if ratio < src_ratio else height / image.height
+    fw, fh = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((fw, fh), Image.LANCZOS)
+    canvas = resized.resize((width, height), Image.LANCZOS)  # a blurred stretch as the fill
+    canvas.paste(resized, ((width - fw) // 2, (height - fh) // 2))
+    return canvas
+
+
+def make_noise(seed: int, shape: tuple[int, ...], subseed: int | None, strength: float) -> torch.Tensor:
+    """Initial noise for one image from its own CPU generator (A1111's "RNG: CPU"), with
+    A1111's variation seed: slerp towards the subseed's noise."""
+    noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+    if subseed is not None and strength > 0:
+        other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed))
+        noise = slerp(strength, noise, other)
+    return noise
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    an, bn = a / a.norm(), b / b.norm()
+    dot = (an * bn).sum().clamp(-1, 1)
+    if dot.abs() > 0.9995:
+        return (1 - t) * a + t * b
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+class StepReporter:
+    """The diffusers step callback: progress with smoothed it/s, previews, cancel and skip."""
+
+    def __init__(self, ctx: JobContext, params: GenerationParams, batch_index: int, steps: int):
+        self.ctx, self.params, self.batch_index, self.steps = ctx, params, batch_index, steps
+        self.last = time.perf_counter()
+        self.its = 0.0
+        self.preview_s = 0.0
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        control = self.ctx.control
+        if control.cancel.is_set():
+            raise JobCancelled
+        if control.skip.is_set():
+            control.skip.clear()
+            raise BatchSkipped
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        rate = 1.0 / dt if dt > 0 else 0.0
+        self.its = rate if self.its == 0 else 0.7 * self.its + 0.3 * rate
+        done = step + 1
+        p = self.params
+        steps_left = (self.steps - done) + (p.batch_count - self.batch_index - 1) * self.steps
+        vram_a = vram_r = None
+        if torch.cuda.is_available():
+            vram_a, vram_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        self.ctx.emit(
+            msg.Progress(
+                job_id=self.ctx.job_id,
+                step=done,
+                steps=self.steps,
+                batch_index=self.batch_index,
+                batch_count=p.batch_count,
+                its=round(self.its, 3),
+                eta_s=round(steps_left / self.its, 1) if self.its > 0 else 0.0,
+                vram_allocated=vram_a,
+                vram_reserved=vram_r,
+            )
+        )
+        every = p.preview_every
+        if every and done % every == 0 and done < self.steps and "latents" in kwargs:
+            t0 = time.perf_counter()
+            image = preview_mod.latents_to_image(kwargs["latents"], self.ctx.family)
+            self.ctx.emit(
+                msg.Preview(self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height)
+            )
+            self.preview_s += time.perf_counter() - t0
+        self.last = time.perf_counter()  # preview time is not sampling time
+        return kwargs
+
+
+def decode_latents(pipe: Any, latents: torch.Tensor, ctx: JobContext) -> list[Image.Image]:
+    vae = pipe.vae
+    scaled = latents / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        scaled = scaled + shift
+    with torch.no_grad():
+        needs_upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if needs_upcast:
+            vae.to(torch.float32)
+        image = vae.decode(scaled.to(vae.device, vae.dtype), return_dict=False)[0]
+        if not needs_upcast and torch.isnan(image).any() and vae.dtype != torch.float32:
+            ctx.log("the VAE gave NaN in half precision: decoding again in fp32", "warning")
+            vae.to(torch.float32)
+            image = vae.decode(scaled.to(vae.device, torch.float32), return_dict=False)[0]
+            vae.to(latents.dtype)
+        if needs_upcast:
+            vae.to(torch.float16)
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")
+
+
+def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobContext) -> msg.JobDone:
+    """Run one job; emits JobStarted, Progress, Preview, ImageSaved; returns JobDone.
+
+    ``pipes`` gives the txt2img and img2img pipelines sharing the loaded components.
+    Raises JobCancelled only after the images done so far are saved.
+    """
+    t_start = time.perf_counter()
+    p = resolve_seeds(params.validated())
+    img2img = p.init_image is not None
+    pipe = pipes.img2img if img2img else pipes.txt2img
+    scheduler, warnings = make_scheduler(pipes.scheduler_config, p.sampler, p.schedule_type)
+    pipe.scheduler = scheduler
+    for w in warnings:
+        ctx.log(w, "warning")
+    init = load_init_image(p.init_image, p.width, p.height, p.resize_mode) if img2img else None
+    kind = "img2img" if img2img else "txt2img"
+    steps_per_batch = p.steps if not img2img else max(1, int(p.steps * p.denoising_strength))
+    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_per_batch * p.batch_count))
+
+    cond = pipes.encode(p)
+    device = pipes.device
+    saved: list[str] = []
+    images_all: list[Image.Image] = []
+    seeds_all: list[int] = []
+    cancelled = False
+    preview_s = 0.0
+    for b in range(p.batch_count):
+        seeds = [p.seed + b * p.batch_size + i for i in range(p.batch_size)]
+        subseeds = [p.subseed + b * p.batch_size + i for i in range(p.batch_size)]
+        # one generator per image: image i of a job is reproducible alone with seed+i
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        reporter = StepReporter(ctx, p, b, steps_per_batch)
+        call: dict[str, Any] = dict(
+            num_inference_steps=p.steps,
+            guidance_scale=p.cfg_scale,
+            num_images_per_prompt=p.batch_size,
+            output_type="latent",
+            callback_on_step_end=reporter,
+            callback_on_step_end_tensor_inputs=["latents"],
+            **cond,
+        )
+        if img2img:
+            call.update(image=[init] * p.batch_size, strength=p.denoising_strength, generator=generators)
+        else:
+            shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
+            noise = [
+                make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
+                for s, ss in zip(seeds, subseeds, strict=True)
+            ]
+            # advance each generator past its initial noise, as diffusers would have
+            for g in generators:
+                torch.randn(shape, generator=g)
+            call.update(
+                width=p.width,
+                height=p.height,
+                latents=torch.stack(noise).to(device, pipe.unet.dtype),
+                generator=generators,
+            )
+        try:
+            with torch.inference_mode():
+                latents = pipe(**call).images
+        except BatchSkipped:
+            ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
+            continue
+        except JobCancelled:
+            cancelled = True
+            break
+        finally:
+            preview_s += reporter.preview_s
+        images = decode_latents(pipe, latents, ctx)
+        for i, image in enumerate(images):
+            seed = seeds[i]
+            info = format_infotext(
+                p.prompt,
+                p.negative_prompt,
+                p.infotext_pairs(
+                    seed=seed,
+                    model_name=ctx.model_name,
+                    model_hash=ctx.model_hash,
+                    subseed=subseeds[i] if p.subseed_strength > 0 else None,
+                    extra=pipes.extra_infotext(p),
+                ),
+            )
+            path = ctx.layout.save_image(image, kind, seed, info)
+            saved.append(str(path))
+            images_all.append(image)
+            seeds_all.append(seed)
+            ctx.emit(msg.ImageSaved(ctx.job_id, len(saved) - 1, str(path), seed, info))
+        if ctx.control.cancel.is_set():
+            cancelled = True
+            break
+    if len(images_all) > 1 and not cancelled:
+        info = format_infotext(
+            p.prompt,
+            p.negative_prompt,
+            p.infotext_pairs(seed=p.seed, model_name=ctx.model_name, model_hash=ctx.model_hash),
+        )
+        grid = ctx.layout.save_grid(images_all, kind, info)
+        ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
+    seconds = time.perf_counter() - t_start
+    return msg.JobDone(
+        ctx.job_id,
+        tuple(saved),
+        round(seconds, 3),
+        cancelled=cancelled,
+        stats={"preview_s": round(preview_s, 4)},
+    )
+

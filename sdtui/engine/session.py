@@ -1,0 +1,109 @@
+"""The loaded model and the pipelines that share its components (txt2img, img2img)."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtui.params import GenerationParams
+
+
+def pick_device(setting: str = "auto") -> str:
+    if setting == "cpu":
+        return "cpu"
+    if setting == "cuda" or torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(device: str) -> torch.dtype:
+    if device == "cuda":
+        return torch.float16
+    return torch.float32
+
+
+@dataclass
+class ModelSession:
+    """One loaded checkpoint, with the txt2img and img2img views of it."""
+
+    loaded: Any  # sdtui.engine.models.LoadedModel
+    device: str
+    txt2img: Any
+    img2img: Any
+    scheduler_config: dict[str, Any]
+    model_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, loaded: Any, device: str) -> ModelSession:
+        from diffusers import (
+            StableDiffusionImg2ImgPipeline,
+            StableDiffusionXLImg2ImgPipeline,
+            StableDiffusionXLPipeline,
+        )
+
+        pipe = loaded.pipe
+        pipe.set_progress_bar_config(disable=True)
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
+        else:
+            comps = {k: v for k, v in pipe.components.items() if k in _SD_IMG2IMG_KEYS}
+            img2img = StableDiffusionImg2ImgPipeline(**comps, requires_safety_checker=False)
+        img2img.set_progress_bar_config(disable=True)
+        return cls(
+            loaded=loaded,
+            device=device,
+            txt2img=pipe,
+            img2img=img2img,
+            scheduler_config=dict(pipe.scheduler.config),
+        )
+
+    @property
+    def name(self) -> str:
+        return str(self.loaded.name)
+
+    @property
+    def family(self) -> str:
+        return str(self.loaded.family.family)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.loaded.path)
+
+    @property
+    def vae_scale(self) -> int:
+        return int(self.txt2img.vae_scale_factor)
+
+    def encode(self, p: GenerationParams) -> dict[str, Any]:
+        """Prompt conditioning with A1111 emphasis and chunking."""
+        from sdtui.engine.conditioning import encode_prompts
+
+        return encode_prompts(
+            self.txt2img, p.prompt, p.negative_prompt, clip_skip=p.clip_skip, device=self.device
+        )
+
+    def extra_infotext(self, p: GenerationParams) -> dict[str, object]:
+        return {"RNG": "CPU"}
+
+    def close(self) -> None:
+        """Drop every reference to the weights and give the memory back."""
+        self.txt2img = self.img2img = self.loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+_SD_IMG2IMG_KEYS = {
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "unet",
+    "scheduler",
+    "safety_checker",
+    "feature_extractor",
+    "image_encoder",
+}

@@ -1,0 +1,274 @@
+"""The engine process: reads commands, runs one job at a time, emits events.
+
+Started with the ``spawn`` method by ``EngineHost``. This module is imported by the parent
+too (to name the target), so torch and diffusers are imported inside ``engine_main`` only.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from sdtui.config import Settings
+from sdtui.engine import protocol as msg
+from sdtui.errors import UserError
+
+DEMO_NAMES = ("demo", "sdtui-demo")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    demo: bool = False  # use the built-in demo model when no model is named
+    preload: bool = True  # load the default model at start, before the first job
+    fault_injection: str | None = None  # tests only: see sdtui.engine.faults
+
+
+def engine_main(cmd_q: Any, evt_q: Any, settings: Settings, options: EngineOptions) -> None:
+    """Entry point of the engine process."""
+    # The terminal closing (SIGHUP) or ctrl+c in it must not kill a running job: the UI
+    # decides when the engine stops, and a dead UI is noticed below.
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (OSError, ValueError):  # pragma: no cover - not on this platform
+            pass
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    emit = evt_q.put
+    emit(msg.EngineStatus("starting", "importing torch", pid=os.getpid()))
+    engine = Engine(settings, options, emit)
+    engine.serve(cmd_q)
+    # the parent may be gone: do not wait for it to read what is left
+    if os.getppid() != engine.parent_pid:
+        evt_q.cancel_join_thread()
+
+
+class Engine:
+    def __init__(self, settings: Settings, options: EngineOptions, emit: Any) -> None:
+        self.settings = settings
+        self.options = options
+        self.emit = emit
+        self.parent_pid = os.getppid()
+        self.jobs: collections.deque[Any] = collections.deque()
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.current_job: int | None = None
+        self.session: Any = None
+        self.device = "cpu"
+        self._control: Any = None
+
+    # -- command thread ---------------------------------------------------------------------
+
+    def _read_commands(self, cmd_q: Any) -> None:
+        while True:
+            try:
+                cmd = cmd_q.get(timeout=0.5)
+            except queue.Empty:
+                if os.getppid() != self.parent_pid:
+                    self._parent_gone()
+                    return
+                continue
+            except (EOFError, OSError):
+                self._parent_gone()
+                return
+            if isinstance(cmd, msg.Shutdown):
+                with self.cond:
+                    self.stopping = True
+                    self.jobs.clear()
+                    if self._control is not None:
+                        self._control.cancel.set()
+                    self.cond.notify_all()
+                return
+            if isinstance(cmd, msg.Cancel):
+                self._cancel(cmd.job_id)
+            elif isinstance(cmd, msg.Skip):
+                if self._control is not None and cmd.job_id in (None, self.current_job):
+                    self._control.skip.set()
+            else:
+                with self.cond:
+                    self.jobs.append(cmd)
+                    self.cond.notify_all()
+
+    def _cancel(self, job_id: int | None) -> None:
+        with self.cond:
+            if job_id is None or job_id == self.current_job:
+                if self._control is not None:
+                    self._control.cancel.set()
+                return
+            for cmd in list(self.jobs):
+                if getattr(cmd, "job_id", None) == job_id:
+                    self.jobs.remove(cmd)
+                    self.emit(msg.JobDone(job_id, (), 0.0, cancelled=True))
+
+    def _parent_gone(self) -> None:
+        """The UI died (terminal closed): finish the running job, save it, then exit."""
+        with self.cond:
+            self.stopping = True
+            self.jobs.clear()
+            self.cond.notify_all()
+
+    # -- main thread ------------------------------------------------------------------------
+
+    def serve(self, cmd_q: Any) -> None:
+        reader = threading.Thread(target=self._read_commands, args=(cmd_q,), daemon=True)
+        reader.start()
+        try:
+            self._boot()
+        except Exception as e:  # noqa: BLE001 - report, then serve: the user may fix the model
+            self._report_failure(None, e)
+        while True:
+            with self.cond:
+                while not self.jobs and not self.stopping:
+                    self.cond.wait(timeout=1.0)
+                if not self.jobs and self.stopping:
+                    break
+                cmd = self.jobs.popleft()
+            self._run(cmd)
+        self.emit(msg.EngineStatus("stopped", pid=os.getpid()))
+
+    def _boot(self) -> None:
+        import torch
+
+        from sdtui.engine.session import pick_device
+
+        self.device = pick_device(self.settings.device)
+        torch.set_grad_enabled(False)
+        detail = f"torch {torch.__version__}"
+        if self.device == "cuda":
+            detail += f", {torch.cuda.get_device_name(0)}"
+        self.emit(msg.EngineStatus("ready", detail, device=self.device, pid=os.getpid()))
+        if self.options.preload:
+            self.ensure_model(None)
+
+    def _status(self, state: str, detail: str = "") -> None:
+        model = self.session.name if self.session else None
+        self.emit(msg.EngineStatus(state, detail, self.device, model, os.getpid()))
+
+    def _run(self, cmd: Any) -> None:
+        from sdtui.engine.generate import JobControl
+
+        job_id = getattr(cmd, "job_id", None)
+        control = JobControl()
+        with self.cond:
+            self.current_job, self._control = job_id, control
+        try:
+            if isinstance(cmd, msg.LoadModel):
+                self.ensure_model(cmd.model)
+            elif isinstance(cmd, msg.SubmitGenerate):
+                self._status("busy", f"job {job_id}")
+                self._generate(cmd, control)
+            elif isinstance(cmd, msg.SubmitUpscale):
+                self._status("busy", f"job {job_id}")
+                self._upscale(cmd)
+        except Exception as e:  # noqa: BLE001 - the engine outlives any one job
+            self._report_failure(job_id, e)
+        finally:
+            with self.cond:
+                self.current_job, self._control = None, None
+            self._status("ready")
+
+    def _report_failure(self, job_id: int | None, e: BaseException) -> None:
+        detail = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        message = e.message if isinstance(e, UserError) else _plain(e)
+        if job_id is None:
+            self.emit(msg.Log("error", message))
+        else:
+            self.emit(msg.JobFailed(job_id, message, detail))
+
+    # -- models -----------------------------------------------------------------------------
+
+    def resolve_model(self, query: str | None) -> tuple[str, Any]:
+        """(display name, path) of the model to use."""
+        from sdtui.model_index import discover_models, resolve_model
+
+        if query is None:
+            query = self.settings.default_model
+        if query is None and self.options.demo:
+            query = "demo"
+        if query is not None and query.lower() in DEMO_NAMES:
+            from sdtui.engine.demo import ensure_demo_model
+
+            return "sdtui-demo", ensure_demo_model().safetensors
+        entries = discover_models(self.settings.models)
+        if query is None:
+            if not entries:
+                from sdtui.engine.demo import ensure_demo_model
+
+                self.emit(
+                    msg.Log(
+                        "warning",
+                        f"no checkpoint in {self.settings.checkpoints}: using the built-in demo "
+                        "model, whose images are noise. Put a .safetensors checkpoint there "
+                        "(or use --a1111-dir) for real images.",
+                    )
+                )
+                return "sdtui-demo", ensure_demo_model().safetensors
+            entry = entries[0]
+        else:
+            entry = resolve_model(query, entries)
+        return entry.name, entry.path
+
+    def ensure_model(self, query: str | None) -> Any:
+        name, path = self.resolve_model(query)
+        if self.session is not None and str(self.session.path) == str(path):
+            return self.session
+        from sdtui.engine.models import load_pipeline
+        from sdtui.engine.session import ModelSession
+
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self._status("loading", f"loading {name}")
+        t0 = time.perf_counter()
+        loaded = load_pipeline(path, device=self.device)
+        loaded.name = name
+        self.session = ModelSession.create(loaded, self.device)
+        seconds = time.perf_counter() - t0
+        self.emit(
+            msg.ModelLoaded(name, loaded.family.label, round(seconds, 2), int(loaded.size_bytes), str(path))
+        )
+        self._status("ready")
+        return self.session
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _generate(self, cmd: msg.SubmitGenerate, control: Any) -> None:
+        from sdtui.engine.generate import JobContext, run_generation
+        from sdtui.model_index import model_hash
+        from sdtui.outputs import OutputLayout
+
+        session = self.ensure_model(cmd.params.model)
+        self._status("busy", f"job {cmd.job_id}")
+        if session.model_hash is None and session.path.is_file():
+            session.model_hash = model_hash(session.path)
+        ctx = JobContext(
+            job_id=cmd.job_id,
+            emit=self.emit,
+            control=control,
+            layout=OutputLayout(self.settings.outputs),
+            model_name=session.name,
+            model_hash=session.model_hash,
+            family=session.family,
+        )
+        done = run_generation(session.loaded, session, cmd.params, ctx)
+        self.emit(done)
+
+    def _upscale(self, cmd: msg.SubmitUpscale) -> None:
+        from sdtui.engine.upscale import upscale_job
+
+        t0 = time.perf_counter()
+        paths = upscale_job(cmd.params, self.settings, self.device, cmd.job_id, self.emit)
+        self.emit(msg.JobDone(cmd.job_id, tuple(paths), round(time.perf_counter() - t0, 3)))
+
+
+def _plain(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
