@@ -1,0 +1,249 @@
+"""A1111 "infotext": the text stored with every image (PNG ``parameters`` chunk, or the EXIF
+UserComment of a JPEG/WebP) and shown under it in the web UI.
+
+Writes exactly what A1111's ``create_infotext`` (modules/processing.py) writes and reads it the
+way ``parse_generation_parameters`` (modules/infotext_utils.py) does::
+
+    <prompt, may span lines>
+    Negative prompt: <negative, may span lines>      (line left out when empty)
+    Steps: 30, Sampler: Euler a, CFG scale: 7, Seed: 2089545485, Size: 512x512, ...
+
+No torch, no textual: the CLI, the UI and the engine all import this.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sdtui.errors import UserError
+
+if TYPE_CHECKING:
+    from sdtui.params import GenerationParams
+
+# modules/infotext_utils.py, verbatim
+RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+NEGATIVE_PREFIX = "Negative prompt:"
+
+# What A1111 assumes for a key the line leaves out (parse_generation_parameters).
+A1111_DEFAULTS: dict[str, str] = {
+    "Clip skip": "1",
+    "Schedule type": "Automatic",
+    "RNG": "GPU",
+    "Hires sampler": "Use same sampler",
+    "Hires checkpoint": "Use same checkpoint",
+    "Mask mode": "Inpaint masked",
+    "Masked content": "original",
+    "Inpaint area": "Whole picture",
+    "Masked area padding": "32",
+    "VAE Encoder": "Full",
+    "VAE Decoder": "Full",
+    "FP8 weight": "Disable",
+}
+
+# EXIF: the Exif sub-IFD pointer and the UserComment tag inside it
+_EXIF_IFD = 0x8769
+_USER_COMMENT = 0x9286
+# piexif.helper.UserComment prefixes (8 bytes: character code, NUL padded)
+_UC_PREFIXES = {
+    b"UNICODE\x00": "utf_16_be",
+    b"ASCII\x00\x00\x00": "ascii",
+    b"JIS\x00\x00\x00\x00\x00": "shift_jis",
+}
+
+
+@dataclass(frozen=True)
+class ParsedInfotext:
+    prompt: str
+    negative_prompt: str
+    pairs: dict[str, str] = field(default_factory=dict)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """A pair's value; else what A1111 assumes when the key is missing; else ``default``."""
+        if key in self.pairs:
+            return self.pairs[key]
+        return A1111_DEFAULTS.get(key, default)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def quote(value: object) -> str:
+    """A1111's ``quote``: JSON-quote a value holding ``,`` ``:`` or a newline."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return json.dumps(text, ensure_ascii=False)
+
+
+def format_pairs(pairs: Mapping[str, object]) -> str:
+    """The parameter line: ``key: value`` joined by ``", "``; None dropped; key==value bare."""
+    return ", ".join(k if k == v else f"{k}: {quote(v)}" for k, v in pairs.items() if v is not None)
+
+
+def format_infotext(prompt: str, negative_prompt: str, pairs: Mapping[str, object]) -> str:
+    """The whole infotext, laid out as A1111's ``create_infotext`` does."""
+    negative = f"\n{NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{format_pairs(pairs)}".strip()
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def unquote(text: str) -> str:
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, str) else text
+
+
+def parse_pairs(line: str) -> dict[str, str]:
+    """``key: value, ...`` -> dict of raw strings (quoted values unquoted)."""
+    pairs: dict[str, str] = {}
+    for key, value in RE_PARAM.findall(line):
+        if not value:
+            continue  # A1111 fails on an empty value and skips the pair
+        if value[0] == '"' and value[-1] == '"':
+            value = unquote(value)
+        pairs[key] = value
+    return pairs
+
+
+def parse_infotext(text: str) -> ParsedInfotext:
+    """Split an infotext into prompt, negative prompt and the raw key/value pairs.
+
+    As A1111: the last line is the parameter line only when it holds at least 3 pairs;
+    every line before ``Negative prompt:`` belongs to the prompt, every line from it on to
+    the negative prompt. Lines are stripped. Missing keys are not filled in here (see
+    ``ParsedInfotext.get`` and ``A1111_DEFAULTS``).
+    """
+    *lines, lastline = text.replace("\r\n", "\n").strip().split("\n")
+    if len(RE_PARAM.findall(lastline)) < 3:
+        lines.append(lastline)
+        lastline = ""
+
+    prompt = ""
+    negative = ""
+    done_with_prompt = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            done_with_prompt = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        if done_with_prompt:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    return ParsedInfotext(prompt=prompt, negative_prompt=negative, pairs=parse_pairs(lastline))
+
+
+def decode_user_comment(data: bytes | str) -> str:
+    """An EXIF UserComment as piexif writes it (8-byte character-code prefix + body).
+
+    A1111 writes ``UNICODE\\0`` + UTF-16 big-endian (piexif); a few tools write little-endian
+    with the same prefix, which is detected by where the zero bytes sit.
+    """
+    if isinstance(data, str):
+        return data.strip("\x00")
+    prefix, body = data[:8], data[8:]
+    encoding = _UC_PREFIXES.get(prefix)
+    if encoding == "utf_16_be":
+        if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            return body.decode("utf_16", errors="replace")
+        even_zeros = body[0::2].count(0)
+        odd_zeros = body[1::2].count(0)
+        if odd_zeros > even_zeros:
+            encoding = "utf_16_le"
+        return body.decode(encoding, errors="replace").rstrip("\x00")
+    if encoding is not None:
+        return body.decode(encoding, errors="replace").rstrip("\x00")
+    # undefined prefix or none at all: what A1111 does when piexif gives up
+    return data.decode("utf8", errors="ignore").strip("\x00")
+
+
+def read_infotext(path: str | Path) -> str | None:
+    """The infotext stored in an image file, or None when it holds none.
+
+    PNG: the ``parameters`` text chunk. JPEG/WebP (and any image with EXIF): the EXIF
+    UserComment, which wins when present, as in A1111's ``read_info_from_image``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist: check the path (use Tab to complete it)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an image: give the path of a PNG/JPEG/WebP file")
+    try:
+        with Image.open(path) as im:
+            info = dict(im.info or {})
+            geninfo = info.get("parameters")
+            if geninfo is None and getattr(im, "format", None) == "PNG":
+                # text chunks after the image data only show up once the file is read
+                geninfo = getattr(im, "text", {}).get("parameters")
+            comment: str | None = None
+            if "exif" in info:
+                try:
+                    raw = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+                except Exception:  # a broken EXIF block is no reason to fail
+                    raw = None
+                if raw:
+                    comment = decode_user_comment(raw)
+            if comment:
+                geninfo = comment
+    except UnidentifiedImageError:
+        if _looks_like_image(path):
+            raise UserError(
+                f"{path} is not a readable image (damaged or truncated): give another file"
+            ) from None
+        raise UserError(
+            f"{path} is not an image (Pillow does not recognize its contents): "
+            "give a PNG, JPEG or WebP file"
+        ) from None
+    except PermissionError:
+        raise UserError(f"{path} cannot be read (permission denied): fix its permissions") from None
+    except OSError as e:
+        raise UserError(
+            f"{path} is not a readable image ({e}): it may be truncated; give another file"
+        ) from None
+    if isinstance(geninfo, bytes):
+        geninfo = geninfo.decode("utf8", errors="replace")
+    return geninfo if geninfo else None
+
+
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
+
+
+def _looks_like_image(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC)
+
+
+def params_from_image(path: str | Path) -> GenerationParams:
+    """The generation parameters stored in an image (ours or A1111's)."""
+    from sdtui.params import GenerationParams
+
+    text = read_infotext(path)
+    if text is None:
+        raise UserError(
+            f"{path} holds no generation parameters (no PNG 'parameters' chunk or EXIF "
+            "comment): it was not made by sdtui/A1111, or the metadata was stripped"
+        )
+    parsed = parse_infotext(text)
+    return GenerationParams.from_infotext_fields(
+        parsed.prompt, parsed.negative_prompt, parsed.pairs
+    )
