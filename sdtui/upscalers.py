@@ -1,0 +1,175 @@
+"""Which upscalers exist, named the way A1111's Extras tab names them (pure Python, no torch).
+
+``list_upscalers(models_dir)`` gives the two built-in resamplers ("Lanczos", "Nearest") and
+every model file under the A1111 upscaler folders (``models/ESRGAN``, ``models/RealESRGAN``,
+``models/DAT``, ``models/SwinIR``, ``models/HAT``). The engine (``sdtui.engine.upscale``)
+loads the files with spandrel; this module only names and finds them, so the UI can show the
+list without importing torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdtui.errors import UserError
+
+BUILTIN = "builtin"
+LANCZOS = "Lanczos"
+NEAREST = "Nearest"
+
+# Folders A1111 scans for upscaler models, in the order its dropdown lists them.
+UPSCALER_FOLDERS: tuple[str, ...] = ("ESRGAN", "RealESRGAN", "DAT", "SwinIR", "HAT")
+MODEL_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
+
+# A1111's names for the Real-ESRGAN release files (modules/realesrgan_model.py), by file stem.
+REALESRGAN_NAMES: dict[str, str] = {
+    "realesr-general-x4v3": "R-ESRGAN General 4xV3",
+    "realesr-general-wdn-x4v3": "R-ESRGAN General WDN 4xV3",
+    "realesr-animevideov3": "R-ESRGAN AnimeVideo",
+    "realesrgan_x4plus": "R-ESRGAN 4x+",
+    "realesrgan_x4plus_anime_6b": "R-ESRGAN 4x+ Anime6B",
+    "realesrgan_x2plus": "R-ESRGAN 2x+",
+}
+
+FACE_FOLDERS: tuple[str, ...] = ("GFPGAN", "Codeformer", "CodeFormer")
+
+
+@dataclass(frozen=True)
+class UpscalerEntry:
+    """One choice in the upscaler list.
+
+    ``kind`` is ``"builtin"`` for Lanczos/Nearest (no file), else the folder the file was
+    found in ("ESRGAN", "RealESRGAN", "DAT", "SwinIR", "HAT"). ``scale_hint`` is the factor
+    the name announces ("4x", "x2"), as A1111 reads it to preset "Scale by"; None if unknown.
+    """
+
+    name: str
+    path: Path | None
+    kind: str
+    scale_hint: int | None = None
+
+    @property
+    def is_model(self) -> bool:
+        return self.path is not None
+
+
+def scale_hint(name: str) -> int | None:
+    """The factor a name announces: "4x-UltraSharp" -> 4, "DAT x2" -> 2, else None."""
+    m = re.search(r"(\d)[xX]|[xX](\d)", name)
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def display_name(path: Path) -> str:
+    """A1111's name for a model file: the Real-ESRGAN release names, else the file stem."""
+    return REALESRGAN_NAMES.get(path.stem.lower(), path.stem)
+
+
+def _model_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in MODEL_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: str(p.relative_to(folder)).lower())
+
+
+def list_upscalers(models_dir: Path) -> list[UpscalerEntry]:
+    """Lanczos, Nearest, then every upscaler model file under ``models_dir`` (A1111 layout).
+
+    A missing ``models_dir`` or folder is not an error: the list then holds the built-ins only.
+    When two files would show the same name, the later one is shown as "name (Folder)".
+    """
+    entries = [
+        UpscalerEntry(LANCZOS, None, BUILTIN),
+        UpscalerEntry(NEAREST, None, BUILTIN),
+    ]
+    taken = {LANCZOS.lower(), NEAREST.lower(), "none"}
+    for folder_name in UPSCALER_FOLDERS:
+        for path in _model_files(Path(models_dir) / folder_name):
+            name = display_name(path)
+            if name.lower() in taken:
+                name = f"{name} ({folder_name})"
+            if name.lower() in taken:
+                name = f"{path.stem} ({path.parent.relative_to(models_dir)}/{path.name})"
+            taken.add(name.lower())
+            entries.append(UpscalerEntry(name, path, folder_name, scale_hint(name)))
+    return entries
+
+
+def resolve_upscaler(
+    name: str, entries: list[UpscalerEntry], *, models_dir: Path | None = None
+) -> UpscalerEntry:
+    """Find an upscaler by A1111 name ("R-ESRGAN 4x+"), file stem ("RealESRGAN_x4plus"),
+    file name or path. Case does not matter. A path to an existing model file is accepted
+    even when it lies outside the models folder. Raises UserError listing what exists."""
+    wanted = name.strip()
+    if not wanted:
+        raise UserError("No upscaler chosen: pick one of " + _names(entries))
+    low = wanted.lower()
+    for e in entries:
+        if e.name.lower() == low:
+            return e
+    for e in entries:
+        if e.path is not None and low in (e.path.stem.lower(), e.path.name.lower()):
+            return e
+    p = Path(wanted).expanduser()
+    looks_like_path = p.suffix.lower() in MODEL_SUFFIXES or "/" in wanted or "\\" in wanted
+    if looks_like_path:
+        for e in entries:
+            if e.path is not None and _same(e.path, p):
+                return e
+        if p.is_file():
+            kind = p.parent.name if p.parent.name in UPSCALER_FOLDERS else "file"
+            return UpscalerEntry(display_name(p), p, kind, scale_hint(display_name(p)))
+        if p.is_dir():
+            raise UserError(
+                f"{p} is a folder, not an upscaler model: name a .pth or .safetensors file."
+            )
+        if "/" in wanted or "\\" in wanted:
+            raise UserError(f"Upscaler model file {p} does not exist: check the path.")
+    if low == "none":
+        raise UserError('Upscaler "None" does nothing here: pick one of ' + _names(entries) + ".")
+    where = (
+        f"{Path(models_dir) / 'ESRGAN'} or {Path(models_dir) / 'RealESRGAN'}"
+        if models_dir is not None
+        else "models/ESRGAN or models/RealESRGAN"
+    )
+    raise UserError(
+        f'Unknown upscaler "{wanted}". Available: {_names(entries)}. '
+        f"To add a model, put its .pth or .safetensors file in {where} "
+        '(e.g. RealESRGAN_x4plus.pth shows as "R-ESRGAN 4x+").'
+    )
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _names(entries: list[UpscalerEntry]) -> str:
+    return ", ".join(f'"{e.name}"' for e in entries)
+
+
+def face_restoration_status(models_dir: Path) -> str:
+    """One plain sentence about face restoration (GFPGAN / CodeFormer), for the Extras pane."""
+    found: list[Path] = []
+    for folder_name in FACE_FOLDERS:
+        found.extend(_model_files(Path(models_dir) / folder_name))
+    found = sorted(set(found))
+    if not found:
+        return (
+            "Face restoration is unavailable: no GFPGAN or CodeFormer model found in "
+            f"{Path(models_dir) / 'GFPGAN'} or {Path(models_dir) / 'Codeformer'}. "
+            "sdtui does not run face restoration yet either."
+        )
+    names = ", ".join(p.name for p in found)
+    return (
+        f"Face restoration models found ({names}), but sdtui does not run face restoration "
+        "yet: it needs face detection and alignment (facexlib). Upscaling works without it."
+    )
