@@ -36,7 +36,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler", default_schedule="Karras"),
         SamplerSpec("DDIM", "DDIMScheduler"),
-        SamplerSpec("PLMS", "PNDMScheduler"),
+        SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),  # plain PLMS, as SD used
         SamplerSpec("UniPC", "UniPCMultistepScheduler"),
     ]
 }

@@ -139,6 +139,8 @@ class StepReporter:
         if control.skip.is_set():
             control.skip.clear()
             raise BatchSkipped
+        # second-order samplers (Heun, DPM2) call back twice per step: count what really runs
+        self.steps = int(getattr(pipe, "_num_timesteps", 0) or self.steps)
         now = time.perf_counter()
         dt, self.last = now - self.last, now
         rate = 1.0 / dt if dt > 0 else 0.0

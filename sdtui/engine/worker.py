@@ -42,13 +42,31 @@ def engine_main(cmd_q: Any, evt_q: Any, settings: Settings, options: EngineOptio
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     emit = evt_q.put
     emit(msg.EngineStatus("starting", "importing torch", pid=os.getpid()))
+    _quiet_libraries()
     engine = Engine(settings, options, emit)
     engine.serve(cmd_q)
     # the parent may be gone: do not wait for it to read what is left
     if os.getppid() != engine.parent_pid:
         evt_q.cancel_join_thread()
+
+
+def _quiet_libraries() -> None:
+    """diffusers and transformers print progress bars and advice to stderr, which would land
+    on the user's terminal under the TUI: the engine reports through events instead."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
 
 
 class Engine:

@@ -1,0 +1,351 @@
+"""The generation engine on the demo model: seeds, samplers, img2img, infotext, and the
+engine process (cancel, skip, crash + restart, a dead UI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdtui.config import Settings
+from sdtui.engine import protocol as msg
+from sdtui.infotext import params_from_image, parse_infotext, read_infotext
+from sdtui.params import GenerationParams
+from sdtui.samplers import SAMPLER_NAMES
+
+TINY = dict(width=64, height=64, steps=3, prompt="a black house cat", preview_every=0)
+
+
+@pytest.fixture(scope="module")
+def session(demo_model):
+    from sdtui.engine.models import load_pipeline
+    from sdtui.engine.session import ModelSession
+
+    loaded = load_pipeline(demo_model.safetensors, device="cpu")
+    loaded.name = "sdtui-demo"
+    return ModelSession.create(loaded, "cpu")
+
+
+def run(session, params: GenerationParams, out: Path, control=None):
+    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.outputs import OutputLayout
+
+    events: list = []
+    ctx = JobContext(
+        job_id=1,
+        emit=events.append,
+        control=control or JobControl(),
+        layout=OutputLayout(out),
+        model_name="sdtui-demo",
+        model_hash="0123456789",
+        family="SD1",
+    )
+    done = run_generation(session.loaded, session, params, ctx)
+    return done, events
+
+
+def pixels(path: str | Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_image_i_of_a_batch_equals_a_single_image_with_seed_plus_i(session, tmp_path):
+    batch = GenerationParams(**TINY, seed=1000, batch_size=4)
+    done, _ = run(session, batch, tmp_path / "batch")
+    assert len(done.paths) == 4
+    assert [parse_infotext(read_infotext(p)).pairs["Seed"] for p in done.paths] == [
+        "1000", "1001", "1002", "1003"
+    ]
+    single, _ = run(session, GenerationParams(**TINY, seed=1002), tmp_path / "single")
+    diff = np.abs(pixels(done.paths[2]) - pixels(single.paths[0]))
+    assert diff.max() <= 2, "image 3 of the batch should be reproducible alone with seed+2"
+    other = np.abs(pixels(done.paths[1]) - pixels(single.paths[0]))
+    assert other.mean() > 5, "different seeds must give different images"
+
+
+def test_batch_count_continues_the_seeds_and_writes_a_grid(session, tmp_path):
+    done, events = run(session, GenerationParams(**TINY, seed=7, batch_size=2, batch_count=2), tmp_path)
+    seeds = [int(parse_infotext(read_infotext(p)).pairs["Seed"]) for p in done.paths]
+    assert seeds == [7, 8, 9, 10]
+    grids = [e for e in events if isinstance(e, msg.ImageSaved) and e.is_grid]
+    assert len(grids) == 1 and "txt2img-grids" in grids[0].path
+    assert Image.open(grids[0].path).size == (128, 128)
+    names = [Path(p).name for p in done.paths]
+    assert names == ["00000-7.png", "00001-8.png", "00002-9.png", "00003-10.png"]
+
+
+def test_random_seed_is_drawn_once_and_recorded(session, tmp_path):
+    done, _ = run(session, GenerationParams(**TINY, seed=-1, batch_size=2), tmp_path)
+    s0, s1 = (int(parse_infotext(read_infotext(p)).pairs["Seed"]) for p in done.paths)
+    assert s0 >= 0 and s1 == s0 + 1
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_runs_two_steps(session, tmp_path, sampler):
+    params = GenerationParams(**{**TINY, "steps": 2}, sampler=sampler, seed=3)
+    done, events = run(session, params, tmp_path)
+    assert len(done.paths) == 1
+    info = parse_infotext(read_infotext(done.paths[0]))
+    assert info.pairs["Sampler"] == sampler
+    progress = [e for e in events if isinstance(e, msg.Progress)]
+    assert progress and progress[-1].step == progress[-1].steps
+
+
+@pytest.mark.parametrize("schedule", ["Karras", "Exponential", "SGM Uniform"])
+def test_schedule_types_change_the_image(session, tmp_path, schedule):
+    base, _ = run(session, GenerationParams(**TINY, sampler="DPM++ 2M", schedule_type="Normal", seed=4), tmp_path / "a")
+    other, _ = run(session, GenerationParams(**TINY, sampler="DPM++ 2M", schedule_type=schedule, seed=4), tmp_path / "b")
+    assert parse_infotext(read_infotext(other.paths[0])).pairs["Schedule type"] == schedule
+    assert np.abs(pixels(base.paths[0]) - pixels(other.paths[0])).mean() > 0.5
+
+
+def test_old_sampler_names_carry_their_schedule(session, tmp_path):
+    done, _ = run(session, GenerationParams(**TINY, sampler="DPM++ 2M Karras", seed=5), tmp_path)
+    pairs = parse_infotext(read_infotext(done.paths[0])).pairs
+    assert (pairs["Sampler"], pairs["Schedule type"]) == ("DPM++ 2M", "Karras")
+
+
+def test_scheduler_keeps_the_checkpoint_prediction_type_and_betas():
+    from sdtui.engine.samplers import make_scheduler
+
+    base = {
+        "_class_name": "DDIMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "steps_offset": 1,
+    }
+    for name in SAMPLER_NAMES:
+        sched, _ = make_scheduler(base, name)
+        assert sched.config.prediction_type == "v_prediction", name
+        assert sched.config.beta_end == 0.012, name
+
+
+def test_infotext_of_a_generated_image_parses_back_to_the_same_params(session, tmp_path):
+    params = GenerationParams(
+        **{**TINY, "prompt": "a cat, (sitting:1.2)\non a chair"},
+        negative_prompt="blurry, low quality",
+        seed=42,
+        cfg_scale=6.5,
+        sampler="DPM++ 2M",
+        schedule_type="Karras",
+        clip_skip=2,
+        subseed=9,
+        subseed_strength=0.25,
+    )
+    done, _ = run(session, params, tmp_path)
+    back = params_from_image(done.paths[0])
+    for field in ("prompt", "negative_prompt", "steps", "sampler", "schedule_type", "cfg_scale",
+                  "seed", "width", "height", "clip_skip", "subseed", "subseed_strength"):
+        assert getattr(back, field) == getattr(params, field), field
+    assert back.model == "sdtui-demo"
+    assert parse_infotext(read_infotext(done.paths[0])).pairs["Model hash"] == "0123456789"
+
+
+def test_variation_strength_moves_the_image_towards_the_variation_seed(session, tmp_path):
+    a, _ = run(session, GenerationParams(**TINY, seed=11), tmp_path / "a")
+    b, _ = run(session, GenerationParams(**TINY, seed=11, subseed=12, subseed_strength=0.3), tmp_path / "b")
+    c, _ = run(session, GenerationParams(**TINY, seed=11, subseed=12, subseed_strength=0.9), tmp_path / "c")
+    d_small = np.abs(pixels(a.paths[0]) - pixels(b.paths[0])).mean()
+    d_large = np.abs(pixels(a.paths[0]) - pixels(c.paths[0])).mean()
+    assert 0 < d_small < d_large
+
+
+def _gradient(path: Path, size=(64, 64)) -> Path:
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None].repeat(w, 1)
+    Image.fromarray(np.stack([x, y, 255 - x], axis=-1)).save(path)
+    return path
+
+
+def test_lower_denoise_changes_the_init_image_less(session, tmp_path):
+    init = _gradient(tmp_path / "init.png")
+    distances = []
+    for strength in (0.2, 0.9):
+        params = GenerationParams(**{**TINY, "steps": 10}, seed=1, init_image=str(init), denoising_strength=strength)
+        done, _ = run(session, params, tmp_path / f"d{strength}")
+        assert "img2img-images" in done.paths[0]
+        distances.append(np.abs(pixels(done.paths[0]) - pixels(init)).mean())
+        pairs = parse_infotext(read_infotext(done.paths[0])).pairs
+        assert pairs["Denoising strength"] == str(strength)
+    assert distances[0] < distances[1]
+
+
+@pytest.mark.parametrize("mode", ["just resize", "crop and resize", "resize and fill"])
+def test_img2img_resize_modes_give_the_requested_size(session, tmp_path, mode):
+    init = _gradient(tmp_path / "init.png", (64, 64))
+    params = GenerationParams(**{**TINY, "width": 128, "height": 64}, seed=1, init_image=str(init), resize_mode=mode)
+    done, _ = run(session, params, tmp_path)
+    assert Image.open(done.paths[0]).size == (128, 64)
+
+
+def test_resize_modes_treat_the_aspect_ratio_like_a1111():
+    from sdtui.engine.generate import resize_image
+
+    tall = Image.new("RGB", (50, 100), "red")
+    tall.paste(Image.new("RGB", (50, 10), "blue"), (0, 0))  # a blue band at the top
+    cropped = resize_image(tall, 100, 100, "crop and resize")
+    assert cropped.size == (100, 100) and cropped.getpixel((50, 2)) != (0, 0, 255)  # cropped away
+    filled = resize_image(tall, 100, 100, "resize and fill")
+    assert filled.size == (100, 100) and filled.getpixel((50, 2))[2] > 200  # kept, full height
+
+
+def test_previews_arrive_every_n_steps_as_small_pngs(session, tmp_path):
+    done, events = run(session, GenerationParams(**{**TINY, "steps": 6, "preview_every": 2}, seed=1), tmp_path)
+    previews = [e for e in events if isinstance(e, msg.Preview)]
+    assert [p.step for p in previews] == [2, 4]
+    im = Image.open(__import__("io").BytesIO(previews[0].png))
+    assert im.size == (8, 8)  # 1/8 of 64x64
+
+
+def test_cancel_from_the_step_callback_keeps_finished_images(session, tmp_path):
+    from sdtui.engine.generate import JobControl
+
+    control = JobControl()
+    params = GenerationParams(**TINY, seed=1, batch_count=3)
+    events: list = []
+
+    def emit(e):
+        events.append(e)
+        if isinstance(e, msg.ImageSaved):
+            control.cancel.set()
+
+    from sdtui.engine.generate import JobContext, run_generation
+    from sdtui.outputs import OutputLayout
+
+    ctx = JobContext(1, emit, control, OutputLayout(tmp_path), "sdtui-demo", None, "SD1")
+    done = run_generation(session.loaded, session, params, ctx)
+    assert done.cancelled and len(done.paths) == 1 and Path(done.paths[0]).exists()
+    assert not list(tmp_path.glob("txt2img-grids/*/*.png"))
+
+
+# -- the engine process -------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs")
+
+
+@pytest.fixture
+def host(settings, demo_model):
+    from sdtui.engine.host import EngineHost
+    from sdtui.engine.worker import EngineOptions
+
+    h = EngineHost(settings, EngineOptions(demo=True, preload=True))
+    h.start()
+    yield h
+    h.stop()
+
+
+def _until(host, predicate, timeout=120.0):
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in host.poll(timeout=0.1):
+            seen.append(e)
+            if predicate(e):
+                return e, seen
+    raise AssertionError(f"timed out; saw {[type(e).__name__ for e in seen]}")
+
+
+def test_engine_process_cancel_keeps_images_and_skip_drops_a_batch(host):
+    job = host.submit(GenerationParams(**{**TINY, "steps": 40}, seed=1, batch_count=4))
+    _until(host, lambda e: isinstance(e, msg.ImageSaved) and e.job_id == job)
+    host.cancel()
+    done, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == job)
+    assert done.cancelled and 1 <= len(done.paths) < 4
+    assert all(Path(p).exists() for p in done.paths)
+
+    job2 = host.submit(GenerationParams(**{**TINY, "steps": 40}, seed=100, batch_count=2))
+    _until(host, lambda e: isinstance(e, msg.Progress) and e.job_id == job2 and e.batch_index == 0)
+    host.skip()
+    done2, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == job2)
+    assert not done2.cancelled and len(done2.paths) == 1
+    assert done2.paths[0].endswith("-101.png"), "the skipped first image is dropped, seed+1 kept"
+
+
+def test_a_queued_job_can_be_removed(host):
+    first = host.submit(GenerationParams(**{**TINY, "steps": 30}, seed=1, batch_count=2))
+    second = host.submit(GenerationParams(**TINY, seed=2))
+    host.cancel(second)
+    removed, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == second)
+    assert removed.cancelled and removed.paths == ()
+    done, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == first)
+    assert len(done.paths) == 2
+
+
+def test_engine_crash_is_reported_and_restart_keeps_the_queue(host):
+    _until(host, lambda e: isinstance(e, msg.ModelLoaded))
+    a = host.submit(GenerationParams(**{**TINY, "steps": 60}, seed=1))
+    b = host.submit(GenerationParams(**TINY, seed=2))
+    _until(host, lambda e: isinstance(e, msg.Progress) and e.job_id == a)
+    old_pid = host.pid
+    host.kill()
+    crash, _ = _until(host, lambda e: isinstance(e, msg.EngineStatus) and e.state == "crashed")
+    assert "restart" in crash.detail and set(host.pending) == {a, b}
+    assert host.restart() == [a, b]
+    assert host.pid != old_pid
+    done_b, seen = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == b, timeout=180)
+    assert len(done_b.paths) == 1 and Path(done_b.paths[0]).exists()
+    assert any(isinstance(e, msg.JobDone) and e.job_id == a for e in seen)
+
+
+def test_engine_finishes_the_running_job_when_the_ui_dies(tmp_path, demo_model):
+    """A closed terminal kills the UI; the engine saves the running job and exits."""
+    out = tmp_path / "outputs"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from pathlib import Path
+        from sdtui.config import Settings
+        from sdtui.engine.host import EngineHost
+        from sdtui.engine.worker import EngineOptions
+        from sdtui.engine import protocol as msg
+        from sdtui.params import GenerationParams
+
+        if __name__ == "__main__":
+            host = EngineHost(Settings(models_dir=Path({str(tmp_path / 'models')!r}),
+                                       outputs_dir=Path({str(out)!r})), EngineOptions(demo=True))
+            host.start()
+            host.submit(GenerationParams(prompt="cat", width=64, height=64, steps=60, seed=77,
+                                         preview_every=0))
+            while True:
+                if any(isinstance(e, msg.Progress) for e in host.poll(timeout=0.2)):
+                    break
+            print(host.pid, flush=True)
+            os.kill(os.getpid(), signal.SIGHUP)  # what a closing terminal sends
+        """
+    )
+    (tmp_path / "ui.py").write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "ui.py")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0  # the UI died of SIGHUP
+    engine_pid = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _alive(engine_pid):
+        time.sleep(0.2)
+    assert not _alive(engine_pid), "the engine must exit after saving"
+    saved = list(out.glob("txt2img-images/*/*-77.png"))
+    assert len(saved) == 1 and read_infotext(saved[0]) is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
