@@ -1,0 +1,605 @@
+"""Reading checkpoints safely and turning them into diffusers pipelines, offline.
+
+Single files (A1111's ``models/Stable-diffusion/*.safetensors|*.ckpt``) are classified from
+their tensor names (``sdtui.model_family``) and built component by component against a bundled
+config folder (``sdtui.engine.configs``), so nothing is fetched from the Hub. Diffusers folders
+load with ``from_pretrained(local_files_only=True)``. Every problem a user can cause comes out
+as a ``UserError`` that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import pickle
+import re
+import struct
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtui.engine.configs import config_dir
+from sdtui.errors import UserError
+from sdtui.model_family import UNET, ModelFamily, UnknownArchitectureError, detect_family
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+MAX_SAFETENSORS_HEADER = 100_000_000  # the limit the safetensors library itself enforces
+SD2_CONFIGS = {True: "sd21-768-v", False: "sd21-512"}  # v-prediction? -> bundled config
+
+_RE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_RE_YAML_V = re.compile(r"^\s*parameterization:\s*[\"']?v[\"']?\s*(#.*)?$", re.MULTILINE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def _human_size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _opening(path: Path) -> str:
+    """The first printable characters of a file, for "it starts with '<html...'"."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    text = head.decode("utf-8", errors="replace")
+    text = " ".join(text.split())
+    return (text[:16] + "...") if len(text) > 16 else text
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return printable / len(head) > 0.95
+
+
+def _not_a_file_of_kind(path: Path, kind: str) -> UserError:
+    return UserError(
+        f"{path.name} is not a {kind} file (it starts with '{_opening(path)}'): re-download it",
+        detail=f"path: {path}",
+    )
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse and check the header: a complete file is 8 + header + the last tensor's end."""
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path.name} is empty (0 bytes): re-download it")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _not_a_file_of_kind(path, "safetensors")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > MAX_SAFETENSORS_HEADER or _looks_like_text(head):
+            raise _not_a_file_of_kind(path, "safetensors")
+        if 8 + header_len > size:
+            raise UserError(
+                f"checkpoint {path.name} is truncated: {_human_size(size)}, cut off inside its "
+                "header — re-download it"
+            )
+        raw = f.read(header_len)
+    if not raw.lstrip().startswith(b"{"):
+        raise _not_a_file_of_kind(path, "safetensors")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"{path.name} has a damaged safetensors header: re-download it", detail=str(e)
+        ) from e
+    if not isinstance(header, dict):
+        raise _not_a_file_of_kind(path, "safetensors")
+    try:
+        data_end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise UserError(
+            f"{path.name} has a damaged safetensors header: re-download it", detail=str(e)
+        ) from e
+    expected = 8 + header_len + data_end
+    if size < expected:
+        raise UserError(
+            f"checkpoint {path.name} is truncated: {_human_size(size)} of "
+            f"{_human_size(expected)} — re-download it",
+            detail=f"{path}: {size} bytes on disk, header says {expected}",
+        )
+    return header
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _safetensors_header(path)
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as e:
+        raise UserError(f"{path.name} is damaged ({e}): re-download it", detail=str(e)) from e
+
+
+class _LightningCallbackState:
+    """Stand-in for Lightning's ModelCheckpoint that some old checkpoints pickle beside the
+    weights; only its plain data is restored, and nothing in it is ever called."""
+
+
+def _allowed_globals() -> list[Any]:
+    """What old checkpoints legitimately pickle besides tensors (as A1111's modules/safe.py)."""
+    import numpy as np
+
+    multiarray = np._core.multiarray
+    allowed: list[Any] = [
+        (_LightningCallbackState, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray.scalar, "numpy._core.multiarray.scalar"),
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        (multiarray._reconstruct, "numpy._core.multiarray._reconstruct"),
+        (np.ndarray, "numpy.ndarray"),
+        (np.dtype, "numpy.dtype"),
+    ]
+    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType"):
+        dtype_cls = getattr(np.dtypes, name)
+        allowed.append((dtype_cls, f"numpy.dtypes.{name}"))
+    return allowed
+
+
+def _refused_global(error: Exception) -> str | None:
+    match = _RE_GLOBAL.search(str(error))
+    if match is None:
+        return None
+    name = match.group(1)
+    # torch prints builtins without their module ("eval"); say where it comes from.
+    return name if "." in name else f"builtins.{name}"
+
+
+def _read_pickled(path: Path) -> Any:
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path.name} is empty (0 bytes): re-download it")
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not is_zip and _looks_like_text(head):
+        raise _not_a_file_of_kind(path, "checkpoint")
+    try:
+        # weights_only: the unpickler can only build tensors and the allow-listed classes, so a
+        # pickle that names os.system is refused before anything is called.
+        with torch.serialization.safe_globals(_allowed_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        culprit = _refused_global(e)
+        if culprit is not None:
+            raise UserError(
+                f"refused to load {path.name}: its pickle tries to run code ({culprit}). "
+                "Use a .safetensors version of this model.",
+                detail=str(e),
+            ) from None
+        raise UserError(
+            f"refused to load {path.name}: its pickle holds something other than weights. "
+            "Use a .safetensors version of this model.",
+            detail=str(e),
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise UserError(
+            f"{path.name} is damaged or truncated ({_human_size(size)}): re-download it",
+            detail=f"{type(e).__name__}: {e}",
+        ) from None
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # Lightning and A1111 nest the weights, sometimes twice
+    if not isinstance(obj, dict):
+        raise UserError(f"{path.name} does not hold a state dict of weights: it is not a model")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"{path.name} holds no weights: re-download it")
+    return tensors
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"model not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a checkpoint file")
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` or ``.ckpt``/``.pt`` file, on the CPU."""
+    path = Path(path)
+    _check_exists(path)
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return _unwrap_state_dict(_read_pickled(path), path)
+    raise UserError(
+        f"{path.name}: sdtui reads .safetensors and .ckpt checkpoints, not '{path.suffix}' files"
+    )
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape. For safetensors only the header is read, not a byte of weights."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        header = _safetensors_header(path)
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    return {k: tuple(v.shape) for k, v in read_checkpoint(path).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building pipelines
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any  # StableDiffusionPipeline | StableDiffusionXLPipeline
+    family: ModelFamily
+    name: str
+    path: Path
+    size_bytes: int
+    load_seconds: float
+    prediction_type: str  # "epsilon" or "v_prediction"
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    freed: bool = False
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU; on CUDA bf16 where the GPU does it natively (Ampere+), else fp16."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        if torch.cuda.get_device_capability(index)[0] >= 8 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if dev.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device {device!r} asked for, but this machine has no usable CUDA GPU "
+            "(no driver, or a CPU-only torch): use the cpu device"
+        )
+
+
+def yaml_v_prediction(checkpoint: Path) -> bool | None:
+    """What a same-name ``.yaml`` beside the checkpoint says (A1111 convention); None if none."""
+    yaml_path = next(
+        (
+            p
+            for p in (checkpoint.with_suffix(".yaml"), checkpoint.with_suffix(".yml"))
+            if p.is_file()
+        ),
+        None,
+    )
+    if yaml_path is None:
+        return None
+    text = yaml_path.read_text(encoding="utf-8", errors="replace")
+    try:
+        import yaml
+
+        data = yaml.safe_load(text)
+        params = data.get("model", {}).get("params", {}) if isinstance(data, dict) else {}
+        return isinstance(params, dict) and params.get("parameterization") == "v"
+    except Exception:  # PyYAML missing or the file is not clean YAML: fall back to a text search
+        return _RE_YAML_V.search(text) is not None
+
+
+@torch.no_grad()
+def unet_predicts_v(unet: torch.nn.Module) -> bool:
+    """A1111's SD2 test: at t=999 on a flat latent, a v-model's output sits far below the input."""
+    param = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=param.device, dtype=param.dtype)
+    context = torch.full(
+        (1, 2, unet.config.cross_attention_dim), 0.5, device=param.device, dtype=param.dtype
+    )
+    t = torch.tensor([999], device=param.device)
+    out = unet(x, t, encoder_hidden_states=context).sample
+    return (out.float() - x.float()).mean().item() < -1
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (older releases ignore the new name)."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _scheduler_from(folder: Path, prediction_type: str | None = None) -> Any:
+    import diffusers
+
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_cls = getattr(diffusers, config["_class_name"])
+    scheduler = scheduler_cls.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    if prediction_type is not None and scheduler.config.prediction_type != prediction_type:
+        scheduler = scheduler_cls.from_config(scheduler.config, prediction_type=prediction_type)
+    return scheduler
+
+
+def _build_component(path: Path, what: str, build: Any) -> Any:
+    try:
+        return build()
+    except UserError:
+        raise
+    except Exception as e:  # diffusers raises many types for a file that does not fit
+        raise UserError(
+            f"could not build the {what} of {path.name} from its weights: the file may be "
+            "damaged or a variant sdtui does not know — try another copy of the model",
+            detail=f"{type(e).__name__}: {e}",
+        ) from e
+
+
+# Where each text encoder's token embedding sits in an original-layout file.
+_CLIP_EMBEDDING = "transformer.text_model.embeddings.token_embedding.weight"
+_TOKEN_EMBEDDING = {
+    ("SD1", "text_encoder"): "cond_stage_model." + _CLIP_EMBEDDING,
+    ("SD2", "text_encoder"): "cond_stage_model.model.token_embedding.weight",
+    ("SDXL", "text_encoder"): "conditioner.embedders.0." + _CLIP_EMBEDDING,
+    ("SDXL", "text_encoder_2"): "conditioner.embedders.1.model.token_embedding.weight",
+}
+
+
+def _load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    state_dict = read_checkpoint(path)
+    try:
+        family = detect_family({k: tuple(v.shape) for k, v in state_dict.items()})
+    except UnknownArchitectureError as e:
+        raise UserError(f"cannot load {path.name}: {e}") from None
+    cfg = config_dir(family.config)
+    common = {"config": str(cfg), "local_files_only": True, _dtype_keyword(): dtype}
+    unet_in = int(state_dict[UNET + "input_blocks.0.0.weight"].shape[1])
+    unet = _build_component(
+        path,
+        "UNet",
+        lambda: UNet2DConditionModel.from_single_file(
+            state_dict, subfolder="unet", in_channels=unet_in, **common
+        ),
+    )
+    vae = _build_component(
+        path, "VAE", lambda: AutoencoderKL.from_single_file(state_dict, subfolder="vae", **common)
+    )
+
+    def text_encoder(cls: type, subfolder: str) -> Any:
+        model = _build_component(
+            path,
+            f"text encoder ({subfolder})",
+            lambda: create_diffusers_clip_model_from_ldm(
+                cls,
+                state_dict,
+                subfolder=subfolder,
+                config=str(cfg),
+                torch_dtype=dtype,
+                local_files_only=True,
+            ),
+        )
+        # Without accelerate diffusers loads text encoders with strict=False: a name mismatch
+        # would leave random weights and draw noise, so check one tensor really arrived.
+        key = _TOKEN_EMBEDDING[(family.family, subfolder)]
+        embedding = model.get_input_embeddings().weight
+        if key not in state_dict or not torch.equal(embedding, state_dict[key].to(embedding)):
+            raise UserError(
+                f"the text encoder weights of {path.name} did not load ({subfolder}): the file "
+                "may be damaged or a variant sdtui does not know — try another copy",
+                detail=f"expected {key}",
+            )
+        return model
+
+    parts: dict[str, Any] = {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder(CLIPTextModel, "text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(cfg / "tokenizer"),
+        "scheduler": _scheduler_from(cfg),
+    }
+    if family.family == "SDXL":
+        parts["text_encoder_2"] = text_encoder(CLIPTextModelWithProjection, "text_encoder_2")
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(cfg / "tokenizer_2")
+        pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True)
+    else:
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    return pipe, family
+
+
+_FOLDER_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+}
+
+
+def _family_of_folder(pipe: Any, is_xl: bool) -> ModelFamily:
+    unet_cfg = pipe.unet.config
+    # Describe the folder's UNet the way a single file would look, so one classifier decides.
+    shapes: dict[str, tuple[int, ...]] = {
+        UNET + "input_blocks.0.0.weight": (
+            unet_cfg.block_out_channels[0],
+            unet_cfg.in_channels,
+            3,
+            3,
+        ),
+        UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (
+            unet_cfg.block_out_channels[0],
+            unet_cfg.cross_attention_dim,
+        ),
+    }
+    if is_xl:
+        shapes["conditioner.embedders.1.model.positional_embedding"] = (77, 1280)
+    try:
+        family = detect_family(shapes)
+    except UnknownArchitectureError:
+        label = "SDXL" if is_xl else ("SD2" if unet_cfg.cross_attention_dim == 1024 else "SD1")
+        family = ModelFamily(family=label, config="", inpainting=unet_cfg.in_channels == 9)
+    v = pipe.scheduler.config.get("prediction_type") == "v_prediction"
+    return dataclasses.replace(family, v_prediction=v)
+
+
+def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise UserError(
+            f"{path.name} is a folder without model_index.json: point sdtui at a diffusers "
+            "model folder or at a .safetensors file"
+        )
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{index_file} is damaged: re-download the model", detail=str(e)) from e
+    kind = _FOLDER_PIPELINES.get(index.get("_class_name", ""))
+    if kind is None:
+        raise UserError(
+            f"{path.name} is a {index.get('_class_name', 'unknown')} folder: sdtui runs "
+            "Stable Diffusion 1.x, 2.x and SDXL pipelines"
+        )
+    if index.get("text_encoder") in (None, [None, None]):
+        raise UserError(
+            f"{path.name} has no text encoder (an SDXL refiner?): use a base model folder"
+        )
+    extra: dict[str, Any] = {}
+    if kind == "sd":
+        extra = {
+            "safety_checker": None,
+            "feature_extractor": None,
+            "requires_safety_checker": False,
+        }
+    pipe_cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    try:
+        extra[_dtype_keyword()] = dtype
+        pipe = pipe_cls.from_pretrained(path, local_files_only=True, **extra)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"could not load the diffusers folder {path.name}: a file is missing or damaged — "
+            "re-download the model",
+            detail=f"{type(e).__name__}: {e}",
+        ) from e
+    return pipe, _family_of_folder(pipe, kind == "sdxl")
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def load_pipeline(
+    path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Load a checkpoint file or a diffusers folder into a ready pipeline on ``device``."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"model not found: {path}")
+    _check_device(device)
+    dtype = dtype or default_dtype(device)
+    start = time.perf_counter()
+    if path.is_dir():
+        pipe, family = _load_folder(path, dtype)
+    else:
+        pipe, family = _load_single_file(path, dtype)
+    pipe.set_progress_bar_config(disable=True)  # the engine reports progress itself
+    try:
+        if torch.device(device).type != "cpu":  # components are built on the CPU
+            pipe.to(device)
+    except (RuntimeError, AssertionError) as e:
+        _release(pipe)  # half-moved weights would otherwise pin VRAM until a restart
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            raise UserError(
+                f"not enough GPU memory to load {path.name} ({_human_size(_size_on_disk(path))}): "
+                "close other programs using the GPU or choose a lower memory mode",
+                detail=str(e),
+            ) from e
+        raise UserError(
+            f"could not move {path.name} to {device}: {str(e).splitlines()[0]}",
+            detail=str(e),
+        ) from e
+    if path.is_file():
+        pipe, family = _settle_prediction_type(path, pipe, family)
+    return LoadedModel(
+        pipe=pipe,
+        family=family,
+        name=path.stem if path.is_file() else path.name,
+        path=path,
+        size_bytes=_size_on_disk(path),
+        load_seconds=time.perf_counter() - start,
+        prediction_type=pipe.scheduler.config.prediction_type,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _settle_prediction_type(path: Path, pipe: Any, family: ModelFamily) -> tuple[Any, ModelFamily]:
+    """v-prediction is not in the weights: a yaml beside the file decides, else for SD2 the
+    UNet is asked (A1111's test); SD 1.x and SDXL base are epsilon."""
+    v = yaml_v_prediction(path)
+    if v is None and family.family == "SD2" and not family.inpainting:
+        v = unet_predicts_v(pipe.unet)
+        log.info("%s: UNet test says %s", path.name, "v-prediction" if v else "epsilon")
+    if family.family == "SD2":
+        name = SD2_CONFIGS[bool(v)]
+        cfg = config_dir(name)
+        unet_config = json.loads((cfg / "unet" / "config.json").read_text())
+        pipe.unet.register_to_config(sample_size=unet_config["sample_size"])  # 768 vs 512 px
+        pipe.scheduler = _scheduler_from(cfg, "v_prediction" if v else "epsilon")
+        family = dataclasses.replace(family, config=name)
+    elif v:
+        pipe.scheduler = _scheduler_from(config_dir(family.config), "v_prediction")
+    return pipe, dataclasses.replace(family, v_prediction=bool(v))
+
+
+def _release(pipe: Any) -> None:
+    if hasattr(pipe, "remove_all_hooks"):
+        pipe.remove_all_hooks()  # offload hooks keep their own references to the weights
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            # Meta tensors have no storage: the weights go even if someone still holds the module.
+            component.to("meta")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def free_pipeline(loaded: LoadedModel) -> None:
+    """Release a model's memory (RAM and VRAM) even if stray references to it survive.
+    The pipeline is unusable afterwards (``loaded.freed``); load the model again to use it."""
+    if loaded.freed:
+        return
+    _release(loaded.pipe)
+    loaded.freed = True
