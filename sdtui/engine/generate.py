@@ -216,86 +216,90 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     steps_per_batch = p.steps if not img2img else max(1, int(p.steps * p.denoising_strength))
     ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_per_batch * p.batch_count))
 
-    cond = pipes.encode(p)
-    device = pipes.device
-    saved: list[str] = []
-    images_all: list[Image.Image] = []
-    seeds_all: list[int] = []
-    cancelled = False
-    preview_s = 0.0
-    for b in range(p.batch_count):
-        seeds = [p.seed + b * p.batch_size + i for i in range(p.batch_size)]
-        subseeds = [p.subseed + b * p.batch_size + i for i in range(p.batch_size)]
-        # one generator per image: image i of a job is reproducible alone with seed+i
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        reporter = StepReporter(ctx, p, b, steps_per_batch)
-        call: dict[str, Any] = dict(
-            num_inference_steps=p.steps,
-            guidance_scale=p.cfg_scale,
-            num_images_per_prompt=p.batch_size,
-            output_type="latent",
-            callback_on_step_end=reporter,
-            callback_on_step_end_tensor_inputs=["latents"],
-            **cond,
-        )
-        if img2img:
-            call.update(image=[init] * p.batch_size, strength=p.denoising_strength, generator=generators)
-        else:
-            shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
-            noise = [
-                make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
-                for s, ss in zip(seeds, subseeds, strict=True)
-            ]
-            # advance each generator past its initial noise, as diffusers would have
-            for g in generators:
-                torch.randn(shape, generator=g)
-            call.update(
-                width=p.width,
-                height=p.height,
-                latents=torch.stack(noise).to(device, pipe.unet.dtype),
-                generator=generators,
+    # LoRAs, embeddings and the VAE apply for this job only; job_extra holds their infotext
+    with pipes.job_scope(p, ctx) as job_extra:
+        cond = pipes.encode(p)
+        device = pipes.device
+        saved: list[str] = []
+        images_all: list[Image.Image] = []
+        seeds_all: list[int] = []
+        cancelled = False
+        preview_s = 0.0
+        for b in range(p.batch_count):
+            seeds = [p.seed + b * p.batch_size + i for i in range(p.batch_size)]
+            subseeds = [p.subseed + b * p.batch_size + i for i in range(p.batch_size)]
+            # one generator per image: image i of a job is reproducible alone with seed+i
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            reporter = StepReporter(ctx, p, b, steps_per_batch)
+            call: dict[str, Any] = dict(
+                num_inference_steps=p.steps,
+                guidance_scale=p.cfg_scale,
+                num_images_per_prompt=p.batch_size,
+                output_type="latent",
+                callback_on_step_end=reporter,
+                callback_on_step_end_tensor_inputs=["latents"],
+                **cond,
             )
-        try:
-            with torch.inference_mode():
-                latents = pipe(**call).images
-        except BatchSkipped:
-            ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
-            continue
-        except JobCancelled:
-            cancelled = True
-            break
-        finally:
-            preview_s += reporter.preview_s
-        images = decode_latents(pipe, latents, ctx)
-        for i, image in enumerate(images):
-            seed = seeds[i]
+            if img2img:
+                call.update(image=[init] * p.batch_size, strength=p.denoising_strength, generator=generators)
+            else:
+                shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
+                noise = [
+                    make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
+                    for s, ss in zip(seeds, subseeds, strict=True)
+                ]
+                # advance each generator past its initial noise, as diffusers would have
+                for g in generators:
+                    torch.randn(shape, generator=g)
+                call.update(
+                    width=p.width,
+                    height=p.height,
+                    latents=torch.stack(noise).to(device, pipe.unet.dtype),
+                    generator=generators,
+                )
+            try:
+                with torch.inference_mode():
+                    latents = pipe(**call).images
+                    if p.enable_hr and not img2img:
+                        latents = pipes.hires_fix(p, latents, generators, cond, reporter, ctx)
+            except BatchSkipped:
+                ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
+                continue
+            except JobCancelled:
+                cancelled = True
+                break
+            finally:
+                preview_s += reporter.preview_s
+            images = decode_latents(pipe, latents, ctx)
+            for i, image in enumerate(images):
+                seed = seeds[i]
+                info = format_infotext(
+                    p.prompt,
+                    p.negative_prompt,
+                    p.infotext_pairs(
+                        seed=seed,
+                        model_name=ctx.model_name,
+                        model_hash=ctx.model_hash,
+                        subseed=subseeds[i] if p.subseed_strength > 0 else None,
+                        extra={**pipes.extra_infotext(p), **job_extra},
+                    ),
+                )
+                path = ctx.layout.save_image(image, kind, seed, info)
+                saved.append(str(path))
+                images_all.append(image)
+                seeds_all.append(seed)
+                ctx.emit(msg.ImageSaved(ctx.job_id, len(saved) - 1, str(path), seed, info))
+            if ctx.control.cancel.is_set():
+                cancelled = True
+                break
+        if len(images_all) > 1 and not cancelled:
             info = format_infotext(
                 p.prompt,
                 p.negative_prompt,
-                p.infotext_pairs(
-                    seed=seed,
-                    model_name=ctx.model_name,
-                    model_hash=ctx.model_hash,
-                    subseed=subseeds[i] if p.subseed_strength > 0 else None,
-                    extra=pipes.extra_infotext(p),
-                ),
+                p.infotext_pairs(seed=p.seed, model_name=ctx.model_name, model_hash=ctx.model_hash),
             )
-            path = ctx.layout.save_image(image, kind, seed, info)
-            saved.append(str(path))
-            images_all.append(image)
-            seeds_all.append(seed)
-            ctx.emit(msg.ImageSaved(ctx.job_id, len(saved) - 1, str(path), seed, info))
-        if ctx.control.cancel.is_set():
-            cancelled = True
-            break
-    if len(images_all) > 1 and not cancelled:
-        info = format_infotext(
-            p.prompt,
-            p.negative_prompt,
-            p.infotext_pairs(seed=p.seed, model_name=ctx.model_name, model_hash=ctx.model_hash),
-        )
-        grid = ctx.layout.save_grid(images_all, kind, info)
-        ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
+            grid = ctx.layout.save_grid(images_all, kind, info)
+            ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
     seconds = time.perf_counter() - t_start
     return msg.JobDone(
         ctx.job_id,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,20 @@ class ModelSession:
 
     def extra_infotext(self, p: GenerationParams) -> dict[str, object]:
         return {"RNG": "CPU"}
+
+    @contextmanager
+    def job_scope(self, p: GenerationParams, ctx: Any) -> Iterator[dict[str, object]]:
+        """Apply what a job asks for beyond the checkpoint (LoRAs, embeddings, VAE) for this job
+        only; yields the infotext pairs that record them."""
+        yield {}
+
+    def hires_fix(
+        self, p: GenerationParams, latents: Any, generators: Any, cond: Any, reporter: Any, ctx: Any
+    ) -> Any:
+        """Second pass of A1111's hires fix on the first pass's latents."""
+        from sdtui.errors import UserError
+
+        raise UserError("hires fix is not available in this build: generate without --hires")
 
     def close(self) -> None:
         """Drop every reference to the weights and give the memory back."""
