@@ -1,0 +1,735 @@
+"""The sdtui app: prompt, settings, preview, batch grid, queue, job log, status bar, GPU pane.
+
+The engine runs in another process (``EngineHost``), started before ``App.run``. The app
+polls its events 20 times a second without blocking (``host.poll(0)``), turns each into a
+Textual message (``sdtui.tui.messages``) and handles them below. Widgets only render and post
+messages; the decisions (what to submit, what to show, what to remember) are made here.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Label
+
+from sdtui.config import Settings
+from sdtui.errors import UserError
+from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError
+from sdtui.tui import messages as m
+from sdtui.tui.commands import SdtuiCommands, bindings
+from sdtui.tui.form_state import FormState, save_form_state
+from sdtui.tui.screens.full_view import FullViewScreen
+from sdtui.tui.screens.history import HistoryScreen
+from sdtui.tui.widgets.gpu_pane import GpuPane
+from sdtui.tui.widgets.image_view import ImageGrid, PreviewImage
+from sdtui.tui.widgets.job_log import JobLog
+from sdtui.tui.widgets.prompt_editor import PromptEditor
+from sdtui.tui.widgets.queue_view import QueueEntry, QueueView
+from sdtui.tui.widgets.settings_form import SettingsForm
+from sdtui.tui.widgets.status_bar import StatusBar
+
+POLL_INTERVAL_S = 0.05  # 20 Hz: smooth progress, negligible CPU
+WIDE_WIDTH = 140  # from here on the GPU pane has its own column
+IMG2IMG_2X_DENOISE = 0.75
+
+
+class EngineLike(Protocol):
+    """What the app needs of ``EngineHost`` (tests pass a fake with the same shape)."""
+
+    pending: dict[int, Any]
+    running_job: int | None
+    state: str
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def queued(self) -> list[int]: ...
+    def submit(self, params: Any) -> int: ...
+    def submit_upscale(self, params: Any) -> int: ...
+    def cancel(self, job_id: int | None = None) -> None: ...
+    def skip(self) -> None: ...
+    def load_model(self, model: str) -> None: ...
+    def restart(self) -> list[int]: ...
+    def poll(self, timeout: float = 0.0) -> list[Any]: ...
+
+
+@dataclass
+class JobInfo:
+    kind: str  # txt2img | img2img | extras
+    summary: str
+    images: int = 1
+    steps: int = 0
+
+
+class PathPromptScreen(ModalScreen[str | None]):
+    """Asks for a file path (enter: use it, escape: cancel)."""
+
+    DEFAULT_CSS = """
+    PathPromptScreen { align: center middle; }
+    PathPromptScreen > Vertical {
+        width: 80%; max-width: 100; height: auto; border: round $accent; padding: 0 1;
+        background: $surface;
+    }
+    """
+    BINDINGS = [("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, value: str = "") -> None:
+        super().__init__()
+        self._title = title
+        self._value = value
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self._title)
+            yield Input(self._value, placeholder="/path/to/image.png", id="path-input")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class KeyFooter(Footer):
+    """The footer, with its keys wrapping onto more rows on a narrow terminal instead of
+    running off the edge: every key stays visible."""
+
+    CELL_WIDTH = 13
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        self._wrap(self.app.size.width)
+
+    def on_resize(self, event: Resize) -> None:
+        self._wrap(event.size.width)
+
+    def _wrap(self, width: int) -> None:
+        columns = max(3, (width or 80) // self.CELL_WIDTH)
+        if self.styles.grid_size_columns != columns:
+            self.styles.grid_size_columns = columns
+
+
+class MainScreen(Screen[None]):
+    """The one working screen. Its keys live here (not on the App) so they do not fire
+    while a modal screen (full view, history, a prompt) is on top."""
+
+    AUTO_FOCUS = "#prompt"
+    BINDINGS = [*bindings(), Binding("ctrl+p", "app.command_palette", "Commands")]
+
+    def __init__(self, app_: SdtuiApp) -> None:
+        super().__init__(id="main-screen")
+        self._sdtui = app_
+
+    def compose(self) -> ComposeResult:
+        a = self._sdtui
+        with Horizontal(id="work"):
+            with Vertical(id="left"):
+                yield PromptEditor(a.form_state.params.prompt, a.form_state.params.negative_prompt)
+                yield SettingsForm(a.form_state, a.model_names, a.upscaler_names, id="form")
+            with Vertical(id="right"):
+                yield PreviewImage(id="preview", placeholder="no image yet: type a prompt, ctrl+g")
+                yield ImageGrid(id="grid", empty_text="the images of a job show here")
+                yield QueueView(id="queue")
+            with Vertical(id="side"):
+                yield GpuPane(a.gpu_sampler, our_pids=a.our_pids(), interval=a.gpu_interval)
+        yield JobLog(id="log", clock=a.clock)
+        yield StatusBar(id="status")
+        yield KeyFooter(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self._sdtui.main_mounted()
+
+    def on_resize(self, event: Resize) -> None:
+        self._sdtui.update_layout(event.size.width)
+
+
+class SdtuiApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "sdtui"
+    COMMANDS = App.COMMANDS | {SdtuiCommands}
+
+    def __init__(
+        self,
+        host: EngineLike,
+        settings: Settings,
+        *,
+        form_state: FormState | None = None,
+        model_names: Sequence[str] | None = None,
+        upscaler_names: Sequence[str] | None = None,
+        gpu_sampler: Any = None,
+        gpu_interval: float | None = 1.0,
+        remember_form: bool = True,
+        clock: Callable[[], str] | None = None,
+        poll_interval: float = POLL_INTERVAL_S,
+        restart_host: Callable[[EngineLike], list[int]] | None = None,
+        handle_sighup: bool = False,
+        graphics_note: str = "",
+    ) -> None:
+        super().__init__()
+        self.host = host
+        self.settings = settings
+        self.form_state = form_state or FormState()
+        self.form_errors: dict[str, str] = {}
+        self.model_names = list(model_names) if model_names else ["demo"]
+        self.upscaler_names = list(upscaler_names) if upscaler_names else ["Lanczos", "Nearest"]
+        self.gpu_sampler = gpu_sampler
+        self.gpu_interval = gpu_interval
+        self.remember_form = remember_form
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self._restart_host = restart_host or (lambda h: h.restart())
+        self.handle_sighup = handle_sighup
+        self.graphics_note = graphics_note
+        self.hung_up = False
+        self.jobs: dict[int, JobInfo] = {}
+        self.job_images: dict[int, list[str]] = {}
+        self.shown_job: int | None = None
+        self.selected_path: str | None = None
+        self.last_seed: int | None = None
+        self.engine_state = getattr(host, "state", "starting")
+        self.gpu_visible: bool | None = None  # None: automatic (shown on wide terminals)
+        self._restarting = False
+        self._announced_ready = False
+        self.main = MainScreen(self)
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def get_default_screen(self) -> Screen[Any]:
+        return self.main
+
+    def main_mounted(self) -> None:
+        self.set_interval(self.poll_interval, self.poll_engine)
+        if self.handle_sighup:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
+        pid = self.host.pid
+        self.log_line(
+            "info", f"engine starting (pid {pid}): importing torch" if pid else "engine starting"
+        )
+        if self.graphics_note:
+            self.log_line("info", self.graphics_note)
+        self.main.query_one(StatusBar).update_line(state=self.engine_state)
+        self.update_layout(self.main.size.width)
+
+    def our_pids(self) -> tuple[int, ...]:
+        pid = self.host.pid
+        return (os.getpid(), pid) if pid else (os.getpid(),)
+
+    def update_layout(self, width: int) -> None:
+        wide = width >= WIDE_WIDTH
+        show = self.gpu_visible if self.gpu_visible is not None else wide
+        self.main.set_class(wide, "wide")
+        self.main.set_class(show, "gpu-on")
+
+    # -- engine events -------------------------------------------------------------------
+
+    def poll_engine(self) -> None:
+        if self._restarting:
+            return
+        for event in self.host.poll(0):
+            self.post_message(m.message_for(event))
+
+    def on_engine_status_changed(self, message: m.EngineStatusChanged) -> None:
+        e = message.event
+        previous, self.engine_state = self.engine_state, e.state
+        status = self.main.query_one(StatusBar)
+        status.update_line(state=e.state, detail=e.detail, model=e.model or status.line.model)
+        if e.state == "crashed":
+            kept = len(self.host.pending)
+            self.log_line(
+                "error",
+                f"{e.detail or 'the engine stopped'} — press F12 to restart"
+                + (f" ({kept} job{'s' if kept != 1 else ''} kept)" if kept else ""),
+            )
+            self.notify(
+                "The engine crashed. Press F12 to restart it; the queue is kept.",
+                severity="error",
+                timeout=10,
+            )
+        elif e.state == "ready" and not self._announced_ready:
+            self._announced_ready = True
+            self.log_line(
+                "info",
+                f"engine ready on {e.device or 'the device'} ({e.detail})".replace(" ()", ""),
+            )
+        elif e.state == "loading" and previous != "loading":
+            self.log_line("info", e.detail or "loading model")
+        if e.pid:
+            with contextlib.suppress(Exception):
+                self.main.query_one(GpuPane).our_pids = self.our_pids()
+        self.refresh_bindings()
+        self.refresh_queue()
+
+    def on_engine_logged(self, message: m.EngineLogged) -> None:
+        e = message.event
+        self.log_line(e.level, e.text)
+
+    def on_model_loaded(self, message: m.ModelLoaded) -> None:
+        e = message.event
+        size = (
+            f"{e.size_bytes / 1e9:.1f} GB"
+            if e.size_bytes >= 1e9
+            else f"{e.size_bytes / 1e6:.0f} MB"
+        )
+        self.log_line("ok", f"loaded {e.name} ({e.family}, {size}) in {e.seconds:.1f} s")
+        self.main.query_one(StatusBar).update_line(model=e.name)
+
+    def on_job_started(self, message: m.JobStarted) -> None:
+        e = message.event
+        info = self.jobs.setdefault(e.job_id, JobInfo("txt2img", f"job {e.job_id}"))
+        info.images, info.steps = e.images_total, e.steps_total
+        self.job_images[e.job_id] = []
+        self.log_line("info", f"job #{e.job_id} started: {info.summary}")
+        self.refresh_queue()
+        self.refresh_bindings()
+
+    def on_job_progress(self, message: m.JobProgress) -> None:
+        e = message.event
+        self.main.query_one(StatusBar).update_line(
+            state="busy",
+            step=e.step,
+            steps=e.steps,
+            batch_index=e.batch_index,
+            batch_count=e.batch_count,
+            its=e.its,
+            eta_s=e.eta_s,
+        )
+        self._last_its = e.its
+
+    def on_preview_ready(self, message: m.PreviewReady) -> None:
+        e = message.event
+        self.main.query_one(PreviewImage).show_png(
+            e.png, f"job #{e.job_id} · step {e.step} · preview", label="preview"
+        )
+
+    def on_image_saved(self, message: m.ImageSaved) -> None:
+        e = message.event
+        if e.seed is not None:
+            self.last_seed = e.seed
+        if e.is_grid or e.index < 0:
+            self.log_line("info", f"grid saved: {e.path}")
+            return
+        self.log_line("ok", f"saved {e.path}")
+        images = self.job_images.setdefault(e.job_id, [])
+        images.append(e.path)
+        grid = self.main.query_one(ImageGrid)
+        if self.shown_job != e.job_id:
+            self.shown_job = e.job_id
+            grid.set_images([e.path])
+            self.select_image(e.path)
+        else:
+            grid.add_image(e.path)
+
+    def on_job_done(self, message: m.JobDone) -> None:
+        e = message.event
+        info = self.jobs.get(e.job_id)
+        n = len(e.paths)
+        if e.cancelled and not n and e.job_id not in self.job_images:
+            self.log_line("info", f"job #{e.job_id} removed from the queue")
+        elif e.cancelled:
+            self.log_line(
+                "warning", f"job #{e.job_id} interrupted: {n} image{'s' if n != 1 else ''} kept"
+            )
+        else:
+            its = getattr(self, "_last_its", None)
+            speed = f", {its:.2f} it/s" if its and info and info.kind != "extras" else ""
+            self.log_line(
+                "ok",
+                f"job #{e.job_id} done: {n} image{'s' if n != 1 else ''} in {e.seconds:.1f} s{speed}",
+            )
+        if info and info.kind == "extras" and e.paths:
+            self.main.query_one(ImageGrid).set_images(list(e.paths))
+            self.shown_job = e.job_id
+            self.select_image(e.paths[-1])
+        self.main.query_one(StatusBar).update_line(step=0, steps=0)
+        self.refresh_queue()
+        self.refresh_bindings()
+
+    def on_job_failed(self, message: m.JobFailed) -> None:
+        e = message.event
+        kept = (
+            f" ({len(e.paths)} image{'s' if len(e.paths) != 1 else ''} saved before it)"
+            if e.paths
+            else ""
+        )
+        self.log_line("error", f"job #{e.job_id} failed: {e.message}{kept}")
+        self.notify(e.message, title=f"job #{e.job_id} failed", severity="error", timeout=8)
+        self.main.query_one(StatusBar).update_line(step=0, steps=0)
+        self.refresh_queue()
+        self.refresh_bindings()
+
+    # -- widget messages -----------------------------------------------------------------
+
+    def on_form_changed(self, message: m.FormChanged) -> None:
+        prompt = self.form_state.params.prompt
+        negative = self.form_state.params.negative_prompt
+        self.form_state = message.state.with_params(prompt=prompt, negative_prompt=negative)
+        self.form_errors = message.errors
+        self.refresh_bindings()
+
+    def on_prompt_changed(self, message: m.PromptChanged) -> None:
+        self.form_state = self.form_state.with_params(
+            prompt=message.prompt, negative_prompt=message.negative_prompt
+        )
+        self.form().state = self.form().state.with_params(
+            prompt=message.prompt, negative_prompt=message.negative_prompt
+        )
+
+    def on_random_seed_requested(self, _: m.RandomSeedRequested) -> None:
+        self.action_random_seed()
+
+    def on_reuse_seed_requested(self, _: m.ReuseSeedRequested) -> None:
+        self.action_reuse_seed()
+
+    def on_remove_queued_job(self, message: m.RemoveQueuedJob) -> None:
+        self.remove_job(message.job_id)
+
+    @on(ImageGrid.Highlighted)
+    def _grid_highlighted(self, event: ImageGrid.Highlighted) -> None:
+        self.select_image(event.path)
+
+    @on(ImageGrid.Selected)
+    def _grid_selected(self, event: ImageGrid.Selected) -> None:
+        self.select_image(event.path)
+        self.action_full_view()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def form(self) -> SettingsForm:
+        return self.main.query_one(SettingsForm)
+
+    def log_line(self, level: str, text: str) -> None:
+        self.main.query_one(JobLog).add(level, text)
+
+    def select_image(self, path: str) -> None:
+        self.selected_path = path
+        self.main.query_one(PreviewImage).show_path(path)
+        self.refresh_bindings()
+
+    def _need_image(self) -> str | None:
+        path = self.selected_path
+        if path is None or not Path(path).exists():
+            self.notify(
+                "Select an image first (generate, or open History with F8).", severity="warning"
+            )
+            return None
+        return path
+
+    def queued_job_ids(self) -> list[int]:
+        return list(self.host.queued)
+
+    def job_summary(self, job_id: int) -> str:
+        info = self.jobs.get(job_id)
+        return info.summary if info else f"job {job_id}"
+
+    def refresh_queue(self) -> None:
+        running = self.host.running_job
+        entries = [
+            QueueEntry(job_id, self.job_summary(job_id), job_id == running)
+            for job_id in self.host.pending
+        ]
+        self.main.query_one(QueueView).show_entries(entries)
+        self.main.query_one(StatusBar).update_line(queued=len(self.host.queued))
+
+    def apply_form(self, state: FormState) -> None:
+        """Show ``state`` in the prompt editor and the form."""
+        self.form_state = state
+        self.main.query_one(PromptEditor).set_texts(
+            state.params.prompt, state.params.negative_prompt
+        )
+        self.form().load(state)
+
+    def set_form_field(self, name: str, value: str) -> None:
+        self.form().set_field(name, value)
+
+    def set_size(self, width: int, height: int) -> None:
+        self.form().set_field("width", str(width))
+        self.form().set_field("height", str(height))
+
+    def remember(self) -> None:
+        if self.remember_form:
+            save_form_state(self.form_state)
+
+    # -- actions -------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        busy = self.host.running_job is not None
+        # False hides the key from the footer while it cannot do anything
+        if action in ("interrupt", "skip"):
+            return busy
+        if action in (
+            "send_img2img",
+            "img2img_2x",
+            "send_extras",
+            "upscale",
+            "full_view",
+            "reuse_params",
+        ):
+            return self.selected_path is not None
+        return True
+
+    def action_generate(self) -> None:
+        state = self.form().state.with_params(
+            prompt=self.form_state.params.prompt,
+            negative_prompt=self.form_state.params.negative_prompt,
+        )
+        self.form_state = state
+        errors = state.errors()
+        if errors:
+            first = next(iter(errors.values()))
+            self.log_line("warning", f"not generated: {first}")
+            self.notify(first, title="fix the form first", severity="warning")
+            return
+        try:
+            if state.mode == "extras":
+                params = state.upscale_params()
+                job_id = self.host.submit_upscale(params)
+                info = JobInfo(
+                    "extras",
+                    f"extras {Path(params.image).name} {params.upscaler} x{params.scale:g}",
+                )
+            else:
+                gen = state.generation_params().replace(preview_every=self.settings.preview_every)
+                job_id = self.host.submit(gen)
+                info = JobInfo(gen.mode, _summary(gen), gen.images_total, gen.steps)
+        except (ParamError, UserError) as e:
+            self.log_line("error", f"not generated: {e}")
+            return
+        self.jobs[job_id] = info
+        self.remember()
+        if self.engine_state == "crashed":
+            self.log_line(
+                "warning", f"job #{job_id} queued, but the engine is down: press F12 to restart"
+            )
+        elif self.host.running_job is not None or len(self.host.queued) > 1:
+            self.log_line("info", f"job #{job_id} queued: {info.summary}")
+        self.refresh_queue()
+        self.refresh_bindings()
+
+    def action_interrupt(self) -> None:
+        if self.host.running_job is not None:
+            self.host.cancel(None)
+            self.log_line("warning", f"interrupting job #{self.host.running_job}")
+
+    def action_skip(self) -> None:
+        if self.host.running_job is not None:
+            self.host.skip()
+            self.log_line("info", "skipping the current image")
+
+    def action_random_seed(self) -> None:
+        self.form().set_field("seed", "-1")
+
+    def action_reuse_seed(self) -> None:
+        seed = self.last_seed
+        if self.selected_path:
+            with contextlib.suppress(UserError, ValueError, OSError):
+                from sdtui.infotext import params_from_image
+
+                seed = params_from_image(self.selected_path).seed
+        if seed is None or seed < 0:
+            self.notify("No image with a seed yet.", severity="warning")
+            return
+        self.form().set_field("seed", str(seed))
+
+    def action_send_img2img(self) -> None:
+        path = self._need_image()
+        if path:
+            self.form().set_field("init_image", path)
+            self.form().set_field("mode", "img2img")
+            self.log_line("info", f"img2img from {path}")
+
+    def action_img2img_2x(self) -> None:
+        path = self._need_image()
+        if not path:
+            return
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except OSError as e:
+            self.log_line("error", f"{path} cannot be read ({e}): pick another image")
+            return
+        width, height = _fit_size(w * 2), _fit_size(h * 2)
+        form = self.form()
+        form.set_field("init_image", path)
+        form.set_field("width", str(width))
+        form.set_field("height", str(height))
+        form.set_field("denoising_strength", str(IMG2IMG_2X_DENOISE))
+        form.set_field("mode", "img2img")
+        self.log_line(
+            "info", f"img2img at 2x ({width}x{height}, denoise {IMG2IMG_2X_DENOISE}) from {path}"
+        )
+
+    def action_send_extras(self) -> None:
+        path = self._need_image()
+        if path:
+            self.form().set_field("extras_image", path)
+            self.form().set_field("mode", "extras")
+            self.log_line("info", f"extras: {path}")
+
+    def action_upscale(self) -> None:
+        path = self._need_image()
+        if path:
+            self.action_send_extras()
+            self.call_after_refresh(self.action_generate)
+
+    def action_full_view(self) -> None:
+        path = self._need_image()
+        if path:
+            grid = self.main.query_one(ImageGrid)
+            paths = grid.paths if path in grid.paths else None
+            self.push_screen(FullViewScreen(path, paths))
+
+    def action_reuse_params(self) -> None:
+        path = self._need_image()
+        if path:
+            self.load_params_from(path)
+
+    def action_load_params(self) -> None:
+        def loaded(path: str | None) -> None:
+            if path:
+                self.load_params_from(path)
+
+        self.push_screen(
+            PathPromptScreen(
+                "Load parameters from a PNG (sdtui's or A1111's):", self.selected_path or ""
+            ),
+            loaded,
+        )
+
+    def load_params_from(self, path: str) -> None:
+        from sdtui.infotext import params_from_image
+
+        try:
+            params = params_from_image(os.path.expanduser(path))
+        except UserError as e:
+            self.log_line("error", e.message)
+            self.notify(e.message, severity="error")
+            return
+        note = ""
+        if params.model and params.model not in self.model_names:
+            note = f" (model {params.model} is not installed: keeping {self.form_state.params.model or 'the current one'})"
+            params = params.replace(model=self.form_state.params.model)
+        mode = self.form_state.mode if self.form_state.mode != "extras" else "txt2img"
+        keep_init = self.form_state.params.init_image
+        self.apply_form(
+            self.form_state.replace(mode=mode, params=params.replace(init_image=keep_init))
+        )
+        self.log_line("info", f"parameters loaded from {path}{note}")
+
+    def action_history(self) -> None:
+        def chosen(path: str | None) -> None:
+            if path:
+                grid = self.main.query_one(ImageGrid)
+                grid.set_images([path])
+                self.shown_job = None
+                self.select_image(path)
+
+        self.push_screen(HistoryScreen(self.settings.outputs), chosen)
+
+    def action_switch_model(self) -> None:
+        from textual.command import SimpleCommand
+
+        commands = [
+            SimpleCommand(name, _bound(self.switch_model, name), "load this checkpoint now")
+            for name in self.model_names
+        ]
+        self.search_commands(commands, placeholder="Switch model…")
+
+    def switch_model(self, name: str) -> None:
+        self.form().set_field("model", name)
+        self.host.load_model(name)
+        self.log_line("info", f"switching to {name}")
+
+    def action_toggle_gpu(self) -> None:
+        shown = self.main.has_class("gpu-on")
+        self.gpu_visible = not shown
+        self.update_layout(self.main.size.width)
+
+    def action_focus_queue(self) -> None:
+        queue = self.main.query_one(QueueView)
+        if queue.entries:
+            queue.focus()
+        else:
+            self.notify("The queue is empty.")
+
+    def remove_job(self, job_id: int) -> None:
+        if job_id not in self.host.pending:
+            return
+        self.host.cancel(job_id)
+        what = "interrupting" if job_id == self.host.running_job else "removing"
+        self.log_line("info", f"{what} job #{job_id}")
+
+    def action_restart_engine(self) -> None:
+        if self._restarting:
+            return
+        self._restarting = True
+        self.log_line("warning", "restarting the engine…")
+        self.main.query_one(StatusBar).update_line(state="starting", detail="", step=0, steps=0)
+        self._restart()
+
+    @work(thread=True, exclusive=True, group="engine-restart")
+    def _restart(self) -> None:
+        try:
+            ids = self._restart_host(self.host)
+            error = None
+        except Exception as e:  # noqa: BLE001 - said in the log; the app stays up
+            ids, error = [], e
+        self.call_from_thread(self._restarted, ids, error)
+
+    def _restarted(self, ids: list[int], error: Exception | None) -> None:
+        self._restarting = False
+        self._announced_ready = False
+        self.engine_state = "starting"
+        if error is not None:
+            self.log_line("error", f"the engine could not be restarted ({error}): try F12 again")
+            return
+        kept = f"; {len(ids)} job{'s' if len(ids) != 1 else ''} resubmitted" if ids else ""
+        self.log_line("info", f"engine restarted (pid {self.host.pid}){kept}")
+        self.refresh_queue()
+        self.refresh_bindings()
+        self.refresh(repaint=True, layout=True)
+
+    # -- leaving -------------------------------------------------------------------------
+
+    def _hangup(self) -> None:
+        """The terminal went away (SIGHUP): remember the form and leave; the engine finishes
+        its running job on its own."""
+        self.hung_up = True
+        self.remember()
+        self.exit(129)
+
+    async def action_quit(self) -> None:
+        self.remember()
+        self.exit(0)
+
+
+def _bound(fn: Callable[[str], None], arg: str) -> Callable[[], None]:
+    return lambda: fn(arg)
+
+
+def _summary(p: GenerationParams) -> str:
+    count = f" x{p.images_total}" if p.images_total > 1 else ""
+    prompt = p.prompt.replace("\n", " ")
+    prompt = prompt if len(prompt) <= 24 else prompt[:23] + "…"
+    return f'{p.mode} {p.width}x{p.height}{count} {p.steps} steps "{prompt}"'
+
+
+def _fit_size(v: int) -> int:
+    """A size the engine takes: a multiple of 8, at most MAX_SIZE."""
+    return max(SIZE_MULTIPLE, min(MAX_SIZE, v - v % SIZE_MULTIPLE))

@@ -1,0 +1,141 @@
+"""Prompt and negative prompt: multi-line, A1111 syntax coloured, with token counters."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rich.style import Style
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, TextArea
+from textual.widgets.text_area import TextAreaTheme
+
+from sdtui.prompt_syntax import highlight_spans
+from sdtui.tokens import count_tokens
+from sdtui.tui.messages import PromptChanged
+
+THEME_NAME = "sdtui-prompt"
+# one style per prompt_syntax span kind
+SPAN_STYLES: dict[str, Style] = {
+    "emphasis": Style(color="#f0c674", bold=True),
+    "deemphasis": Style(color="#81a2be", italic=True),
+    "weight": Style(color="#de935f"),
+    "lora": Style(color="#b294bb", bold=True),
+    "break": Style(color="#cc6666", bold=True, reverse=True),
+    "escape": Style(color="#707880"),
+}
+
+
+class PromptArea(TextArea):
+    """A TextArea that colours A1111 prompt syntax with ``prompt_syntax.highlight_spans``.
+
+    No tree-sitter grammar exists for prompts, so the highlight map is filled from the spans
+    directly (TextArea keeps it per line, in UTF-8 byte offsets)."""
+
+    DEFAULT_CSS = """
+    PromptArea {
+        height: auto; min-height: 2; max-height: 6; border: none; padding: 0 1;
+        background: $boost;
+    }
+    PromptArea:focus { border: none; background: $primary 15%; }
+    """
+
+    def __init__(self, text: str = "", *, id: str | None = None) -> None:
+        super().__init__(text, id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False)
+        self.register_theme(TextAreaTheme(name=THEME_NAME, syntax_styles=dict(SPAN_STYLES)))
+        self.theme = THEME_NAME
+
+    def _build_highlight_map(self) -> None:
+        highlights = getattr(self, "_highlights", None)
+        cache = getattr(self, "_line_cache", None)
+        if cache is not None:
+            cache.clear()
+        if not isinstance(highlights, defaultdict):  # a Textual without this internal: plain text
+            return
+        highlights.clear()
+        lines = self.document.lines
+        starts: list[int] = []
+        pos = 0
+        for line in lines:
+            starts.append(pos)
+            pos += len(line) + 1
+        text = "\n".join(lines)
+        row = 0
+        for start, end, kind in highlight_spans(text):
+            while row + 1 < len(starts) and starts[row + 1] <= start:
+                row += 1
+            r = row
+            s = start
+            while s < end and r < len(lines):
+                line_end = starts[r] + len(lines[r])
+                e = min(end, line_end)
+                line = lines[r]
+                b0 = len(line[: s - starts[r]].encode())
+                b1 = len(line[: e - starts[r]].encode())
+                if b1 > b0:
+                    highlights[r].append((b0, b1, kind))
+                r += 1
+                if r < len(starts):
+                    s = max(s, starts[r])
+
+
+class PromptEditor(Vertical):
+    """Both prompts. Posts PromptChanged on every edit; counts tokens off the UI thread."""
+
+    DEFAULT_CSS = """
+    PromptEditor { height: auto; }
+    PromptEditor .prompt-head { height: 1; }
+    PromptEditor .prompt-label { width: 1fr; color: $text-muted; }
+    PromptEditor .token-count { width: auto; color: $text-muted; }
+    PromptEditor .token-count.over { color: $warning; }
+    """
+
+    def __init__(
+        self, prompt: str = "", negative_prompt: str = "", *, id: str | None = None
+    ) -> None:
+        super().__init__(id=id)
+        self._initial = (prompt, negative_prompt)
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="prompt-head"):
+            yield Label("Prompt", classes="prompt-label")
+            yield Label("", id="prompt-tokens", classes="token-count")
+        yield PromptArea(self._initial[0], id="prompt")
+        with Horizontal(classes="prompt-head"):
+            yield Label("Negative prompt", classes="prompt-label")
+            yield Label("", id="negative-tokens", classes="token-count")
+        yield PromptArea(self._initial[1], id="negative")
+
+    def on_mount(self) -> None:
+        self._count(*self.texts)
+
+    @property
+    def texts(self) -> tuple[str, str]:
+        return (
+            self.query_one("#prompt", PromptArea).text,
+            self.query_one("#negative", PromptArea).text,
+        )
+
+    def set_texts(self, prompt: str, negative_prompt: str) -> None:
+        self.query_one("#prompt", PromptArea).load_text(prompt)
+        self.query_one("#negative", PromptArea).load_text(negative_prompt)
+
+    @on(TextArea.Changed)
+    def _changed(self, event: TextArea.Changed) -> None:
+        event.stop()
+        prompt, negative = self.texts
+        self.post_message(PromptChanged(prompt, negative))
+        self._count(prompt, negative)
+
+    @work(thread=True, exclusive=True, group="token-count")
+    def _count(self, prompt: str, negative: str) -> None:
+        # the tokenizer takes ~0.1 s to build the first time: never on the UI thread
+        counts = (count_tokens(prompt), count_tokens(negative))
+        self.app.call_from_thread(self._show_counts, *counts)
+
+    def _show_counts(self, *counts: object) -> None:
+        for label_id, count in zip(("#prompt-tokens", "#negative-tokens"), counts, strict=True):
+            label = self.query_one(label_id, Label)
+            label.update(str(count))
+            label.set_class(getattr(count, "chunks", 1) > 1, "over")

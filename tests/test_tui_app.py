@@ -1,0 +1,517 @@
+"""The TUI end to end: Pilot drives the real app against a real engine process running the
+tiny demo model on the CPU, and the tests check the files written in the outputs folders
+and their infotext, not only the widgets. Snapshots use an idle fake engine, a fixed clock
+and recorded GPU readings, so they are stable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from sdtui.config import Settings
+from sdtui.engine import protocol as msg
+from sdtui.infotext import parse_infotext, read_infotext
+from sdtui.params import GenerationParams
+from sdtui.tui import graphics
+from sdtui.tui.app import SdtuiApp
+from sdtui.tui.form_state import (
+    FormState,
+    from_json,
+    load_form_state,
+    parse_form,
+    save_form_state,
+    to_json,
+)
+from sdtui.tui.launch import initial_form
+from sdtui.tui.widgets.image_view import ImageGrid
+from sdtui.tui.widgets.job_log import JobLog
+from sdtui.tui.widgets.prompt_editor import PromptArea
+from sdtui.tui.widgets.queue_view import QueueView
+from sdtui.tui.widgets.settings_form import SettingsForm
+from sdtui.tui.widgets.status_bar import StatusBar
+
+TINY = GenerationParams(model="demo", steps=2, width=64, height=64, sampler="Euler", seed=1234)
+
+
+@pytest.fixture(autouse=True)
+def tui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Every folder in tmp; half-cell images (no terminal to probe in a test)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SDTUI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SDTUI_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SDTUI_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("SDTUI_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    graphics.set_mode("halfcell", "tests")
+    return Settings(outputs_dir=tmp_path / "outputs", models_dir=tmp_path / "models")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test with asyncio.run (no pytest async plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            log = pilot.app.main.query_one(JobLog).plain
+            raise AssertionError(f"timed out; job log:\n{log}")
+        await pilot.pause(0.1)
+
+
+def log_text(app: SdtuiApp) -> str:
+    return app.main.query_one(JobLog).plain
+
+
+def pngs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.png")) if folder.exists() else []
+
+
+def done_jobs(app: SdtuiApp) -> int:
+    return log_text(app).count(" done: ")
+
+
+async def type_prompt(pilot: Any, text: str) -> None:
+    area = pilot.app.main.query_one("#prompt", PromptArea)
+    area.focus()
+    area.load_text("")
+    await pilot.press(*text)
+
+
+class FakeHost:
+    """An idle engine with EngineHost's shape: records what the app submits."""
+
+    def __init__(self, state: str = "ready") -> None:
+        self.pending: dict[int, Any] = {}
+        self.running_job: int | None = None
+        self.state = state
+        self.pid: int | None = None
+        self.events: list[Any] = []
+        self.cancelled: list[int | None] = []
+        self.loaded: list[str] = []
+        self._next = 0
+
+    @property
+    def queued(self) -> list[int]:
+        return [j for j in self.pending if j != self.running_job]
+
+    def submit(self, params: Any) -> int:
+        params.validated()
+        self._next += 1
+        self.pending[self._next] = params
+        return self._next
+
+    def submit_upscale(self, params: Any) -> int:
+        return self.submit(params)
+
+    def cancel(self, job_id: int | None = None) -> None:
+        self.cancelled.append(job_id)
+
+    def skip(self) -> None:
+        pass
+
+    def load_model(self, model: str) -> None:
+        self.loaded.append(model)
+
+    def restart(self) -> list[int]:
+        return list(self.pending)
+
+    def poll(self, timeout: float = 0.0) -> list[Any]:
+        events, self.events = self.events, []
+        return events
+
+
+def fake_app(settings: Settings, **kwargs: Any) -> SdtuiApp:
+    kwargs.setdefault("form_state", FormState(params=TINY.replace(seed=42)))
+    return SdtuiApp(
+        kwargs.pop("host", FakeHost()),
+        settings,
+        gpu_interval=None,
+        clock=lambda: "12:00:00",
+        remember_form=kwargs.pop("remember_form", False),
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def engine(tui_env: Settings, demo_model: Any) -> Any:
+    from sdtui.engine.host import EngineHost
+    from sdtui.engine.worker import EngineOptions
+
+    host = EngineHost(tui_env, EngineOptions(demo=True, preload=True))
+    host.start()  # before the app runs, as launch.run_tui does
+    yield host
+    host.stop(timeout=5)
+
+
+# -- the whole workflow on the demo model ---------------------------------------------------
+
+
+@pytest.mark.slow
+@run_async
+async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
+    engine: Any, tui_env: Settings
+) -> None:
+    out = tui_env.outputs
+    form = FormState(params=TINY.replace(batch_size=2, batch_count=3))
+    app = SdtuiApp(engine, tui_env, form_state=form, gpu_interval=None, remember_form=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_prompt(pilot, "a red cube")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: done_jobs(app) == 1, 90)
+
+        # six images on disk, each with its infotext; the grid shows them
+        images = pngs(out / "txt2img-images")
+        assert len(images) == 6
+        info = parse_infotext(read_infotext(images[0]) or "")
+        assert info.prompt == "a red cube"
+        assert info.pairs["Size"] == "64x64" and info.pairs["Steps"] == "2"
+        grid = app.main.query_one(ImageGrid)
+        assert sorted(grid.paths) == [str(p) for p in images]
+        assert "saved " in log_text(app) and "loaded sdtui-demo" in log_text(app)
+
+        # pick the second image, img2img at twice its size with denoise 0.75
+        grid.focus()
+        await pilot.press("right")
+        await pilot.pause()
+        picked = grid.paths[1]
+        assert app.selected_path == picked
+        await pilot.press("f3")
+        await pilot.pause()
+        state = app.main.query_one(SettingsForm).state
+        assert (state.mode, state.params.width, state.params.height) == ("img2img", 128, 128)
+        assert state.params.denoising_strength == 0.75 and state.params.init_image == picked
+        app.set_form_field("batch_count", "1")
+        app.set_form_field("batch_size", "1")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: done_jobs(app) == 2, 90)
+        [i2i] = pngs(out / "img2img-images")
+        info = parse_infotext(read_infotext(i2i) or "")
+        assert info.pairs["Size"] == "128x128" and info.pairs["Denoising strength"] == "0.75"
+        assert Image.open(i2i).size == (128, 128)
+        assert app.selected_path == str(i2i)
+
+        # send the result to extras and upscale it with Lanczos
+        await pilot.press("f4")
+        await pilot.pause()
+        app.set_form_field("upscaler", "Lanczos")
+        app.set_form_field("upscale_scale", "2")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: done_jobs(app) == 3, 60)
+        [up] = pngs(out / "extras-images")
+        assert Image.open(up).size == (256, 256)
+        # A1111 keeps the source's parameters and adds a "postprocessing" chunk
+        assert parse_infotext(read_infotext(up) or "").pairs["Size"] == "128x128"
+        assert "Postprocess upscaler: Lanczos" in Image.open(up).text["postprocessing"]
+
+        # full view of the upscaled image, then back
+        await pilot.press("f6")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "FullViewScreen"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main
+
+        # queue: a second job waits behind the first and can be removed
+        app.set_form_field("mode", "txt2img")
+        app.set_form_field("steps", "40")
+        await pilot.press("ctrl+g")
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        queue = app.main.query_one(QueueView)
+        assert len(queue.entries) == 2
+        second = queue.entries[1].job_id
+        await pilot.press("f10")
+        await pilot.press("down", "delete")
+        await wait_for(pilot, lambda: second not in engine.pending, 30)
+        assert f"job #{second} removed from the queue" in log_text(app)
+        await wait_for(pilot, lambda: not engine.pending, 120)
+        assert len(pngs(out / "txt2img-images")) == 7
+
+
+@pytest.mark.slow
+@run_async
+async def test_engine_crash_restart_keeps_the_queue(engine: Any, tui_env: Settings) -> None:
+    app = SdtuiApp(
+        engine, tui_env, form_state=FormState(params=TINY), gpu_interval=None, remember_form=False
+    )
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.engine_state in ("ready", "loading"), 60)
+        engine.kill()
+        await wait_for(pilot, lambda: app.engine_state == "crashed", 10)
+        assert app.main.query_one(StatusBar).line.state == "crashed"
+        assert "press F12 to restart" in log_text(app)
+        await type_prompt(pilot, "after the crash")
+        await pilot.press("ctrl+g")  # queued while the engine is down
+        await pilot.pause()
+        assert len(engine.pending) == 1
+        await pilot.press("f12")
+        await wait_for(pilot, lambda: done_jobs(app) == 1, 120)
+        [image] = pngs(tui_env.outputs / "txt2img-images")
+        assert parse_infotext(read_infotext(image) or "").prompt == "after the crash"
+        assert "resubmitted" in log_text(app)
+
+
+# -- the form, remembered ---------------------------------------------------------------------
+
+
+@run_async
+async def test_form_comes_back_at_next_start(tui_env: Settings) -> None:
+    args = argparse.Namespace(demo=False, model=None, graphics=None)
+    app = fake_app(tui_env, form_state=initial_form(args, tui_env), remember_form=True)
+    async with app.run_test() as pilot:
+        await type_prompt(pilot, "a lighthouse, (storm:1.2)")
+        app.set_form_field("steps", "33")
+        app.set_form_field("sampler", "DPM++ 2M")
+        app.set_size(768, 512)
+        await pilot.pause()
+        await pilot.press("ctrl+q")
+    state = load_form_state()
+    assert state is not None and state.params.steps == 33
+
+    app2 = fake_app(tui_env, form_state=initial_form(args, tui_env))
+    async with app2.run_test() as pilot:
+        await pilot.pause()
+        assert app2.main.query_one("#prompt", PromptArea).text == "a lighthouse, (storm:1.2)"
+        form = app2.main.query_one(SettingsForm)
+        raw = form.raw_values()
+        assert (raw["steps"], raw["sampler"], raw["width"], raw["height"]) == (
+            "33",
+            "DPM++ 2M",
+            "768",
+            "512",
+        )
+
+
+@run_async
+async def test_generate_saves_the_form_and_submits(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host, remember_form=True)
+    async with app.run_test() as pilot:
+        await type_prompt(pilot, "a cat")
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+    [params] = host.pending.values()
+    assert params.prompt == "a cat" and params.width == 64
+    saved = load_form_state()
+    assert saved is not None and saved.params.prompt == "a cat"
+
+
+def test_form_state_json_round_trip_and_bad_values(tmp_path: Path) -> None:
+    state = FormState(
+        mode="img2img", params=TINY.replace(prompt="p", init_image="/x.png"), upscale_scale=3.0
+    )
+    assert from_json(to_json(state)) == state
+    junk = {"mode": "paint", "params": {"steps": "many", "cfg_scale": 5, "width": True, "nope": 1}}
+    loaded = from_json(junk)
+    assert loaded.mode == "txt2img" and loaded.params.steps == 20 and loaded.params.cfg_scale == 5.0
+    path = tmp_path / "form.json"
+    assert save_form_state(state, path) == path
+    assert load_form_state(path) == state
+    path.write_text("{broken")
+    assert load_form_state(path) is None
+
+
+def test_parse_form_reports_each_field() -> None:
+    state, errors = parse_form({"steps": "abc", "width": "65", "cfg_scale": "7.5"}, FormState())
+    assert "not a whole number" in errors["steps"]
+    assert "multiple of 8" in errors["width"]
+    assert state.params.cfg_scale == 7.5 and state.params.steps == 20
+    _, errors = parse_form({"mode": "img2img", "init_image": "/does/not/exist.png"}, FormState())
+    assert "does not exist" in errors["init_image"]
+
+
+# -- validation, queue, keys, palette (fake engine) -----------------------------------------
+
+
+@run_async
+async def test_invalid_field_shows_message_and_blocks_generate(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.set_form_field("width", "100")
+        await pilot.pause()
+        label = app.main.query_one("#width-error")
+        assert "multiple of 8" in str(label.render())
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert host.pending == {}
+        assert "not generated: width 100" in log_text(app)
+        app.set_form_field("width", "96")
+        await pilot.pause()
+        assert str(label.render()) == ""
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert len(host.pending) == 1
+
+
+@run_async
+async def test_engine_events_drive_status_preview_grid_and_log(
+    tui_env: Settings, tmp_path: Path
+) -> None:
+    host = FakeHost(state="starting")
+    app = fake_app(tui_env, host=host)
+    image = tmp_path / "00000-1.png"
+    Image.new("RGB", (64, 64), "red").save(image)
+    async with app.run_test(size=(100, 30)) as pilot:
+        host.pending[1] = object()
+        host.running_job = 1
+        host.events = [
+            msg.EngineStatus("ready", "torch 2", device="cpu"),
+            msg.ModelLoaded("sdtui-demo", "SD1", 2.5, 10_000_000, "/m"),
+            msg.JobStarted(1, 2, 4),
+            msg.Progress(1, 1, 2, 0, 2, its=3.5, eta_s=75),
+        ]
+        await pilot.pause(0.2)
+        status = app.main.query_one(StatusBar)
+        assert status.line.its == 3.5 and status.line.model == "sdtui-demo"
+        assert "1:15" in str(status.render())
+        buf = __import__("io").BytesIO()
+        Image.new("RGB", (16, 16), "blue").save(buf, "PNG")
+        host.events = [msg.Preview(1, 1, buf.getvalue(), 16, 16)]
+        await pilot.pause(0.2)
+        assert "preview" in app.main.query_one("#preview").caption
+        host.pending.clear()
+        host.running_job = None
+        host.events = [
+            msg.ImageSaved(1, 0, str(image), 1, "x"),
+            msg.JobDone(1, (str(image),), 2.0),
+            msg.JobFailed(2, "out of memory: lower the size", "Traceback"),
+        ]
+        await pilot.pause(0.2)
+        text = log_text(app)
+        assert "loaded sdtui-demo (SD1, 10 MB) in 2.5 s" in text
+        assert f"saved {image}" in text and "job #1 done: 1 image in 2.0 s" in text
+        assert "job #2 failed: out of memory: lower the size" in text
+        assert app.selected_path == str(image)
+
+
+@run_async
+async def test_remove_queued_job_key(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await type_prompt(pilot, "one")
+        await pilot.press("ctrl+g", "ctrl+g")
+        host.running_job = 1
+        app.refresh_queue()
+        await pilot.pause()
+        assert [e.job_id for e in app.main.query_one(QueueView).entries] == [1, 2]
+        await pilot.press("f10", "down", "x")
+        await pilot.pause()
+        assert host.cancelled == [2]
+
+
+@run_async
+async def test_palette_lists_every_action(tui_env: Settings) -> None:
+    from sdtui.tui.commands import ACTIONS, _commands
+
+    app = fake_app(tui_env)
+    async with app.run_test() as pilot:
+        app.selected_path = __file__  # any existing file makes the image actions available
+        host: FakeHost = app.host  # type: ignore[assignment]
+        host.running_job = 7
+        titles = {title for title, _, _ in _commands(app)}
+        assert {a.title for a in ACTIONS} <= titles
+        assert "Switch model: demo" in titles
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "CommandPalette"
+
+
+@run_async
+async def test_load_parameters_from_a1111_png(tui_env: Settings, tmp_path: Path) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    png = tmp_path / "a1111.png"
+    meta = PngInfo()
+    meta.add_text(
+        "parameters",
+        "masterpiece, (castle:1.3)\nNegative prompt: blurry\nSteps: 28, Sampler: DPM++ 2M Karras, "
+        "CFG scale: 6.5, Seed: 99, Size: 512x768, Model hash: abc, Model: someothermodel",
+    )
+    Image.new("RGB", (8, 8)).save(png, pnginfo=meta)
+    app = fake_app(tui_env)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press(*str(png), "enter")
+        await pilot.pause()
+        assert app.main.query_one("#prompt", PromptArea).text == "masterpiece, (castle:1.3)"
+        raw = app.main.query_one(SettingsForm).raw_values()
+        assert (raw["steps"], raw["sampler"], raw["schedule_type"]) == ("28", "DPM++ 2M", "Karras")
+        assert (raw["seed"], raw["width"], raw["height"], raw["cfg_scale"]) == (
+            "99",
+            "512",
+            "768",
+            "6.5",
+        )
+        assert "someothermodel is not installed" in log_text(app)
+
+
+@run_async
+async def test_interrupt_and_skip_only_while_busy(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host)
+    async with app.run_test() as pilot:
+        assert app.check_action("interrupt", ()) is False
+        host.running_job = 3
+        host.pending[3] = object()
+        await pilot.press("escape")
+        assert host.cancelled == [None]
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+
+def _snapshot_app(settings: Settings) -> SdtuiApp:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sdtui_test_tui_gpu_app", Path(__file__).parent / "apps" / "gpu_pane_app.py"
+    )
+    assert spec and spec.loader
+    recorded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recorded)
+    RECORDED, RecordedSampler = recorded.RECORDED, recorded.RecordedSampler
+    form = FormState(
+        params=TINY.replace(
+            prompt="a (red:1.2) cube BREAK <lora:shiny:0.8>", negative_prompt="blurry"
+        )
+    )
+    app = fake_app(settings, form_state=form, gpu_sampler=RecordedSampler([RECORDED]))
+    app.snapshot_gpu = RECORDED  # type: ignore[attr-defined]
+    return app
+
+
+async def _steady(pilot: Any) -> None:
+    from sdtui.tui.widgets.gpu_pane import GpuPane
+
+    await pilot.pause()
+    pilot.app.main.query_one(GpuPane).show_snapshot(pilot.app.snapshot_gpu)
+    pilot.app.main.query_one(StatusBar).update_line(state="ready", model="sdtui-demo")
+    await pilot.pause(0.3)  # token counts come from a worker thread
+
+
+def test_snapshot_main_80x24(snap_compare: Any, tui_env: Settings) -> None:
+    assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=_steady)
+
+
+def test_snapshot_main_160x48(snap_compare: Any, tui_env: Settings) -> None:
+    assert snap_compare(_snapshot_app(tui_env), terminal_size=(160, 48), run_before=_steady)
