@@ -97,7 +97,10 @@ class _Encoder:
             zf = z.float()
             original_mean = zf.mean(dim=(1, 2), keepdim=True)
             zf = zf * mults[:, :, None]
-            zf = zf * (original_mean / zf.mean(dim=(1, 2), keepdim=True))
+            ratio = original_mean / zf.mean(dim=(1, 2), keepdim=True)
+            # a mean near zero (seen with random weights) would blow the embeddings up to NaN
+            sane = torch.isfinite(ratio) & (ratio.abs() <= 10)
+            zf = zf * torch.where(sane, ratio, torch.ones_like(ratio))
             z = zf.to(z.dtype)
         return z, pooled
 
