@@ -1,0 +1,71 @@
+"""The wall between the UI and the engine, proved (the Harlequin habit): the UI process never
+imports torch and friends, and the engine never imports textual. Each check runs in a fresh
+interpreter, so nothing imported by another test can hide a leak."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "diffusers", "transformers", "safetensors.torch", "spandrel")
+UI = ("textual", "textual_image", "rich.live")
+
+UI_MODULES = (
+    "sdtui.tui.app",
+    "sdtui.tui.launch",
+    "sdtui.tui.commands",
+    "sdtui.tui.form_state",
+    "sdtui.tui.messages",
+    "sdtui.cli",
+)
+ENGINE_MODULES = (
+    "sdtui.engine.host",
+    "sdtui.engine.worker",
+    "sdtui.engine.protocol",
+    "sdtui.engine.generate",
+    "sdtui.engine.upscale",
+    "sdtui.engine.models",
+)
+
+
+def _imports(module: str, forbidden: tuple[str, ...]) -> list[str]:
+    code = (
+        "import importlib, sys\n"
+        f"importlib.import_module({module!r})\n"
+        f"print(' '.join(m for m in {forbidden!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("module", UI_MODULES)
+def test_ui_never_imports_torch(module: str) -> None:
+    assert _imports(module, HEAVY) == []
+
+
+def test_app_start_path_never_imports_torch() -> None:
+    """Build the whole app (every widget, the form, the palette) as run_tui does."""
+    code = (
+        "import sys\n"
+        "from sdtui.config import Settings\n"
+        "from sdtui.tui.app import SdtuiApp\n"
+        "from sdtui.tui.launch import model_names, upscaler_names\n"
+        "s = Settings()\n"
+        "SdtuiApp(None, s, model_names=model_names(s), upscaler_names=upscaler_names(s))\n"
+        "import sdtui.tokens, sdtui.infotext, sdtui.gpu\n"
+        "sdtui.tokens.count_tokens('a (cat:1.2)')\n"
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == []
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES)
+def test_engine_never_imports_textual(module: str) -> None:
+    assert _imports(module, UI) == []
