@@ -17,6 +17,7 @@ import pickle
 import re
 import struct
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,38 @@ def _refused_global(error: Exception) -> str | None:
     return name if "." in name else f"builtins.{name}"
 
 
+_SAFE_MODULES = ("torch", "collections", "numpy", "_codecs", "pytorch_lightning", "lightning")
+
+
+def _code_in_pickle(path: Path, is_zip: bool) -> str | None:
+    """The first callable a pickle names outside the weight-building modules, found by reading
+    its opcodes (nothing is executed). Covers protocol 4+ STACK_GLOBAL, which torch's
+    weights-only unpickler rejects before naming the culprit."""
+    import pickletools
+
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            found = None
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                found = arg.replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found = f"{strings[-2]}.{strings[-1]}"
+            if found and not found.startswith(_SAFE_MODULES):
+                return found
+    except Exception:  # noqa: BLE001 - a malformed pickle is reported by the caller anyway
+        return None
+    return None
+
+
 def _read_pickled(path: Path) -> Any:
     size = path.stat().st_size
     if size == 0:
@@ -178,10 +211,11 @@ def _read_pickled(path: Path) -> Any:
     try:
         # weights_only: the unpickler can only build tensors and the allow-listed classes, so a
         # pickle that names os.system is refused before anything is called.
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on pickle protocols is not for users
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        culprit = _refused_global(e)
+        culprit = _refused_global(e) or _code_in_pickle(path, is_zip)
         if culprit is not None:
             raise UserError(
                 f"refused to load {path.name}: its pickle tries to run code ({culprit}). "
