@@ -230,12 +230,13 @@ async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
 
         # queue: a second job waits behind the first and can be removed
         app.set_form_field("mode", "txt2img")
-        app.set_form_field("steps", "40")
+        app.set_form_field("steps", "30")
+        app.set_size(64, 64)
         await pilot.press("ctrl+g")
         await pilot.press("ctrl+g")
         await pilot.pause()
         queue = app.main.query_one(QueueView)
-        assert len(queue.entries) == 2
+        assert len(queue.entries) == 2, log_text(app)
         second = queue.entries[1].job_id
         await pilot.press("f10")
         await pilot.press("down", "delete")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Label
@@ -45,6 +47,22 @@ from sdtui.tui.widgets.status_bar import StatusBar
 POLL_INTERVAL_S = 0.05  # 20 Hz: smooth progress, negligible CPU
 WIDE_WIDTH = 140  # from here on the GPU pane has its own column
 IMG2IMG_2X_DENOISE = 0.75
+
+
+def _while_shown(handler: Callable[..., None]) -> Callable[..., None]:
+    """Engine events can still be in the message queue while the app shuts down and its
+    widgets are gone: drop them then, rather than fail the exit."""
+
+    @functools.wraps(handler)
+    def wrapper(self: SdtuiApp, *args: Any) -> None:
+        try:
+            handler(self, *args)
+        except NoMatches:
+            if not self.main.query("#right") or not self.main.query(StatusBar):
+                return  # the screen is being taken down
+            raise
+
+    return wrapper
 
 
 class EngineLike(Protocol):
@@ -243,6 +261,7 @@ class SdtuiApp(App[int]):
         for event in self.host.poll(0):
             self.post_message(m.message_for(event))
 
+    @_while_shown
     def on_engine_status_changed(self, message: m.EngineStatusChanged) -> None:
         e = message.event
         previous, self.engine_state = self.engine_state, e.state
@@ -274,10 +293,12 @@ class SdtuiApp(App[int]):
         self.refresh_bindings()
         self.refresh_queue()
 
+    @_while_shown
     def on_engine_logged(self, message: m.EngineLogged) -> None:
         e = message.event
         self.log_line(e.level, e.text)
 
+    @_while_shown
     def on_model_loaded(self, message: m.ModelLoaded) -> None:
         e = message.event
         size = (
@@ -288,6 +309,7 @@ class SdtuiApp(App[int]):
         self.log_line("ok", f"loaded {e.name} ({e.family}, {size}) in {e.seconds:.1f} s")
         self.main.query_one(StatusBar).update_line(model=e.name)
 
+    @_while_shown
     def on_job_started(self, message: m.JobStarted) -> None:
         e = message.event
         info = self.jobs.setdefault(e.job_id, JobInfo("txt2img", f"job {e.job_id}"))
@@ -297,6 +319,7 @@ class SdtuiApp(App[int]):
         self.refresh_queue()
         self.refresh_bindings()
 
+    @_while_shown
     def on_job_progress(self, message: m.JobProgress) -> None:
         e = message.event
         self.main.query_one(StatusBar).update_line(
@@ -310,12 +333,14 @@ class SdtuiApp(App[int]):
         )
         self._last_its = e.its
 
+    @_while_shown
     def on_preview_ready(self, message: m.PreviewReady) -> None:
         e = message.event
         self.main.query_one(PreviewImage).show_png(
             e.png, f"job #{e.job_id} · step {e.step} · preview", label="preview"
         )
 
+    @_while_shown
     def on_image_saved(self, message: m.ImageSaved) -> None:
         e = message.event
         if e.seed is not None:
@@ -334,6 +359,7 @@ class SdtuiApp(App[int]):
         else:
             grid.add_image(e.path)
 
+    @_while_shown
     def on_job_done(self, message: m.JobDone) -> None:
         e = message.event
         info = self.jobs.get(e.job_id)
@@ -359,6 +385,7 @@ class SdtuiApp(App[int]):
         self.refresh_queue()
         self.refresh_bindings()
 
+    @_while_shown
     def on_job_failed(self, message: m.JobFailed) -> None:
         e = message.event
         kept = (
@@ -692,6 +719,7 @@ class SdtuiApp(App[int]):
             ids, error = [], e
         self.call_from_thread(self._restarted, ids, error)
 
+    @_while_shown
     def _restarted(self, ids: list[int], error: Exception | None) -> None:
         self._restarting = False
         self._announced_ready = False

@@ -76,6 +76,7 @@ class SettingsForm(VerticalScroll):
         self._models = list(models)
         self._upscalers = list(upscalers)
         self._choices: dict[str, list[str]] = {}
+        self._posted = False
 
     # -- building ------------------------------------------------------------------------
 
@@ -233,7 +234,7 @@ class SettingsForm(VerticalScroll):
                 w, h = value.split("x")
                 self.query_one("#width", Input).value = w
                 self.query_one("#height", Input).value = h
-        if control_id == "mode":
+        if control_id == "mode" and not self.has_class(f"mode-{event.value}"):
             for mode in MODES:
                 self.set_class(event.value == mode, f"mode-{mode}")
         if control_id in ("width", "height"):
@@ -261,14 +262,20 @@ class SettingsForm(VerticalScroll):
 
     def _reparse(self) -> None:
         state, errors = parse_form(self.raw_values(), self.state)
+        if state == self.state and errors == self.errors and self._posted:
+            return  # mounting fires a Changed per field: restyle and tell the app only once
+        self._posted = True
         self.state = state
         self.show_errors(errors)
         self.post_message(FormChanged(state, errors))
 
     def show_errors(self, errors: dict[str, str]) -> None:
-        self.errors = errors
-        for label in self.query(".error").results(Label):
-            name = (label.id or "").removesuffix("-error")
+        """Show each message under its field; only labels whose text changes are touched."""
+        previous, self.errors = self.errors, errors
+        for name in set(previous) | set(errors):
             message = errors.get(name, "")
-            label.update(message)
-            label.set_class(bool(message), "shown")
+            if previous.get(name, "") == message:
+                continue
+            for label in self.query(f"#{name}-error").results(Label):
+                label.update(message)
+                label.set_class(bool(message), "shown")
