@@ -1,0 +1,221 @@
+"""GPU speed, side by side in one run: raw diffusers (SDPA, fp16) vs the sdtui engine code with
+its default settings vs sdtui with the fast path (channels_last + regional torch.compile).
+
+Cases: SD1.5 architecture 512x512 batch 1 and batch 6, SDXL architecture 1024x1024 batch 1,
+30 steps, random fp16 weights built on the GPU from the bundled configs (nothing is fetched).
+Prints it/s, seconds per image, compile time, peak VRAM, and appends the table to
+bench/RESULTS.md (and $OUT/gpu_speed.md when $OUT is set). Runs in under 6 minutes on an H100.
+
+    python bench/gpu_speed.py            # on a CUDA machine
+    python bench/gpu_speed.py --smoke    # CPU check of the script itself, demo model, tiny sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "a black house cat typing on a computer, studio light, detailed"
+
+
+def random_pipeline(config_name: str, device: str, dtype, smoke: bool):
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    from sdtui.engine.configs import config_dir
+
+    cfg = config_dir(config_name)
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder"))
+        te2 = None
+        if (cfg / "text_encoder_2").exists():
+            te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
+    for m in (unet, vae, te, te2):
+        if m is None:
+            continue
+        for p in m.parameters():  # small weights keep fp16 activations finite
+            p.data.normal_(0, 0.02)
+        m.to(device=device, dtype=dtype).eval()
+    sched = EulerAncestralDiscreteScheduler.from_pretrained(cfg / "scheduler")
+    tok = CLIPTokenizer.from_pretrained(cfg / "tokenizer")
+    if te2 is not None:
+        tok2 = CLIPTokenizer.from_pretrained(cfg / "tokenizer_2")
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok,
+                                         tokenizer_2=tok2, unet=unet, scheduler=sched)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def session_for(pipe, family: str, device: str):
+    from sdtui.engine.session import ModelSession
+    from sdtui.model_family import ModelFamily
+
+    loaded = SimpleNamespace(
+        pipe=pipe, family=ModelFamily(family, "bench"), name=f"{family}-random", path=Path("random"),
+        size_bytes=0, load_seconds=0.0, prediction_type="epsilon", device=device, dtype=pipe.unet.dtype,
+    )
+    return ModelSession.create(loaded, device)
+
+
+def run_sdtui(session, size: int, batch: int, steps: int, out: Path, family: str):
+    from sdtui.engine import protocol as msg
+    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.outputs import OutputLayout
+    from sdtui.params import GenerationParams
+
+    events: list = []
+    ctx = JobContext(1, events.append, JobControl(), OutputLayout(out), "bench", None, family)
+    p = GenerationParams(prompt=PROMPT, steps=steps, width=size, height=size, batch_size=batch, seed=1,
+                         sampler="Euler a", preview_every=1)
+    t0 = time.perf_counter()
+    done = run_generation(session.loaded, session, p, ctx)
+    total = time.perf_counter() - t0
+    its = [e.its for e in events if isinstance(e, msg.Progress)]
+    rate = sorted(its)[len(its) // 2] if its else steps / total
+    return total, rate, len(done.paths)
+
+
+def run_raw(pipe, size: int, batch: int, steps: int, out: Path):
+    import torch
+
+    gens = [torch.Generator("cpu").manual_seed(1 + i) for i in range(batch)]
+    marks: list[float] = []
+
+    def cb(p, i, t, kw):
+        marks.append(time.perf_counter())
+        return kw
+
+    t0 = time.perf_counter()
+    images = pipe(PROMPT, num_inference_steps=steps, width=size, height=size, num_images_per_prompt=batch,
+                  generator=gens, callback_on_step_end=cb).images
+    for i, im in enumerate(images):
+        im.save(out / f"raw-{i}.png")
+    total = time.perf_counter() - t0
+    gaps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))
+    rate = 1 / gaps[len(gaps) // 2] if gaps else steps / total
+    return total, rate
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="CPU, demo model, tiny sizes: checks the script")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--skip-sdxl", action="store_true")
+    args = ap.parse_args()
+
+    import diffusers
+    import torch
+
+    from sdtui.engine.fastpath import apply_fast_path, warm_up
+    from sdtui.gpu import GpuSampler
+
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --smoke to check the script on the CPU")
+        return 2
+    dtype = torch.float32 if args.smoke else torch.float16
+    steps = 3 if args.smoke else args.steps
+    if args.smoke:
+        cases = [("SD1", "sdtui-demo", 64, 1), ("SD1", "sdtui-demo", 64, 2)]
+    else:
+        cases = [("SD1", "sd15", 512, 1), ("SD1", "sd15", 512, 6)]
+        if not args.skip_sdxl:
+            cases.append(("SDXL", "sdxl-base", 1024, 1))
+    out = Path(tempfile.mkdtemp(prefix="sdtui-gpu-speed-"))
+    card = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+    rows = []
+    pipes: dict[str, object] = {}
+    for family, cfg, size, batch in cases:
+        if cfg not in pipes:
+            pipes.clear()
+            torch.cuda.empty_cache() if device == "cuda" else None
+            pipes[cfg] = random_pipeline(cfg, device, dtype, args.smoke)
+        pipe = pipes[cfg]
+        label = f"{'SD1.5' if family == 'SD1' else family} {size}x{size} b{batch}"
+
+        def peak_reset():
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+
+        def peak() -> str:
+            return f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "n/a"
+
+        run_raw(pipe, size, batch, 2, out)  # warm-up
+        peak_reset()
+        t, r = run_raw(pipe, size, batch, steps, out)
+        rows.append((label, "raw diffusers SDPA fp16", r, t / batch, "-", peak()))
+        session = session_for(pipe, family, device)
+        run_sdtui(session, size, batch, 2, out, family)
+        peak_reset()
+        t, r, _ = run_sdtui(session, size, batch, steps, out, family)
+        rows.append((label, "sdtui default", r, t / batch, "-", peak()))
+        logs: list[str] = []
+        state = apply_fast_path(pipe, "cuda" if not args.smoke else "cpu", "auto", logs.append)
+        warm_up(pipe, state, size, size, logs.append)
+        run_sdtui(session, size, batch, 2, out, family)
+        peak_reset()
+        t, r, _ = run_sdtui(session, size, batch, steps, out, family)
+        comp = f"{state.compile_seconds:.1f} s" if state.compile_seconds else (state.failed or "-")
+        rows.append((label, "sdtui fast path", r, t / batch, comp, peak()))
+        print(*[f"{x}" for x in rows[-3:]], sep="\n", flush=True)
+
+    reading = GpuSampler().sample()
+    pane = "no driver" if reading.driver_error else "; ".join(
+        f"GPU{g.index} {g.name} {g.memory_used and g.memory_used / 2**30:.1f}/"
+        f"{g.memory_total and g.memory_total / 2**30:.0f} GiB, {g.utilization_percent}% util, "
+        f"{g.temperature_c} C, {g.power_w} W" for g in reading.gpus)
+    lines = [
+        f"\n## GPU speed — {dt.datetime.now():%Y-%m-%d %H:%M} — {card}{' (SMOKE, CPU)' if args.smoke else ''}\n",
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}, "
+        f"{steps} steps, Euler a, random weights. GPU pane after the run: {pane}\n",
+        "| case | path | it/s | s / image | compile | peak VRAM |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    base = {}
+    for label, path, r, spi, comp, pk in rows:
+        base.setdefault(label, r)
+        ratio = f" ({r / base[label]:.2f}x)" if path != "raw diffusers SDPA fp16" else ""
+        lines.append(f"| {label} | {path} | {r:.2f}{ratio} | {spi:.3f} | {comp} | {pk} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.smoke:  # RESULTS.md holds real GPU runs only
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_speed.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
