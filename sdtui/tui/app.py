@@ -46,6 +46,7 @@ from sdtui.tui.widgets.status_bar import StatusBar
 
 POLL_INTERVAL_S = 0.05  # 20 Hz: smooth progress, negligible CPU
 WIDE_WIDTH = 140  # from here on the GPU pane has its own column
+TALL_HEIGHT = 36  # from here on the job log gets more lines
 IMG2IMG_2X_DENOISE = 0.75
 
 
@@ -172,7 +173,7 @@ class MainScreen(Screen[None]):
         self._sdtui.main_mounted()
 
     def on_resize(self, event: Resize) -> None:
-        self._sdtui.update_layout(event.size.width)
+        self._sdtui.update_layout(event.size.width, event.size.height)
 
 
 class SdtuiApp(App[int]):
@@ -241,13 +242,14 @@ class SdtuiApp(App[int]):
         if self.graphics_note:
             self.log_line("info", self.graphics_note)
         self.main.query_one(StatusBar).update_line(state=self.engine_state)
-        self.update_layout(self.main.size.width)
+        self.update_layout(*self.main.size)
 
     def our_pids(self) -> tuple[int, ...]:
         pid = self.host.pid
         return (os.getpid(), pid) if pid else (os.getpid(),)
 
-    def update_layout(self, width: int) -> None:
+    def update_layout(self, width: int, height: int = 0) -> None:
+        self.main.set_class(height >= TALL_HEIGHT, "tall")
         wide = width >= WIDE_WIDTH
         show = self.gpu_visible if self.gpu_visible is not None else wide
         self.main.set_class(wide, "wide")
@@ -686,7 +688,7 @@ class SdtuiApp(App[int]):
     def action_toggle_gpu(self) -> None:
         shown = self.main.has_class("gpu-on")
         self.gpu_visible = not shown
-        self.update_layout(self.main.size.width)
+        self.update_layout(*self.main.size)
 
     def action_focus_queue(self) -> None:
         queue = self.main.query_one(QueueView)
