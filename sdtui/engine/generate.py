@@ -127,7 +127,14 @@ class StepReporter:
     """The diffusers step callback: progress with smoothed it/s, previews, cancel and skip."""
 
     def __init__(self, ctx: JobContext, params: GenerationParams, batch_index: int, steps: int):
-        self.ctx, self.params, self.batch_index, self.steps = ctx, params, batch_index, steps
+        from sdtui.engine.hires import hires_steps
+
+        self.ctx, self.params, self.batch_index = ctx, params, batch_index
+        # a batch may run in passes (hires fix): steps done in earlier passes, and the steps
+        # of later passes, which count in the batch's total from the start
+        self.pass_offset = 0
+        self.pending_steps = hires_steps(params)
+        self.steps = steps + self.pending_steps
         self.last = time.perf_counter()
         self.its = 0.0
         self.preview_s = 0.0
@@ -140,12 +147,14 @@ class StepReporter:
             control.skip.clear()
             raise BatchSkipped
         # second-order samplers (Heun, DPM2) call back twice per step: count what really runs
-        self.steps = int(getattr(pipe, "_num_timesteps", 0) or self.steps)
+        this_pass = int(getattr(pipe, "_num_timesteps", 0) or 0)
+        if this_pass:
+            self.steps = self.pass_offset + this_pass + self.pending_steps
         now = time.perf_counter()
         dt, self.last = now - self.last, now
         rate = 1.0 / dt if dt > 0 else 0.0
         self.its = rate if self.its == 0 else 0.7 * self.its + 0.3 * rate
-        done = step + 1
+        done = self.pass_offset + step + 1
         p = self.params
         steps_left = (self.steps - done) + (p.batch_count - self.batch_index - 1) * self.steps
         vram_a = vram_r = None

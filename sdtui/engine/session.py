@@ -84,8 +84,10 @@ class ModelSession:
         """Prompt conditioning with A1111 emphasis and chunking."""
         from sdtui.engine.conditioning import encode_prompts
 
+        # while a job's embeddings apply, job_scope puts a wrapped text pipeline here
+        pipe = self.extra.get("text_pipe") or self.txt2img
         return encode_prompts(
-            self.txt2img, p.prompt, p.negative_prompt, clip_skip=p.clip_skip, device=self.device
+            pipe, p.prompt, p.negative_prompt, clip_skip=p.clip_skip, device=self.device
         )
 
     def extra_infotext(self, p: GenerationParams) -> dict[str, object]:
@@ -95,15 +97,18 @@ class ModelSession:
     def job_scope(self, p: GenerationParams, ctx: Any) -> Iterator[dict[str, object]]:
         """Apply what a job asks for beyond the checkpoint (LoRAs, embeddings, VAE) for this job
         only; yields the infotext pairs that record them."""
-        yield {}
+        from sdtui.engine.extra_networks import job_extras
+
+        with job_extras(self, p, ctx) as pairs:
+            yield pairs
 
     def hires_fix(
         self, p: GenerationParams, latents: Any, generators: Any, cond: Any, reporter: Any, ctx: Any
     ) -> Any:
         """Second pass of A1111's hires fix on the first pass's latents."""
-        from sdtui.errors import UserError
+        from sdtui.engine.hires import run_hires_fix
 
-        raise UserError("hires fix is not available in this build: generate without --hires")
+        return run_hires_fix(self, p, latents, generators, cond, reporter, ctx)
 
     def close(self) -> None:
         """Drop every reference to the weights and give the memory back."""

@@ -1,0 +1,193 @@
+"""A1111's hires fix for txt2img: upscale the first pass, then an img2img pass at the new size.
+
+What A1111 does (modules/processing.py, ``StableDiffusionProcessingTxt2Img.sample_hr_pass``)
+and so what this does:
+
+- the target is ``int(width * hr_scale)`` x ``int(height * hr_scale)`` (here rounded down to
+  the VAE's multiple of 8, which the latents force anyway);
+- a "Latent ..." upscaler resizes the first pass's latents with ``F.interpolate``: "Latent" is
+  bilinear, "Latent (antialiased)" bilinear with antialias, "Latent (bicubic)" /
+  "Latent (bicubic antialiased)", "Latent (nearest)", "Latent (nearest-exact)";
+- any other upscaler ("Lanczos", "Nearest", "None" = Lanczos, or a model from
+  models/ESRGAN etc.) decodes the images, upscales them as Extras does, and the second pass
+  encodes them again;
+- the second pass is img2img with ``hr_second_pass_steps`` (0 = the first pass's steps),
+  ``hr_denoising_strength``, the same sampler, prompt conditioning and per-image generators;
+  it runs ``int(steps * strength)`` steps, as A1111's default img2img does. Strength 0 (or too
+  few steps to run one) keeps the upscaled result without a second pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sdtui.params import GenerationParams
+
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+NONE_UPSCALER = "None"
+
+
+def latent_mode(name: str) -> tuple[str, bool] | None:
+    """(interpolate mode, antialias) for a "Latent ..." upscaler name, else None."""
+    low = name.strip().lower()
+    for key, value in LATENT_UPSCALE_MODES.items():
+        if key.lower() == low:
+            return value
+    return None
+
+
+def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
+    """What a hires upscaler picker offers, in A1111's order: latent modes, None, Lanczos,
+    Nearest, then the upscaler models found (pure Python; no model is loaded)."""
+    from sdtui.upscalers import list_upscalers
+
+    return [
+        *LATENT_UPSCALE_MODES,
+        NONE_UPSCALER,
+        *(e.name for e in list_upscalers(Path(models_dir))),
+    ]
+
+
+def _image_upscaler(name: str) -> str:
+    return "Lanczos" if name.strip().lower() == NONE_UPSCALER.lower() else name
+
+
+def check_upscaler(name: str, models_dir: Path | str) -> None:
+    """Raise UserError (listing the choices) for an upscaler name that does not exist."""
+    if latent_mode(name) is not None:
+        return
+    from sdtui.upscalers import list_upscalers, resolve_upscaler
+
+    models = Path(models_dir)
+    resolve_upscaler(_image_upscaler(name), list_upscalers(models), models_dir=models)
+
+
+def hires_size(p: GenerationParams, multiple: int = 8) -> tuple[int, int]:
+    """(width, height) of the hires result."""
+    w = max(multiple, int(p.width * p.hr_scale) // multiple * multiple)
+    h = max(multiple, int(p.height * p.hr_scale) // multiple * multiple)
+    return w, h
+
+
+def hires_steps(p: GenerationParams) -> int:
+    """How many steps the second pass runs (0: none)."""
+    if not p.enable_hr or p.init_image:
+        return 0
+    steps = p.hr_second_pass_steps or p.steps
+    return min(steps, int(steps * p.hr_denoising_strength))
+
+
+def _upscale_latents(
+    latents: torch.Tensor, size: tuple[int, int], mode: tuple[str, bool]
+) -> torch.Tensor:
+    interp, antialias = mode
+    kwargs: dict[str, Any] = {"antialias": True} if antialias else {}
+    if interp in ("bilinear", "bicubic"):
+        kwargs["align_corners"] = False
+    out = F.interpolate(latents.float(), size=size, mode=interp, **kwargs)
+    return out.to(latents.dtype)
+
+
+@torch.no_grad()
+def _encode(pipe: Any, images: list[Any], generators: list[torch.Generator]) -> torch.Tensor:
+    """Images -> scaled latents (the posterior's mode), for a hires pass that does not sample."""
+    vae = pipe.vae
+    x = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
+    latents = vae.encode(x).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def run_hires_fix(
+    session: Any,
+    p: GenerationParams,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    cond: dict[str, Any],
+    reporter: Any,
+    ctx: Any,
+) -> torch.Tensor:
+    """Upscale the first pass's ``latents`` and run the second pass; latents at the new size."""
+    from sdtui.engine.generate import decode_latents
+    from sdtui.engine.samplers import make_scheduler
+
+    factor = int(session.vae_scale)
+    width, height = hires_size(p, factor)
+    latent_size = (height // factor, width // factor)
+    steps = p.hr_second_pass_steps or p.steps
+    run_steps = hires_steps(p)
+    pipe = session.img2img
+    mode = latent_mode(p.hr_upscaler)
+
+    image: Any
+    if mode is not None:
+        image = _upscale_latents(latents, latent_size, mode)
+    else:
+        from sdtui.engine.extra_networks import job_settings
+        from sdtui.engine.upscale import upscale_pil
+        from sdtui.params import UpscaleParams
+
+        models_dir = Path(job_settings(session, ctx).models)
+        up = UpscaleParams(
+            image="",
+            upscaler=_image_upscaler(p.hr_upscaler),
+            target_width=width,
+            target_height=height,
+        )
+        image = [
+            upscale_pil(im, up, models_dir, device=session.device, log=ctx.log)
+            for im in decode_latents(session.txt2img, latents, ctx)
+        ]
+
+    if run_steps < 1:
+        ctx.log(
+            "hires fix: denoising strength too low for one step; upscaled without a second pass"
+        )
+        return image if isinstance(image, torch.Tensor) else _encode(pipe, image, generators)
+
+    scheduler, _ = make_scheduler(session.scheduler_config, p.sampler, p.schedule_type)
+    pipe.scheduler = scheduler
+    first_pass = int(getattr(session.txt2img, "_num_timesteps", 0) or p.steps)
+    with _second_pass(reporter, first_pass):
+        out = pipe(
+            image=image,
+            strength=p.hr_denoising_strength,
+            num_inference_steps=steps,
+            guidance_scale=p.cfg_scale,
+            # the memory ladder may run a slice of the batch: as many images as latents
+            num_images_per_prompt=int(latents.shape[0]),
+            output_type="latent",
+            generator=generators,
+            callback_on_step_end=reporter,
+            callback_on_step_end_tensor_inputs=["latents"],
+            **cond,
+        )
+    return out.images
+
+
+@contextmanager
+def _second_pass(reporter: Any, first_pass_steps: int) -> Iterator[None]:
+    """Progress of the second pass continues the first's count (StepReporter.pass_offset);
+    afterwards the reporter is as before, ready for the next (sub-)batch's first pass."""
+    if not hasattr(reporter, "pass_offset"):
+        yield
+        return
+    saved = reporter.pass_offset, reporter.pending_steps
+    reporter.pass_offset, reporter.pending_steps = first_pass_steps, 0
+    try:
+        yield
+    finally:
+        reporter.pass_offset, reporter.pending_steps = saved

@@ -1,0 +1,126 @@
+"""Hires fix (txt2img) on the demo model: sizes, A1111 infotext keys, progress, and that the
+second pass really samples (it is not a plain upscale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdtui.config import Settings
+from sdtui.engine import protocol as msg
+from sdtui.errors import UserError
+from sdtui.infotext import parse_infotext, read_infotext
+from sdtui.params import GenerationParams
+
+BASE = dict(width=64, height=64, steps=3, seed=77, preview_every=0, prompt="a red barn")
+
+
+@pytest.fixture(scope="module")
+def session(demo_model, tmp_path_factory):
+    from sdtui.engine.models import load_pipeline
+    from sdtui.engine.session import ModelSession
+
+    loaded = load_pipeline(demo_model.safetensors, device="cpu")
+    loaded.name = "sdtui-demo"
+    s = ModelSession.create(loaded, "cpu")
+    root = tmp_path_factory.mktemp("hires")
+    s.extra["settings"] = Settings(models_dir=root / "models", embeddings_dir=root / "embeddings")
+    return s
+
+
+def run(session, out: Path, **kw):
+    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.outputs import OutputLayout
+
+    events: list = []
+    ctx = JobContext(
+        job_id=1,
+        emit=events.append,
+        control=JobControl(),
+        layout=OutputLayout(out),
+        model_name="sdtui-demo",
+        model_hash="0123456789",
+    )
+    done = run_generation(session.loaded, session, GenerationParams(**{**BASE, **kw}), ctx)
+    return done, events
+
+
+def pixels(img: Image.Image | str | Path) -> np.ndarray:
+    im = img if isinstance(img, Image.Image) else Image.open(img)
+    return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+HR = dict(enable_hr=True, hr_scale=1.5, hr_denoising_strength=0.6)
+
+
+@pytest.fixture(scope="module")
+def first_pass(session, tmp_path_factory):
+    done, _ = run(session, tmp_path_factory.mktemp("plain"))
+    return Image.open(done.paths[0]).convert("RGB")
+
+
+def test_latent_hires_size_infotext_and_progress(session, first_pass, tmp_path):
+    done, events = run(session, tmp_path, **HR, hr_second_pass_steps=4)
+    im = Image.open(done.paths[0])
+    assert im.size == (96, 96)
+    info = parse_infotext(read_infotext(done.paths[0]))
+    pairs = info.pairs
+    assert pairs["Size"] == "64x64"  # A1111 records the first pass's size
+    assert pairs["Hires upscale"] == "1.5"
+    assert pairs["Hires steps"] == "4"
+    assert pairs["Hires upscaler"] == "Latent"
+    assert pairs["Denoising strength"] == "0.6"
+    # the second pass samples: far from a plain resize of the first pass's image
+    resized = pixels(first_pass.resize((96, 96), Image.BILINEAR))
+    assert np.abs(pixels(im) - resized).mean() > 3
+    # progress: first pass 3 steps + int(4 * 0.6) = 2 hires steps, counted as one batch
+    progress = [e for e in events if isinstance(e, msg.Progress)]
+    assert [(e.step, e.steps) for e in progress] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_hires_reproducible_per_image_in_a_batch(session, tmp_path):
+    batch, _ = run(session, tmp_path / "b", **HR, batch_size=2)
+    single, _ = run(session, tmp_path / "s", **HR, seed=BASE["seed"] + 1)
+    assert np.abs(pixels(batch.paths[1]) - pixels(single.paths[0])).max() <= 2
+    assert np.abs(pixels(batch.paths[0]) - pixels(batch.paths[1])).mean() > 3
+
+
+@pytest.mark.parametrize(
+    "upscaler", ["Latent (nearest)", "Latent (bicubic antialiased)", "Lanczos"]
+)
+def test_other_upscalers(session, tmp_path, upscaler):
+    done, _ = run(session, tmp_path, **{**HR, "hr_scale": 2.0}, hr_upscaler=upscaler)
+    assert Image.open(done.paths[0]).size == (128, 128)
+    assert parse_infotext(read_infotext(done.paths[0])).pairs["Hires upscaler"] == upscaler
+
+
+def test_strength_zero_only_upscales(session, tmp_path):
+    done, events = run(
+        session, tmp_path, **{**HR, "hr_denoising_strength": 0.0}, hr_upscaler="Lanczos"
+    )
+    assert Image.open(done.paths[0]).size == (96, 96)
+    assert max(e.step for e in events if isinstance(e, msg.Progress)) == 3
+
+
+def test_unknown_upscaler_fails_before_sampling(session, tmp_path):
+    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.outputs import OutputLayout
+
+    events: list = []
+    ctx = JobContext(1, events.append, JobControl(), OutputLayout(tmp_path))
+    with pytest.raises(UserError, match="Unknown upscaler"):
+        run_generation(
+            session.loaded, session, GenerationParams(**BASE, **HR, hr_upscaler="4x-Nope"), ctx
+        )
+    assert not [e for e in events if isinstance(e, msg.Progress)]
+
+
+def test_hires_upscaler_choices(tmp_path):
+    from sdtui.engine.hires import hires_upscaler_choices
+
+    choices = hires_upscaler_choices(tmp_path)
+    assert choices[:2] == ["Latent", "Latent (antialiased)"]
+    assert "None" in choices and "Lanczos" in choices
