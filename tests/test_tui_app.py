@@ -507,7 +507,14 @@ async def _steady(pilot: Any) -> None:
     await pilot.pause()
     pilot.app.main.query_one(GpuPane).show_snapshot(pilot.app.snapshot_gpu)
     pilot.app.main.query_one(StatusBar).update_line(state="ready", model="sdtui-demo")
-    await pilot.pause(0.3)  # token counts come from a worker thread
+    # token counts come from a worker thread: wait for them, however loaded the machine is
+    from textual.widgets import Label
+
+    labels = [pilot.app.main.query_one(f"#{n}-tokens", Label) for n in ("prompt", "negative")]
+    await wait_for(pilot, lambda: all("/75" in str(lb.render()) for lb in labels), 10)
+    for area in pilot.app.main.query(PromptArea):
+        area.cursor_blink = False  # a blinking cursor makes the picture depend on timing
+    await pilot.pause()
 
 
 def test_snapshot_main_80x24(snap_compare: Any, tui_env: Settings) -> None:
