@@ -45,6 +45,15 @@ VAE_FOLDER = "VAE"
 VAE_FILE_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".ckpt", ".bin")
 AUTOMATIC = "Automatic"
 NO_VAE = "None"
+# hires fix upscalers that resize latents, in A1111's order (sdtui.engine.hires applies them)
+HIRES_LATENT_UPSCALERS: tuple[str, ...] = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
 
 _CHUNK = 1024 * 1024
 
@@ -169,6 +178,18 @@ VAE_CHOICES_FIXED: tuple[str, ...] = (AUTOMATIC, NO_VAE)
 def vae_choices(models_dir: Path | str) -> list[str]:
     """What a VAE picker offers: "Automatic", "None", then every VAE file's name."""
     return [*VAE_CHOICES_FIXED, *(e.name for e in list_vaes(models_dir))]
+
+
+def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
+    """What a hires-fix upscaler picker offers, in A1111's order: the latent modes, "None",
+    "Lanczos", "Nearest", then every upscaler model found."""
+    from sdtui.upscalers import list_upscalers
+
+    return [
+        *HIRES_LATENT_UPSCALERS,
+        NO_VAE,
+        *(e.name for e in list_upscalers(Path(models_dir).expanduser())),
+    ]
 
 
 # -- resolving -------------------------------------------------------------------------------

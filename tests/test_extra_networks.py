@@ -456,7 +456,7 @@ def test_listing_is_pure_python(tmp_path):
     code = (
         "import sys, sdtui.extra_networks_index as m; "
         f"m.list_loras({str(tmp_path / 'models')!r}); m.list_vaes({str(tmp_path)!r}); "
-        f"m.list_embeddings({str(tmp_path)!r}); "
+        f"m.list_embeddings({str(tmp_path)!r}); m.hires_upscaler_choices({str(tmp_path)!r}); "
         "assert 'torch' not in sys.modules, 'listing imported torch'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -124,3 +124,10 @@ def test_hires_upscaler_choices(tmp_path):
     choices = hires_upscaler_choices(tmp_path)
     assert choices[:2] == ["Latent", "Latent (antialiased)"]
     assert "None" in choices and "Lanczos" in choices
+
+
+def test_latent_upscaler_names_agree_with_the_pure_python_list():
+    from sdtui.engine.hires import LATENT_UPSCALE_MODES
+    from sdtui.extra_networks_index import HIRES_LATENT_UPSCALERS
+
+    assert tuple(LATENT_UPSCALE_MODES) == HIRES_LATENT_UPSCALERS

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from sdtui.params import GenerationParams
 
+# the names are sdtui.extra_networks_index.HIRES_LATENT_UPSCALERS, in the same order
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -50,15 +51,10 @@ def latent_mode(name: str) -> tuple[str, bool] | None:
 
 
 def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
-    """What a hires upscaler picker offers, in A1111's order: latent modes, None, Lanczos,
-    Nearest, then the upscaler models found (pure Python; no model is loaded)."""
-    from sdtui.upscalers import list_upscalers
+    """See ``sdtui.extra_networks_index.hires_upscaler_choices`` (no torch there)."""
+    from sdtui.extra_networks_index import hires_upscaler_choices as choices
 
-    return [
-        *LATENT_UPSCALE_MODES,
-        NONE_UPSCALER,
-        *(e.name for e in list_upscalers(Path(models_dir))),
-    ]
+    return choices(models_dir)
 
 
 def _image_upscaler(name: str) -> str:
