@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdtui.engine import preview as preview_mod
 from sdtui.engine import protocol as msg
+from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.samplers import make_scheduler
 from sdtui.errors import UserError
 from sdtui.infotext import format_infotext
@@ -48,6 +49,8 @@ class JobContext:
     model_name: str | None = None
     model_hash: str | None = None
     family: str = "SD1"
+    memory_mode: str = "normal"  # the engine's placement: the ladder climbs from here
+    vae_fp32: bool = False  # set after a NaN decode: the rest of the job decodes in fp32
 
     def log(self, text: str, level: str = "info") -> None:
         self.emit(msg.Log(level, text, self.job_id))
@@ -186,24 +189,47 @@ class StepReporter:
 
 
 def decode_latents(pipe: Any, latents: torch.Tensor, ctx: JobContext) -> list[Image.Image]:
+    """Latents to images. An fp16 SDXL VAE whose config says ``force_upcast`` decodes in fp32,
+    as diffusers' SDXL pipeline does (SD1/SD2 configs carry the flag by default, and diffusers
+    ignores it there); any other reduced-precision decode that gives NaN runs again in fp32
+    (A1111's fix), and the rest of the job then decodes in fp32 directly."""
     vae = pipe.vae
     scaled = latents / vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None)
     if shift:
         scaled = scaled + shift
-    with torch.no_grad():
-        needs_upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-        if needs_upcast:
-            vae.to(torch.float32)
-        image = vae.decode(scaled.to(vae.device, vae.dtype), return_dict=False)[0]
-        if not needs_upcast and torch.isnan(image).any() and vae.dtype != torch.float32:
-            ctx.log("the VAE gave NaN in half precision: decoding again in fp32", "warning")
-            vae.to(torch.float32)
-            image = vae.decode(scaled.to(vae.device, torch.float32), return_dict=False)[0]
-            vae.to(latents.dtype)
-        if needs_upcast:
-            vae.to(torch.float16)
+    own = vae.dtype
+    force = own == torch.float16 and ctx.family == "SDXL" and bool(getattr(vae.config, "force_upcast", False))
+    upcast = own != torch.float32 and (force or ctx.vae_fp32)
+    image = _vae_decode(pipe, scaled, torch.float32 if upcast else own)
+    if not upcast and own != torch.float32 and torch.isnan(image).any():
+        ctx.log(
+            f"the VAE gave NaN in {str(own).removeprefix('torch.')}: decoding again in fp32 "
+            "(and for the rest of this job)",
+            "warning",
+        )
+        ctx.vae_fp32 = True
+        image = _vae_decode(pipe, scaled, torch.float32)
+    if torch.isnan(image).any():
+        ctx.log("the VAE gave NaN even in fp32: the image is black; try another VAE", "warning")
+        image = torch.nan_to_num(image)
     return pipe.image_processor.postprocess(image.float(), output_type="pil")
+
+
+def _vae_decode(pipe: Any, scaled: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One decode in ``dtype``; the VAE goes back to its own dtype even when this raises."""
+    vae = pipe.vae
+    own = vae.dtype
+    # with model offload the VAE sits on the CPU until its hook moves it: aim at the GPU
+    device = getattr(pipe, "_execution_device", None) or scaled.device
+    try:
+        if dtype != own:
+            vae.to(dtype)
+        with torch.no_grad():
+            return vae.decode(scaled.to(device, dtype), return_dict=False)[0]
+    finally:
+        if vae.dtype != own:
+            vae.to(own)
 
 
 def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobContext) -> msg.JobDone:
@@ -225,9 +251,31 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     steps_per_batch = p.steps if not img2img else max(1, int(p.steps * p.denoising_strength))
     ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_per_batch * p.batch_count))
 
-    # LoRAs, embeddings and the VAE apply for this job only; job_extra holds their infotext
-    with pipes.job_scope(p, ctx) as job_extra:
+    # out of memory, the job climbs this ladder instead of failing (sdtui.engine.memory)
+    ladder = MemoryLadder(
+        pipe,
+        device=str(pipes.device),
+        baseline=ctx.memory_mode,
+        batch_size=p.batch_size,
+        width=p.width,
+        height=p.height,
+        log=ctx.log,
+    )
+
+    # LoRAs, embeddings and the VAE apply for this job only (job_extra holds their
+    # infotext); the ladder's measures too
+    with pipes.job_scope(p, ctx) as job_extra, ladder:
         cond = pipes.encode(p)
+
+        def sample(sub: dict[str, Any]) -> torch.Tensor:
+            """One (sub-)batch through the pipeline; the ladder may call it for a slice."""
+            with torch.inference_mode():
+                latents = pipe(**sub).images
+                if p.enable_hr and not img2img:
+                    reporter = sub["callback_on_step_end"]
+                    latents = pipes.hires_fix(p, latents, sub["generator"], cond, reporter, ctx)
+            return latents
+
         device = pipes.device
         saved: list[str] = []
         images_all: list[Image.Image] = []
@@ -267,10 +315,7 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
                     generator=generators,
                 )
             try:
-                with torch.inference_mode():
-                    latents = pipe(**call).images
-                    if p.enable_hr and not img2img:
-                        latents = pipes.hires_fix(p, latents, generators, cond, reporter, ctx)
+                latents = ladder.sample(call, sample)
             except BatchSkipped:
                 ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
                 continue
@@ -279,7 +324,7 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
                 break
             finally:
                 preview_s += reporter.preview_s
-            images = decode_latents(pipe, latents, ctx)
+            images = ladder.decode(latents, lambda lat: decode_latents(pipe, lat, ctx))
             for i, image in enumerate(images):
                 seed = seeds[i]
                 info = format_infotext(

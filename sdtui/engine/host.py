@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sdtui.config import Settings
+from sdtui.config import MEMORY_MODES, Settings
 from sdtui.engine import protocol as msg
 from sdtui.engine.worker import EngineOptions, engine_main
 from sdtui.params import GenerationParams, UpscaleParams
@@ -124,6 +124,14 @@ class EngineHost:
 
     def load_model(self, model: str) -> None:
         self.cmd_q.put(msg.LoadModel(model))
+
+    def set_memory_mode(self, mode: str) -> None:
+        """auto, normal, low (model offload) or lowest (sequential offload); runs in queue
+        order, so jobs already queued keep the mode they were queued under."""
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}")
+        self.settings = self.settings.replace(memory_mode=mode)  # a restart keeps it
+        self.cmd_q.put(msg.SetMemoryMode(mode))
 
     @property
     def queued(self) -> list[int]:

@@ -45,11 +45,19 @@ class LoadModel:
 
 
 @dataclass(frozen=True)
+class SetMemoryMode:
+    """Change the memory mode (auto, normal, low, lowest) from the next job on; the loaded
+    model is moved (or reloaded) at once."""
+
+    mode: str
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Command = SubmitGenerate | SubmitUpscale | Cancel | Skip | LoadModel | Shutdown
+Command = SubmitGenerate | SubmitUpscale | Cancel | Skip | LoadModel | SetMemoryMode | Shutdown
 
 # -- engine -> UI --------------------------------------------------------------------------
 

@@ -111,7 +111,13 @@ class ModelSession:
         return run_hires_fix(self, p, latents, generators, cond, reporter, ctx)
 
     def close(self) -> None:
-        """Drop every reference to the weights and give the memory back."""
+        """Drop every reference to the weights and give the memory back, even where a stray
+        reference to a module survives (its tensors go to the meta device)."""
+        from sdtui.engine.models import free_pipeline
+
+        if self.loaded is not None:
+            free_pipeline(self.loaded)
+        self.extra.clear()
         self.txt2img = self.img2img = self.loaded = None
         gc.collect()
         if torch.cuda.is_available():

@@ -7,6 +7,7 @@ too (to name the target), so torch and diffusers are imported inside ``engine_ma
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import queue
 import signal
@@ -39,10 +40,7 @@ def engine_main(cmd_q: Any, evt_q: Any, settings: Settings, options: EngineOptio
             signal.signal(sig, signal.SIG_IGN)
         except (OSError, ValueError):  # pragma: no cover - not on this platform
             pass
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    prepare_environment()
     emit = evt_q.put
     emit(msg.EngineStatus("starting", "importing torch", pid=os.getpid()))
     _quiet_libraries()
@@ -51,6 +49,15 @@ def engine_main(cmd_q: Any, evt_q: Any, settings: Settings, options: EngineOptio
     # the parent may be gone: do not wait for it to read what is left
     if os.getppid() != engine.parent_pid:
         evt_q.cancel_join_thread()
+
+
+def prepare_environment() -> None:
+    """Defaults for the engine process, set before torch is imported; a user's own values win."""
+    # fights fragmentation, the usual cause of "OOM on the second run" (see REFERENCE.md)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _quiet_libraries() -> None:
@@ -82,6 +89,12 @@ class Engine:
         self.session: Any = None
         self.device = "cpu"
         self._control: Any = None
+        self.memory_mode = settings.memory_mode  # what the user asked for (SetMemoryMode changes it)
+        self.placement = "normal"  # the mode in force for the loaded model
+        self._said_cpu_mode = False
+        from sdtui.engine.faults import FaultInjector, spec_from_env_or
+
+        self.faults = FaultInjector(spec_from_env_or(options.fault_injection))
 
     # -- command thread ---------------------------------------------------------------------
 
@@ -180,6 +193,8 @@ class Engine:
         try:
             if isinstance(cmd, msg.LoadModel):
                 self.ensure_model(cmd.model)
+            elif isinstance(cmd, msg.SetMemoryMode):
+                self.set_memory_mode(cmd.mode)
             elif isinstance(cmd, msg.SubmitGenerate):
                 self._status("busy", f"job {job_id}")
                 self._generate(cmd, control)
@@ -193,13 +208,15 @@ class Engine:
                 self.current_job, self._control = None, None
             self._status("ready")
 
-    def _report_failure(self, job_id: int | None, e: BaseException) -> None:
+    def _report_failure(
+        self, job_id: int | None, e: BaseException, paths: tuple[str, ...] = ()
+    ) -> None:
         detail = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         message = e.message if isinstance(e, UserError) else _plain(e)
         if job_id is None:
             self.emit(msg.Log("error", message))
         else:
-            self.emit(msg.JobFailed(job_id, message, detail))
+            self.emit(msg.JobFailed(job_id, message, detail, paths))
 
     # -- models -----------------------------------------------------------------------------
 
@@ -238,28 +255,119 @@ class Engine:
         name, path = self.resolve_model(query)
         if self.session is not None and str(self.session.path) == str(path):
             return self.session
-        from sdtui.engine.models import load_pipeline
+        return self._load(name, path)
+
+    def _load(self, name: str, path: Any) -> Any:
+        from sdtui.engine.memory import format_size
+        from sdtui.engine.models import default_dtype, load_pipeline
         from sdtui.engine.session import ModelSession
 
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        self.unload_model()  # the old model's RAM and VRAM come back before the new one loads
         self._status("loading", f"loading {name}")
         t0 = time.perf_counter()
-        loaded = load_pipeline(path, device=self.device)
+        # built on the CPU in the GPU's dtype, then placed as the memory mode says
+        loaded = load_pipeline(path, device="cpu", dtype=default_dtype(self.device))
         loaded.name = name
+        self.placement, why = self._place(loaded.pipe)
+        loaded.device = self.device
         self.session = ModelSession.create(loaded, self.device)
+        if self.faults:
+            self.faults.install(loaded.pipe)
         seconds = time.perf_counter() - t0
+        size = format_size(int(loaded.size_bytes))
+        self.emit(
+            msg.Log(
+                "info",
+                f"loaded {name} ({loaded.family.label}, {size}) in {seconds:.1f} s; "
+                f"memory mode {self.placement} ({why})",
+            )
+        )
         self.emit(
             msg.ModelLoaded(name, loaded.family.label, round(seconds, 2), int(loaded.size_bytes), str(path))
         )
         self._status("ready")
         return self.session
 
+    def unload_model(self) -> None:
+        """Free the loaded model completely, so switching models never grows RAM or VRAM."""
+        from sdtui.engine.memory import free_caches, trim_heap
+
+        if self.session is None:
+            return
+        self.faults.remove()
+        session, self.session = self.session, None
+        session.close()
+        del session
+        free_caches()
+        trim_heap()
+
+    # -- memory modes -----------------------------------------------------------------------
+
+    def _place(self, pipe: Any) -> tuple[str, str]:
+        """Put a freshly built pipeline where the memory mode wants it: (mode in force, why)."""
+        from sdtui.engine import memory
+
+        if self.device != "cuda":
+            self._say_cpu_mode()
+            return "normal", "on the CPU"
+        mode, why = memory.choose_mode(
+            self.memory_mode,
+            self.device,
+            free_vram=memory.free_vram(self.device),
+            weights=memory.weights_bytes(pipe),
+        )
+        placed = memory.place_pipeline(pipe, mode, self.device, self._log)
+        return placed, why if placed == mode else "fallback"
+
+    def _say_cpu_mode(self) -> None:
+        if self.memory_mode in ("auto", "normal") or self._said_cpu_mode:
+            return
+        self._said_cpu_mode = True  # once per engine: every job would repeat it otherwise
+        self._log(f"running on the CPU: memory mode {self.memory_mode} has no effect (runs as normal)")
+
+    def _log(self, text: str, level: str = "info") -> None:
+        self.emit(msg.Log(level, text))
+
+    def set_memory_mode(self, mode: str) -> None:
+        """Change the memory mode now; the loaded model moves (or reloads, for lowest)."""
+        from sdtui.config import MEMORY_MODES
+        from sdtui.engine import memory
+
+        if mode not in MEMORY_MODES:
+            self._log(f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}", "error")
+            return
+        self.memory_mode = mode
+        if self.device != "cuda":
+            self._say_cpu_mode()
+            self._log(f"memory mode set to {mode}")
+            return
+        if self.session is None:
+            self._log(f"memory mode set to {mode}: applies when a model loads")
+            return
+        pipe = self.session.txt2img
+        new, why = memory.choose_mode(
+            mode,
+            self.device,
+            free_vram=memory.free_vram(self.device),
+            weights=memory.weights_bytes(pipe),
+        )
+        if new == self.placement:
+            self._log(f"memory mode set to {mode}: {new} is already in force ({why})")
+            return
+        if "lowest" in (new, self.placement):
+            # sequential offload parks weights outside the modules: a fresh load is the clean way
+            self._load(self.session.name, self.session.path)
+            return
+        memory.unplace_pipeline(pipe, self.placement, self.device)
+        memory.free_caches()
+        self.placement = memory.place_pipeline(pipe, new, self.device, self._log)
+        self._log(f"memory mode now {self.placement}: {memory.MODE_WORDS[self.placement]} ({why})")
+
     # -- jobs -------------------------------------------------------------------------------
 
     def _generate(self, cmd: msg.SubmitGenerate, control: Any) -> None:
         from sdtui.engine.generate import JobContext, run_generation
+        from sdtui.engine.memory import free_caches, job_memory
         from sdtui.model_index import model_hash
         from sdtui.outputs import OutputLayout
 
@@ -267,17 +375,35 @@ class Engine:
         self._status("busy", f"job {cmd.job_id}")
         if session.model_hash is None and session.path.is_file():
             session.model_hash = model_hash(session.path)
+        saved: list[str] = []
+
+        def emit(event: Any) -> None:
+            if isinstance(event, msg.ImageSaved) and not event.is_grid:
+                saved.append(event.path)  # kept and named in JobFailed if the job fails later
+            self.emit(event)
+
         ctx = JobContext(
             job_id=cmd.job_id,
-            emit=self.emit,
+            emit=emit,
             control=control,
             layout=OutputLayout(self.settings.outputs),
             model_name=session.name,
             model_hash=session.model_hash,
             family=session.family,
+            memory_mode=self.placement,
         )
-        done = run_generation(session.loaded, session, cmd.params, ctx)
-        self.emit(done)
+        try:
+            with job_memory(self.device) as acct:
+                done = run_generation(session.loaded, session, cmd.params, ctx)
+        except Exception as e:  # noqa: BLE001 - reported here, with the images already saved
+            ctx.log(f"job {cmd.job_id}: {acct.summary()}")
+            self._report_failure(cmd.job_id, e, tuple(saved))
+            done = None
+        if done is None:
+            free_caches()  # after the except block: the error's frames no longer pin tensors
+            return
+        ctx.log(f"job {cmd.job_id}: {acct.summary()}")
+        self.emit(dataclasses.replace(done, **acct.fields()))
 
     def _upscale(self, cmd: msg.SubmitUpscale) -> None:
         from sdtui.engine.upscale import upscale_job
