@@ -9,6 +9,7 @@ and saves the image, and the form was remembered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -111,6 +112,7 @@ def tmux(tmp_path: Path, demo_model: object) -> Iterator[tuple[Tmux, Path]]:
         yield t, tmp_path
     finally:
         t.run("kill-server", check=False)
+        _kill_leftovers(tmp_path)
 
 
 def test_real_terminal_generate_crash_restart_hangup(tmux: tuple[Tmux, Path]) -> None:
@@ -140,11 +142,18 @@ def test_real_terminal_generate_crash_restart_hangup(tmux: tuple[Tmux, Path]) ->
 
     t.keys("C-g")
     t.wait(lambda s: "started" in s.split("restarted")[-1], 60, "the second job to start")
+    import psutil
+
+    ui_pid = psutil.Process(new_pid).ppid()
     t.run("kill-server")  # the terminal goes away: SIGHUP
     deadline = time.monotonic() + 60
     while len(list(outputs.rglob("*.png"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(list(outputs.rglob("*.png"))) == 2, "the engine did not finish the job after SIGHUP"
+    deadline = time.monotonic() + 10
+    while _alive(ui_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(ui_pid), "the app did not leave after SIGHUP"
     saved = json.loads((root / "state" / "form.json").read_text())
     assert saved["params"]["prompt"] == "a tmux cat"
     deadline = time.monotonic() + 20
@@ -167,6 +176,20 @@ def engine_pids(root: Path) -> list[int]:
         except psutil.Error:
             continue
     return found
+
+
+def _kill_leftovers(root: Path) -> None:
+    """After a failed test: the app and engine this test started, and only those."""
+    import psutil
+
+    time.sleep(1.0)
+    for pid in engine_pids(root):
+        with contextlib.suppress(psutil.Error):
+            engine = psutil.Process(pid)
+            parent = engine.parent()
+            if parent is not None and "sdtui" in " ".join(parent.cmdline()):
+                parent.kill()
+            engine.kill()
 
 
 def _alive(pid: int) -> bool:

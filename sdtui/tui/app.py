@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from sdtui.tui.widgets.status_bar import StatusBar
 
 POLL_INTERVAL_S = 0.05  # 20 Hz: smooth progress, negligible CPU
 WIDE_WIDTH = 140  # from here on the GPU pane has its own column
+HANGUP_GRACE_S = 5.0
 TALL_HEIGHT = 36  # from here on the job log gets more lines
 IMG2IMG_2X_DENOISE = 0.75
 
@@ -428,10 +430,12 @@ class SdtuiApp(App[int]):
         self.remove_job(message.job_id)
 
     @on(ImageGrid.Highlighted)
+    @_while_shown
     def _grid_highlighted(self, event: ImageGrid.Highlighted) -> None:
         self.select_image(event.path)
 
     @on(ImageGrid.Selected)
+    @_while_shown
     def _grid_selected(self, event: ImageGrid.Selected) -> None:
         self.select_image(event.path)
         self.action_full_view()
@@ -742,6 +746,9 @@ class SdtuiApp(App[int]):
         its running job on its own."""
         self.hung_up = True
         self.remember()
+        # Leaving must not depend on a terminal that is gone: if the orderly exit hangs on
+        # it, go anyway (the engine does not need us to finish its job).
+        threading.Timer(HANGUP_GRACE_S, os._exit, (129,)).start()
         self.exit(129)
 
     async def action_quit(self) -> None:
