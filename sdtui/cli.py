@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtui import __version__
-from sdtui.config import GRAPHICS, MEMORY_MODES, Settings, load_settings
+from sdtui.config import FAST_PATHS, GRAPHICS, MEMORY_MODES, Settings, load_settings
 from sdtui.errors import UserError
 from sdtui.params import RESIZE_MODES, GenerationParams, ParamError, UpscaleParams, parse_size
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
@@ -30,6 +30,7 @@ def _folder_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--outputs-dir", type=Path, help="where images are written (A1111 layout)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where to run (default: CUDA when present)")
     g.add_argument("--memory-mode", choices=MEMORY_MODES, help="auto, normal, low (model offload), lowest (sequential offload)")
+    g.add_argument("--fast-path", choices=FAST_PATHS, help="CUDA: auto (channels_last + torch.compile), nocompile, off")
     g.add_argument("--config", type=Path, help="settings file (default: the platform's config folder)")
 
 
@@ -109,6 +110,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         outputs_dir=getattr(args, "outputs_dir", None),
         device=getattr(args, "device", None),
         memory_mode=getattr(args, "memory_mode", None),
+        fast_path=getattr(args, "fast_path", None),
         graphics=getattr(args, "graphics", None),
     )
 

@@ -27,6 +27,7 @@ APP = "sdtui"
 DEVICES = ("auto", "cuda", "cpu")
 MEMORY_MODES = ("auto", "normal", "low", "lowest")
 GRAPHICS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
+FAST_PATHS = ("auto", "nocompile", "off")
 
 
 def cache_dir() -> Path:
@@ -64,6 +65,8 @@ class Settings:
     device: str = "auto"
     memory_mode: str = "auto"
     graphics: str = "auto"
+    # CUDA only: auto = channels_last + torch.compile of the UNet blocks; nocompile; off
+    fast_path: str = "auto"
     preview_every: int = 1
 
     # -- resolved folders -------------------------------------------------------------------
@@ -110,6 +113,10 @@ class Settings:
             raise UserError(
                 f"graphics {self.graphics!r} is unknown: use one of {', '.join(GRAPHICS)}"
             )
+        if self.fast_path not in FAST_PATHS:
+            raise UserError(
+                f"fast path {self.fast_path!r} is unknown: use one of {', '.join(FAST_PATHS)}"
+            )
         if self.a1111_dir and not self.a1111_dir.is_dir():
             raise UserError(
                 f"A1111 folder {self.a1111_dir} does not exist: point --a1111-dir at the "
@@ -127,6 +134,7 @@ _ENV = {
     "SDTUI_DEVICE": "device",
     "SDTUI_MEMORY_MODE": "memory_mode",
     "SDTUI_GRAPHICS": "graphics",
+    "SDTUI_FAST_PATH": "fast_path",
 }
 
 

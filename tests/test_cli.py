@@ -45,7 +45,6 @@ def assert_clean_failure(proc, *words: str, code: int | None = None) -> None:
 
 
 def test_generate_demo_batch_then_img2img_then_info(env, tmp_path, demo_model):
-    out = tmp_path / "home" / "outputs"
     proc = sdtui(env, "generate", "--demo", "a black house cat typing on a computer", "--steps", "3",
                  "--cfg", "7", "--size", "64x64", "--batch-size", "4", "--sampler", "Euler a",
                  "--seed", "2089545485")
@@ -116,8 +115,8 @@ def _bad_checkpoint(kind: str, folder: Path, demo) -> Path:
         with open(p, "wb") as f:
             pickle.dump({"state_dict": _Evil()}, f)
     else:  # a valid file that is no Stable Diffusion model
-        from safetensors.numpy import save_file
         import numpy as np
+        from safetensors.numpy import save_file
 
         p = folder / "mystery.safetensors"
         save_file({"encoder.layer.0.weight": np.zeros((4, 4), dtype=np.float32)}, str(p))

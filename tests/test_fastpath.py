@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdtui.engine.fastpath import FastPathState, apply_fast_path, compile_blocks, is_compile_error, warm_up
+from sdtui.engine.fastpath import (
+    FastPathState,
+    apply_fast_path,
+    compile_blocks,
+    is_compile_error,
+    warm_up,
+)
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,10 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     init = load_init_image(p.init_image, p.width, p.height, p.resize_mode) if img2img else None
     kind = "img2img" if img2img else "txt2img"
     steps_per_batch = p.steps if not img2img else max(1, int(p.steps * p.denoising_strength))
-    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_per_batch * p.batch_count))
+    from sdtui.engine.hires import hires_steps
+
+    steps_total = (steps_per_batch + hires_steps(p)) * p.batch_count
+    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_total))
 
     # out of memory, the job climbs this ladder instead of failing (sdtui.engine.memory)
     ladder = MemoryLadder(

@@ -271,6 +271,9 @@ class Engine:
         self.placement, why = self._place(loaded.pipe)
         loaded.device = self.device
         self.session = ModelSession.create(loaded, self.device)
+        self.session.extra["settings"] = self.settings  # flags like --models-dir reach LoRA/VAE lookup
+        if self.placement == "normal":
+            self._fast_path(loaded)
         if self.faults:
             self.faults.install(loaded.pipe)
         seconds = time.perf_counter() - t0
@@ -302,6 +305,18 @@ class Engine:
         trim_heap()
 
     # -- memory modes -----------------------------------------------------------------------
+
+    def _fast_path(self, loaded: Any) -> None:
+        from sdtui.engine.fastpath import apply_fast_path, warm_up
+
+        state = apply_fast_path(loaded.pipe, self.device, self.settings.fast_path, self._log)
+        self.session.extra["fast_path"] = state
+        if state.compiling:
+            size = 1024 if loaded.family.family == "SDXL" else 512
+            self._status("loading", "compiling the UNet (first load only)")
+            warm_up(loaded.pipe, state, size, size, self._log)
+        elif state.applied:
+            self._log(state.summary())
 
     def _place(self, pipe: Any) -> tuple[str, str]:
         """Put a freshly built pipeline where the memory mode wants it: (mode in force, why)."""
@@ -394,7 +409,12 @@ class Engine:
         )
         try:
             with job_memory(self.device) as acct:
-                done = run_generation(session.loaded, session, cmd.params, ctx)
+                try:
+                    done = run_generation(session.loaded, session, cmd.params, ctx)
+                except Exception as e:
+                    if not self._compile_failed(session, e):
+                        raise
+                    done = run_generation(session.loaded, session, cmd.params, ctx)
         except Exception as e:  # noqa: BLE001 - reported here, with the images already saved
             ctx.log(f"job {cmd.job_id}: {acct.summary()}")
             self._report_failure(cmd.job_id, e, tuple(saved))
@@ -404,6 +424,17 @@ class Engine:
             return
         ctx.log(f"job {cmd.job_id}: {acct.summary()}")
         self.emit(dataclasses.replace(done, **acct.fields()))
+
+    def _compile_failed(self, session: Any, e: BaseException) -> bool:
+        """A torch.compile failure mid-job (e.g. at a new size): back to eager, run again."""
+        from sdtui.engine.fastpath import is_compile_error, undo_compile
+
+        state = session.extra.get("fast_path")
+        if state is None or not state.compiling or not is_compile_error(e):
+            return False
+        undo_compile(state, f"torch.compile failed: {type(e).__name__}; running without it")
+        self._log(state.summary())
+        return True
 
     def _upscale(self, cmd: msg.SubmitUpscale) -> None:
         from sdtui.engine.upscale import upscale_job
