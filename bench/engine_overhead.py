@@ -62,8 +62,8 @@ def main() -> int:
     size = args.size or (256 if args.sd15 else 256)
     steps = args.steps or (8 if args.sd15 else 20)
 
-    import torch
     import diffusers
+    import torch
 
     from sdtui.config import Settings
     from sdtui.engine import protocol as msg
