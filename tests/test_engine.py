@@ -349,3 +349,16 @@ def _alive(pid: int) -> bool:
         return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
     except OSError:
         return False
+
+
+def test_switching_back_to_a_recent_model_comes_from_ram(host, demo_model):
+    _until(host, lambda e: isinstance(e, msg.ModelLoaded))  # the demo single file
+    host.load_model(str(demo_model.folder))
+    first, _ = _until(host, lambda e: isinstance(e, msg.ModelLoaded) and e.path == str(demo_model.folder))
+    host.load_model(str(demo_model.safetensors))
+    back, seen = _until(host, lambda e: isinstance(e, msg.ModelLoaded) and e.path == str(demo_model.safetensors))
+    assert any(isinstance(e, msg.Log) and "from RAM" in e.text for e in seen)
+    assert back.seconds < 1.0
+    job = host.submit(GenerationParams(**TINY, seed=3))
+    done, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == job)
+    assert len(done.paths) == 1

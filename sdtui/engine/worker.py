@@ -91,6 +91,8 @@ class Engine:
         self._control: Any = None
         self.memory_mode = settings.memory_mode  # what the user asked for (SetMemoryMode changes it)
         self.placement = "normal"  # the mode in force for the loaded model
+        # the previous model, parked in CPU RAM so switching back takes a second (at most one)
+        self.parked: dict[str, Any] = {}
         self._said_cpu_mode = False
         from sdtui.engine.faults import FaultInjector, spec_from_env_or
 
@@ -255,14 +257,64 @@ class Engine:
         name, path = self.resolve_model(query)
         if self.session is not None and str(self.session.path) == str(path):
             return self.session
+        parked = self.parked.pop(str(path), None)
+        if parked is not None:
+            return self._unpark(name, parked)
         return self._load(name, path)
+
+    def _park_or_unload(self) -> None:
+        """Switching away: keep the current model in CPU RAM when there is room for it twice
+        over (so switching back is quick), else free it completely."""
+        import psutil
+
+        from sdtui.engine.memory import free_caches, trim_heap
+
+        for old in self.parked.values():  # at most one parked model: RAM must not creep
+            old.close()
+        self.parked.clear()
+        session = self.session
+        if session is None:
+            return
+        size = int(session.loaded.size_bytes)
+        room = psutil.virtual_memory().available > 2 * size + 2 * 2**30
+        if not (room and self.placement == "normal"):
+            self.unload_model()
+            return
+        self.faults.remove()
+        if self.device == "cuda":
+            session.txt2img.to("cpu")  # the VRAM goes back to the next model
+        session.extra["placement"] = self.placement
+        self.parked[str(session.path)] = session
+        self.session = None
+        free_caches()
+        trim_heap()
+        self._log(f"kept {session.name} in RAM for a quick switch back")
+
+    def _unpark(self, name: str, session: Any) -> Any:
+        t0 = time.perf_counter()
+        self._park_or_unload()
+        self._status("loading", f"loading {name} from RAM")
+        if self.device == "cuda":
+            session.txt2img.to("cuda")
+        self.placement = session.extra.get("placement", "normal")
+        self.session = session
+        if self.faults:
+            self.faults.install(session.loaded.pipe)
+        seconds = time.perf_counter() - t0
+        loaded = session.loaded
+        self._log(f"switched back to {name} from RAM in {seconds:.2f} s")
+        self.emit(
+            msg.ModelLoaded(name, loaded.family.label, round(seconds, 2), int(loaded.size_bytes), str(loaded.path))
+        )
+        self._status("ready")
+        return session
 
     def _load(self, name: str, path: Any) -> Any:
         from sdtui.engine.memory import format_size
         from sdtui.engine.models import default_dtype, load_pipeline
         from sdtui.engine.session import ModelSession
 
-        self.unload_model()  # the old model's RAM and VRAM come back before the new one loads
+        self._park_or_unload()  # the old model's VRAM (and RAM, unless parked) comes back first
         self._status("loading", f"loading {name}")
         t0 = time.perf_counter()
         # built on the CPU in the GPU's dtype, then placed as the memory mode says
@@ -371,7 +423,9 @@ class Engine:
             return
         if "lowest" in (new, self.placement):
             # sequential offload parks weights outside the modules: a fresh load is the clean way
-            self._load(self.session.name, self.session.path)
+            name, path = self.session.name, self.session.path
+            self.unload_model()  # a reload of the same model: never park a second copy
+            self._load(name, path)
             return
         memory.unplace_pipeline(pipe, self.placement, self.device)
         memory.free_caches()
