@@ -334,15 +334,19 @@ def _human(n: float) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from sdtui.model_index import discover_models, model_hash, old_model_hash
+    from sdtui.extra_networks_index import list_embeddings, list_loras, list_vaes
+    from sdtui.model_index import cached_model_hash, discover_models, model_hash, old_model_hash
+    from sdtui.upscalers import list_upscalers
 
     settings = settings_from(args)
     entries = discover_models(settings.models)
     rows = []
     for e in entries:
         h = old = None
-        if e.kind == "file" and not args.no_hash:
-            h, old = model_hash(e.path), old_model_hash(e.path)
+        if e.kind == "file":
+            # hashing a 7 GB file takes a while: done once, then cached by path, size and mtime
+            h = cached_model_hash(e.path) if args.no_hash else model_hash(e.path)
+            old = None if args.no_hash else old_model_hash(e.path)
         rows.append(
             {
                 "name": e.name,
@@ -352,11 +356,20 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "hash": h,
                 "old_hash": old,
                 "path": str(e.path),
-                "error": getattr(e, "error", None),
+                "error": e.error,
             }
         )
+    extras = {
+        "loras": [{"name": x.name, "path": str(x.path)} for x in list_loras(settings.models)],
+        "embeddings": [{"name": x.name, "path": str(x.path)} for x in list_embeddings(settings.embeddings)],
+        "vaes": [{"name": x.name, "path": str(x.path)} for x in list_vaes(settings.models)],
+        "upscalers": [
+            {"name": x.name, "path": str(x.path) if x.path else None}
+            for x in list_upscalers(settings.models)
+        ],
+    }
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"checkpoints": rows, **extras}, indent=2))
         return EXIT_OK
     if not rows:
         print(
@@ -364,17 +377,26 @@ def cmd_models(args: argparse.Namespace) -> int:
             "put .safetensors / .ckpt files or diffusers folders there, or pass --a1111-dir "
             "~/stable-diffusion-webui; `sdtui --demo` runs without one"
         )
-        return EXIT_OK
-    w = max(len(r["name"]) for r in rows)
-    print(f"{'NAME':<{w}}  {'FAMILY':<15} {'SIZE':>9}  {'HASH':<10}  OLD")
-    for r in rows:
-        fam = r["family"] or "?"
-        print(
-            f"{r['name']:<{w}}  {fam:<15} {_human(r['size_bytes']):>9}  "
-            f"{r['hash'] or '-':<10}  {r['old_hash'] or '-'}"
-        )
-        if r["error"]:
-            print(f"{'':<{w}}  ! {r['error']}")
+    else:
+        w = max(len(r["name"]) for r in rows)
+        print(f"{'NAME':<{w}}  {'FAMILY':<15} {'SIZE':>9}  {'HASH':<10}  OLD")
+        for r in rows:
+            fam = r["family"] or "?"
+            print(
+                f"{r['name']:<{w}}  {fam:<15} {_human(r['size_bytes']):>9}  "
+                f"{r['hash'] or '-':<10}  {r['old_hash'] or '-'}"
+            )
+            if r["error"]:
+                print(f"{'':<{w}}  ! {r['error']}")
+    for title, key, folder in (
+        ("LoRAs", "loras", settings.models / "Lora"),
+        ("Embeddings", "embeddings", settings.embeddings),
+        ("VAEs", "vaes", settings.models / "VAE"),
+    ):
+        items = extras[key]
+        print(f"\n{title} ({folder}): " + (", ".join(i["name"] for i in items) if items else "none"))
+    models = [u["name"] for u in extras["upscalers"] if u["path"]]
+    print("\nUpscalers: Lanczos, Nearest" + ("".join(f", {m}" for m in models)))
     return EXIT_OK
 
 
