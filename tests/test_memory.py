@@ -281,12 +281,31 @@ def test_loading_logs_size_and_time_and_cpu_says_once_that_modes_do_nothing(engi
     assert eng.memory_mode == "lowest"
 
 
-def test_switching_models_frees_the_previous_one(engine, demo_model):
+def test_switching_models_parks_one_and_frees_the_rest(engine, demo_model, monkeypatch):
     eng, _ = engine
-    old = eng.session.txt2img.unet
+    first = eng.session.txt2img.unet
     eng.ensure_model(str(demo_model.folder))
     assert eng.session.path == demo_model.folder
-    assert all(p.device.type == "meta" for p in old.parameters()), "old weights must be freed"
+    # the previous model waits in RAM for a quick switch back ...
+    assert all(p.device.type != "meta" for p in first.parameters())
+    second = eng.session.txt2img.unet
+    eng.ensure_model(str(demo_model.ckpt))
+    # ... but only one: the older one is freed completely
+    assert all(p.device.type == "meta" for p in first.parameters()), "old weights must be freed"
+    assert all(p.device.type != "meta" for p in second.parameters())
+    assert len(eng.parked) == 1
+
+    import psutil
+
+    class Tight:
+        available = 0
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tight())
+    third = eng.session.txt2img.unet
+    eng.ensure_model(str(demo_model.safetensors))
+    assert not eng.parked, "with no RAM to spare nothing is parked"
+    assert all(p.device.type == "meta" for p in third.parameters())
+    assert all(p.device.type == "meta" for p in second.parameters())
 
 
 def _allocator_conf(q) -> None:
