@@ -231,32 +231,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     host.start()
     bar = ProgressBar(enabled=not args.json and sys.stderr.isatty() or os.environ.get("SDTUI_FORCE_PROGRESS") == "1")
     job_id = host.submit(params)
+    final = follow_job(host, job_id, args.json, bar)
+    if isinstance(final, msg.JobFailed):
+        return EXIT_FAILED
+    if final.cancelled:
+        return EXIT_CANCELLED
+    if not args.json:
+        n = len(final.paths)
+        print(f"sdtui: {n} image{'s' if n != 1 else ''} in {final.seconds:.1f} s", file=sys.stderr)
+    return EXIT_OK
+
+
+def follow_job(host: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any:
+    """Print a job's events until it ends (paths on stdout, the rest on stderr, or JSON
+    lines); ctrl+c cancels it, keeping what is saved. Stops the engine; returns the last event."""
+    from sdtui.engine import protocol as msg
+
     final: Any = None
     cancelled_by_user = False
     try:
         while final is None:
             try:
                 for e in host.poll(timeout=0.2):
-                    if args.json:
+                    if as_json:
                         print(json.dumps(event_json(e)), flush=True)
                     if isinstance(e, msg.Progress):
                         bar.update(e)
-                    elif isinstance(e, msg.ImageSaved):
-                        bar.clear()
-                        if not args.json:
-                            print(e.path, flush=True)
-                    elif isinstance(e, msg.Log):
-                        bar.clear()
-                        if not args.json:
-                            print(f"sdtui: {e.text}", file=sys.stderr)
-                    elif isinstance(e, msg.ModelLoaded):
-                        bar.clear()
-                        if not args.json:
-                            print(f"sdtui: loaded {e.name} ({e.family}) in {e.seconds:.1f} s", file=sys.stderr)
-                    elif isinstance(e, msg.JobDone | msg.JobFailed) and e.job_id == job_id:
+                        continue
+                    bar.clear()
+                    if isinstance(e, msg.JobDone | msg.JobFailed) and e.job_id == job_id:
                         final = e
                     elif isinstance(e, msg.EngineStatus) and e.state == "crashed":
                         final = msg.JobFailed(job_id, e.detail)
+                    elif as_json:
+                        continue
+                    elif isinstance(e, msg.ImageSaved):
+                        print(e.path, flush=True)
+                    elif isinstance(e, msg.Log):
+                        print(f"sdtui: {e.text}", file=sys.stderr)
             except KeyboardInterrupt:
                 if cancelled_by_user:
                     raise
@@ -271,13 +283,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"sdtui: {final.message}", file=sys.stderr)
         if os.environ.get("SDTUI_DEBUG"):
             print(final.detail, file=sys.stderr)
-        return EXIT_FAILED
-    if final.cancelled:
-        return EXIT_CANCELLED
-    if not args.json:
-        n = len(final.paths)
-        print(f"sdtui: {n} image{'s' if n != 1 else ''} in {final.seconds:.1f} s", file=sys.stderr)
-    return EXIT_OK
+    return final
 
 
 def event_json(e: Any) -> dict[str, Any]:
@@ -447,23 +453,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     host.start()
     try:
         job_id = host.submit_upscale(params)
-        final: Any = None
-        while final is None:
-            for e in host.poll(timeout=0.2):
-                if args.json:
-                    print(json.dumps(event_json(e)), flush=True)
-                elif isinstance(e, msg.ImageSaved):
-                    print(e.path, flush=True)
-                elif isinstance(e, msg.Log):
-                    print(f"sdtui: {e.text}", file=sys.stderr)
-                if isinstance(e, msg.JobDone | msg.JobFailed) and e.job_id == job_id:
-                    final = e
-                elif isinstance(e, msg.EngineStatus) and e.state == "crashed":
-                    final = msg.JobFailed(job_id, e.detail)
-    finally:
+    except BaseException:
         host.stop()
+        raise
+    final = follow_job(host, job_id, args.json, ProgressBar(enabled=False))
     if isinstance(final, msg.JobFailed):
-        print(f"sdtui: {final.message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
