@@ -18,6 +18,9 @@ UI_MODULES = (
     "sdtui.tui.commands",
     "sdtui.tui.form_state",
     "sdtui.tui.messages",
+    "sdtui.tui.catalog",
+    "sdtui.tui.screens.networks",
+    "sdtui.tui.screens.error_detail",
     "sdtui.cli",
 )
 ENGINE_MODULES = (
@@ -53,9 +56,11 @@ def test_app_start_path_never_imports_torch() -> None:
         "import sys\n"
         "from sdtui.config import Settings\n"
         "from sdtui.tui.app import SdtuiApp\n"
+        "from sdtui.tui.catalog import discover_catalog\n"
         "from sdtui.tui.launch import model_names, upscaler_names\n"
         "s = Settings()\n"
         "SdtuiApp(None, s, model_names=model_names(s), upscaler_names=upscaler_names(s))\n"
+        "discover_catalog(s)  # what the app lists after its first frame\n"
         "import sdtui.tokens, sdtui.infotext, sdtui.gpu\n"
         "sdtui.tokens.count_tokens('a (cat:1.2)')\n"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"

@@ -105,6 +105,7 @@ class FakeHost:
         self.events: list[Any] = []
         self.cancelled: list[int | None] = []
         self.loaded: list[str] = []
+        self.memory_modes: list[str] = []
         self._next = 0
 
     @property
@@ -128,6 +129,9 @@ class FakeHost:
 
     def load_model(self, model: str) -> None:
         self.loaded.append(model)
+
+    def set_memory_mode(self, mode: str) -> None:
+        self.memory_modes.append(mode)
 
     def restart(self) -> list[int]:
         return list(self.pending)
@@ -316,7 +320,12 @@ async def test_generate_saves_the_form_and_submits(tui_env: Settings) -> None:
 
 def test_form_state_json_round_trip_and_bad_values(tmp_path: Path) -> None:
     state = FormState(
-        mode="img2img", params=TINY.replace(prompt="p", init_image="/x.png"), upscale_scale=3.0
+        mode="img2img",
+        params=TINY.replace(
+            prompt="p", init_image="/x.png", enable_hr=True, hr_scale=1.5, vae="None", clip_skip=2
+        ),
+        upscale_scale=3.0,
+        memory_mode="low",
     )
     assert from_json(to_json(state)) == state
     junk = {"mode": "paint", "params": {"steps": "many", "cfg_scale": 5, "width": True, "nope": 1}}
@@ -426,11 +435,12 @@ async def test_palette_lists_every_action(tui_env: Settings) -> None:
     app = fake_app(tui_env)
     async with app.run_test() as pilot:
         app.selected_path = __file__  # any existing file makes the image actions available
+        app.last_failure = msg.JobFailed(1, "boom", "Traceback")  # makes the detail available
         host: FakeHost = app.host  # type: ignore[assignment]
         host.running_job = 7
         titles = {title for title, _, _ in _commands(app)}
         assert {a.title for a in ACTIONS} <= titles
-        assert "Switch model: demo" in titles
+        assert "Switch model: demo" in titles and "Memory mode: lowest" in titles
         await pilot.press("ctrl+p")
         await pilot.pause()
         assert type(app.screen).__name__ == "CommandPalette"
@@ -478,6 +488,189 @@ async def test_interrupt_and_skip_only_while_busy(tui_env: Settings) -> None:
         assert host.cancelled == [None]
 
 
+# -- hires fix, VAE, clip skip, variation seed, LoRAs, memory mode, error detail ----------
+
+
+@pytest.mark.slow
+@run_async
+async def test_hires_fix_memory_mode_and_error_detail_on_the_demo_model(
+    engine: Any, tui_env: Settings, tmp_path: Path
+) -> None:
+    out = tui_env.outputs
+    form = FormState(params=TINY.replace(steps=2, prompt="a hires cube"))
+    app = SdtuiApp(engine, tui_env, form_state=form, gpu_interval=None, remember_form=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.set_form_field("enable_hr", "1")
+        app.set_form_field("hr_scale", "1.5")
+        app.set_form_field("hr_second_pass_steps", "2")
+        app.set_form_field("hr_upscaler", "Latent")
+        app.set_form_field("clip_skip", "2")
+        await pilot.pause()
+        assert "x1.5 Latent" in str(app.main.query_one("#hires").title)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: done_jobs(app) == 1, 120)
+        [png] = pngs(out / "txt2img-images")
+        assert Image.open(png).size == (96, 96)
+        info = parse_infotext(read_infotext(png) or "")
+        assert info.pairs["Hires upscale"] == "1.5" and info.pairs["Size"] == "64x64"
+        assert info.pairs["Hires upscaler"] == "Latent" and info.pairs["Clip skip"] == "2"
+
+        # the memory mode command reaches the engine, which says so in the job log
+        app.set_memory_mode("low")
+        await wait_for(pilot, lambda: "memory mode set to low" in log_text(app), 30)
+        assert app.main.query_one(StatusBar).line.memory_mode == "low"
+
+        # a job that fails: the log has the plain message, ctrl+t the traceback
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(b"not a png at all")
+        app.set_form_field("init_image", str(broken))
+        app.set_form_field("mode", "img2img")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "failed:" in log_text(app), 60)
+        assert "Traceback" not in log_text(app)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ErrorDetailScreen"
+        detail = app.screen.query_one("#error-detail").text
+        assert app.last_failure is not None and detail == app.last_failure.detail
+        assert "Traceback" in detail
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main
+
+
+def _networks(settings: Settings, tmp_path: Path) -> Settings:
+    lora = settings.models / "Lora" / "shiny_style.safetensors"
+    lora.parent.mkdir(parents=True)
+    lora.write_bytes(b"x" * 16)
+    emb = tmp_path / "embeddings" / "easynegative.pt"
+    emb.parent.mkdir(parents=True)
+    emb.write_bytes(b"x" * 16)
+    return settings.replace(embeddings_dir=tmp_path / "embeddings")
+
+
+async def _palette(pilot: Any, text: str) -> None:
+    await pilot.press("ctrl+p")
+    await pilot.pause()
+    await pilot.press(*text)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+@run_async
+async def test_palette_and_picker_insert_loras_and_embeddings(
+    tui_env: Settings, tmp_path: Path
+) -> None:
+    app = fake_app(_networks(tui_env, tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.catalog.complete, 10)
+        assert app.catalog.loras == ["shiny_style"] and app.catalog.embeddings == ["easynegative"]
+        await type_prompt(pilot, "a cat,")
+        await _palette(pilot, "Insert LoRA: shiny")
+        prompt = app.main.query_one("#prompt", PromptArea)
+        assert prompt.text == "a cat, <lora:shiny_style:1>"
+        assert app.form_state.params.prompt == "a cat, <lora:shiny_style:1>"
+
+        # ctrl+k: the picker, filtered by typing; it inserts where the cursor was
+        negative = app.main.query_one("#negative", PromptArea)
+        negative.focus()
+        negative.load_text("blurry")
+        negative.cursor_location = (0, 6)
+        await pilot.press("ctrl+k")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "NetworkPickerScreen"
+        await pilot.press(*"easy", "enter")
+        await pilot.pause()
+        assert negative.text == "blurry easynegative"
+        assert prompt.text == "a cat, <lora:shiny_style:1>"
+
+
+@run_async
+async def test_memory_mode_command_is_sent_remembered_and_shown(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host, remember_form=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert host.memory_modes == []  # nothing sent at start: the engine has the setting
+        assert app.main.query_one(StatusBar).line.memory_mode == "auto"
+        await _palette(pilot, "Memory mode: lowest")
+        assert host.memory_modes == ["lowest"]
+        assert app.main.query_one(StatusBar).line.memory_mode == "lowest"
+        assert app.main.query_one("#memory_mode").value == "lowest"
+        assert "memory mode lowest" in log_text(app)
+    saved = load_form_state()
+    assert saved is not None and saved.memory_mode == "lowest"
+    args = argparse.Namespace(demo=False, model=None, graphics=None)
+    host2 = FakeHost()
+    app2 = fake_app(tui_env, host=host2, form_state=initial_form(args, tui_env))
+    async with app2.run_test() as pilot:
+        await pilot.pause()
+        assert host2.memory_modes == []  # launch gives it to the engine at start
+        assert app2.main.query_one("#memory_mode").value == "lowest"
+
+
+@run_async
+async def test_hires_and_more_fields_validate_submit_and_come_back(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host, remember_form=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.main.query_one("#hires").collapsed
+        app.set_form_field("enable_hr", "1")
+        app.set_form_field("hr_scale", "9")
+        await pilot.pause()
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert host.pending == {}
+        assert "hires upscale must be between 1 and 4" in log_text(app)
+        # the folded section opens on its problem, with the field focused
+        assert not app.main.query_one("#hires").collapsed
+        assert app.focused is app.main.query_one("#hr_scale")
+        assert "between 1 and 4" in str(app.main.query_one("#hr_scale-error").render())
+        app.set_form_field("hr_scale", "1.5")
+        app.set_form_field("clip_skip", "5")
+        await pilot.pause()
+        assert "clip skip 5" in str(app.main.query_one("#clip_skip-error").render())
+        app.set_form_field("clip_skip", "2")
+        app.set_form_field("vae", "None")
+        app.set_form_field("subseed", "77")
+        app.set_form_field("subseed_strength", "0.3")
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        [params] = host.pending.values()
+        assert (params.enable_hr, params.hr_scale, params.clip_skip, params.vae) == (
+            True,
+            1.5,
+            2,
+            "None",
+        )
+        assert (params.subseed, params.subseed_strength) == (77, 0.3)
+    saved = load_form_state()
+    assert saved is not None and saved.params.enable_hr and saved.params.subseed == 77
+
+
+@run_async
+async def test_error_detail_screen_shows_the_traceback(tui_env: Settings) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host)
+    detail = "Traceback (most recent call last):\n" + "  frame\n" * 60 + "ValueError: boom\n"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert app.screen is app.main  # nothing failed yet
+        host.events = [msg.JobFailed(3, "the VAE failed: try VAE None", detail)]
+        await pilot.pause(0.2)
+        assert "job #3 failed: the VAE failed" in log_text(app)
+        assert "ValueError" not in log_text(app)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ErrorDetailScreen"
+        assert app.screen.query_one("#error-detail").text == detail
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main
+
+
 # -- snapshots --------------------------------------------------------------------------------
 
 
@@ -523,3 +716,16 @@ def test_snapshot_main_80x24(snap_compare: Any, tui_env: Settings) -> None:
 
 def test_snapshot_main_160x48(snap_compare: Any, tui_env: Settings) -> None:
     assert snap_compare(_snapshot_app(tui_env), terminal_size=(160, 48), run_before=_steady)
+
+
+def test_snapshot_hires_section_open_80x24(snap_compare: Any, tui_env: Settings) -> None:
+    async def open_hires(pilot: Any) -> None:
+        await _steady(pilot)
+        pilot.app.set_form_field("enable_hr", "1")
+        pilot.app.set_form_field("hr_scale", "1.5")
+        pilot.app.form().reveal("hr_scale")
+        await pilot.pause(0.2)
+        pilot.app.form().scroll_end(animate=False)
+        await pilot.pause()
+
+    assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=open_hires)

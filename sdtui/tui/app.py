@@ -30,17 +30,21 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Label
 
 from sdtui.config import Settings
+from sdtui.engine import protocol as msg
 from sdtui.errors import UserError
 from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError
 from sdtui.tui import messages as m
+from sdtui.tui.catalog import Catalog, discover_catalog
 from sdtui.tui.commands import SdtuiCommands, bindings
 from sdtui.tui.form_state import FormState, save_form_state
+from sdtui.tui.screens.error_detail import ErrorDetailScreen
 from sdtui.tui.screens.full_view import FullViewScreen
 from sdtui.tui.screens.history import HistoryScreen
+from sdtui.tui.screens.networks import NetworkPickerScreen, network_text
 from sdtui.tui.widgets.gpu_pane import GpuPane
 from sdtui.tui.widgets.image_view import ImageGrid, PreviewImage
 from sdtui.tui.widgets.job_log import JobLog
-from sdtui.tui.widgets.prompt_editor import PromptEditor
+from sdtui.tui.widgets.prompt_editor import PromptArea, PromptEditor
 from sdtui.tui.widgets.queue_view import QueueEntry, QueueView
 from sdtui.tui.widgets.settings_form import SettingsForm
 from sdtui.tui.widgets.status_bar import StatusBar
@@ -84,6 +88,7 @@ class EngineLike(Protocol):
     def cancel(self, job_id: int | None = None) -> None: ...
     def skip(self) -> None: ...
     def load_model(self, model: str) -> None: ...
+    def set_memory_mode(self, mode: str) -> None: ...
     def restart(self) -> list[int]: ...
     def poll(self, timeout: float = 0.0) -> list[Any]: ...
 
@@ -157,10 +162,20 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         a = self._sdtui
+        # the layout classes before the widgets mount: set after, they restyle every widget
+        a.update_layout(*a.size)
+        c = a.catalog
         with Horizontal(id="work"):
             with Vertical(id="left"):
                 yield PromptEditor(a.form_state.params.prompt, a.form_state.params.negative_prompt)
-                yield SettingsForm(a.form_state, a.model_names, a.upscaler_names, id="form")
+                yield SettingsForm(
+                    a.form_state,
+                    c.models,
+                    c.upscalers,
+                    hires_upscalers=c.hires_upscalers,
+                    vaes=c.vaes,
+                    id="form",
+                )
             with Vertical(id="right"):
                 yield PreviewImage(id="preview", placeholder="no image yet: type a prompt, ctrl+g")
                 yield ImageGrid(id="grid", empty_text="the images of a job show here")
@@ -199,14 +214,20 @@ class SdtuiApp(App[int]):
         restart_host: Callable[[EngineLike], list[int]] | None = None,
         handle_sighup: bool = False,
         graphics_note: str = "",
+        discover: Callable[[Catalog], Catalog] | None = None,
     ) -> None:
         super().__init__()
         self.host = host
         self.settings = settings
         self.form_state = form_state or FormState()
+        if self.form_state.memory_mode is None:
+            self.form_state = self.form_state.replace(memory_mode=settings.memory_mode)
+        self.memory_mode: str = self.form_state.memory_mode or "auto"
         self.form_errors: dict[str, str] = {}
-        self.model_names = list(model_names) if model_names else ["demo"]
-        self.upscaler_names = list(upscaler_names) if upscaler_names else ["Lanczos", "Nearest"]
+        # what needs no disk now; the rest is found by a worker after the first frame
+        self.catalog = Catalog.placeholder(model_names or (), upscaler_names or ())
+        self._discover = discover or functools.partial(discover_catalog, settings)
+        self.last_failure: msg.JobFailed | None = None
         self.gpu_sampler = gpu_sampler
         self.gpu_interval = gpu_interval
         self.remember_form = remember_form
@@ -232,8 +253,19 @@ class SdtuiApp(App[int]):
     def get_default_screen(self) -> Screen[Any]:
         return self.main
 
+    @property
+    def model_names(self) -> list[str]:
+        return self.catalog.models
+
+    @property
+    def upscaler_names(self) -> list[str]:
+        return self.catalog.upscalers
+
     def main_mounted(self) -> None:
         self.set_interval(self.poll_interval, self.poll_engine)
+        # listing models, upscalers, VAEs, LoRAs walks folders and reads headers: after the
+        # first frame, in a thread
+        self.call_after_refresh(self._find_catalog)
         if self.handle_sighup:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
@@ -243,8 +275,32 @@ class SdtuiApp(App[int]):
         )
         if self.graphics_note:
             self.log_line("info", self.graphics_note)
-        self.main.query_one(StatusBar).update_line(state=self.engine_state)
+        self.main.query_one(StatusBar).update_line(
+            state=self.engine_state, memory_mode=self.memory_mode
+        )
         self.update_layout(*self.main.size)
+
+    @work(thread=True, exclusive=True, group="catalog")
+    def _find_catalog(self) -> None:
+        try:
+            catalog = self._discover(self.catalog)
+        except Exception as e:  # noqa: BLE001 - the placeholder lists still work
+            self.call_from_thread(self.log_line, "warning", f"listing the models failed: {e}")
+            return
+        self.call_from_thread(self._catalog_found, catalog)
+
+    @_while_shown
+    def _catalog_found(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        form = self.form()
+        form.update_choices("model", catalog.models)
+        form.update_choices("upscaler", catalog.upscalers)
+        form.update_choices("hr_upscaler", catalog.hires_upscalers)
+        form.update_choices("vae", catalog.vaes)
+
+    def refresh_catalog(self) -> None:
+        """List the folders again (a LoRA or VAE added while the app runs)."""
+        self._find_catalog()
 
     def our_pids(self) -> tuple[int, ...]:
         pid = self.host.pid
@@ -397,6 +453,7 @@ class SdtuiApp(App[int]):
             if e.paths
             else ""
         )
+        self.last_failure = e
         self.log_line("error", f"job #{e.job_id} failed: {e.message}{kept}")
         self.notify(e.message, title=f"job #{e.job_id} failed", severity="error", timeout=8)
         self.main.query_one(StatusBar).update_line(step=0, steps=0)
@@ -410,7 +467,23 @@ class SdtuiApp(App[int]):
         negative = self.form_state.params.negative_prompt
         self.form_state = message.state.with_params(prompt=prompt, negative_prompt=negative)
         self.form_errors = message.errors
+        mode = message.state.memory_mode
+        if mode and mode != self.memory_mode:
+            self._apply_memory_mode(mode)
         self.refresh_bindings()
+
+    def _apply_memory_mode(self, mode: str) -> None:
+        try:
+            self.host.set_memory_mode(mode)
+        except (ValueError, AttributeError) as e:
+            self.log_line("error", f"memory mode {mode} not set: {e}")
+            self.form().set_field("memory_mode", self.memory_mode)
+            return
+        self.memory_mode = mode
+        self.log_line("info", f"memory mode {mode} asked of the engine")
+        with contextlib.suppress(NoMatches):
+            self.main.query_one(StatusBar).update_line(memory_mode=mode)
+        self.remember()
 
     def on_prompt_changed(self, message: m.PromptChanged) -> None:
         self.form_state = self.form_state.with_params(
@@ -504,6 +577,8 @@ class SdtuiApp(App[int]):
         # False hides the key from the footer while it cannot do anything
         if action in ("interrupt", "skip"):
             return busy
+        if action == "show_error":
+            return self.last_failure is not None
         if action in (
             "send_img2img",
             "img2img_2x",
@@ -523,7 +598,8 @@ class SdtuiApp(App[int]):
         self.form_state = state
         errors = state.errors()
         if errors:
-            first = next(iter(errors.values()))
+            field_name, first = next(iter(errors.items()))
+            self.form().reveal(field_name)
             self.log_line("warning", f"not generated: {first}")
             self.notify(first, title="fix the form first", severity="warning")
             return
@@ -688,6 +764,60 @@ class SdtuiApp(App[int]):
         self.form().set_field("model", name)
         self.host.load_model(name)
         self.log_line("info", f"switching to {name}")
+
+    def set_memory_mode(self, mode: str) -> None:
+        """The engine's memory mode (auto, normal, low, lowest), through the form: it is
+        remembered with the form and shown in the status bar."""
+        self.form().set_field("memory_mode", mode)
+
+    def action_insert_network(self) -> None:
+        def chosen(text: str | None) -> None:
+            if text:
+                self.insert_prompt_text(text)
+
+        self.push_screen(
+            NetworkPickerScreen(
+                self.catalog.loras,
+                self.catalog.embeddings,
+                where=f"{self.settings.models / 'Lora'} and {self.settings.embeddings}",
+                listed=self.catalog.complete,
+            ),
+            chosen,
+        )
+
+    def insert_lora(self, name: str) -> None:
+        self.insert_prompt_text(network_text("lora", name))
+
+    def insert_embedding(self, name: str) -> None:
+        self.insert_prompt_text(network_text("embedding", name))
+
+    def insert_prompt_text(self, text: str) -> None:
+        """Insert ``text`` at the cursor of the prompt (or the negative prompt, when that was
+        the last one focused), spaced from the words around it."""
+        focused = self.main.focused
+        area = (
+            focused
+            if isinstance(focused, PromptArea)
+            else self.main.query_one("#prompt", PromptArea)
+        )
+        row, col = area.cursor_location
+        line = area.document.get_line(row)
+        before = line[:col]
+        after = line[col:]
+        if before and not before[-1].isspace():
+            text = " " + text
+        if after and not after[0].isspace():
+            text = text + " "
+        result = area.insert(text, (row, col))
+        area.cursor_location = result.end_location
+        area.focus()
+
+    def action_show_error(self) -> None:
+        failure = self.last_failure
+        if failure is None:
+            self.notify("No job has failed.")
+            return
+        self.push_screen(ErrorDetailScreen(failure.job_id, failure.message, failure.detail))
 
     def action_toggle_gpu(self) -> None:
         shown = self.main.has_class("gpu-on")

@@ -1,6 +1,7 @@
 """Every action of the main screen, once: its key (shown in the footer) and its command in
 the command palette (ctrl+p). Plus commands that name a thing: switch to a model, remove a
-queued job, pick a mode or a size preset."""
+queued job, pick a mode or a size preset, insert a LoRA or an embedding, set the memory
+mode."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class ActionSpec:
     title: str  # command palette title
     help: str
     priority: bool = True  # work while a text field has focus
+    show: bool = True  # in the footer (it is full at 80 columns: newer keys are palette-only)
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -119,12 +121,38 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "Restart engine",
         "new engine process (frees all GPU memory); queued jobs are kept",
     ),
+    ActionSpec(
+        "insert_network",
+        "ctrl+k",
+        "LoRA/TI",
+        "Insert LoRA or embedding…",
+        "pick a LoRA or an embedding from the folders and insert it at the prompt cursor",
+        show=False,
+    ),
+    ActionSpec(
+        "show_error",
+        "ctrl+t",
+        "Error",
+        "Show last error detail",
+        "the technical detail (traceback) of the last failed job",
+        show=False,
+    ),
 )
+
+
+MEMORY_MODE_HELP = {
+    "auto": "the engine picks from the free VRAM",
+    "normal": "everything on the GPU: fastest",
+    "low": "model offload: parts move to the GPU when used",
+    "lowest": "sequential offload: least VRAM, slowest",
+}
 
 
 def bindings() -> list[Binding]:
     return [
-        Binding(a.keys, f"app.{a.action}", a.label, show=True, priority=a.priority, tooltip=a.help)
+        Binding(
+            a.keys, f"app.{a.action}", a.label, show=a.show, priority=a.priority, tooltip=a.help
+        )
         for a in ACTIONS
     ]
 
@@ -136,6 +164,32 @@ def _commands(app: SdtuiApp) -> Iterator[tuple[str, Callable[[], Any], str]]:
             yield spec.title, getattr(app, f"action_{spec.action}"), f"{spec.help}  [{key}]"
     for name in app.model_names:
         yield f"Switch model: {name}", partial(app.switch_model, name), "load this checkpoint now"
+    for name in app.catalog.loras:
+        yield (
+            f"Insert LoRA: {name}",
+            partial(app.insert_lora, name),
+            f"<lora:{name}:1> at the prompt cursor",
+        )
+    for name in app.catalog.embeddings:
+        yield (
+            f"Insert embedding: {name}",
+            partial(app.insert_embedding, name),
+            "its name at the prompt cursor",
+        )
+    from sdtui.config import MEMORY_MODES
+
+    for mode in MEMORY_MODES:
+        current = " (current)" if mode == app.memory_mode else ""
+        yield (
+            f"Memory mode: {mode}",
+            partial(app.set_memory_mode, mode),
+            f"{MEMORY_MODE_HELP[mode]}{current}",
+        )
+    yield (
+        "Refresh model lists",
+        app.refresh_catalog,
+        "list checkpoints, upscalers, VAEs, LoRAs and embeddings again",
+    )
     for job_id in app.queued_job_ids():
         yield (
             f"Remove queued job #{job_id}",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdtui.config import state_dir
+from sdtui.config import MEMORY_MODES, state_dir
 from sdtui.params import GenerationParams, UpscaleParams
 
 MODES: tuple[str, ...] = ("txt2img", "img2img", "extras")
@@ -36,11 +36,37 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
 STATE_FILE = "form.json"
 STATE_VERSION = 1
 
-INT_FIELDS = ("steps", "seed", "width", "height", "batch_count", "batch_size")
-FLOAT_FIELDS = ("cfg_scale", "denoising_strength")
-TEXT_FIELDS = ("sampler", "schedule_type")
+INT_FIELDS = (
+    "steps",
+    "seed",
+    "width",
+    "height",
+    "batch_count",
+    "batch_size",
+    "clip_skip",
+    "subseed",
+    "hr_second_pass_steps",
+)
+FLOAT_FIELDS = (
+    "cfg_scale",
+    "denoising_strength",
+    "subseed_strength",
+    "hr_scale",
+    "hr_denoising_strength",
+)
+TEXT_FIELDS = ("sampler", "schedule_type", "vae", "hr_upscaler")
+BOOL_FIELDS = ("enable_hr",)
 # the GenerationParams fields the form edits (the rest keep their defaults or loaded values)
-FORM_PARAM_FIELDS = INT_FIELDS + FLOAT_FIELDS + TEXT_FIELDS + ("model", "init_image")
+FORM_PARAM_FIELDS = INT_FIELDS + FLOAT_FIELDS + TEXT_FIELDS + BOOL_FIELDS + ("model", "init_image")
+# how a field is named in a message
+FIELD_WORDS = {
+    "clip_skip": "clip skip",
+    "subseed": "variation seed",
+    "subseed_strength": "variation strength",
+    "hr_second_pass_steps": "hires steps",
+    "hr_scale": "hires upscale",
+    "hr_denoising_strength": "hires denoise",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,8 @@ class FormState:
     upscaler: str = "Lanczos"
     upscale_scale: float = 2.0
     extras_image: str = ""
+    # None: the settings' memory mode; set once the user picks one in the TUI
+    memory_mode: str | None = None
 
     def replace(self, **changes: Any) -> FormState:
         return dataclasses.replace(self, **changes)
@@ -98,6 +126,8 @@ def _image_problem(path: str, what: str) -> str | None:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else ""
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else str(value)
     return "" if value is None else str(value)
@@ -112,6 +142,7 @@ def form_fields(state: FormState) -> dict[str, str]:
         upscaler=state.upscaler,
         upscale_scale=_text(state.upscale_scale),
         extras_image=state.extras_image,
+        memory_mode=state.memory_mode or "",
     )
     return values
 
@@ -127,17 +158,22 @@ def parse_form(raw: Mapping[str, str], base: FormState) -> tuple[FormState, dict
             try:
                 changes[name] = int(text)
             except ValueError:
-                errors[name] = f"{name.replace('_', ' ')} {text!r} is not a whole number"
+                word = FIELD_WORDS.get(name, name.replace("_", " "))
+                errors[name] = f"{word} {text!r} is not a whole number"
     for name in FLOAT_FIELDS:
         if name in raw:
             text = raw[name].strip()
             try:
                 changes[name] = float(text)
             except ValueError:
-                errors[name] = f"{name.replace('_', ' ')} {text!r} is not a number, e.g. 7 or 7.5"
+                word = FIELD_WORDS.get(name, name.replace("_", " "))
+                errors[name] = f"{word} {text!r} is not a number, e.g. 7 or 0.5"
     for name in TEXT_FIELDS:
         if name in raw and raw[name]:
             changes[name] = raw[name]
+    for name in BOOL_FIELDS:
+        if name in raw:
+            changes[name] = raw[name].strip().lower() in ("1", "true", "on", "yes")
     if "model" in raw:
         changes["model"] = raw["model"] or None
     if "init_image" in raw:
@@ -150,6 +186,8 @@ def parse_form(raw: Mapping[str, str], base: FormState) -> tuple[FormState, dict
         extra["upscaler"] = raw["upscaler"]
     if "extras_image" in raw:
         extra["extras_image"] = raw["extras_image"].strip()
+    if raw.get("memory_mode") in MEMORY_MODES:
+        extra["memory_mode"] = raw["memory_mode"]
     if "upscale_scale" in raw:
         text = raw["upscale_scale"].strip()
         try:
@@ -179,6 +217,7 @@ def to_json(state: FormState) -> dict[str, Any]:
         "upscaler": state.upscaler,
         "upscale_scale": state.upscale_scale,
         "extras_image": state.extras_image,
+        "memory_mode": state.memory_mode,
     }
 
 
@@ -210,6 +249,8 @@ def from_json(data: Mapping[str, Any]) -> FormState:
         state = state.replace(upscale_scale=float(scale))
     if isinstance(data.get("extras_image"), str):
         state = state.replace(extras_image=data["extras_image"])
+    if data.get("memory_mode") in MEMORY_MODES:
+        state = state.replace(memory_mode=data["memory_mode"])
     return state
 
 

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from textual.widget import Widget
@@ -324,10 +324,36 @@ def textual_image_wraps_tmux() -> bool:
         return False
 
 
+class _NotATerminal:
+    """``sys.__stdout__`` as textual-image's import sees it: not a terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _prepare_textual_image() -> None:
-    """Import textual-image and let it ask the terminal (cell size, its own detection) now,
-    while nothing else reads stdin."""
-    import textual_image.widget  # noqa: F401  (0.12 probes on import)
+    """Import textual-image and let it ask the terminal for its cell size now, while nothing
+    else reads stdin.
+
+    textual-image 0.12 also asks the terminal, on import, which protocol it supports (sixel,
+    then kitty: up to ~0.2 s waiting for replies that often never come, before the first
+    frame). sdtui never uses that answer: ``probe`` decided the mode and
+    ``image_widget_class`` names the class. So that import sees a stdout that is not a
+    terminal, and skips the questions."""
+    if "textual_image.renderable" not in sys.modules:
+        real = sys.__stdout__
+        sys.__stdout__ = _NotATerminal(real)  # type: ignore[assignment,misc]
+        try:
+            import textual_image.renderable  # noqa: F401
+        finally:
+            sys.__stdout__ = real  # type: ignore[misc]
+    import textual_image.widget  # noqa: F401  (0.12 asks the cell size on import)
     from textual_image._terminal import get_cell_size
 
     get_cell_size()  # >= 0.13 probes lazily: fill its cache before Textual starts

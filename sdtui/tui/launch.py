@@ -95,6 +95,8 @@ def initial_form(args: argparse.Namespace, settings: Settings) -> FormState:
 
 
 def model_names(settings: Settings) -> list[str]:
+    """Every checkpoint name (walks the folder and reads headers: not before the first
+    frame; the app uses ``catalog.discover_catalog`` from a worker)."""
     from sdtui.model_index import discover_models
 
     names: list[str] = []
@@ -121,6 +123,8 @@ def run_tui(args: argparse.Namespace, settings: Settings) -> int:
     requested = getattr(args, "graphics", None) or settings.graphics
     choice = graphics.probe(requested)
     form = initial_form(args, settings)
+    if form.memory_mode and form.memory_mode != settings.memory_mode:
+        settings = settings.replace(memory_mode=form.memory_mode)  # picked in the TUI last time
     # The remembered model is loaded at start instead of the default, so it is loaded once.
     preload_default = form.params.model is None
     host = start_engine(settings, EngineOptions(demo=bool(args.demo), preload=preload_default))
@@ -133,8 +137,8 @@ def run_tui(args: argparse.Namespace, settings: Settings) -> int:
         host,
         settings,
         form_state=form,
-        model_names=model_names(settings),
-        upscaler_names=upscaler_names(settings),
+        # only what needs no disk: the app lists the folders after its first frame
+        model_names=[n for n in (form.params.model, settings.default_model) if n],
         restart_host=restart_engine,  # type: ignore[arg-type]
         handle_sighup=True,
         graphics_note=f"images: {choice.mode_used} ({choice.reason})",

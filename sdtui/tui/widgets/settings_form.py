@@ -1,17 +1,21 @@
 """The settings form: mode, model, sampler, steps, CFG, seed, size, batch, img2img and extras
-fields. Every edit is parsed and checked at once (``form_state.parse_form``, which uses
+fields, then two folded sections: "Hires fix" (txt2img's second pass) and "More" (VAE, clip
+skip, variation seed, memory mode), so the form still fits 80x24. Every edit is parsed and checked at once (``form_state.parse_form``, which uses
 ``GenerationParams.field_errors``); the problem shows under its field and FormChanged tells
 the app whether Generate may run."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, Input, Label, Select
+from textual.css.query import NoMatches
+from textual.widgets import Button, Checkbox, Collapsible, Input, Label, Select
 
+from sdtui.config import MEMORY_MODES
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from sdtui.tui.form_state import (
     MODES,
@@ -34,8 +38,32 @@ INPUT_FIELDS = (
     "init_image",
     "extras_image",
     "upscale_scale",
+    "hr_scale",
+    "hr_second_pass_steps",
+    "hr_denoising_strength",
+    "clip_skip",
+    "subseed",
+    "subseed_strength",
 )
-SELECT_FIELDS = ("mode", "model", "sampler", "schedule_type", "upscaler")
+SELECT_FIELDS = (
+    "mode",
+    "model",
+    "sampler",
+    "schedule_type",
+    "upscaler",
+    "hr_upscaler",
+    "vae",
+    "memory_mode",
+)
+CHECKBOX_FIELDS = ("enable_hr",)
+HIRES_FIELDS = (
+    "enable_hr",
+    "hr_scale",
+    "hr_second_pass_steps",
+    "hr_upscaler",
+    "hr_denoising_strength",
+)
+MORE_FIELDS = ("vae", "clip_skip", "subseed", "subseed_strength", "memory_mode")
 # which rows show in which mode
 GEN_ROWS = ("model", "sampler", "schedule_type", "steps", "seed", "size", "batch")
 
@@ -48,18 +76,26 @@ class SettingsForm(VerticalScroll):
     DEFAULT_CSS = """
     SettingsForm { height: 1fr; scrollbar-size-vertical: 1; }
     SettingsForm .row { height: 1; margin: 0 0 0 0; }
-    SettingsForm .row > Label { width: 9; color: $text-muted; }
+    SettingsForm .row > Label { width: 10; color: $text-muted; }
     SettingsForm .row > Label.inner { width: auto; padding: 0 1; }
     SettingsForm .row Input { width: 1fr; }
     SettingsForm .row Select { width: 1fr; }
     SettingsForm .row Button { width: auto; min-width: 4; margin-left: 1; }
-    SettingsForm .error { color: $error; height: auto; padding-left: 9; display: none; }
+    SettingsForm .row Checkbox { width: 1fr; }
+    SettingsForm .error { color: $error; height: auto; padding-left: 10; display: none; }
     SettingsForm .error.shown { display: block; }
     SettingsForm #generate { width: 100%; margin-top: 1; }
     SettingsForm .i2i, SettingsForm .extras { display: none; }
     SettingsForm.mode-img2img .i2i { display: block; }
     SettingsForm.mode-extras .extras { display: block; }
     SettingsForm.mode-extras .gen { display: none; }
+    SettingsForm.mode-img2img .t2i { display: none; }
+    SettingsForm Collapsible {
+        padding: 0; border-top: none; background: transparent; height: auto;
+    }
+    SettingsForm Collapsible > Contents { padding: 0; }
+    SettingsForm CollapsibleTitle { padding: 0; color: $text-muted; }
+    SettingsForm CollapsibleTitle:focus { color: $text; }
     """
 
     def __init__(
@@ -68,13 +104,18 @@ class SettingsForm(VerticalScroll):
         models: Sequence[str],
         upscalers: Sequence[str],
         *,
+        hires_upscalers: Sequence[str] = ("Latent",),
+        vaes: Sequence[str] = ("Automatic", "None"),
         id: str | None = None,
     ) -> None:
-        super().__init__(id=id)
+        # the mode's class is set before mounting: set later, it restyles every field
+        super().__init__(id=id, classes=f"mode-{state.mode}")
         self.state = state
         self.errors: dict[str, str] = {}
         self._models = list(models)
         self._upscalers = list(upscalers)
+        self._hires_upscalers = list(hires_upscalers)
+        self._vaes = list(vaes)
         self._choices: dict[str, list[str]] = {}
         self._posted = False
 
@@ -172,12 +213,68 @@ class SettingsForm(VerticalScroll):
             yield Label("Scale")
             yield Input(v["upscale_scale"], id="upscale_scale", type="number", compact=True)
         yield self._error("upscale_scale")
+        p = self.state.params
+        with Collapsible(title=hires_title(self.state), id="hires", classes="gen t2i -collapsed"):
+            with Horizontal(classes="row"):
+                yield Label("Enable")
+                yield Checkbox(
+                    "second pass, larger",
+                    p.enable_hr,
+                    id="enable_hr",
+                    compact=True,
+                    tooltip="txt2img, then upscale and denoise again (A1111's hires fix)",
+                )
+            with Horizontal(classes="row"):
+                yield Label("Upscale")
+                yield Input(v["hr_scale"], id="hr_scale", type="number", compact=True)
+                yield Label("steps", classes="inner")
+                yield Input(
+                    v["hr_second_pass_steps"],
+                    id="hr_second_pass_steps",
+                    type="integer",
+                    compact=True,
+                    tooltip="0: as many as the first pass",
+                )
+            yield self._error("hr_scale")
+            yield self._error("hr_second_pass_steps")
+            with Horizontal(classes="row"):
+                yield Label("Upscaler")
+                yield self._select("hr_upscaler", self._hires_upscalers, v["hr_upscaler"])
+            with Horizontal(classes="row"):
+                yield Label("Denoise")
+                yield Input(
+                    v["hr_denoising_strength"],
+                    id="hr_denoising_strength",
+                    type="number",
+                    compact=True,
+                )
+            yield self._error("hr_denoising_strength")
+        with Collapsible(title=more_title(self.state), id="more", classes="gen -collapsed"):
+            with Horizontal(classes="row"):
+                yield Label("VAE")
+                yield self._select("vae", self._vaes, v["vae"])
+            yield self._error("vae")
+            with Horizontal(classes="row"):
+                yield Label("Clip skip")
+                yield Input(v["clip_skip"], id="clip_skip", type="integer", compact=True)
+            yield self._error("clip_skip")
+            with Horizontal(classes="row"):
+                yield Label("Var. seed")
+                yield Input(v["subseed"], id="subseed", type="integer", compact=True)
+                yield Label("str", classes="inner")
+                yield Input(
+                    v["subseed_strength"], id="subseed_strength", type="number", compact=True
+                )
+            yield self._error("subseed")
+            yield self._error("subseed_strength")
+            with Horizontal(classes="row"):
+                yield Label("Memory")
+                yield self._select("memory_mode", MEMORY_MODES, v["memory_mode"] or "auto")
         yield Button(
             "Generate", id="generate", variant="primary", action="app.generate", compact=True
         )
 
     def on_mount(self) -> None:
-        self.set_class(True, f"mode-{self.state.mode}")
         self._sync_preset()
         self._reparse()
 
@@ -190,6 +287,8 @@ class SettingsForm(VerticalScroll):
         for name in SELECT_FIELDS:
             value = self.query_one(f"#{name}", Select).value
             raw[name] = value if isinstance(value, str) else ""
+        for name in CHECKBOX_FIELDS:
+            raw[name] = "1" if self.query_one(f"#{name}", Checkbox).value else ""
         if raw["model"] == "":
             raw.pop("model")
         return raw
@@ -202,11 +301,15 @@ class SettingsForm(VerticalScroll):
             self.query_one(f"#{name}", Input).value = values[name]
         for name in SELECT_FIELDS:
             self.set_choice(name, values[name])
+        for name in CHECKBOX_FIELDS:
+            self.query_one(f"#{name}", Checkbox).value = bool(values[name])
         self._reparse()
 
     def set_field(self, name: str, text: str) -> None:
         if name in SELECT_FIELDS:
             self.set_choice(name, text)
+        elif name in CHECKBOX_FIELDS:
+            self.query_one(f"#{name}", Checkbox).value = text.strip().lower() in ("1", "true", "on")
         else:
             self.query_one(f"#{name}", Input).value = text
         self._reparse()
@@ -221,11 +324,36 @@ class SettingsForm(VerticalScroll):
             select.set_options([(o, o) for o in options])
         select.value = value
 
+    def update_choices(self, name: str, options: Sequence[str]) -> None:
+        """New options for a select (found on disk after the first frame); the value shown
+        stays, added to the list when it is not in it."""
+        select = self.query_one(f"#{name}", Select)
+        value = select.value if isinstance(select.value, str) else ""
+        opts = list(dict.fromkeys(options))
+        if value and value not in opts:
+            opts.append(value)
+        if not opts or opts == self._choices.get(name):
+            return
+        self._choices[name] = opts
+        with select.prevent(Select.Changed):
+            select.set_options([(o, o) for o in opts])
+            select.value = value if value in opts else opts[0]
+
+    def reveal(self, name: str) -> None:
+        """Unfold the section holding field ``name`` (to show its problem) and focus it."""
+        for section, fields in (("#hires", HIRES_FIELDS), ("#more", MORE_FIELDS)):
+            if name in fields:
+                self.query_one(section, Collapsible).collapsed = False
+        with contextlib.suppress(NoMatches):
+            widget = self.query_one(f"#{name}")
+            self.call_after_refresh(widget.focus)
+
     # -- events ----------------------------------------------------------------------------
 
     @on(Input.Changed)
     @on(Select.Changed)
-    def _edited(self, event: Input.Changed | Select.Changed) -> None:
+    @on(Checkbox.Changed)
+    def _edited(self, event: Input.Changed | Select.Changed | Checkbox.Changed) -> None:
         event.stop()
         control_id = event.control.id if event.control else None
         if control_id == "size_preset":
@@ -267,6 +395,8 @@ class SettingsForm(VerticalScroll):
         self._posted = True
         self.state = state
         self.show_errors(errors)
+        self.query_one("#hires", Collapsible).title = hires_title(state)
+        self.query_one("#more", Collapsible).title = more_title(state)
         self.post_message(FormChanged(state, errors))
 
     def show_errors(self, errors: dict[str, str]) -> None:
@@ -279,3 +409,21 @@ class SettingsForm(VerticalScroll):
             for label in self.query(f"#{name}-error").results(Label):
                 label.update(message)
                 label.set_class(bool(message), "shown")
+
+
+def hires_title(state: FormState) -> str:
+    p = state.params
+    if not p.enable_hr:
+        return "Hires fix: off"
+    return f"Hires fix: x{p.hr_scale:g} {p.hr_upscaler}, denoise {p.hr_denoising_strength:g}"
+
+
+def more_title(state: FormState) -> str:
+    p = state.params
+    parts = [f"VAE {p.vae}"]
+    if p.clip_skip != 1:
+        parts.append(f"clip skip {p.clip_skip}")
+    if p.subseed_strength > 0:
+        parts.append(f"var. {p.subseed_strength:g}")
+    parts.append(f"mem {state.memory_mode or 'auto'}")
+    return "More: " + ", ".join(parts)

@@ -38,6 +38,7 @@ class StatusLine:
     its: float | None = None
     eta_s: float | None = None
     queued: int = 0
+    memory_mode: str = ""
 
 
 class StatusBar(Widget):
@@ -79,4 +80,6 @@ class StatusBar(Widget):
                 parts.append((f"  ETA {format_eta(s.eta_s)}", ""))
         if s.queued:
             parts.append((f"  queued {s.queued}", "$warning"))
+        if s.memory_mode:
+            parts.append((f"  mem {s.memory_mode}", "$text-muted"))
         return Content.assemble(*parts)
