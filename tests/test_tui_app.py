@@ -232,11 +232,13 @@ async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
         await pilot.pause()
         assert app.screen is app.main
 
-        # queue: a second job waits behind the first and can be removed
+        # queue: a second job waits behind a long first one and can be removed; then the
+        # first is interrupted (long enough that no machine finishes it first)
         app.set_form_field("mode", "txt2img")
-        app.set_form_field("steps", "30")
+        app.set_form_field("steps", "500")
         app.set_size(64, 64)
         await pilot.press("ctrl+g")
+        app.set_form_field("steps", "2")
         await pilot.press("ctrl+g")
         await pilot.pause()
         queue = app.main.query_one(QueueView)
@@ -246,8 +248,12 @@ async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
         await pilot.press("down", "delete")
         await wait_for(pilot, lambda: second not in engine.pending, 30)
         assert f"job #{second} removed from the queue" in log_text(app)
+        await wait_for(pilot, lambda: engine.running_job is not None, 60)
+        await pilot.press("escape")
         await wait_for(pilot, lambda: not engine.pending, 120)
-        assert len(pngs(out / "txt2img-images")) == 7
+        assert "interrupted" in log_text(app), log_text(app)
+        n = len(pngs(out / "txt2img-images"))
+        assert n == 6, f"the batch of 6 only: the interrupted job saved nothing, found {n}"
 
 
 @pytest.mark.slow
