@@ -360,14 +360,8 @@ class SdtuiApp(App[int]):
 
     @_while_shown
     def on_model_loaded(self, message: m.ModelLoaded) -> None:
-        e = message.event
-        size = (
-            f"{e.size_bytes / 1e9:.1f} GB"
-            if e.size_bytes >= 1e9
-            else f"{e.size_bytes / 1e6:.0f} MB"
-        )
-        self.log_line("ok", f"loaded {e.name} ({e.family}, {size}) in {e.seconds:.1f} s")
-        self.main.query_one(StatusBar).update_line(model=e.name)
+        # the engine logs the load itself (size, time, memory mode): no second line here
+        self.main.query_one(StatusBar).update_line(model=message.event.name)
 
     @_while_shown
     def on_job_started(self, message: m.JobStarted) -> None:
