@@ -15,6 +15,7 @@ import functools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,9 @@ class MainScreen(Screen[None]):
         self._sdtui.update_layout(event.size.width, event.size.height)
 
 
+PREVIEW_INTERVAL = 0.25  # seconds between live preview redraws
+
+
 class SdtuiApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "sdtui"
@@ -237,6 +241,9 @@ class SdtuiApp(App[int]):
         self.handle_sighup = handle_sighup
         self.graphics_note = graphics_note
         self.hung_up = False
+        self._preview: Any = None  # the newest preview not yet drawn
+        self._preview_shown_at = 0.0
+        self._preview_timer: Any = None
         self.jobs: dict[int, JobInfo] = {}
         self.job_images: dict[int, list[str]] = {}
         self.shown_job: int | None = None
@@ -389,10 +396,25 @@ class SdtuiApp(App[int]):
 
     @_while_shown
     def on_preview_ready(self, message: m.PreviewReady) -> None:
-        e = message.event
-        self.main.query_one(PreviewImage).show_png(
-            e.png, f"job #{e.job_id} · step {e.step} · preview", label="preview"
-        )
+        # a terminal image redraw costs tens of ms: at most PREVIEW_INTERVAL apart, always
+        # the newest, so typing stays quick while a fast job sends a preview every step
+        self._preview = message.event
+        wait = PREVIEW_INTERVAL - (time.monotonic() - self._preview_shown_at)
+        if wait <= 0:
+            self._show_preview()
+        elif self._preview_timer is None:
+            self._preview_timer = self.set_timer(wait, self._show_preview)
+
+    def _show_preview(self) -> None:
+        self._preview_timer = None
+        e, self._preview = self._preview, None
+        if e is None:
+            return
+        self._preview_shown_at = time.monotonic()
+        with contextlib.suppress(NoMatches):
+            self.main.query_one(PreviewImage).show_png(
+                e.png, f"job #{e.job_id} · step {e.step} · preview", label="preview"
+            )
 
     @_while_shown
     def on_image_saved(self, message: m.ImageSaved) -> None:
