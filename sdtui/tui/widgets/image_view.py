@@ -504,31 +504,22 @@ class ImageGrid(Widget, can_focus=True):
     }
     """
 
-    class Highlighted(Message):
+    class _ImageMessage(Message):
+        def __init__(self, grid: ImageGrid, path: str, index: int) -> None:
+            super().__init__()
+            self.grid = grid
+            self.path = path
+            self.index = index
+
+        @property
+        def control(self) -> ImageGrid:
+            return self.grid
+
+    class Highlighted(_ImageMessage):
         """The cursor moved to another image."""
 
-        def __init__(self, grid: ImageGrid, path: str, index: int) -> None:
-            super().__init__()
-            self.grid = grid
-            self.path = path
-            self.index = index
-
-        @property
-        def control(self) -> ImageGrid:
-            return self.grid
-
-    class Selected(Message):
+    class Selected(_ImageMessage):
         """Enter was pressed on an image."""
-
-        def __init__(self, grid: ImageGrid, path: str, index: int) -> None:
-            super().__init__()
-            self.grid = grid
-            self.path = path
-            self.index = index
-
-        @property
-        def control(self) -> ImageGrid:
-            return self.grid
 
     cursor: reactive[int] = reactive(0, init=False)
 
