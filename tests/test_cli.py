@@ -207,3 +207,30 @@ def test_upscale_lanczos_keeps_the_source_infotext(env, tmp_path):
     out = Path(proc.stdout.split()[0])
     assert "extras-images" in str(out) and Image.open(out).size == (64, 48)
     assert "Seed: 1" in read_infotext(out)
+
+
+def test_an_existing_a1111_install_just_works(env, tmp_path, demo_model):
+    """Its checkpoints are found by name, and our images continue its numbering and folders."""
+    import datetime as dt
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    webui = tmp_path / "stable-diffusion-webui"
+    (webui / "models" / "Stable-diffusion").mkdir(parents=True)
+    shutil.copy(demo_model.safetensors, webui / "models" / "Stable-diffusion" / "my-model.safetensors")
+    day = webui / "outputs" / "txt2img-images" / dt.date.today().isoformat()
+    day.mkdir(parents=True)
+    theirs = PngInfo()
+    theirs.add_text("parameters", "a castle\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, "
+                    "Seed: 123, Size: 512x512, Model hash: 2c02b20a, Model: my-model, Version: v1.10.1")
+    Image.new("RGB", (8, 8)).save(day / "00041-123.png", pnginfo=theirs)
+
+    proc = sdtui(env, "generate", "a castle", "--a1111-dir", str(webui), "--model", "my-model",
+                 "--size", "64x64", "--steps", "2", "--seed", "5")
+    assert proc.returncode == 0, proc.stderr
+    ours = Path(proc.stdout.split()[0])
+    assert ours == day / "00042-5.png"
+    assert parse_infotext(read_infotext(ours)).pairs["Model"] == "my-model"
+    info = json.loads(sdtui(env, "info", str(day / "00041-123.png"), "--json").stdout)
+    assert info["Sampler"] == "DPM++ 2M Karras" and info["prompt"] == "a castle"
