@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_helpers import demo_session, run_job
 from PIL import Image
 
 from sdtui.config import Settings
@@ -25,30 +26,11 @@ TINY = dict(width=64, height=64, steps=3, prompt="a black house cat", preview_ev
 
 @pytest.fixture(scope="module")
 def session(demo_model):
-    from sdtui.engine.models import load_pipeline
-    from sdtui.engine.session import ModelSession
-
-    loaded = load_pipeline(demo_model.safetensors, device="cpu")
-    loaded.name = "sdtui-demo"
-    return ModelSession.create(loaded, "cpu")
+    return demo_session(demo_model.safetensors)
 
 
 def run(session, params: GenerationParams, out: Path, control=None):
-    from sdtui.engine.generate import JobContext, JobControl, run_generation
-    from sdtui.outputs import OutputLayout
-
-    events: list = []
-    ctx = JobContext(
-        job_id=1,
-        emit=events.append,
-        control=control or JobControl(),
-        layout=OutputLayout(out),
-        model_name="sdtui-demo",
-        model_hash="0123456789",
-        family="SD1",
-    )
-    done = run_generation(session.loaded, session, params, ctx)
-    return done, events
+    return run_job(session, params, out, control)
 
 
 def pixels(path: str | Path) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_helpers import demo_session, run_job
 from PIL import Image
 
 from sdtui.config import Settings
@@ -42,31 +43,12 @@ def folders(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def session(demo_model, folders):
-    from sdtui.engine.models import load_pipeline
-    from sdtui.engine.session import ModelSession
-
-    loaded = load_pipeline(demo_model.safetensors, device="cpu")
-    loaded.name = "sdtui-demo"
-    s = ModelSession.create(loaded, "cpu")
-    s.extra["settings"] = folders
-    return s
+    return demo_session(demo_model.safetensors, folders)
 
 
 def run(session, out: Path, **kw):
-    from sdtui.engine.generate import JobContext, JobControl, run_generation
-    from sdtui.outputs import OutputLayout
-
-    events: list = []
-    ctx = JobContext(
-        job_id=1,
-        emit=events.append,
-        control=JobControl(),
-        layout=OutputLayout(out),
-        model_name="sdtui-demo",
-        model_hash="0123456789",
-    )
     params = GenerationParams(**{**TINY, "prompt": PROMPT, **kw})
-    done = run_generation(session.loaded, session, params, ctx)
+    done, events = run_job(session, params, out)
     assert len(done.paths) == params.images_total
     return done, events
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_helpers import demo_session, run_job
 from PIL import Image
 
 from sdtui.config import Settings
@@ -20,32 +21,13 @@ BASE = dict(width=64, height=64, steps=3, seed=77, preview_every=0, prompt="a re
 
 @pytest.fixture(scope="module")
 def session(demo_model, tmp_path_factory):
-    from sdtui.engine.models import load_pipeline
-    from sdtui.engine.session import ModelSession
-
-    loaded = load_pipeline(demo_model.safetensors, device="cpu")
-    loaded.name = "sdtui-demo"
-    s = ModelSession.create(loaded, "cpu")
     root = tmp_path_factory.mktemp("hires")
-    s.extra["settings"] = Settings(models_dir=root / "models", embeddings_dir=root / "embeddings")
-    return s
+    folders = Settings(models_dir=root / "models", embeddings_dir=root / "embeddings")
+    return demo_session(demo_model.safetensors, folders)
 
 
 def run(session, out: Path, **kw):
-    from sdtui.engine.generate import JobContext, JobControl, run_generation
-    from sdtui.outputs import OutputLayout
-
-    events: list = []
-    ctx = JobContext(
-        job_id=1,
-        emit=events.append,
-        control=JobControl(),
-        layout=OutputLayout(out),
-        model_name="sdtui-demo",
-        model_hash="0123456789",
-    )
-    done = run_generation(session.loaded, session, GenerationParams(**{**BASE, **kw}), ctx)
-    return done, events
+    return run_job(session, GenerationParams(**{**BASE, **kw}), out)
 
 
 def pixels(img: Image.Image | str | Path) -> np.ndarray:
