@@ -215,6 +215,26 @@ def test_lora_layouts_give_the_same_image(session, baseline, loras, tmp_path):
     assert_same_weights(session, before)
 
 
+def test_loras_reach_the_fast_paths_fused_qkv(demo_model, session, folders, baseline, loras, tmp_path):
+    """With fused QKV (the CUDA fast path) a LoRA on to_q/to_k/to_v lands in the fused weight,
+    by kohya, LDM and diffusers names alike, and is taken out bit for bit after the job."""
+    from sdtui.engine.fastpath import fuse_qkv
+
+    _, base_px, _ = baseline
+    fused = demo_session(demo_model.safetensors, folders)
+    assert fuse_qkv(fused.txt2img.unet) > 0
+    before = {k: v.clone() for k, v in fused.txt2img.unet.state_dict().items()}
+    plain, _ = image(fused, tmp_path / "plain")
+    assert np.abs(plain - base_px).max() <= 1
+    for name in ("styleA:0.8", "rank_ldm", "rank_diffusers"):
+        want, _ = image(session, tmp_path / f"want-{name[:5]}", prompt=f"{PROMPT} <lora:{name}>")
+        got, _ = image(fused, tmp_path / f"got-{name[:5]}", prompt=f"{PROMPT} <lora:{name}>")
+        assert np.abs(got - base_px).mean() > 2, f"{name} must change the image"
+        assert np.abs(got - want).max() <= 1, f"{name} on the fused model must match the plain model"
+    after = fused.txt2img.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "fused weights not restored"
+
+
 def test_unknown_lora_names_what_exists(session, loras, tmp_path):
     with pytest.raises(UserError) as e:
         run(session, tmp_path, prompt="cat <lora:nope:1>")

@@ -1,23 +1,42 @@
-"""The CUDA fast path's CPU-checkable parts: nothing changes off CUDA, and a compiler failure
-falls back to eager with the same output and a plain log line. (Compile speed itself is
-measured by bench/gpu_speed.py on a GPU.)"""
+"""The CUDA fast path's CPU-checkable parts: nothing changes off CUDA; fused QKV gives the same
+output with the same memory and still takes LoRAs and sliced attention; compiled blocks (traced
+by dynamo with a counting backend, since inductor's kernels are what the GPU run measures)
+compile once per kind of size, are reused across jobs, and keep previews and interrupts; a
+compiler failure falls back to eager with the same output and a plain log line. (Compile speed
+and the speed-up itself are measured by bench/gpu_speed.py on a GPU.)"""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from engine_helpers import demo_session, run_job
+from PIL import Image
 
+from sdtui.engine import protocol as msg
 from sdtui.engine.fastpath import (
     FastPathState,
+    FusedPart,
     apply_fast_path,
     compile_blocks,
+    fuse_qkv,
     is_compile_error,
     warm_up,
 )
+from sdtui.params import GenerationParams
 
 
 @pytest.fixture(scope="module")
 def pipe(demo_model):
+    from sdtui.engine.models import load_pipeline
+
+    return load_pipeline(demo_model.folder, device="cpu").pipe
+
+
+def _fresh_pipe(demo_model):
     from sdtui.engine.models import load_pipeline
 
     return load_pipeline(demo_model.folder, device="cpu").pipe
@@ -60,3 +79,128 @@ def test_compile_errors_are_told_apart_from_model_errors():
     err = BackendCompilerFailed.__new__(BackendCompilerFailed)
     assert is_compile_error(err)
     assert not is_compile_error(RuntimeError("shape mismatch"))
+
+
+# -- fused QKV ---------------------------------------------------------------------------------
+
+
+def test_fused_qkv_gives_the_same_output_with_the_same_memory(demo_model):
+    pipe = _fresh_pipe(demo_model)
+    before = _unet_out(pipe)
+    params_before = sum(p.numel() for p in pipe.unet.parameters())
+
+    assert fuse_qkv(pipe.unet) == 4  # the demo UNet's four self-attention layers
+    assert fuse_qkv(pipe.unet) == 0  # already fused: left alone
+    fused_layers = [m.to_qkv for m in pipe.unet.modules() if hasattr(m, "to_qkv")]
+    calls: list[int] = []
+    for layer in fused_layers:
+        layer.register_forward_hook(lambda *_: calls.append(1))
+    torch.testing.assert_close(_unet_out(pipe), before, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 4, "self-attention must go through the one fused matmul"
+    # the separate to_q/to_k/to_v weights are gone: the weights are held once
+    assert sum(p.numel() for p in pipe.unet.parameters()) == params_before
+
+    # to_q is a view of the fused weight: writing through it changes the model
+    part = next(m for m in pipe.unet.modules() if isinstance(m, FusedPart))
+    assert part.weight.data.untyped_storage().data_ptr() == part.fused.weight.untyped_storage().data_ptr()
+
+    # the memory ladder's sliced attention calls to_q/to_k/to_v: same output, and back after
+    saved = dict(pipe.unet.attn_processors)
+    pipe.unet.set_attention_slice("auto")
+    torch.testing.assert_close(_unet_out(pipe), before, rtol=1e-5, atol=1e-5)
+    pipe.unet.set_attn_processor(saved)
+    calls.clear()
+    _unet_out(pipe)
+    assert len(calls) == 4
+
+    # a device/dtype move carries the fused weight and its views along
+    pipe.unet.to(torch.float64)
+    assert part.weight.dtype == torch.float64
+    pipe.unet.to(torch.float32)
+    torch.testing.assert_close(_unet_out(pipe), before, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cuda_fast_path_fuses_qkv_and_says_so(demo_model):
+    # the weights stay on the CPU here: only the fast path's own steps are checked
+    pipe = _fresh_pipe(demo_model)
+    state = apply_fast_path(pipe, "cuda", "nocompile", lambda _: None)
+    assert "fused QKV in 4 attention layers" in state.summary()
+    assert "channels_last" in state.applied and not state.compiling
+
+
+# -- compiled blocks in real jobs -------------------------------------------------------------
+
+TINY = dict(prompt="a lighthouse", width=64, height=64, steps=3, seed=7, preview_every=1)
+
+
+class CountingBackend:
+    """A torch.compile backend that runs dynamo's graphs as they are and counts them: every
+    (re)compilation of a block passes through here."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_model, tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = demo_session(demo_model.safetensors)
+    fast = demo_session(demo_model.safetensors)
+    fuse_qkv(fast.txt2img.unet)
+    backend = CountingBackend()
+    state = FastPathState(mode="auto")
+    compile_blocks(fast.txt2img.unet, state, backend=backend)
+    logs: list[str] = []
+    warm_up(fast.txt2img, state, 64, 64, logs.append)
+    assert state.compiling and backend.graphs > 0 and "compiling took" in logs[0]
+
+    def job(session, out: Path, **kw):
+        done, events = run_job(session, GenerationParams(**{**TINY, **kw}), out)
+        return done, [e for e in events if isinstance(e, msg.Preview)]
+
+    want, eager_previews = job(eager, tmp_path / "eager", batch_size=2)
+    done, previews = job(fast, tmp_path / "fast1", batch_size=2)  # batch 4 in the UNet: new size
+    after_first = backend.graphs
+    assert [p.step for p in previews] == [p.step for p in eager_previews] == [1, 2]
+    shown, expected = (np.asarray(Image.open(io.BytesIO(p.png)), dtype=np.int16) for p in (previews[-1], eager_previews[-1]))
+    assert np.abs(shown - expected).max() <= 1, "previews keep coming from the compiled UNet"
+    for a, b in zip(want.paths, done.paths, strict=True):
+        assert np.abs(_pixels(a) - _pixels(b)).max() <= 1, "fused + compiled must draw the same image"
+
+    job(fast, tmp_path / "fast2", batch_size=2, seed=8)
+    assert backend.graphs == after_first, "a second job at the same size must reuse the compiled code"
+
+    job(fast, tmp_path / "wide", width=96)
+    after_new_size = backend.graphs
+    job(fast, tmp_path / "bigger", width=128, height=96)
+    job(fast, tmp_path / "tall", width=64, height=128)
+    assert backend.graphs == after_new_size, "sizes are dynamic after one recompile, not one per size"
+
+    # interrupt: cancel after the first image of three; the finished one is kept
+    from sdtui.engine.generate import JobControl
+
+    control = JobControl()
+    events: list = []
+
+    def stop_after_first(event):
+        events.append(event)
+        if isinstance(event, msg.ImageSaved):
+            control.cancel.set()
+
+    from sdtui.engine.generate import JobContext, run_generation
+    from sdtui.outputs import OutputLayout
+
+    ctx = JobContext(1, stop_after_first, control, OutputLayout(tmp_path / "cancel"), "sdtui-demo", None, "SD1")
+    cancelled = run_generation(fast.loaded, fast, GenerationParams(**TINY, batch_count=3), ctx)
+    assert cancelled.cancelled and len(cancelled.paths) == 1 and Path(cancelled.paths[0]).exists()
+    assert state.compiling, "an interrupt must not turn the compiled path off"
+    torch._dynamo.reset()

@@ -92,18 +92,22 @@ def build_module_index(pipe: Any) -> ModuleIndex:
     """Names for every patchable layer: kohya (diffusers and LDM UNet spellings, ``lora_te*``)
     and dotted diffusers names (``unet.down_blocks...``, ``text_encoder.text_model...``)."""
     from sdtui.engine.convert import unet_to_ldm
+    from sdtui.engine.fastpath import FusedPart
 
     index = ModuleIndex()
-    layer_types = (torch.nn.Linear, torch.nn.Conv2d)
     unet = pipe.unet
-    weights = {n + ".weight": None for n, m in unet.named_modules() if isinstance(m, layer_types)}
+    # the fast path's fused to_qkv is reached through its to_q/to_k/to_v views, by their names
+    fused = {id(m.fused) for m in unet.modules() if isinstance(m, FusedPart)}
+    unet_layers = [
+        (n, m) for n, m in unet.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, FusedPart)) and id(m) not in fused
+    ]
+    weights = {n + ".weight": None for n, _ in unet_layers}
     try:
         ldm = dict(zip(weights, unet_to_ldm(weights, dict(unet.config)), strict=True))  # type: ignore[arg-type]
     except (ValueError, KeyError, TypeError):
         ldm = {}
-    for name, module in unet.named_modules():
-        if not isinstance(module, layer_types):
-            continue
+    for name, module in unet_layers:
         index.add("lora_unet_" + _underscored(name), "unet", module)
         index.add("unet." + name, "unet", module)
         ldm_name = ldm.get(name + ".weight")
