@@ -22,8 +22,10 @@ from sdtui.engine.fastpath import (
     FusedPart,
     apply_fast_path,
     compile_blocks,
+    compile_work,
     fuse_qkv,
     is_compile_error,
+    recompile_note,
     warm_up,
 )
 from sdtui.params import GenerationParams
@@ -168,18 +170,23 @@ def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_mode
         return done, [e for e in events if isinstance(e, msg.Preview)]
 
     want, eager_previews = job(eager, tmp_path / "eager", batch_size=2)
-    done, previews = job(fast, tmp_path / "fast1", batch_size=2)  # batch 4 in the UNet: new size
+    mark = compile_work()
+    done, previews = job(fast, tmp_path / "fast1", batch_size=2)  # batch 4 in the UNet: new shape
     after_first = backend.graphs
+    note = recompile_note(state, mark)
+    assert note and "compiled the UNet for a new batch or image size in" in note
     assert [p.step for p in previews] == [p.step for p in eager_previews] == [1, 2]
     shown, expected = (np.asarray(Image.open(io.BytesIO(p.png)), dtype=np.int16) for p in (previews[-1], eager_previews[-1]))
     assert np.abs(shown - expected).max() <= 1, "previews keep coming from the compiled UNet"
     for a, b in zip(want.paths, done.paths, strict=True):
         assert np.abs(_pixels(a) - _pixels(b)).max() <= 1, "fused + compiled must draw the same image"
 
+    mark = compile_work()
     job(fast, tmp_path / "fast2", batch_size=2, seed=8)
     assert backend.graphs == after_first, "a second job at the same size must reuse the compiled code"
+    assert recompile_note(state, mark) is None
 
-    job(fast, tmp_path / "wide", width=96)
+    job(fast, tmp_path / "wide", width=96)  # may recompile once, with the size dynamic
     after_new_size = backend.graphs
     job(fast, tmp_path / "bigger", width=128, height=96)
     job(fast, tmp_path / "tall", width=64, height=128)

@@ -308,31 +308,37 @@ def test_switching_models_parks_one_and_frees_the_rest(engine, demo_model, monke
     assert all(p.device.type == "meta" for p in second.parameters())
 
 
-def _allocator_conf(q) -> None:
+def _engine_env(q) -> None:
     from sdtui.engine.worker import prepare_environment
 
     prepare_environment()
     import os
 
-    q.put(os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
+    q.put((os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), os.environ.get("TORCHINDUCTOR_CACHE_DIR")))
 
 
-def test_the_engine_keeps_the_users_allocator_setting(monkeypatch):
+def test_the_engine_sets_its_defaults_and_keeps_the_users(monkeypatch, tmp_path):
+    """expandable_segments against fragmentation; torch.compile's cache in sdtui's cache folder
+    (kept across reboots, unlike /tmp); a value the user set wins over both."""
+    import os
+
     ctx = mp.get_context("spawn")
-    for value, expected in (
-        ("garbage_collection_threshold:0.6,max_split_size_mb:64", None),
-        (None, "expandable_segments:True"),
+    ours = (os.path.join(os.environ["SDTUI_CACHE_DIR"], "torchinductor"))
+    for alloc, inductor, expected in (
+        ("garbage_collection_threshold:0.6", str(tmp_path), ("garbage_collection_threshold:0.6", str(tmp_path))),
+        (None, None, ("expandable_segments:True", ours)),
     ):
-        if value is None:
-            monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-        else:
-            monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", value)
+        for name, value in (("PYTORCH_CUDA_ALLOC_CONF", alloc), ("TORCHINDUCTOR_CACHE_DIR", inductor)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
         q = ctx.Queue()
-        child = ctx.Process(target=_allocator_conf, args=(q,))
+        child = ctx.Process(target=_engine_env, args=(q,))
         child.start()
         got = q.get(timeout=60)
         child.join(10)
-        assert got == (expected or value)
+        assert got == expected
 
 
 def test_engine_process_survives_an_oom(tmp_path, demo_model):

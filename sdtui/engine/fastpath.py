@@ -177,6 +177,33 @@ def compile_blocks(model: torch.nn.Module, state: FastPathState, backend: Any = 
         state.applied.append(f"torch.compile of {len(state.compiled)} UNet blocks")
 
 
+def compile_work() -> tuple[int, float]:
+    """(graphs compiled, seconds spent compiling) in this process so far, from dynamo's own
+    counters; (0, 0.0) where this torch version keeps them elsewhere."""
+    try:
+        from torch._dynamo import utils
+
+        graphs = int(utils.counters["stats"]["unique_graphs"])
+        seconds = float(sum(utils.compilation_time_metrics.get("_compile.compile_inner", ())))
+    except Exception:  # noqa: BLE001 - private counters: a missing one only costs the log line
+        return 0, 0.0
+    return graphs, seconds
+
+
+def recompile_note(state: FastPathState, before: tuple[int, float]) -> str | None:
+    """A log line when a job compiled the UNet anew (a batch or image size not seen yet), so a
+    slow first job at a new size is explained; None when it reused what was compiled."""
+    if not state.compiling:
+        return None
+    graphs, seconds = compile_work()
+    if graphs <= before[0]:
+        return None
+    return (
+        f"fast path: compiled the UNet for a new batch or image size in {seconds - before[1]:.1f} s; "
+        "later jobs reuse it"
+    )
+
+
 def undo_compile(state: FastPathState, reason: str) -> None:
     """Back to eager after a compile failure; the weights are untouched."""
     import torch._dynamo

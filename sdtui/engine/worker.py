@@ -58,6 +58,11 @@ def prepare_environment() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch.compile's caches (FX graphs, kernels, autotuning) in our cache folder, not in /tmp:
+    # they survive a reboot, so a later start compiles the fast path from cache in seconds
+    from sdtui.config import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
 
 
 def _quiet_libraries() -> None:
@@ -435,6 +440,7 @@ class Engine:
     # -- jobs -------------------------------------------------------------------------------
 
     def _generate(self, cmd: msg.SubmitGenerate, control: Any) -> None:
+        from sdtui.engine.fastpath import compile_work, recompile_note
         from sdtui.engine.generate import JobContext, run_generation
         from sdtui.engine.memory import free_caches, job_memory
         from sdtui.model_index import model_hash
@@ -461,6 +467,8 @@ class Engine:
             family=session.family,
             memory_mode=self.placement,
         )
+        fast = session.extra.get("fast_path")
+        compiled_before = compile_work() if fast is not None and fast.compiling else (0, 0.0)
         try:
             with job_memory(self.device) as acct:
                 try:
@@ -476,6 +484,8 @@ class Engine:
         if done is None:
             free_caches()  # after the except block: the error's frames no longer pin tensors
             return
+        if fast is not None and (note := recompile_note(fast, compiled_before)):
+            ctx.log(note)
         ctx.log(f"job {cmd.job_id}: {acct.summary()}")
         self.emit(dataclasses.replace(done, **acct.fields()))
 
