@@ -26,6 +26,7 @@ from sdtui.engine.fastpath import (
     fuse_qkv,
     is_compile_error,
     recompile_note,
+    undo_compile,
     warm_up,
 )
 from sdtui.params import GenerationParams
@@ -210,4 +211,34 @@ def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_mode
     cancelled = run_generation(fast.loaded, fast, GenerationParams(**TINY, batch_count=3), ctx)
     assert cancelled.cancelled and len(cancelled.paths) == 1 and Path(cancelled.paths[0]).exists()
     assert state.compiling, "an interrupt must not turn the compiled path off"
+    torch._dynamo.reset()
+
+
+def test_the_real_inductor_compile_sees_weight_merges(demo_model):
+    """The compiler users get (inductor; its C++ backend here, Triton on CUDA): the compiled UNet
+    matches eager, and an in-place merge through to_q (what a LoRA does) shows in the compiled
+    output at once: weights are inputs of the compiled code, never baked-in constants."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    pipe = _fresh_pipe(demo_model)
+    fuse_qkv(pipe.unet)
+    eager = _unet_out(pipe)
+    state = FastPathState(mode="auto")
+    compile_blocks(pipe.unet, state)  # inductor
+    warm_up(pipe, state, 64, 64, lambda _: None)
+    assert state.compiling and state.compile_seconds, state.failed
+    torch.testing.assert_close(_unet_out(pipe), eager, rtol=1e-4, atol=1e-4)
+
+    part = next(m for m in pipe.unet.modules() if isinstance(m, FusedPart))
+    saved = part.weight.detach().clone()
+    with torch.no_grad():  # random: a constant would vanish behind the LayerNorm before to_q
+        part.weight.data.add_(torch.randn(part.weight.shape, generator=torch.Generator().manual_seed(3)))
+    merged = _unet_out(pipe)
+    assert (merged - eager).abs().max() > 1e-3, "the compiled UNet ignored a merged weight"
+    undo_compile(state, "test")
+    torch.testing.assert_close(_unet_out(pipe), merged, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        part.weight.data.copy_(saved)
+    torch.testing.assert_close(_unet_out(pipe), eager, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
