@@ -168,6 +168,13 @@ def compile_blocks(model: torch.nn.Module, state: FastPathState, backend: Any = 
 
     # one block class is called at several sizes: allow the cache to hold them all
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if backend == "inductor":
+        import torch._inductor.config as inductor
+
+        # 1x1 convolutions (resnet shortcuts, SD1 proj_in/out) are matmuls in channels_last;
+        # as matmuls inductor fuses what surrounds them (PyTorch's "Diffusion, Fast" setting).
+        # Not taken: max-autotune and coordinate-descent tuning, which multiply compile time.
+        inductor.conv_1x1_as_mm = True
     for sub in model.modules():
         if type(sub).__name__ in COMPILED_BLOCKS:
             # automatic dynamic shapes: a new size recompiles once, then never again
