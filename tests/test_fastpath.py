@@ -170,22 +170,29 @@ def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_mode
         done, events = run_job(session, GenerationParams(**{**TINY, **kw}), out)
         return done, [e for e in events if isinstance(e, msg.Preview)]
 
-    want, eager_previews = job(eager, tmp_path / "eager", batch_size=2)
+    # the first job at the warm-up's size and batch runs on what warm-up compiled
+    want, eager_previews = job(eager, tmp_path / "eager")
     mark = compile_work()
-    done, previews = job(fast, tmp_path / "fast1", batch_size=2)  # batch 4 in the UNet: new shape
-    after_first = backend.graphs
-    note = recompile_note(state, mark)
-    assert note and "compiled the UNet for a new batch or image size in" in note
+    done, previews = job(fast, tmp_path / "fast1")
+    assert recompile_note(state, mark) is None, "warm-up must leave nothing to compile for the first job"
     assert [p.step for p in previews] == [p.step for p in eager_previews] == [1, 2]
     shown, expected = (np.asarray(Image.open(io.BytesIO(p.png)), dtype=np.int16) for p in (previews[-1], eager_previews[-1]))
     assert np.abs(shown - expected).max() <= 1, "previews keep coming from the compiled UNet"
-    for a, b in zip(want.paths, done.paths, strict=True):
-        assert np.abs(_pixels(a) - _pixels(b)).max() <= 1, "fused + compiled must draw the same image"
+    assert np.abs(_pixels(want.paths[0]) - _pixels(done.paths[0])).max() <= 1, "fused + compiled must draw the same image"
 
+    # a prompt past 75 tokens (154 in the UNet) was compiled for at warm-up
+    job(fast, tmp_path / "long", prompt="a lighthouse on a cliff at dusk, " * 12)
+    assert recompile_note(state, mark) is None, "a long prompt must not recompile"
+
+    # a new batch size compiles once, says so, and the next job reuses it
     mark = compile_work()
-    job(fast, tmp_path / "fast2", batch_size=2, seed=8)
-    assert backend.graphs == after_first, "a second job at the same size must reuse the compiled code"
-    assert recompile_note(state, mark) is None
+    job(fast, tmp_path / "batch", batch_size=2)
+    note = recompile_note(state, mark)
+    assert note and "compiled the UNet for a new batch or image size in" in note
+    after_first = backend.graphs
+    mark = compile_work()
+    job(fast, tmp_path / "batch2", batch_size=2, seed=8)
+    assert backend.graphs == after_first and recompile_note(state, mark) is None
 
     job(fast, tmp_path / "wide", width=96)  # may recompile once, with the size dynamic
     after_new_size = backend.graphs
@@ -241,4 +248,42 @@ def test_the_real_inductor_compile_sees_weight_merges(demo_model):
     with torch.no_grad():
         part.weight.data.copy_(saved)
     torch.testing.assert_close(_unet_out(pipe), eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_sdxl_warm_up_compiles_what_its_jobs_call(tmp_path):
+    """SDXL's UNet takes pooled text and size ids besides the text: warm-up builds them as the
+    pipeline does, so a later call at that size compiles nothing, at any prompt length."""
+    import types
+
+    import torch._dynamo
+    from diffusers import UNet2DConditionModel
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(  # the SDXL UNet's kind of blocks, tiny
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + 32, transformer_layers_per_block=(1, 2),
+    ).eval()
+    pipe = types.SimpleNamespace(
+        unet=unet, vae_scale_factor=8,
+        text_encoder_2=types.SimpleNamespace(config=types.SimpleNamespace(projection_dim=32)),
+    )
+    assert fuse_qkv(unet) == 8  # down 1x2, mid 2, up 2x2 transformer layers
+    backend = CountingBackend()
+    state = FastPathState(mode="auto")
+    compile_blocks(unet, state, backend=backend)
+    warm_up(pipe, state, 64, 64, lambda _: None)
+    assert state.compiling and state.compile_seconds is not None, state.failed
+    compiled = backend.graphs
+    for tokens in (77, 154):
+        with torch.inference_mode():
+            text = torch.randn(2, tokens, 32)
+            ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
+            unet(torch.randn(2, 4, 8, 8), torch.tensor(500.0), encoder_hidden_states=text,
+                 added_cond_kwargs={"text_embeds": torch.randn(2, 32), "time_ids": ids})
+    assert backend.graphs == compiled
     torch._dynamo.reset()

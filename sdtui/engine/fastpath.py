@@ -235,24 +235,12 @@ def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Calla
     if not state.compiling:
         return
     unet = pipe.unet
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    latents = torch.randn(2, unet.config.in_channels, height // scale, width // scale,
-                          device=unet.device, dtype=unet.dtype)
-    ctx_dim = unet.config.cross_attention_dim
-    text = torch.randn(2, 77, ctx_dim, device=unet.device, dtype=unet.dtype)
-    kwargs: dict[str, Any] = {}
-    if getattr(unet.config, "addition_embed_type", None) == "text_time":
-        pooled = getattr(getattr(pipe, "text_encoder_2", None), "config", None)
-        pooled_dim = getattr(pooled, "projection_dim", 1280)
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(2, pooled_dim, device=unet.device, dtype=unet.dtype),
-            "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * 2,
-                                     device=unet.device, dtype=unet.dtype),
-        }
+    with torch.inference_mode():  # the jobs' tensors are inference tensors: dynamo guards on that
+        inputs = _warm_up_inputs(pipe, width, height)
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
-            unet(latents, torch.tensor(999, device=unet.device), encoder_hidden_states=text, **kwargs)
+            unet(**inputs)
         if unet.device.type == "cuda":
             torch.cuda.synchronize()
     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
@@ -261,3 +249,29 @@ def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Calla
         return
     state.compile_seconds = time.perf_counter() - t0
     log(state.summary())
+
+
+def _warm_up_inputs(pipe: Any, width: int, height: int) -> dict[str, Any]:
+    """One UNet call's arguments as a job at this size with CFG makes them (batch 2)."""
+    import torch._dynamo
+
+    unet = pipe.unet
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    latents = torch.randn(2, unet.config.in_channels, height // scale, width // scale,
+                          device=unet.device, dtype=unet.dtype)
+    ctx_dim = unet.config.cross_attention_dim
+    text = torch.randn(2, 77, ctx_dim, device=unet.device, dtype=unet.dtype)
+    # prompts past 75 tokens make 154, 231, ... : compiled for any length from the start,
+    # so crossing 75 tokens never stalls a job on a recompile
+    torch._dynamo.maybe_mark_dynamic(text, 1)
+    kwargs: dict[str, Any] = {}
+    if getattr(unet.config, "addition_embed_type", None) == "text_time":  # SDXL
+        pooled = getattr(getattr(pipe, "text_encoder_2", None), "config", None)
+        pooled_dim = getattr(pooled, "projection_dim", 1280)
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, pooled_dim, device=unet.device, dtype=unet.dtype),
+            "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * 2,
+                                     device=unet.device, dtype=unet.dtype),
+        }
+    return {"sample": latents, "timestep": torch.tensor(999, device=unet.device),
+            "encoder_hidden_states": text, **kwargs}
