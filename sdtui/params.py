@@ -64,6 +64,9 @@ class GenerationParams:
     hr_denoising_strength: float = 0.7
     # live preview every N steps; 0 = off
     preview_every: int = 1
+    # and at most one per this many seconds (0 = no cap). A preview copies the latents off the
+    # GPU, which waits for the GPU: the TUI asks for no more than it can draw (4 a second)
+    preview_interval: float = 0.0
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -189,6 +189,13 @@ def test_previews_arrive_every_n_steps_as_small_pngs(session, tmp_path):
     assert im.size == (8, 8)  # 1/8 of 64x64
 
 
+def test_previews_are_capped_per_second_when_asked(session, tmp_path):
+    """The TUI asks for no more previews than it draws: each one waits for the GPU."""
+    params = GenerationParams(**{**TINY, "steps": 6, "preview_every": 1, "preview_interval": 3600.0}, seed=1)
+    _, events = run(session, params, tmp_path)
+    assert [e.step for e in events if isinstance(e, msg.Preview)] == [1]
+
+
 def test_cancel_from_the_step_callback_keeps_finished_images(session, tmp_path):
     from sdtui.engine.generate import JobControl
 

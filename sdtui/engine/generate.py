@@ -141,6 +141,7 @@ class StepReporter:
         self.last = time.perf_counter()
         self.its = 0.0
         self.preview_s = 0.0
+        self.preview_at = float("-inf")
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         control = self.ctx.control
@@ -177,8 +178,9 @@ class StepReporter:
             )
         )
         every = p.preview_every
-        if every and done % every == 0 and done < self.steps and "latents" in kwargs:
-            t0 = time.perf_counter()
+        due = bool(every) and done % every == 0 and now - self.preview_at >= p.preview_interval
+        if due and done < self.steps and "latents" in kwargs:
+            t0 = self.preview_at = time.perf_counter()
             image = preview_mod.latents_to_image(kwargs["latents"], self.ctx.family)
             self.ctx.emit(
                 msg.Preview(self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height)

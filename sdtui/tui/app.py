@@ -628,7 +628,10 @@ class SdtuiApp(App[int]):
                     f"extras {Path(params.image).name} {params.upscaler} x{params.scale:g}",
                 )
             else:
-                gen = state.generation_params().replace(preview_every=self.settings.preview_every)
+                # previews no faster than they can be drawn: each one waits for the GPU
+                gen = state.generation_params().replace(
+                    preview_every=self.settings.preview_every, preview_interval=PREVIEW_INTERVAL
+                )
                 job_id = self.host.submit(gen)
                 info = JobInfo(gen.mode, _summary(gen), gen.images_total, gen.steps)
         except (ParamError, UserError) as e:
