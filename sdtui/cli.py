@@ -340,7 +340,7 @@ def _human(n: float) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from sdtui.extra_networks_index import list_embeddings, list_loras, list_vaes
+    from sdtui.extra_networks_index import embedding_vectors, list_embeddings, list_loras, list_vaes
     from sdtui.model_index import cached_model_hash, discover_models, model_hash, old_model_hash
     from sdtui.upscalers import list_upscalers
 
@@ -367,7 +367,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     extras = {
         "loras": [{"name": x.name, "path": str(x.path)} for x in list_loras(settings.models)],
-        "embeddings": [{"name": x.name, "path": str(x.path)} for x in list_embeddings(settings.embeddings)],
+        "embeddings": [
+            {"name": x.name, "path": str(x.path), "vectors": embedding_vectors(x.path)}
+            for x in list_embeddings(settings.embeddings)
+        ],
         "vaes": [{"name": x.name, "path": str(x.path)} for x in list_vaes(settings.models)],
         "upscalers": [
             {"name": x.name, "path": str(x.path) if x.path else None}
@@ -400,7 +403,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         ("VAEs", "vaes", settings.models / "VAE"),
     ):
         items = extras[key]
-        print(f"\n{title} ({folder}): " + (", ".join(i["name"] for i in items) if items else "none"))
+        names = [i["name"] + (f" ({i['vectors']} vectors)" if i.get("vectors") else "") for i in items]
+        print(f"\n{title} ({folder}): " + (", ".join(names) if names else "none"))
     models = [u["name"] for u in extras["upscalers"] if u["path"]]
     print("\nUpscalers: Lanczos, Nearest" + ("".join(f", {m}" for m in models)))
     return EXIT_OK

@@ -4,14 +4,18 @@ The tokenizer is the ``tokenizers`` BPE that transformers' CLIPTokenizer builds 
 normalizer, pre-tokenizer and vocabulary), so ids match it exactly. ``chunk_prompt`` is A1111's
 ``FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line``: the engine uses it too, so the count the
 UI shows is the chunking the engine encodes.
+
+Textual-inversion embeddings are found as A1111 finds them (the tokenized name, longest match
+first: ``name_table`` / ``scan_names``) and take one slot per vector; an embedding's vectors stay
+in one chunk (a tuple of ids in ``chunk_prompt``'s input), as A1111 keeps them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdtui.clip_vocab import vocab_and_merges
 from sdtui.prompt_syntax import (
@@ -23,6 +27,10 @@ from sdtui.prompt_syntax import (
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+
+# a prompt token id, or an embedding's ids: its vectors, which A1111 never splits across chunks
+Token = int | tuple[int, ...]
+NameTable = dict[int, list[tuple[tuple[int, ...], Any]]]
 
 CHUNK_LENGTH = 75  # prompt tokens per chunk; each chunk is encoded as 77 with BOS/EOS
 COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"
@@ -96,9 +104,49 @@ def _specials() -> tuple[int, int, int]:
     return vocab[BOS_TOKEN], vocab[EOS_TOKEN], vocab[",</w>"]
 
 
+def name_table(entries: Iterable[tuple[Sequence[int], Any]]) -> NameTable:
+    """Embedding names by their first token id, longest first: (name ids, value) pairs in."""
+    table: NameTable = {}
+    for ids, value in entries:
+        if ids:
+            table.setdefault(ids[0], []).append((tuple(ids), value))
+    for matches in table.values():
+        matches.sort(key=lambda m: len(m[0]), reverse=True)
+    return table
+
+
+def scan_names(ids: Sequence[int], table: NameTable) -> Iterator[tuple[int, int, Any]]:
+    """(position, length, value) of each embedding name in a token list, left to right
+    (A1111's ``find_embedding_at_position``: the longest name that starts here wins)."""
+    i = 0
+    while i < len(ids):
+        hit = None
+        for name_ids, value in table.get(ids[i], ()):
+            if tuple(ids[i : i + len(name_ids)]) == name_ids:
+                hit = (i, len(name_ids), value)
+                break
+        if hit is None:
+            i += 1
+            continue
+        yield hit
+        i += hit[1]
+
+
+def substitute_names(ids: Sequence[int], table: NameTable) -> list[Any]:
+    """The ids with each embedding name replaced by its table value (kept as one item)."""
+    out: list[Any] = []
+    i = 0
+    for pos, length, value in scan_names(ids, table):
+        out.extend(ids[i:pos])
+        out.append(value)
+        i = pos + length
+    out.extend(ids[i:])
+    return out
+
+
 def chunk_prompt(
     parsed: Sequence[tuple[str, float]],
-    token_ids: Sequence[Sequence[int]],
+    token_ids: Sequence[Sequence[Token]],
     *,
     id_start: int,
     id_end: int,
@@ -134,7 +182,9 @@ def chunk_prompt(
             next_chunk()
             continue
         for token in ids:
-            if token == comma_token:
+            if isinstance(token, tuple):  # never a comma; the backtrack below still applies
+                pass
+            elif token == comma_token:
                 last_comma = len(chunk.tokens)
             elif (
                 comma_backtrack != 0
@@ -152,6 +202,12 @@ def chunk_prompt(
                 chunk.multipliers = moved_mults
             if len(chunk.tokens) == chunk_length:
                 next_chunk()
+            if isinstance(token, tuple):  # an embedding: all its vectors in one chunk
+                if len(chunk.tokens) + len(token) > chunk_length:
+                    next_chunk()
+                chunk.tokens.extend(token)
+                chunk.multipliers.extend([weight] * len(token))
+                continue
             chunk.tokens.append(token)
             chunk.multipliers.append(weight)
 
@@ -160,23 +216,31 @@ def chunk_prompt(
     return chunks, token_count
 
 
-def prompt_chunks(prompt: str) -> tuple[list[PromptChunk], int]:
+def prompt_chunks(
+    prompt: str, embeddings: Sequence[tuple[str, int]] = ()
+) -> tuple[list[PromptChunk], int]:
     """Chunks and token count of a whole prompt with the CLIP vocabulary: extra-network tags
-    removed, weights parsed (a bad weight number counts the text literally)."""
+    removed, weights parsed (a bad weight number counts the text literally), and each
+    embedding named in ``embeddings`` ((name, vector count) pairs) as that many slots."""
     text = strip_extra_networks(prompt)
     try:
         parsed = parse_prompt_attention(text)
     except PromptSyntaxError:
         parsed = [(text, 1.0)]
     bos, eos, comma = _specials()
-    return chunk_prompt(
-        parsed, tokenize([t for t, _ in parsed]), id_start=bos, id_end=eos, comma_token=comma
-    )
+    ids: list[list[Any]] = [list(x) for x in tokenize([t for t, _ in parsed])]
+    usable = [(name, n) for name, n in embeddings if n > 0]
+    if usable:
+        names = tokenize([name for name, _ in usable])
+        table = name_table((name_ids, (0,) * n) for name_ids, (_, n) in zip(names, usable, strict=True))
+        ids = [substitute_names(x, table) for x in ids]
+    return chunk_prompt(parsed, ids, id_start=bos, id_end=eos, comma_token=comma)
 
 
 @lru_cache(maxsize=512)
-def count_tokens(prompt: str) -> TokenCount:
-    """A1111's token counter: "a photo of a cat" -> 5/75; 76 tokens -> 76/150."""
-    chunks, tokens = prompt_chunks(prompt)
+def count_tokens(prompt: str, embeddings: tuple[tuple[str, int], ...] = ()) -> TokenCount:
+    """A1111's token counter: "a photo of a cat" -> 5/75; 76 tokens -> 76/150; an embedding
+    of 8 vectors counts 8."""
+    chunks, tokens = prompt_chunks(prompt, embeddings)
     # A1111 shows ceil(max(tokens, 1) / 75) * 75, which is always chunks * 75
     return TokenCount(tokens=tokens, chunks=len(chunks), limit=len(chunks) * CHUNK_LENGTH)

@@ -79,14 +79,18 @@ def test_models_lists_family_size_and_hashes(env, tmp_path, demo_model):
     shutil.copy(demo_model.safetensors, ckpts / "tiny.safetensors")
     shutil.copytree(demo_model.folder, ckpts.parent / "tiny-diffusers")
     (tmp_path / "home" / "embeddings").mkdir(parents=True)
-    (tmp_path / "home" / "embeddings" / "my-style.pt").write_bytes(b"x")
+    (tmp_path / "home" / "embeddings" / "my-style.pt").write_bytes(b"x")  # unreadable: no count
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"emb_params": np.zeros((6, 768), np.float32)}, tmp_path / "home" / "embeddings" / "glow.safetensors")
     (tmp_path / "home" / "models" / "Lora").mkdir(parents=True)
     (tmp_path / "home" / "models" / "Lora" / "detail.safetensors").write_bytes(b"x")
     proc = sdtui(env, "models", "--json")
     assert proc.returncode == 0, proc.stderr
     listing = json.loads(proc.stdout)
     rows = {r["name"]: r for r in listing["checkpoints"]}
-    assert [e["name"] for e in listing["embeddings"]] == ["my-style"]
+    assert [(e["name"], e["vectors"]) for e in listing["embeddings"]] == [("glow", 6), ("my-style", None)]
     assert [x["name"] for x in listing["loras"]] == ["detail"]
     assert listing["upscalers"][0]["name"] == "Lanczos"
     assert rows["sub/tiny"]["family"].startswith("SD1")
@@ -97,7 +101,7 @@ def test_models_lists_family_size_and_hashes(env, tmp_path, demo_model):
     assert rows["tiny-diffusers"]["kind"] == "diffusers"
     table = sdtui(env, "models")
     assert "sub/tiny" in table.stdout and digest[:10] in table.stdout
-    assert "my-style" in table.stdout and "detail" in table.stdout
+    assert "glow (6 vectors), my-style" in table.stdout and "detail" in table.stdout
 
 
 def _models(tmp_path: Path) -> Path:

@@ -4,6 +4,7 @@ asked for, leaves no trace after its job, and is recorded in the infotext as A11
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import subprocess
 import sys
@@ -307,6 +308,64 @@ def test_list_embeddings_finds_every_format(embeddings):
     entries = list_embeddings(embeddings)
     assert [e.name for e in entries] == ["concept-bin", "glowy", "mystyle", "widesd1"]
     assert entries[1].path.parent.name == "nested"
+
+
+def test_embedding_vector_counts_are_read_without_torch_or_pickled_code(embeddings, tmp_path):
+    """The UI's token counter counts an embedding as its vectors: read from the header or the
+    pickle's structure, never by running the pickle. Same counts as the engine loads."""
+    from safetensors.torch import save_file
+
+    from sdtui.engine.embeddings import load_embedding
+    from sdtui.extra_networks_index import embedding_vectors
+
+    for entry in list_embeddings(embeddings):
+        emb = load_embedding(entry)
+        assert embedding_vectors(entry.path) == emb.single.shape[0], entry.name
+    assert embedding_vectors(embeddings / "mystyle.pt") == 2
+
+    pd = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(5, 32))})
+    torch.save({"string_to_param": pd, "name": "pd"}, tmp_path / "paramdict.pt")
+    assert embedding_vectors(tmp_path / "paramdict.pt") == 5
+    save_file({"clip_l": torch.zeros(4, 768), "clip_g": torch.zeros(4, 1280)}, tmp_path / "xl.safetensors")
+    assert embedding_vectors(tmp_path / "xl.safetensors") == 4
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"string_to_param": {"*": Evil()}}, tmp_path / "evil.pt")
+    embedding_vectors(tmp_path / "evil.pt")
+    assert not marker.exists(), "a pickle's code ran"
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert embedding_vectors(tmp_path / "junk.pt") is None
+    torch.save({"x": torch.zeros(2, 8)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert embedding_vectors(tmp_path / "legacy.pt") is None  # old format: counted as its name
+
+
+def test_the_engine_keeps_an_embedding_in_one_chunk(session, tmp_path):
+    """70 words then an 8-vector embedding: A1111 starts a second chunk with the whole
+    embedding rather than splitting it 5 + 3; the engine's chunks do the same, and the UI's
+    counter agrees."""
+    from safetensors.torch import save_file
+
+    from sdtui.engine.conditioning import _encoders
+    from sdtui.engine.embeddings import PLACEHOLDER_BASE, load_embedding, text_pipe_with_embeddings
+    from sdtui.extra_networks_index import EmbeddingEntry
+    from sdtui.tokens import count_tokens
+
+    path = tmp_path / "eight.safetensors"
+    save_file({"emb_params": torch.randn(8, 32, generator=torch.Generator().manual_seed(9))}, path)
+    emb = load_embedding(EmbeddingEntry("eight", path))
+    text_pipe, used = text_pipe_with_embeddings(session.txt2img, [emb], print)
+    assert used == [emb]
+    (encoder,) = _encoders(text_pipe, clip_skip=1)
+    chunks = encoder.chunks("cat " * 70 + "eight")
+    where = [[i for i, t in enumerate(c.tokens) if t >= PLACEHOLDER_BASE] for c in chunks]
+    assert len(chunks) == 2 and where == [[], list(range(1, 9))]
+    assert chunks[0].tokens[71:76] == [encoder.id_end] * 5  # the first chunk is padded
+    assert count_tokens("cat " * 70 + "eight", (("eight", 8),)).tokens == 75 + 8
 
 
 def test_embedding_is_the_vectors_it_holds(session, embeddings, tmp_path):

@@ -221,6 +221,37 @@ def test_comma_backtrack_moves_the_last_words() -> None:
     assert count == 80
 
 
+def test_an_embedding_is_never_split_across_chunks() -> None:
+    """A1111's tokenize_line: an embedding that does not fit in what is left of a chunk starts
+    the next one whole; the chunk it leaves is padded."""
+    parsed = [("x", 1.2)]
+    emb = (500, 501, 502, 503, 504, 505, 506, 507)  # 8 vectors
+    chunks, count = chunk_prompt(parsed, [[1] * 70 + [emb, 2]], id_start=100, id_end=101, comma_token=9)
+    assert len(chunks) == 2
+    assert chunks[0].tokens[1:71] == [1] * 70 and chunks[0].tokens[71:] == [101] * 6
+    assert chunks[1].tokens[1:10] == [*emb, 2]
+    assert chunks[1].multipliers[1:9] == [1.2] * 8
+    assert count == 75 + 9
+    # one that fits stays
+    chunks, count = chunk_prompt(parsed, [[1] * 60 + [emb]], id_start=100, id_end=101, comma_token=9)
+    assert len(chunks) == 1 and count == 68
+
+
+def test_count_tokens_counts_an_embedding_as_its_vectors() -> None:
+    plain = count_tokens("a photo of mystyle, studio")
+    with_emb = count_tokens("a photo of MyStyle, studio", (("mystyle", 8),))
+    name_tokens = len(tokenize(["mystyle"])[0])
+    assert with_emb.tokens == plain.tokens - name_tokens + 8
+    # a longer name that starts the same wins (A1111: longest match first)
+    both = count_tokens("mystyle2", (("mystyle", 8), ("mystyle2", 3)))
+    assert both.tokens == 3
+    # not inside another word
+    assert count_tokens("mystyles", (("mystyle", 8),)).tokens == count_tokens("mystyles").tokens
+    # 70 words and a 16-vector embedding: it moves whole to a second chunk
+    long = count_tokens("cat " * 70 + "mystyle", (("mystyle", 16),))
+    assert (long.tokens, long.chunks) == (75 + 16, 2)
+
+
 def test_chunk_weights_follow_tokens() -> None:
     parsed = [("a", 1.0), ("b", 1.5)]
     chunks, _ = chunk_prompt(parsed, [[5], [6, 7]], id_start=0, id_end=1, comma_token=None)

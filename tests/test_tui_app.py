@@ -596,6 +596,31 @@ async def test_palette_and_picker_insert_loras_and_embeddings(
 
 
 @run_async
+async def test_token_counter_counts_an_embedding_as_its_vectors(tui_env: Settings, tmp_path: Path) -> None:
+    """EasyNegative-style: 8 vectors in an A1111 .pt. The counter shows what the engine will
+    encode (8 slots), not the tokens of the word."""
+    import torch
+
+    from sdtui.tokens import count_tokens
+
+    emb = tmp_path / "embeddings" / "easynegative.pt"
+    emb.parent.mkdir(parents=True)
+    torch.save({"string_to_param": {"*": torch.zeros(8, 768)}, "name": "easynegative"}, emb)
+    app = fake_app(tui_env.replace(embeddings_dir=emb.parent))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.catalog.complete, 10)
+        assert app.catalog.embedding_sizes == (("easynegative", 8),)
+        negative = app.main.query_one("#negative", PromptArea)
+        negative.load_text("blurry, easynegative")
+        want = count_tokens("blurry, ").tokens + 8
+        assert want != count_tokens("blurry, easynegative").tokens
+        from textual.widgets import Label
+
+        label = app.main.query_one("#negative-tokens", Label)
+        await wait_for(pilot, lambda: str(label.render()) == f"{want}/75", 10)
+
+
+@run_async
 async def test_memory_mode_command_is_sent_remembered_and_shown(tui_env: Settings) -> None:
     host = FakeHost()
     app = fake_app(tui_env, host=host, remember_form=True)

@@ -19,7 +19,8 @@ what this does:
   first chunk. A1111 ignores clip skip for SDXL, and so does this. An empty negative prompt
   gives all-zero negative embeddings and pooled embedding, as A1111 does.
 
-Not handled: textual-inversion embeddings, prompt editing ``[a:b:when]``, alternation, AND.
+Embeddings come in through a wrapped tokenizer (sdtui.engine.embeddings). Not handled: prompt
+editing ``[a:b:when]``, alternation, AND.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ class _Encoder:
 
     def chunks(self, text: str) -> list[PromptChunk]:
         parsed = parse_prompt_attention(text)
-        ids = self.tokenizer(
-            [t for t, _ in parsed], add_special_tokens=False, truncation=False, verbose=False
-        )["input_ids"]
+        texts = [t for t, _ in parsed]
+        if hasattr(self.tokenizer, "tokenize_grouped"):  # embeddings in play: kept whole
+            ids = self.tokenizer.tokenize_grouped(texts)
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         chunks, _ = chunk_prompt(
             parsed, ids, id_start=self.id_start, id_end=self.id_end, comma_token=self.comma_token
         )

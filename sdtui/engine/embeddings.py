@@ -20,7 +20,7 @@ skipped with a warning, as A1111 skips it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import torch
 from sdtui.errors import UserError
 from sdtui.extra_networks_index import EmbeddingEntry, embedding_hash
 from sdtui.prompt_syntax import parse_prompt_attention, strip_extra_networks
+from sdtui.tokens import NameTable, name_table, scan_names, substitute_names
 
 Log = Callable[[str], None]
 PLACEHOLDER_BASE = 10_000_000  # far above any CLIP vocabulary
@@ -125,34 +126,6 @@ def _name_ids(tokenizer: Any, names: list[str]) -> list[list[int]]:
     return [list(ids) for ids in out["input_ids"]]
 
 
-def _lookup(entries: list[tuple[list[int], Any]]) -> dict[int, list[tuple[tuple[int, ...], Any]]]:
-    table: dict[int, list[tuple[tuple[int, ...], Any]]] = {}
-    for ids, value in entries:
-        if ids:
-            table.setdefault(ids[0], []).append((tuple(ids), value))
-    for matches in table.values():
-        matches.sort(key=lambda m: len(m[0]), reverse=True)
-    return table
-
-
-def _scan(
-    ids: list[int], table: dict[int, list[tuple[tuple[int, ...], Any]]]
-) -> Iterator[tuple[int, int, Any]]:
-    """(position, length, value) of each embedding name in a token list, left to right."""
-    i = 0
-    while i < len(ids):
-        hit = None
-        for name_ids, value in table.get(ids[i], ()):
-            if tuple(ids[i : i + len(name_ids)]) == name_ids:
-                hit = (i, len(name_ids), value)
-                break
-        if hit is None:
-            i += 1
-            continue
-        yield hit
-        i += hit[1]
-
-
 def prompt_pieces(*texts: str) -> list[str]:
     """The text pieces the conditioning tokenizes (emphasis parsed, LoRA tags gone)."""
     pieces: list[str] = []
@@ -165,7 +138,7 @@ def find_used(tokenizer: Any, entries: list[EmbeddingEntry], *texts: str) -> lis
     """The embeddings the texts name, in order of first use."""
     if not entries:
         return []
-    table = _lookup(
+    table = name_table(
         list(zip(_name_ids(tokenizer, [e.name for e in entries]), entries, strict=True))
     )
     pieces = [p for p in prompt_pieces(*texts) if p]
@@ -173,7 +146,7 @@ def find_used(tokenizer: Any, entries: list[EmbeddingEntry], *texts: str) -> lis
     if not pieces:
         return []
     for ids in _name_ids(tokenizer, pieces):
-        for _, _, entry in _scan(ids, table):
+        for _, _, entry in scan_names(ids, table):
             used.setdefault(entry.name, entry)
     return list(used.values())
 
@@ -199,7 +172,7 @@ class _Vocabulary:
 class _TokenizerWithEmbeddings:
     """Delegates to a CLIP tokenizer; a matched embedding name becomes its placeholder ids."""
 
-    def __init__(self, tokenizer: Any, table: dict[int, list[tuple[tuple[int, ...], Any]]]):
+    def __init__(self, tokenizer: Any, table: NameTable):
         self._tokenizer = tokenizer
         self._table = table
 
@@ -216,14 +189,20 @@ class _TokenizerWithEmbeddings:
         return out
 
     def _substitute(self, ids: list[int]) -> list[int]:
-        result: list[int] = []
-        i = 0
-        for pos, length, placeholder in _scan(ids, self._table):
-            result.extend(ids[i:pos])
-            result.extend(placeholder)
-            i = pos + length
-        result.extend(ids[i:])
-        return result
+        flat: list[int] = []
+        for item in self.grouped(ids):
+            flat.extend(item) if isinstance(item, tuple) else flat.append(item)
+        return flat
+
+    def grouped(self, ids: list[int]) -> list[int | tuple[int, ...]]:
+        """The ids with each embedding name as one tuple of its placeholder ids: what
+        ``chunk_prompt`` keeps in one chunk, as A1111 does."""
+        return substitute_names(ids, self._table)
+
+    def tokenize_grouped(self, texts: list[str]) -> list[list[int | tuple[int, ...]]]:
+        """Each text's ids, embeddings grouped (see ``grouped``), no BOS/EOS."""
+        out = self._tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
+        return [self.grouped(list(ids)) for ids in out["input_ids"]]
 
 
 class _TextEncoderWithEmbeddings:
@@ -296,8 +275,8 @@ def text_pipe_with_embeddings(
                 misfits[emb.name] = emb
                 continue
             fitting[emb.name] = emb
-            entries.append((ids, vocab.add(vec)))
-        parts[tok_attr] = _TokenizerWithEmbeddings(tokenizer, _lookup(entries))
+            entries.append((ids, tuple(vocab.add(vec))))
+        parts[tok_attr] = _TokenizerWithEmbeddings(tokenizer, name_table(entries))
         parts[te_attr] = _TextEncoderWithEmbeddings(text_encoder, vocab)
     for name, emb in misfits.items():
         fitting.pop(name, None)

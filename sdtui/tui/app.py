@@ -304,6 +304,7 @@ class SdtuiApp(App[int]):
         form.update_choices("upscaler", catalog.upscalers)
         form.update_choices("hr_upscaler", catalog.hires_upscalers)
         form.update_choices("vae", catalog.vaes)
+        self.main.query_one(PromptEditor).set_embedding_sizes(catalog.embedding_sizes)
 
     def refresh_catalog(self) -> None:
         """List the folders again (a LoRA or VAE added while the app runs)."""

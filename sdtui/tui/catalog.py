@@ -30,6 +30,8 @@ class Catalog:
     loras: list[str] = field(default_factory=list)
     embeddings: list[str] = field(default_factory=list)
     complete: bool = False  # False: only what needed no disk (before discovery ran)
+    # (name, vector count) of each embedding whose size could be read: the token counter's
+    embedding_sizes: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def placeholder(cls, models: Sequence[str] = (), upscalers: Sequence[str] = ()) -> Catalog:
@@ -48,6 +50,7 @@ def discover_catalog(settings: Settings, base: Catalog | None = None) -> Catalog
     """Everything on disk (slow: folder walks, checkpoint headers); a folder that cannot be
     read gives what ``base`` had."""
     from sdtui.extra_networks_index import (
+        embedding_vectors,
         hires_upscaler_choices,
         list_embeddings,
         list_loras,
@@ -75,6 +78,14 @@ def discover_catalog(settings: Settings, base: Catalog | None = None) -> Catalog
         vaes = vae_choices(settings.models)
     with contextlib.suppress(OSError):
         loras = [e.name for e in list_loras(settings.models)]
+    sizes: list[tuple[str, int]] = []
     with contextlib.suppress(OSError):
-        embeddings = [e.name for e in list_embeddings(settings.embeddings)]
-    return Catalog(models, upscalers, hires, vaes, loras, embeddings, complete=True)
+        entries = list_embeddings(settings.embeddings)
+        embeddings = [e.name for e in entries]
+        for e in entries:
+            n = embedding_vectors(e.path)
+            if n:
+                sizes.append((e.name, n))
+    return Catalog(
+        models, upscalers, hires, vaes, loras, embeddings, complete=True, embedding_sizes=tuple(sizes)
+    )

@@ -96,6 +96,13 @@ class PromptEditor(Vertical):
     ) -> None:
         super().__init__(id=id)
         self._initial = (prompt, negative_prompt)
+        # (name, vectors) of the embeddings on disk: each counts as its vectors, as in A1111
+        self._embedding_sizes: tuple[tuple[str, int], ...] = ()
+
+    def set_embedding_sizes(self, sizes: tuple[tuple[str, int], ...]) -> None:
+        if sizes != self._embedding_sizes:
+            self._embedding_sizes = sizes
+            self._count(*self.texts)
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="prompt-head"):
@@ -131,7 +138,8 @@ class PromptEditor(Vertical):
     @work(thread=True, exclusive=True, group="token-count")
     def _count(self, prompt: str, negative: str) -> None:
         # the tokenizer takes ~0.1 s to build the first time: never on the UI thread
-        counts = (count_tokens(prompt), count_tokens(negative))
+        sizes = self._embedding_sizes
+        counts = (count_tokens(prompt, sizes), count_tokens(negative, sizes))
         self.app.call_from_thread(self._show_counts, *counts)
 
     def _show_counts(self, *counts: object) -> None:
