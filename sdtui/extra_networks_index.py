@@ -24,12 +24,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pickle
 import struct
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sdtui.errors import UserError
@@ -37,8 +36,11 @@ from sdtui.model_index import (
     CHECKPOINTS_SUBDIR,
     VAE_SUFFIXES,
     find_vae_beside,
+    read_pickle_structure,
     read_safetensors_header,
+    read_safetensors_shapes,
     sha256_file,
+    stub_state,
 )
 
 LORA_FOLDERS: tuple[str, ...] = ("Lora", "LyCORIS")
@@ -344,74 +346,11 @@ def hashes_value(pairs: Iterable[tuple[str, str]]) -> str:
 # -- embedding sizes, without torch ----------------------------------------------------------
 
 
-class _Shape:
-    """A tensor as the pickle describes it: only its size is kept (no data is read)."""
-
-    def __init__(self, size: Any) -> None:
-        self.shape = tuple(size) if isinstance(size, (tuple, list)) else ()
-
-
-def _rebuild_tensor(storage: Any, offset: Any = 0, size: Any = (), *rest: Any) -> _Shape:
-    return _Shape(size)
-
-
-def _rebuild_parameter(data: Any, *rest: Any) -> Any:
-    return data
-
-
-class _Opaque:
-    """Any other class a pickle names: built empty, its state kept as a plain dict."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __setitem__(self, key: Any, value: Any) -> None:  # OrderedDict subclasses
-        if not isinstance(self.state, dict):
-            self.state = {}
-        self.state[key] = value
-
-
-def _reconstructor(cls: Any, base: Any = None, state: Any = None) -> Any:
-    return _Opaque()
-
-
-class _ShapeUnpickler(pickle.Unpickler):
-    """Reads a torch zip pickle's structure: tensors become their shapes, every class a plain
-    stand-in, so no code the file names ever runs."""
-
-    _KNOWN: dict[tuple[str, str], Any] = {
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("collections", "OrderedDict"): dict,
-        ("copyreg", "_reconstructor"): _reconstructor,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        return self._KNOWN.get((module, name), _Opaque)
-
-    def persistent_load(self, pid: Any) -> Any:
-        return None  # a storage: its bytes are never needed
-
-
 def _vector_count(value: Any) -> int | None:
     shape = getattr(value, "shape", None)
     if isinstance(shape, (tuple, list)):
         return int(shape[0]) if len(shape) == 2 else 1 if len(shape) == 1 else None
     return None
-
-
-def _pickled_structure(path: Path) -> Any:
-    with zipfile.ZipFile(path) as z:
-        name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-        if name is None:
-            return None
-        with z.open(name) as f:
-            return _ShapeUnpickler(f).load()
 
 
 def embedding_vectors(path: Path | str) -> int | None:
@@ -421,25 +360,22 @@ def embedding_vectors(path: Path | str) -> int | None:
     path = Path(path)
     try:
         if path.suffix.lower() == ".safetensors":
-            header = read_safetensors_header(path)
-            data: Any = {k: _Shape(v.get("shape", ())) for k, v in header.items()
-                         if k != "__metadata__" and isinstance(v, dict)}
+            data: Any = {k: SimpleNamespace(shape=v) for k, v in read_safetensors_shapes(path).items()}
         else:
-            data = _pickled_structure(path)
-    except (OSError, UserError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError,
-            KeyError, TypeError, AttributeError, IndexError, RecursionError):
+            data = read_pickle_structure(path)
+    except (OSError, UserError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
     if "string_to_param" in data:  # A1111
         params = data["string_to_param"]
-        if isinstance(params, _Opaque):  # a torch ParameterDict: its __dict__ holds them
-            state = params.state if isinstance(params.state, dict) else {}
+        state = stub_state(params)
+        if isinstance(state, dict):  # a torch ParameterDict: its attributes hold them
             params = state.get("_parameters", state)
         values = list(params.values()) if isinstance(params, dict) else []
         return _vector_count(values[0]) if len(values) == 1 else None
     for key in ("clip_l", "emb_params", "clip_g"):  # SDXL (both have one count), diffusers
         if key in data:
             return _vector_count(data[key])
-    shaped = [v for v in data.values() if isinstance(v, _Shape)]
-    return _vector_count(shaped[0]) if len(shaped) == 1 else None
+    counts = [n for n in map(_vector_count, data.values()) if n is not None]
+    return counts[0] if len(counts) == 1 else None

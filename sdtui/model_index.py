@@ -142,13 +142,14 @@ class _TensorShape:
 
 
 class _Stub:
-    """Stands in for any class a checkpoint pickle names; absorbs all construction."""
+    """Stands in for any class a checkpoint pickle names; absorbs all construction and keeps
+    only the state it is given (a torch ParameterDict's ``_parameters``, say)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        self.state: Any = None
 
     def __setstate__(self, state: Any) -> None:
-        pass
+        self.state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:
         pass
@@ -195,8 +196,14 @@ class _ShapeUnpickler(pickle.Unpickler):
         return None
 
 
-def read_ckpt_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of a zip-format ``.ckpt``/``.pt`` (torch >= 1.6), nothing run.
+def stub_state(obj: Any) -> Any:
+    """What a pickle gave a stand-in object (e.g. a ParameterDict's attributes), else None."""
+    return getattr(obj, "state", None) if isinstance(obj, _Stub) else None
+
+
+def read_pickle_structure(path: Path | str) -> Any:
+    """The object a zip-format ``.ckpt``/``.pt``/``.bin`` (torch >= 1.6) pickles, with every
+    tensor as a ``.shape``-only stand-in and every class a stub: nothing is imported or run.
 
     Raises ValueError when the file is not such a zip (old pickle-only checkpoints).
     """
@@ -213,8 +220,17 @@ def read_ckpt_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
                 obj = _ShapeUnpickler(f).load()
     except zipfile.BadZipFile:
         raise ValueError("not a zip-format torch checkpoint") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, IndexError, KeyError) as e:
         raise ValueError(f"its pickle cannot be read ({e})") from None
+    return obj
+
+
+def read_ckpt_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a zip-format ``.ckpt``/``.pt`` (torch >= 1.6), nothing run.
+
+    Raises ValueError when the file is not such a zip (old pickle-only checkpoints).
+    """
+    obj = read_pickle_structure(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
