@@ -614,9 +614,9 @@ async def test_token_counter_counts_an_embedding_as_its_vectors(tui_env: Setting
         negative.load_text("blurry, easynegative")
         want = count_tokens("blurry, ").tokens + 8
         assert want != count_tokens("blurry, easynegative").tokens
-        from textual.widgets import Label
+        from sdtui.tui.widgets.text_line import TextLine
 
-        label = app.main.query_one("#negative-tokens", Label)
+        label = app.main.query_one("#negative-tokens", TextLine)
         await wait_for(pilot, lambda: str(label.render()) == f"{want}/75", 10)
 
 
@@ -735,9 +735,9 @@ async def _steady(pilot: Any) -> None:
     pilot.app.main.query_one(GpuPane).show_snapshot(pilot.app.snapshot_gpu)
     pilot.app.main.query_one(StatusBar).update_line(state="ready", model="sdtui-demo")
     # token counts come from a worker thread: wait for them, however loaded the machine is
-    from textual.widgets import Label
+    from sdtui.tui.widgets.text_line import TextLine
 
-    labels = [pilot.app.main.query_one(f"#{n}-tokens", Label) for n in ("prompt", "negative")]
+    labels = [pilot.app.main.query_one(f"#{n}-tokens", TextLine) for n in ("prompt", "negative")]
     await wait_for(pilot, lambda: all("/75" in str(lb.render()) for lb in labels), 10)
     for area in pilot.app.main.query(PromptArea):
         area.cursor_blink = False  # a blinking cursor makes the picture depend on timing

@@ -28,6 +28,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from sdtui.tui import graphics
+from sdtui.tui.widgets.text_line import TextLine
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -202,7 +203,7 @@ class PreviewImage(Widget):
                 self._picture.display = False
                 yield self._picture
             yield Static(self.placeholder, id="preview-text", markup=False)
-        yield Static("", id="preview-caption", markup=False)
+        yield TextLine("", id="preview-caption")
 
     # -- public API
 
@@ -282,13 +283,13 @@ class PreviewImage(Widget):
     def _set_caption(self, text: str) -> None:
         self._caption = text
         if self.is_mounted:
-            self.query_one("#preview-caption", Static).update(text)
+            self.query_one("#preview-caption", TextLine).update(text)
         else:
             self.call_after_refresh(self._refresh_caption)
 
     def _refresh_caption(self) -> None:
         if self.is_mounted:
-            self.query_one("#preview-caption", Static).update(self._caption)
+            self.query_one("#preview-caption", TextLine).update(self._caption)
 
     def _set_text(self, text: str) -> None:
         if not self.is_mounted:

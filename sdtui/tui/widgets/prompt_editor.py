@@ -14,6 +14,7 @@ from textual.widgets.text_area import TextAreaTheme
 from sdtui.prompt_syntax import highlight_spans
 from sdtui.tokens import count_tokens
 from sdtui.tui.messages import PromptChanged
+from sdtui.tui.widgets.text_line import TextLine
 
 THEME_NAME = "sdtui-prompt"
 # one style per prompt_syntax span kind
@@ -87,7 +88,7 @@ class PromptEditor(Vertical):
     PromptEditor { height: auto; }
     PromptEditor .prompt-head { height: 1; }
     PromptEditor .prompt-label { width: 1fr; color: $text-muted; }
-    PromptEditor .token-count { width: auto; color: $text-muted; }
+    PromptEditor .token-count { width: 9; text-align: right; color: $text-muted; }
     PromptEditor .token-count.over { color: $warning; }
     """
 
@@ -107,11 +108,11 @@ class PromptEditor(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="prompt-head"):
             yield Label("Prompt", classes="prompt-label")
-            yield Label("", id="prompt-tokens", classes="token-count")
+            yield TextLine("", id="prompt-tokens", classes="token-count")
         yield PromptArea(self._initial[0], id="prompt")
         with Horizontal(classes="prompt-head"):
             yield Label("Negative prompt", classes="prompt-label")
-            yield Label("", id="negative-tokens", classes="token-count")
+            yield TextLine("", id="negative-tokens", classes="token-count")
         yield PromptArea(self._initial[1], id="negative")
 
     def on_mount(self) -> None:
@@ -144,6 +145,6 @@ class PromptEditor(Vertical):
 
     def _show_counts(self, *counts: object) -> None:
         for label_id, count in zip(("#prompt-tokens", "#negative-tokens"), counts, strict=True):
-            label = self.query_one(label_id, Label)
+            label = self.query_one(label_id, TextLine)
             label.update(str(count))
             label.set_class(getattr(count, "chunks", 1) > 1, "over")
