@@ -184,21 +184,20 @@ def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_mode
     job(fast, tmp_path / "long", prompt="a lighthouse on a cliff at dusk, " * 12)
     assert recompile_note(state, mark) is None, "a long prompt must not recompile"
 
-    # a new batch size compiles once, says so, and the next job reuses it
-    mark = compile_work()
+    # batch sizes were made dynamic at warm-up: batch 2 and 3 (the UNet's 4 and 6) compile nothing
     job(fast, tmp_path / "batch", batch_size=2)
+    job(fast, tmp_path / "batch3", batch_size=3)
+    assert recompile_note(state, mark) is None, "a new batch size must not recompile"
+
+    # nor does a new image size: the UNet's levels already ran the blocks at several sizes
+    job(fast, tmp_path / "wide", width=96)
+    job(fast, tmp_path / "bigger", width=128, height=96)
+    job(fast, tmp_path / "tall", width=64, height=128, batch_size=2)
+    assert recompile_note(state, mark) is None, "a new image size must not recompile"
+    # when something does compile during a job, the log says so and how long it took
+    torch.compile(torch.nn.Linear(2, 2), backend=backend)(torch.randn(1, 2))
     note = recompile_note(state, mark)
     assert note and "compiled the UNet for a new batch or image size in" in note
-    after_first = backend.graphs
-    mark = compile_work()
-    job(fast, tmp_path / "batch2", batch_size=2, seed=8)
-    assert backend.graphs == after_first and recompile_note(state, mark) is None
-
-    job(fast, tmp_path / "wide", width=96)  # may recompile once, with the size dynamic
-    after_new_size = backend.graphs
-    job(fast, tmp_path / "bigger", width=128, height=96)
-    job(fast, tmp_path / "tall", width=64, height=128)
-    assert backend.graphs == after_new_size, "sizes are dynamic after one recompile, not one per size"
 
     # interrupt: cancel after the first image of three; the finished one is kept
     from sdtui.engine.generate import JobControl
@@ -248,6 +247,49 @@ def test_the_real_inductor_compile_sees_weight_merges(demo_model):
     with torch.no_grad():
         part.weight.data.copy_(saved)
     torch.testing.assert_close(_unet_out(pipe), eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_a_second_model_reuses_the_compiled_blocks(demo_model):
+    """Regional compilation compiles per block class, not per model: loading another model
+    (or the same one again) at the same sizes compiles nothing new. (A fused-attention
+    processor class made per load broke this: dynamo guards on the processor's class.)"""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    pipes = [_fresh_pipe(demo_model), _fresh_pipe(demo_model)]
+    states = []
+    for pipe in pipes:
+        assert fuse_qkv(pipe.unet) == 4
+        state = FastPathState(mode="auto")
+        compile_blocks(pipe.unet, state, backend=backend)
+        states.append(state)
+    warm_up(pipes[0], states[0], 64, 64, lambda _: None)
+    first = backend.graphs
+    warm_up(pipes[1], states[1], 64, 64, lambda _: None)
+    assert first > 0 and backend.graphs == first
+    torch._dynamo.reset()
+
+
+def test_warm_up_out_of_memory_keeps_compiling(demo_model):
+    """Out of memory (or any error that is not the compiler's) at warm-up skips the warm-up,
+    says so, and leaves compilation on; only a compiler failure turns it off."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    pipe = _fresh_pipe(demo_model)
+    state = FastPathState(mode="auto")
+    compile_blocks(pipe.unet, state, backend=CountingBackend())
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    pipe.unet.forward = oom
+    logs: list[str] = []
+    warm_up(pipe, state, 64, 64, logs.append)
+    assert state.compiling and state.failed is None
+    assert "warm-up skipped (OutOfMemoryError at 64x64 batch 1): the first job compiles instead" in logs[0]
     torch._dynamo.reset()
 
 

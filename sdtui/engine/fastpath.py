@@ -13,6 +13,7 @@ device moves all keep working on the same storage.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 FAST_PATH_MODES = ("auto", "nocompile", "off")
 # Block classes compiled one by one; the same code runs in every instance.
 COMPILED_BLOCKS = ("BasicTransformerBlock", "ResnetBlock2D")
+# UNet batches warm-up runs (images x 2 for CFG): the second makes the batch size dynamic
+WARM_UP_BATCHES = (2, 4)
 
 
 @dataclass
@@ -110,7 +113,11 @@ class FusedPart(torch.nn.Module):
         return f"rows {self.start}..{self.start + self.rows} of to_qkv"
 
 
+@functools.cache
 def _fused_processor() -> Any:
+    """One class for the whole process: torch.compile guards on the processor's class, so a
+    class made per model load would recompile every block at each load and fill dynamo's
+    cache with dead entries until it stops compiling."""
     from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
 
     class FusedSelfAttnProcessor(FusedAttnProcessor2_0):
@@ -134,8 +141,7 @@ def fuse_qkv(model: torch.nn.Module) -> int:
     mismatched projections are left as they are."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    processor_cls = _fused_processor()
-    processor = processor_cls()
+    processor = _fused_processor()()
     count = 0
     for attn in model.modules():
         if not isinstance(attn, Attention) or attn.is_cross_attention:
@@ -231,37 +237,48 @@ def is_compile_error(e: BaseException) -> bool:
 
 
 def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Callable[[str], None]) -> None:
-    """Compile now, at load time, with one UNet call at the usual size, so the first job runs
-    at full speed; on failure fall back to eager and say why."""
+    """Compile now, at load time, so the first job runs at full speed: one UNet call at the
+    usual size as a batch-1 job makes it (2 with CFG), then one at batch 4, which makes dynamo
+    recompile with the batch dynamic, so batch 6 (A1111's workflow) never stalls on a compile.
+    A compiler failure falls back to eager and says why; anything else (out of memory at this
+    size, say) only skips the warm-up: the first job compiles instead."""
     if not state.compiling:
         return
     unet = pipe.unet
-    with torch.inference_mode():  # the jobs' tensors are inference tensors: dynamo guards on that
-        inputs = _warm_up_inputs(pipe, width, height)
     t0 = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            unet(**inputs)
-        if unet.device.type == "cuda":
-            torch.cuda.synchronize()
-    except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
-        undo_compile(state, f"torch.compile failed: {type(e).__name__}; running without it")
-        log(state.summary())
-        return
+    for batch in WARM_UP_BATCHES:
+        try:
+            with torch.inference_mode():  # jobs' tensors are inference tensors: dynamo guards on it
+                unet(**_warm_up_inputs(pipe, width, height, batch))
+            if unet.device.type == "cuda":
+                torch.cuda.synchronize()
+        except Exception as e:  # noqa: BLE001 - sorted below: compiler or not
+            if is_compile_error(e):
+                undo_compile(state, f"torch.compile failed: {type(e).__name__}; running without it")
+                log(state.summary())
+                return
+            if unet.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log(
+                f"{state.summary()}; warm-up skipped ({type(e).__name__} at {width}x{height} "
+                f"batch {batch // 2}): the first job compiles instead"
+            )
+            return
     state.compile_seconds = time.perf_counter() - t0
     log(state.summary())
 
 
-def _warm_up_inputs(pipe: Any, width: int, height: int) -> dict[str, Any]:
-    """One UNet call's arguments as a job at this size with CFG makes them (batch 2)."""
+def _warm_up_inputs(pipe: Any, width: int, height: int, batch: int) -> dict[str, Any]:
+    """One UNet call's arguments as a job at this size with CFG makes them (``batch`` is the
+    UNet's batch: twice the images)."""
     import torch._dynamo
 
     unet = pipe.unet
     scale = getattr(pipe, "vae_scale_factor", 8)
-    latents = torch.randn(2, unet.config.in_channels, height // scale, width // scale,
+    latents = torch.randn(batch, unet.config.in_channels, height // scale, width // scale,
                           device=unet.device, dtype=unet.dtype)
     ctx_dim = unet.config.cross_attention_dim
-    text = torch.randn(2, 77, ctx_dim, device=unet.device, dtype=unet.dtype)
+    text = torch.randn(batch, 77, ctx_dim, device=unet.device, dtype=unet.dtype)
     # prompts past 75 tokens make 154, 231, ... : compiled for any length from the start,
     # so crossing 75 tokens never stalls a job on a recompile
     torch._dynamo.maybe_mark_dynamic(text, 1)
@@ -270,8 +287,8 @@ def _warm_up_inputs(pipe: Any, width: int, height: int) -> dict[str, Any]:
         pooled = getattr(getattr(pipe, "text_encoder_2", None), "config", None)
         pooled_dim = getattr(pooled, "projection_dim", 1280)
         kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(2, pooled_dim, device=unet.device, dtype=unet.dtype),
-            "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * 2,
+            "text_embeds": torch.randn(batch, pooled_dim, device=unet.device, dtype=unet.dtype),
+            "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * batch,
                                      device=unet.device, dtype=unet.dtype),
         }
     return {"sample": latents, "timestep": torch.tensor(999, device=unet.device),
