@@ -104,6 +104,51 @@ def test_repeated_unet_oom_climbs_to_slicing_then_splits_the_batch_keeping_seeds
     assert after == processors, "attention slicing must be undone after the job"
 
 
+def test_the_ladder_runs_compiled_blocks_eager_while_slicing(demo_model, reference, tmp_path):
+    """With the fast path's compiled blocks, sliced attention would mean a recompile in the
+    middle of an out-of-memory recovery: the ladder runs them eager instead, and the next job
+    is back on the compiled code, without compiling anything new."""
+    import torch._dynamo
+
+    from sdtui.engine.fastpath import FastPathState, compile_blocks, fuse_qkv, warm_up
+    from sdtui.engine.faults import FaultInjector
+    from sdtui.engine.models import load_pipeline
+    from sdtui.engine.session import ModelSession
+
+    torch._dynamo.reset()
+    loaded = load_pipeline(demo_model.safetensors, device="cpu")
+    fast = ModelSession.create(loaded, "cpu")
+    fuse_qkv(fast.txt2img.unet)
+    compiled, calls = [0], [0]
+
+    def backend(gm, example_inputs):
+        compiled[0] += 1
+
+        def run_graph(*args):
+            calls[0] += 1
+            return gm.forward(*args)
+
+        return run_graph
+
+    state = FastPathState(mode="auto")
+    compile_blocks(fast.txt2img.unet, state, backend=backend)
+    warm_up(fast.txt2img, state, 64, 64, lambda _: None)
+    before = compiled[0]
+    injector = FaultInjector(None).install(fast.txt2img)
+    try:
+        injector.arm("unet_oom:3")  # climbs to sliced attention, then splits the batch
+        done, events = run(fast, GenerationParams(**TINY, seed=500, batch_size=2), tmp_path / "oom")
+    finally:
+        injector.remove()
+    assert any("attention in slices" in t for t in logs(events))
+    assert compiled[0] == before, "the recovery compiled code"
+    assert_same_images(done.paths, reference)
+    calls[0] = 0
+    run(fast, GenerationParams(**TINY, seed=500, batch_size=2), tmp_path / "next")
+    assert calls[0] > 0 and compiled[0] == before, "the next job must run the compiled blocks"
+    torch._dynamo.reset()
+
+
 def test_vae_oom_decodes_in_tiles_and_tiling_is_undone(session, faults, reference, tmp_path):
     faults.arm("vae_oom:2")
     done, events = run(session, GenerationParams(**TINY, seed=500, batch_size=2), tmp_path)

@@ -186,7 +186,8 @@ class StepReporter:
                 msg.Preview(self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height)
             )
             self.preview_s += time.perf_counter() - t0
-        self.last = time.perf_counter()  # preview time is not sampling time
+        # no reset of self.last here: a preview copies the latents to the CPU, which waits for
+        # the GPU's queued work, so the wait belongs to the steps; start-to-start is wall time
         return kwargs
 
 

@@ -345,6 +345,7 @@ class MemoryLadder:
             self.log("still out of memory: decoding the VAE in tiles", "warning")
         elif rung == "slicing":
             self._processors = dict(self.pipe.unet.attn_processors)
+            _compiled_code(False)  # a new processor would mean a recompile, mid-recovery
             self.pipe.unet.set_attention_slice("auto")
             self.log(
                 "still out of memory: computing attention in slices (slower, less memory)",
@@ -359,6 +360,7 @@ class MemoryLadder:
                 "warning",
             )
         elif rung == "offload":
+            _compiled_code(False)
             self.pipe.enable_model_cpu_offload(device=self.device)
             self.log(
                 "still out of memory: moving idle model parts to the CPU (model offload)", "warning"
@@ -392,6 +394,8 @@ class MemoryLadder:
             self.pipe.unet.set_attn_processor(self._processors)
         if "offload" in self.applied:
             unplace_pipeline(self.pipe, "low", self.device)
+        if "slicing" in self.applied or "offload" in self.applied:
+            _compiled_code(True)
         if self.applied:
             used = ", ".join(RUNG_WORDS[r] for r in self.applied)
             self.log(f"memory settings back to normal after the job (it needed {used})", "info")
@@ -399,6 +403,16 @@ class MemoryLadder:
             free_caches()  # the offloaded copies on the CPU side are garbage now
         self.applied.clear()
         self._processors = None
+
+
+def _compiled_code(on: bool) -> None:
+    """Off: torch.compile'd blocks (the CUDA fast path) run eager until turned back on. The
+    ladder's sliced attention is a new code path, so compiled blocks would recompile for it,
+    tens of seconds on a GPU inside an out-of-memory recovery, and inductor's memory plan
+    may not shrink as slicing means it to. A no-op where nothing is compiled."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is not None:
+        set_stance("default" if on else "force_eager")
 
 
 def _first_line(e: BaseException) -> str:
