@@ -288,7 +288,6 @@ class Engine:
         self.faults.remove()
         if self.device == "cuda":
             session.txt2img.to("cpu")  # the VRAM goes back to the next model
-        session.extra["placement"] = self.placement
         self.parked[str(session.path)] = session
         self.session = None
         free_caches()
@@ -296,12 +295,22 @@ class Engine:
         self._log(f"kept {session.name} in RAM for a quick switch back")
 
     def _unpark(self, name: str, session: Any) -> Any:
+        from sdtui.engine import memory
+
         t0 = time.perf_counter()
         self._park_or_unload()
-        self._status("loading", f"loading {name} from RAM")
         if self.device == "cuda":
-            session.txt2img.to("cuda")
-        self.placement = session.extra.get("placement", "normal")
+            mode, _ = memory.choose_mode(
+                self.memory_mode, self.device,
+                free_vram=memory.free_vram(self.device), weights=memory.weights_bytes(session.txt2img),
+            )
+            if mode == "lowest":  # sequential offload wants a freshly built model (see set_memory_mode)
+                session.close()
+                return self._load(name, session.path)
+        self._status("loading", f"loading {name} from RAM")
+        # placed as the memory mode says now (it may have changed while the model was parked);
+        # a move that runs out of VRAM falls back to model offload, never half-moved weights
+        self.placement, _ = self._place(session.txt2img)
         self.session = session
         if self.faults:
             self.faults.install(session.loaded.pipe)
