@@ -75,6 +75,7 @@ def main() -> int:
             print(out.stdout[-2000:], out.stderr[-4000:], sep="\n")
             return 1
         runs.append(json.loads(lines[-1]))
+        print(f"{('cold', 'warm')[len(runs) - 1]} start: {lines[-1]}", flush=True)  # kept if cut short
     cold, warm = runs
     if cold["failed"] or not cold["compile"] or not warm["compile"]:
         print(f"compiling failed: {cold['failed'] or warm['failed']}")

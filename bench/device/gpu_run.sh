@@ -17,11 +17,11 @@ export PYTHONPATH=/tmp/site
 { nvidia-smi; python3 -c 'import torch, diffusers, transformers; print(torch.__version__, torch.version.cuda, diffusers.__version__, transformers.__version__)'; } 2>&1 | tee "$OUT/env.txt"
 start=$SECONDS
 timeout 330 python3 bench/gpu_speed.py 2>&1 | tee "$OUT/gpu_speed.log" | grep -v "it/s]"
-left=$(( 530 - (SECONDS - start) ))
-if [ "$left" -gt 150 ]; then
-  timeout 120 python3 bench/compile_cache.py --cuda 2>&1 | tee "$OUT/compile_cache.log"
+left=$(( 540 - (SECONDS - start) ))
+if [ "$left" -gt 100 ]; then
+  timeout $(( left > 200 ? 200 : left )) python3 bench/compile_cache.py --cuda 2>&1 | tee "$OUT/compile_cache.log"
 fi
-left=$(( 530 - (SECONDS - start) ))
+left=$(( 540 - (SECONDS - start) ))
 if [ "$left" -gt 60 ]; then
   timeout "$left" python3 bench/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log" | grep -v "it/s]"
 else

@@ -178,8 +178,9 @@ def compile_blocks(model: torch.nn.Module, state: FastPathState, backend: Any = 
     if backend == "inductor":
         import torch._inductor.config as inductor
 
-        # 1x1 convolutions (resnet shortcuts, SD1 proj_in/out) are matmuls in channels_last;
-        # as matmuls inductor fuses what surrounds them (PyTorch's "Diffusion, Fast" setting).
+        # 1x1 convolutions (the resnet blocks' channel-changing shortcuts; proj_in/out sit in
+        # Transformer2DModel, outside the compiled regions) are matmuls in channels_last; as
+        # matmuls inductor fuses what surrounds them (PyTorch's "Diffusion, Fast" setting).
         # Not taken: max-autotune and coordinate-descent tuning, which multiply compile time.
         inductor.conv_1x1_as_mm = True
     for sub in model.modules():
