@@ -6,7 +6,9 @@ Ampere and newer cards (same tensor-core rate).
 Cases: SD1.5 architecture 512x512 batch 1 and batch 6, SDXL architecture 1024x1024 batch 1,
 30 steps, random fp16 weights built on the GPU from the bundled configs (nothing is fetched).
 Prints it/s, seconds per image, compile time, peak VRAM, and appends the table to
-bench/RESULTS.md (and $OUT/gpu_speed.md when $OUT is set). Runs in under 6 minutes on an H100.
+bench/RESULTS.md (and $OUT/gpu_speed_fp16.md when $OUT is set). Aimed at under 6 minutes on an H100
+(not yet measured there). `--dtype bf16` for the dtype the app picks on Ampere and newer;
+`SDTUI_CHANNELS_LAST=0` to measure the fast path without channels_last.
 
     python bench/gpu_speed.py            # on a CUDA machine
     python bench/gpu_speed.py --smoke    # CPU check of the script itself, demo model, tiny sizes
@@ -142,6 +144,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU, demo model, tiny sizes: checks the script")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-sdxl", action="store_true")
+    ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16",
+                    help="fp16 is the issue's comparison; bf16 is what the app picks on Ampere and newer")
     args = ap.parse_args()
 
     import torch
@@ -152,7 +156,9 @@ def main() -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --smoke to check the script on the CPU")
         return 2
-    dtype = torch.float32 if args.smoke else torch.float16
+    dtype = torch.float32 if args.smoke else {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype_name = "fp32" if args.smoke else args.dtype
+    raw_label = f"raw diffusers SDPA {dtype_name}"
     steps = 3 if args.smoke else args.steps
     if args.smoke:
         cases = [("SD1", "sdtui-demo", 64, 1), ("SD1", "sdtui-demo", 64, 2)]
@@ -187,7 +193,7 @@ def main() -> int:
             run_raw(pipe, size, batch, 2, out)  # warm-up
             peak_reset()
             t, r = run_raw(pipe, size, batch, steps, out)
-            found[case] = [(label[case], "raw diffusers SDPA fp16", r, t / batch, "-", peak())]
+            found[case] = [(label[case], raw_label, r, t / batch, "-", peak())]
             run_sdtui(session, size, batch, 2, out, family)
             peak_reset()
             t, r, _ = run_sdtui(session, size, batch, steps, out, family)
@@ -217,10 +223,10 @@ def main() -> int:
         for case in mine:
             rows.extend(found[case])
             print(*found[case], sep="\n", flush=True)
-        table(rows, summaries, card, steps, args.smoke)  # what is measured so far, to $OUT
+        table(rows, summaries, card, steps, args.smoke, dtype_name)  # measured so far, to $OUT
         del pipe, session, state
 
-    text = table(rows, summaries, card, steps, args.smoke)
+    text = table(rows, summaries, card, steps, args.smoke, dtype_name)
     print(text)
     if not args.smoke:  # RESULTS.md holds real GPU runs only
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
@@ -228,8 +234,8 @@ def main() -> int:
     return 0
 
 
-def table(rows: list, summaries: list[str], card: str, steps: int, smoke: bool) -> str:
-    """The markdown table of the rows so far; also written to $OUT/gpu_speed.md, so a run cut
+def table(rows: list, summaries: list[str], card: str, steps: int, smoke: bool, dtype: str) -> str:
+    """The markdown table of the rows so far; also written to $OUT/gpu_speed_DTYPE.md, so a run cut
     short by its time limit still brings back what it measured."""
     import diffusers
     import torch
@@ -244,7 +250,7 @@ def table(rows: list, summaries: list[str], card: str, steps: int, smoke: bool) 
     lines = [
         f"\n## GPU speed — {dt.datetime.now():%Y-%m-%d %H:%M} — {card}{' (SMOKE, CPU)' if smoke else ''}\n",
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}, "
-        f"{steps} steps, Euler a, random fp16 weights, sdtui with the TUI's live previews (every step, "
+        f"{steps} steps, Euler a, random {dtype} weights, sdtui with the TUI's live previews (every step, "
         f"at most 4/s); compile times from an empty cache. GPU pane after the run: {pane}\n",
         "Fast path as applied: " + "; ".join(summaries) + ".\n",
         "| case | path | it/s | s / image | compile | peak VRAM |",
@@ -253,11 +259,11 @@ def table(rows: list, summaries: list[str], card: str, steps: int, smoke: bool) 
     base = {}
     for label, path, r, spi, comp, pk in rows:
         base.setdefault(label, r)
-        ratio = f" ({r / base[label]:.2f}x)" if path != "raw diffusers SDPA fp16" else ""
+        ratio = f" ({r / base[label]:.2f}x)" if not path.startswith("raw diffusers") else ""
         lines.append(f"| {label} | {path} | {r:.2f}{ratio} | {spi:.3f} | {comp} | {pk} |")
     text = "\n".join(lines) + "\n"
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_speed.md").write_text(text)
+        Path(os.environ["OUT"], f"gpu_speed_{dtype}.md").write_text(text)
     return text
 
 

@@ -131,6 +131,15 @@ def test_the_cuda_fast_path_fuses_qkv_and_says_so(demo_model):
     assert "channels_last" in state.applied and not state.compiling
 
 
+def test_channels_last_can_be_left_out(demo_model, monkeypatch):
+    monkeypatch.setenv("SDTUI_CHANNELS_LAST", "0")
+    pipe = _fresh_pipe(demo_model)
+    state = apply_fast_path(pipe, "cuda", "nocompile", lambda _: None)
+    assert "channels_last" not in state.applied and "fused QKV in 4 attention layers" in state.summary()
+    conv = pipe.unet.conv_in.weight
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+
+
 # -- compiled blocks in real jobs -------------------------------------------------------------
 
 TINY = dict(prompt="a lighthouse", width=64, height=64, steps=3, seed=7, preview_every=1)

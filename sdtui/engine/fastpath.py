@@ -63,9 +63,10 @@ def apply_fast_path(pipe: Any, device: str, mode: str, log: Callable[[str], None
     torch.backends.cudnn.allow_tf32 = True
     state.applied.append(f"{str(pipe.unet.dtype).removeprefix('torch.')} weights")
     state.applied.append("SDPA attention")
-    for part in (pipe.unet, pipe.vae):
-        part.to(memory_format=torch.channels_last)
-    state.applied.append("channels_last")
+    if os.environ.get("SDTUI_CHANNELS_LAST", "1") != "0":  # 0: to measure it against its absence
+        for part in (pipe.unet, pipe.vae):
+            part.to(memory_format=torch.channels_last)
+        state.applied.append("channels_last")
     fused = fuse_qkv(pipe.unet)
     if fused:
         state.applied.append(f"fused QKV in {fused} attention layers")
