@@ -229,12 +229,19 @@ def prompt_chunks(
         parsed = [(text, 1.0)]
     bos, eos, comma = _specials()
     ids: list[list[Any]] = [list(x) for x in tokenize([t for t, _ in parsed])]
-    usable = [(name, n) for name, n in embeddings if n > 0]
-    if usable:
-        names = tokenize([name for name, _ in usable])
-        table = name_table((name_ids, (0,) * n) for name_ids, (_, n) in zip(names, usable, strict=True))
+    table = _embedding_table(tuple(embeddings))
+    if table:
         ids = [substitute_names(x, table) for x in ids]
     return chunk_prompt(parsed, ids, id_start=bos, id_end=eos, comma_token=comma)
+
+
+@lru_cache(maxsize=4)
+def _embedding_table(embeddings: tuple[tuple[str, int], ...]) -> NameTable:
+    """The names of the embeddings on disk, tokenized once (not on every keystroke), each
+    standing for as many slots as it has vectors."""
+    usable = [(name, n) for name, n in embeddings if n > 0]
+    names = tokenize([name for name, _ in usable])
+    return name_table((name_ids, (0,) * n) for name_ids, (_, n) in zip(names, usable, strict=True))
 
 
 @lru_cache(maxsize=512)

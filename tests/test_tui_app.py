@@ -323,6 +323,10 @@ async def test_generate_saves_the_form_and_submits(tui_env: Settings) -> None:
         await pilot.pause()
     [params] = host.pending.values()
     assert params.prompt == "a cat" and params.width == 64
+    # previews no faster than the screen redraws them: each one waits for the GPU
+    from sdtui.tui.app import PREVIEW_INTERVAL
+
+    assert params.preview_interval == PREVIEW_INTERVAL > 0
     saved = load_form_state()
     assert saved is not None and saved.params.prompt == "a cat"
 

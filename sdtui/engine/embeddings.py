@@ -170,7 +170,9 @@ class _Vocabulary:
 
 
 class _TokenizerWithEmbeddings:
-    """Delegates to a CLIP tokenizer; a matched embedding name becomes its placeholder ids."""
+    """Delegates to a CLIP tokenizer's attributes; ``tokenize_grouped`` turns each matched
+    embedding name into one tuple of its placeholder ids. Deliberately not callable: a caller
+    that tokenized through it the plain way would silently lose the embeddings."""
 
     def __init__(self, tokenizer: Any, table: NameTable):
         self._tokenizer = tokenizer
@@ -179,30 +181,11 @@ class _TokenizerWithEmbeddings:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tokenizer, name)
 
-    def __call__(self, text: Any, *args: Any, **kwargs: Any) -> Any:
-        out = self._tokenizer(text, *args, **kwargs)
-        ids = out["input_ids"]
-        if ids and isinstance(ids[0], int):
-            out["input_ids"] = self._substitute(list(ids))
-        else:
-            out["input_ids"] = [self._substitute(list(x)) for x in ids]
-        return out
-
-    def _substitute(self, ids: list[int]) -> list[int]:
-        flat: list[int] = []
-        for item in self.grouped(ids):
-            flat.extend(item) if isinstance(item, tuple) else flat.append(item)
-        return flat
-
-    def grouped(self, ids: list[int]) -> list[int | tuple[int, ...]]:
-        """The ids with each embedding name as one tuple of its placeholder ids: what
-        ``chunk_prompt`` keeps in one chunk, as A1111 does."""
-        return substitute_names(ids, self._table)
-
     def tokenize_grouped(self, texts: list[str]) -> list[list[int | tuple[int, ...]]]:
-        """Each text's ids, embeddings grouped (see ``grouped``), no BOS/EOS."""
+        """Each text's ids without BOS/EOS, an embedding as one tuple: what ``chunk_prompt``
+        keeps in one chunk, as A1111 does."""
         out = self._tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
-        return [self.grouped(list(ids)) for ids in out["input_ids"]]
+        return [substitute_names(list(ids), self._table) for ids in out["input_ids"]]
 
 
 class _TextEncoderWithEmbeddings:

@@ -5,10 +5,10 @@ fallback to eager when compilation fails.
 
 Fused QKV is our own, not diffusers' ``fuse_qkv_projections``: that keeps to_q/to_k/to_v beside
 the new to_qkv/to_kv (a second copy of those weights: 1.3 GB on SDXL in fp16, 0.11 GB on SD1.5)
-and reads only the fused ones, so a LoRA merged into to_q would silently do nothing. Only
-self-attention is fused: cross-attention's K/V read the 77-token text, a negligible cost. Here to_q/to_k/to_v become row views of the
-one fused weight (:class:`FusedPart`): LoRA merges, the memory ladder's sliced attention and
-device moves all keep working on the same storage.
+and reads only the fused ones, so a LoRA merged into to_q would silently do nothing. Here
+to_q/to_k/to_v become row views of the one fused weight (:class:`FusedPart`): LoRA merges, the
+memory ladder's sliced attention and device moves all keep working on the same storage. Only
+self-attention is fused: cross-attention's K/V read the 77-token text, a negligible cost.
 """
 
 from __future__ import annotations
