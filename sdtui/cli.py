@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtui import __version__
-from sdtui.config import FAST_PATHS, GRAPHICS, MEMORY_MODES, Settings, load_settings
+from sdtui.config import FAST_PATHS, GRAPHICS, MEMORY_MODES, Settings, load_settings, valid_device
 from sdtui.errors import UserError
 from sdtui.params import RESIZE_MODES, GenerationParams, ParamError, UpscaleParams, parse_size
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
@@ -23,15 +23,34 @@ from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-def _folder_flags(p: argparse.ArgumentParser) -> None:
+def _device(text: str) -> str:
+    if not valid_device(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cuda, cuda:N or cpu")
+    return text
+
+
+def _devices(text: str) -> tuple[str, ...]:
+    items = tuple(d.strip() for d in text.split(",") if d.strip())
+    for d in items:
+        if d == "auto" or not valid_device(d):
+            raise argparse.ArgumentTypeError(f"{d!r} is not a device: list cpu, cuda or cuda:N")
+    return items
+
+
+def _folder_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """The flags every command takes. Given before the subcommand or after it, both count:
+    a subcommand's copy has no default of its own, so it never hides the first."""
+    d: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     g = p.add_argument_group("folders and device")
-    g.add_argument("--a1111-dir", type=Path, help="an existing A1111 install: use its models/, embeddings/, outputs/")
-    g.add_argument("--models-dir", type=Path, help="the models/ folder (holds Stable-diffusion/, Lora/, VAE/, ESRGAN/)")
-    g.add_argument("--outputs-dir", type=Path, help="where images are written (A1111 layout)")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where to run (default: CUDA when present)")
-    g.add_argument("--memory-mode", choices=MEMORY_MODES, help="auto, normal, low (model offload), lowest (sequential offload)")
-    g.add_argument("--fast-path", choices=FAST_PATHS, help="CUDA: auto (channels_last + torch.compile), nocompile, off")
-    g.add_argument("--config", type=Path, help="settings file (default: the platform's config folder)")
+    g.add_argument("--a1111-dir", type=Path, help="an existing A1111 install: use its models/, embeddings/, outputs/", **d)
+    g.add_argument("--models-dir", type=Path, help="the models/ folder (holds Stable-diffusion/, Lora/, VAE/, ESRGAN/)", **d)
+    g.add_argument("--outputs-dir", type=Path, help="where images are written (A1111 layout)", **d)
+    g.add_argument("--device", type=_device, help="where to run: auto (default: every GPU, else the CPU), cuda, cuda:N, cpu", **d)
+    g.add_argument("--devices", type=_devices, help="the daemon's workers, one per device: e.g. cuda:0,cuda:1", **d)
+    g.add_argument("--memory-mode", choices=MEMORY_MODES, help="auto, normal, low (model offload), lowest (sequential offload)", **d)
+    g.add_argument("--fast-path", choices=FAST_PATHS, help="CUDA: auto (channels_last + torch.compile), nocompile, off", **d)
+    g.add_argument("--config", type=Path, help="settings file (default: the platform's config folder)", **d)
+    g.add_argument("--no-daemon", action="store_true", help="a private engine that ends with this command, instead of the shared daemon", **d)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="use the built-in tiny demo model (its images are noise)")
     parser.add_argument("--model", help="checkpoint to start with: a name from `sdtui models` or a path")
     parser.add_argument("--graphics", choices=GRAPHICS, help="image protocol; auto probes the terminal, none shows paths only")
-    _folder_flags(parser)
+    _folder_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("attach", help="the TUI, attached to the engine daemon (the same as plain `sdtui`)")
+    _folder_flags(a)
+
+    dm = sub.add_parser("daemon", help="the engine daemon: start, stop, status", description=(
+        "One engine daemon per user and machine keeps the model loaded and runs the queue; "
+        "the TUI and the CLI attach to it (and start it when none runs)."))
+    dsub = dm.add_subparsers(dest="daemon_command", metavar="ACTION", required=True)
+    ds = dsub.add_parser("start", help="start the daemon (if none runs)")
+    ds.add_argument("--foreground", action="store_true", help="run in this process (for a systemd unit)")
+    _folder_flags(ds)
+    dst = dsub.add_parser("stop", help="stop the daemon; asks first when jobs are queued or running")
+    dst.add_argument("--now", action="store_true", help="cancel queued and running jobs without asking (saved images are kept)")
+    _folder_flags(dst)
+    dss = dsub.add_parser("status", help="pid, devices, model, queue, uptime, socket")
+    dss.add_argument("--json", action="store_true")
+    _folder_flags(dss)
+
+    q = sub.add_parser("queue", help="the daemon's jobs: id, state, submitted by, progress")
+    q.add_argument("--json", action="store_true")
+    qsub = q.add_subparsers(dest="queue_command", metavar="ACTION")
+    qc = qsub.add_parser("cancel", help="cancel a queued job, or interrupt a running one (saved images are kept)")
+    qc.add_argument("job_id", type=int)
+    _folder_flags(q)
 
     g = sub.add_parser("generate", help="txt2img / img2img without the UI", description="Generate images headless.")
     g.add_argument("prompt")
@@ -73,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vae", default="Automatic", help="a VAE from models/VAE, or Automatic")
     g.add_argument("--preview-every", type=int, default=0, help="send a live preview every N steps (0 = off)")
     g.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
+    g.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
     _folder_flags(g)
-    g.add_argument("--demo", action="store_true", help="use the built-in tiny demo model")
-    g.add_argument("--model", help="a name from `sdtui models`, or a path")
+    g.add_argument("--demo", action="store_true", help="use the built-in tiny demo model", default=argparse.SUPPRESS)
+    g.add_argument("--model", help="a name from `sdtui models`, or a path", default=argparse.SUPPRESS)
 
     m = sub.add_parser("models", help="list checkpoints: name, family, size, hash")
     m.add_argument("--json", action="store_true")
@@ -85,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show the generation parameters stored in an image (ours or A1111's)")
     i.add_argument("image", type=Path)
     i.add_argument("--json", action="store_true")
+    _folder_flags(i)
 
     u = sub.add_parser("upscale", help="Extras: upscale an image or a folder of images")
     u.add_argument("image", type=Path)
@@ -95,10 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--visibility", type=float, default=0.0, help="upscaler 2 visibility, 0 to 1")
     u.add_argument("--tile", type=int, default=192, help="tile size in pixels (0 = no tiling)")
     u.add_argument("--json", action="store_true")
+    u.add_argument("--detach", action="store_true", help="queue the job, print its id and return")
     _folder_flags(u)
 
     gp = sub.add_parser("gpu", help="print the GPU table (like nvidia-smi) once")
     gp.add_argument("--json", action="store_true")
+    _folder_flags(gp)
     return parser
 
 
@@ -109,6 +156,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         models_dir=getattr(args, "models_dir", None),
         outputs_dir=getattr(args, "outputs_dir", None),
         device=getattr(args, "device", None),
+        devices=getattr(args, "devices", None),
         memory_mode=getattr(args, "memory_mode", None),
         fast_path=getattr(args, "fast_path", None),
         graphics=getattr(args, "graphics", None),
@@ -119,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command is None:
+        if args.command in (None, "attach"):
             from sdtui.tui.launch import run_tui
 
             return run_tui(args, settings_from(args))
@@ -129,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             "info": cmd_info,
             "upscale": cmd_upscale,
             "gpu": cmd_gpu,
+            "daemon": cmd_daemon,
+            "queue": cmd_queue,
         }[args.command]
         return handler(args)
     except ParamError as e:
@@ -212,10 +262,38 @@ def _check_outputs(settings: Settings) -> None:
         ) from None
 
 
+def engine_client(args: argparse.Namespace, settings: Settings, who: str) -> Any:
+    """A client attached to the user's engine daemon (started when none runs), or with
+    --no-daemon to a private one that ends with this command."""
+    from sdtui.ipc.client import DaemonClient
+    from sdtui.ipc.paths import DaemonPaths
+
+    if getattr(args, "no_daemon", False):
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="sdtui-private-"))
+        paths = DaemonPaths(folder, folder / "queue.sqlite3")
+        client = DaemonClient(settings, paths=paths, who=who, private=True)
+    else:
+        client = DaemonClient(settings, who=who)
+    # a job names its model: the daemon loads it for the job, nothing to preload
+    return client.attach(start=True, no_preload=True)
+
+
+def release(client: Any) -> None:
+    """Detach; a private engine ends with its client, and its folder goes with it."""
+    client.detach()
+    if client.private:
+        import shutil
+
+        from sdtui.ipc.client import wait_gone
+
+        wait_gone(client.daemon.pid if client.daemon else None, 30)
+        shutil.rmtree(client.paths.folder, ignore_errors=True)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from sdtui.engine import protocol as msg
-    from sdtui.engine.host import EngineHost
-    from sdtui.engine.worker import EngineOptions
+    from sdtui.ipc import protocol as msg
 
     params = params_from(args)
     _check_init_image(params.init_image)
@@ -227,42 +305,75 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"For real images put a checkpoint in {settings.checkpoints} or pass --a1111-dir.",
             file=sys.stderr,
         )
-    host = EngineHost(settings, EngineOptions(demo=args.demo, preload=False))
-    host.start()
+    if args.detach and getattr(args, "no_daemon", False):
+        raise ParamError("detach", "--detach needs the daemon: leave out --no-daemon")
+    client = engine_client(args, settings, "sdtui generate")
+    try:
+        job_id = client.submit(params)
+    except BaseException:
+        release(client)
+        raise
+    if args.detach:
+        release(client)
+        print(job_id)
+        return EXIT_OK
+    _say_queued(client, job_id)
+    note = daemon_note(client)
     bar = ProgressBar(enabled=not args.json and sys.stderr.isatty() or os.environ.get("SDTUI_FORCE_PROGRESS") == "1")
-    job_id = host.submit(params)
-    final = follow_job(host, job_id, args.json, bar)
-    if isinstance(final, msg.JobFailed):
-        return EXIT_FAILED
-    if final.cancelled:
-        return EXIT_CANCELLED
-    if not args.json:
+    final = follow_job(client, job_id, args.json, bar)
+    if not isinstance(final, msg.JobFailed) and not args.json:
         n = len(final.paths)
         print(f"sdtui: {n} image{'s' if n != 1 else ''} in {final.seconds:.1f} s", file=sys.stderr)
-    return EXIT_OK
+    if note and not args.json:
+        print(note, file=sys.stderr)
+    if isinstance(final, msg.JobFailed):
+        return EXIT_FAILED
+    return EXIT_CANCELLED if final.cancelled else EXIT_OK
 
 
-def follow_job(host: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any:
+def _say_queued(client: Any, job_id: int) -> None:
+    ahead = [j for j in client.pending if j < job_id]
+    if ahead:
+        print(
+            f"sdtui: queued as job #{job_id}, behind {len(ahead)} job{'s' if len(ahead) != 1 else ''} "
+            "(ctrl+c cancels it; `sdtui queue` lists them)",
+            file=sys.stderr,
+        )
+
+
+def follow_job(client: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any:
     """Print a job's events until it ends (paths on stdout, the rest on stderr, or JSON
-    lines); ctrl+c cancels it, keeping what is saved. Stops the engine; returns the last event."""
-    from sdtui.engine import protocol as msg
+    lines); ctrl+c cancels it, keeping what is saved. Detaches; returns the last event.
+    Other clients' jobs share the daemon: their events are not this command's."""
+    from sdtui.ipc import protocol as msg
 
     final: Any = None
     cancelled_by_user = False
     try:
         while final is None:
             try:
-                for e in host.poll(timeout=0.2):
+                for e in client.poll(timeout=0.2):
+                    job = getattr(e, "job_id", None)
+                    if job is not None and job != job_id:
+                        continue
+                    if job is None and not isinstance(e, msg.EngineStatus | msg.DaemonStopping):
+                        # a model load, a warning of the engine: ours unless another job runs
+                        if client.running - {job_id} or not isinstance(e, msg.Log):
+                            continue
                     if as_json:
                         print(json.dumps(event_json(e)), flush=True)
                     if isinstance(e, msg.Progress):
                         bar.update(e)
                         continue
                     bar.clear()
-                    if isinstance(e, msg.JobDone | msg.JobFailed) and e.job_id == job_id:
+                    if isinstance(e, msg.JobDone | msg.JobFailed):
                         final = e
-                    elif isinstance(e, msg.EngineStatus) and e.state == "crashed":
-                        final = msg.JobFailed(job_id, e.detail)
+                    elif isinstance(e, msg.EngineStatus) and e.state in ("crashed", "stopped") and not client.connected:
+                        final = msg.JobFailed(
+                            job_id,
+                            f"{e.detail.split(';')[0]}: job #{job_id} stays in the queue on disk, "
+                            "and `sdtui daemon start` (or any sdtui command) resumes it",
+                        )
                     elif as_json:
                         continue
                     elif isinstance(e, msg.ImageSaved):
@@ -275,10 +386,10 @@ def follow_job(host: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any:
                 cancelled_by_user = True
                 bar.clear()
                 print("sdtui: cancelling: images already saved are kept", file=sys.stderr)
-                host.cancel(job_id)
+                client.cancel(job_id)
     finally:
         bar.clear()
-        host.stop()
+        release(client)
     if isinstance(final, msg.JobFailed):
         print(f"sdtui: {final.message}", file=sys.stderr)
         if os.environ.get("SDTUI_DEBUG"):
@@ -286,17 +397,39 @@ def follow_job(host: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any:
     return final
 
 
+def daemon_note(client: Any) -> str | None:
+    """Said once, by the command that started the daemon: it stays, and why."""
+    if not client.started_daemon or client.private:
+        return None
+    idle = client.settings.daemon_idle_minutes
+    return (
+        f"sdtui: the engine daemon (pid {client.pid}) keeps the model loaded for the next job"
+        + (f"; it stops after {idle:g} min without one" if idle else "")
+        + " (`sdtui daemon stop` ends it now)"
+    )
+
+
 def event_json(e: Any) -> dict[str, Any]:
     import dataclasses
 
-    d = {"event": type(e).__name__}
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return len(v)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    d: dict[str, Any] = {"event": type(e).__name__}
     for f in dataclasses.fields(e):
         v = getattr(e, f.name)
         if isinstance(v, bytes):
-            v = len(v)  # previews: just the size
-            d[f.name + "_bytes"] = v
+            d[f.name + "_bytes"] = len(v)  # previews: just the size
             continue
-        d[f.name] = v
+        d[f.name] = plain(v)
     return d
 
 
@@ -432,9 +565,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from sdtui.engine import protocol as msg
-    from sdtui.engine.host import EngineHost
-    from sdtui.engine.worker import EngineOptions
+    from sdtui.ipc import protocol as msg
 
     tw = th = None
     if args.to:
@@ -453,17 +584,22 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         raise UserError(f"{args.image} does not exist: give an image file or a folder of images")
     settings = settings_from(args)
     _check_outputs(settings)
-    host = EngineHost(settings, EngineOptions(preload=False))
-    host.start()
+    client = engine_client(args, settings, "sdtui upscale")
     try:
-        job_id = host.submit_upscale(params)
+        job_id = client.submit_upscale(params)
     except BaseException:
-        host.stop()
+        release(client)
         raise
-    final = follow_job(host, job_id, args.json, ProgressBar(enabled=False))
-    if isinstance(final, msg.JobFailed):
-        return EXIT_FAILED
-    return EXIT_OK
+    if args.detach:
+        release(client)
+        print(job_id)
+        return EXIT_OK
+    _say_queued(client, job_id)
+    note = daemon_note(client)
+    final = follow_job(client, job_id, args.json, ProgressBar(enabled=False))
+    if note and not args.json:
+        print(note, file=sys.stderr)
+    return EXIT_FAILED if isinstance(final, msg.JobFailed) else EXIT_OK
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
@@ -476,6 +612,221 @@ def cmd_gpu(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(snap), indent=2, default=str))
     else:
         print(format_gpu_table(snap))
+    return EXIT_OK
+
+
+# -- the daemon and its queue -------------------------------------------------------------------
+
+EXIT_NOT_RUNNING = 3  # `sdtui daemon status` when none runs (as `systemctl status`)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from sdtui.ipc.client import DaemonClient, DaemonNotRunning
+
+    settings = settings_from(args)
+    client = DaemonClient(settings, who="sdtui daemon")
+    action = args.daemon_command
+    if action == "start":
+        if args.foreground:
+            return _daemon_foreground(args, settings)
+        try:
+            client.attach(start=False)
+            print(f"sdtui: the engine daemon is already running (pid {client.pid}, {client.paths.address})")
+            client.detach()
+            return EXIT_OK
+        except DaemonNotRunning:
+            pass
+        client.attach(start=True, demo=bool(args.demo), preload=args.model)
+        print(f"sdtui: engine daemon started (pid {client.pid}, {client.paths.address})")
+        client.detach()
+        return EXIT_OK
+    try:
+        client.attach(start=False)
+    except DaemonNotRunning:
+        if action == "status":
+            return _status_not_running(client, args.json)
+        print("sdtui: no engine daemon is running")
+        return EXIT_OK
+    state = client.query()
+    if action == "status":
+        client.detach()
+        if args.json:
+            print(json.dumps(event_json(state), indent=2))
+        else:
+            print(format_daemon_state(state))
+        return EXIT_OK
+    # stop
+    active = list(state.jobs)
+    cancel = bool(args.now)
+    if active and not cancel:
+        what = describe_active(active)
+        if not sys.stdin.isatty():
+            client.detach()
+            print(
+                f"sdtui: {what}: `sdtui daemon stop --now` cancels them (saved images are kept), "
+                "or wait for them (`sdtui queue`)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        answer = input(f"{what}. Stop the daemon and cancel them? Saved images are kept. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            client.detach()
+            print("sdtui: the daemon keeps running", file=sys.stderr)
+            return EXIT_FAILED
+        cancel = True
+    pid = client.pid
+    gone = client.stop_daemon(cancel_jobs=cancel)
+    print(f"sdtui: engine daemon (pid {pid}) stopped" if gone else f"sdtui: the engine daemon (pid {pid}) is still stopping")
+    return EXIT_OK if gone else EXIT_FAILED
+
+
+def _daemon_foreground(args: argparse.Namespace, settings: Settings) -> int:
+    from sdtui.ipc.daemon import Daemon, DaemonOptions
+    from sdtui.ipc.paths import DaemonPaths
+
+    options = DaemonOptions(
+        idle_minutes=settings.daemon_idle_minutes, preload_model=args.model, demo=bool(args.demo)
+    )
+    code = Daemon(settings, DaemonPaths.default(), options).serve(
+        lambda text: print(f"sdtui: {text}", file=sys.stderr) if text != "ok" else None
+    )
+    return code
+
+
+def describe_active(jobs: Any) -> str:
+    running = [j for j in jobs if j.state == "running"]
+    queued = [j for j in jobs if j.state != "running"]
+    parts = []
+    if running:
+        parts.append(", ".join(f"#{j.job_id} running ({j.images_done}/{j.images_total} images)" for j in running))
+    if queued:
+        parts.append(f"{len(queued)} queued")
+    n = len(running) + len(queued)
+    return f"{n} job{'s are' if n != 1 else ' is'} queued or running: " + "; ".join(parts)
+
+
+def _status_not_running(client: Any, as_json: bool) -> int:
+    waiting = _stored_jobs(client.paths.queue)
+    if as_json:
+        print(json.dumps({"running": False, "address": client.paths.address, "queue": str(client.paths.queue),
+                          "waiting": [event_json(j) for j in waiting]}, indent=2))
+    else:
+        print(f"sdtui: no engine daemon is running ({client.paths.address})")
+        if waiting:
+            print(f"{len(waiting)} job{'s wait' if len(waiting) != 1 else ' waits'} in {client.paths.queue}: "
+                  "`sdtui daemon start` runs them")
+    return EXIT_NOT_RUNNING
+
+
+def _stored_jobs(queue_path: Path) -> list[Any]:
+    """The queue as the file says, when no daemon runs (starts nothing, writes nothing)."""
+    from sdtui.ipc import protocol as msg
+    from sdtui.jobstore import JobStore, StoreError
+
+    try:
+        store = JobStore.open(queue_path, create=False)
+    except (FileNotFoundError, StoreError):
+        return []
+    try:
+        return [
+            msg.JobInfo(j.id, j.kind, j.state, j.summary, j.images_total, j.submitted_by,
+                        j.submitted_at, j.attempts, len([i for i in store.images(j.id) if i >= 0]))
+            for j in store.active_jobs()
+        ]
+    finally:
+        store.close()
+
+
+def format_daemon_state(state: Any) -> str:
+    from sdtui.units import format_uptime
+
+    lines = [
+        f"engine daemon: pid {state.pid}, sdtui {state.version}, up {format_uptime(time.time() - state.started_at)}",
+        f"socket:  {state.address}",
+        f"queue:   {state.queue_path}",
+        f"idle:    stops after {state.idle_minutes:g} min without clients or jobs"
+        if state.idle_minutes else "idle:    never stops by itself",
+    ]
+    for w in state.workers:
+        job = f", job #{w.job_id}" if w.job_id is not None else ""
+        lines.append(f"worker {w.index}: {w.device} pid {w.pid or '-'} {w.state}, model {w.model or '-'}{job}")
+    lines.append(f"clients: {', '.join(state.clients) if state.clients else 'none'}")
+    lines.append(describe_active(state.jobs) if state.jobs else "jobs:    none queued or running")
+    return "\n".join(lines)
+
+
+def format_jobs(jobs: Any, recent: Any = ()) -> str:
+    rows = [["ID", "STATE", "PROGRESS", "SUBMITTED BY", "JOB"]]
+    for j in [*jobs, *recent]:
+        if j.state == "running":
+            progress = f"{j.images_done}/{j.images_total} images"
+            if j.steps:
+                progress += f", step {j.step}/{j.steps}"
+        elif j.state == "queued":
+            progress = "waiting" + (f" ({j.images_done}/{j.images_total} done)" if j.images_done else "")
+        else:
+            progress = f"{j.images_done}/{j.images_total} images"
+        rows.append([f"#{j.job_id}", j.state, progress, j.submitted_by, j.summary])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows
+    )
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from sdtui.ipc.client import DaemonClient, DaemonNotRunning
+
+    client = DaemonClient(settings_from(args), who="sdtui queue")
+    try:
+        client.attach(start=False)
+    except DaemonNotRunning:
+        client.detach()
+        return _queue_without_daemon(client, args)
+    try:
+        if args.queue_command == "cancel":
+            state = client.query()
+            known = {j.job_id: j for j in state.jobs}
+            if args.job_id not in known:
+                raise UserError(f"job #{args.job_id} is not queued or running: `sdtui queue` lists the jobs")
+            client.cancel(args.job_id)
+            what = "interrupting" if known[args.job_id].state == "running" else "removed from the queue:"
+            print(f"sdtui: {what} job #{args.job_id} (saved images are kept)")
+            return EXIT_OK
+        state = client.query()
+    finally:
+        client.detach()
+    if args.json:
+        print(json.dumps({"jobs": [event_json(j) for j in state.jobs],
+                          "recent": [event_json(j) for j in state.recent]}, indent=2))
+    elif not state.jobs and not state.recent:
+        print("sdtui: the queue is empty")
+    else:
+        print(format_jobs(state.jobs, state.recent))
+    return EXIT_OK
+
+
+def _queue_without_daemon(client: Any, args: argparse.Namespace) -> int:
+    from sdtui.jobstore import JobStore, StoreError
+
+    jobs = _stored_jobs(client.paths.queue)
+    if args.queue_command == "cancel":
+        if args.job_id not in {j.job_id for j in jobs}:
+            raise UserError(f"job #{args.job_id} is not queued: `sdtui queue` lists the jobs")
+        try:
+            store = JobStore.open(client.paths.queue, create=False)
+            store.finish(args.job_id, "cancelled")
+            store.close()
+        except (FileNotFoundError, StoreError) as e:
+            raise UserError(f"job #{args.job_id} could not be cancelled: {e}") from None
+        print(f"sdtui: removed job #{args.job_id} from the queue")
+        return EXIT_OK
+    if args.json:
+        print(json.dumps({"jobs": [event_json(j) for j in jobs], "recent": [], "daemon": None}, indent=2))
+    elif jobs:
+        print(format_jobs(jobs))
+        print("no engine daemon is running: `sdtui daemon start` runs these jobs")
+    else:
+        print("sdtui: the queue is empty (no engine daemon is running)")
     return EXIT_OK
 
 

@@ -8,7 +8,9 @@ SDTUI_MEMORY_MODE), command-line flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 APP = "sdtui"
-DEVICES = ("auto", "cuda", "cpu")
+DEVICES = ("auto", "cuda", "cpu")  # and cuda:N, one card of several
+_CUDA_N = re.compile(r"^cuda:\d{1,2}$")
+DEFAULT_IDLE_MINUTES = 30.0
+
+
+def valid_device(name: str) -> bool:
+    return name in DEVICES or bool(_CUDA_N.match(name))
 MEMORY_MODES = ("auto", "normal", "low", "lowest")
 GRAPHICS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 FAST_PATHS = ("auto", "nocompile", "off")
@@ -68,6 +76,10 @@ class Settings:
     # CUDA only: auto = channels_last + torch.compile of the UNet blocks; nocompile; off
     fast_path: str = "auto"
     preview_every: int = 1
+    # the engine daemon: one worker per device (default: every visible GPU, else the CPU)
+    devices: tuple[str, ...] = ()
+    # it exits after this many minutes with no client attached and no job (0 = never)
+    daemon_idle_minutes: float = DEFAULT_IDLE_MINUTES
 
     # -- resolved folders -------------------------------------------------------------------
 
@@ -103,8 +115,20 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def check(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"device {self.device!r} is unknown: use one of {', '.join(DEVICES)}")
+        if not valid_device(self.device):
+            raise UserError(
+                f"device {self.device!r} is unknown: use one of {', '.join(DEVICES)} or cuda:N"
+            )
+        for d in self.devices:
+            if d == "auto" or not valid_device(d):
+                raise UserError(
+                    f"device {d!r} in devices is unknown: list cpu, cuda or cuda:N entries"
+                )
+        idle = self.daemon_idle_minutes
+        if not isinstance(idle, int | float) or not math.isfinite(idle) or idle < 0:
+            raise UserError(
+                f"daemon_idle_minutes {idle!r} is not a number of minutes: use 0 (never) or more"
+            )
         if self.memory_mode not in MEMORY_MODES:
             raise UserError(
                 f"memory mode {self.memory_mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}"
@@ -135,6 +159,8 @@ _ENV = {
     "SDTUI_MEMORY_MODE": "memory_mode",
     "SDTUI_GRAPHICS": "graphics",
     "SDTUI_FAST_PATH": "fast_path",
+    "SDTUI_DEVICES": "devices",
+    "SDTUI_DAEMON_IDLE_MINUTES": "daemon_idle_minutes",
 }
 
 
@@ -150,6 +176,18 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
             out[key] = Path(str(value)).expanduser() if value else None
         elif key == "preview_every":
             out[key] = int(value)
+        elif key == "devices":
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(d, str) for d in items):
+                raise UserError(f"devices in {source} must be a list like [\"cuda:0\", \"cuda:1\"]")
+            out[key] = tuple(d.strip() for d in items if d.strip())
+        elif key == "daemon_idle_minutes":
+            try:
+                out[key] = float(value)
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"daemon_idle_minutes in {source} is {value!r}, not a number of minutes"
+                ) from None
         else:
             out[key] = str(value) if value is not None else None
     return out
@@ -183,9 +221,28 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
         v = getattr(settings, f.name)
         if v is None or v == f.default:
             continue
+        if isinstance(v, tuple):
+            v = list(v)
         data[f.name] = str(v) if isinstance(v, Path) else v
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """Plain JSON values (paths as strings), e.g. for the daemon's command line."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        v = getattr(settings, f.name)
+        if v is None:
+            continue
+        out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def settings_from_dict(values: dict[str, Any], source: str) -> Settings:
+    settings = Settings(**_coerce(values, source))
+    settings.check()
+    return settings

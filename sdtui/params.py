@@ -80,6 +80,18 @@ class GenerationParams:
     def replace(self, **changes: Any) -> GenerationParams:
         return dataclasses.replace(self, **changes)
 
+    def with_seeds(self) -> GenerationParams:
+        """Random seeds (-1) drawn once, so every image's infotext names a real seed and a
+        job that restarts makes the same images."""
+        import random
+
+        changes: dict[str, int] = {}
+        if self.seed == -1:
+            changes["seed"] = random.randrange(0, MAX_SEED)
+        if self.subseed == -1 and self.subseed_strength > 0:
+            changes["subseed"] = random.randrange(0, MAX_SEED)
+        return self.replace(**changes) if changes else self
+
     # -- validation -------------------------------------------------------------------------
 
     def field_errors(self) -> dict[str, str]:

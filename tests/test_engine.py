@@ -1,12 +1,10 @@
-"""The generation engine on the demo model: seeds, samplers, img2img, infotext, and the
-engine process (cancel, skip, crash + restart, a dead UI)."""
+"""The generation engine on the demo model: seeds, samplers, img2img, infotext, resuming a
+stopped job, and the engine worker behind the daemon (cancel, skip, a queued job removed,
+switching back to a model). The daemon itself: test_daemon.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,8 +14,8 @@ from engine_helpers import demo_session, run_job
 from PIL import Image
 
 from sdtui.config import Settings
-from sdtui.engine import protocol as msg
 from sdtui.infotext import params_from_image, parse_infotext, read_infotext
+from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
 from sdtui.samplers import SAMPLER_NAMES
 
@@ -217,7 +215,35 @@ def test_cancel_from_the_step_callback_keeps_finished_images(session, tmp_path):
     assert not list(tmp_path.glob("txt2img-grids/*/*.png"))
 
 
-# -- the engine process -------------------------------------------------------------------
+# -- resuming a job that was stopped (the daemon died, a worker crashed) ----------------------
+
+
+def test_a_restarted_job_makes_only_the_missing_images_with_their_seeds(session, tmp_path):
+    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.outputs import OutputLayout
+
+    params = GenerationParams(**TINY, seed=40, batch_size=2, batch_count=2)
+    full, _ = run(session, params, tmp_path / "full")
+    # the first run saved image 0 and image 2 before it stopped
+    done = {0: full.paths[0], 2: full.paths[2]}
+    events: list = []
+    ctx = JobContext(1, events.append, JobControl(), OutputLayout(tmp_path / "resumed"), "sdtui-demo", None, "SD1", done=done)
+    resumed = run_generation(session.loaded, session, params, ctx)
+    made = [e for e in events if isinstance(e, msg.ImageSaved) and not e.is_grid]
+    assert [(e.index, e.seed) for e in made] == [(1, 41), (3, 43)]
+    for e in made:  # the same pictures an unbroken run made
+        assert np.abs(pixels(e.path) - pixels(full.paths[e.index])).max() <= 2
+    assert list(resumed.paths) == [full.paths[0], made[0].path, full.paths[2], made[1].path]
+    [grid] = [e for e in events if isinstance(e, msg.ImageSaved) and e.is_grid]
+    assert Image.open(grid.path).size == (128, 128)  # all four, the earlier ones read back
+    again: list = []
+    ctx = JobContext(2, again.append, JobControl(), OutputLayout(tmp_path / "again"), "sdtui-demo", None, "SD1",
+                     done={**done, 1: made[0].path, 3: made[1].path, -1: grid.path})
+    run_generation(session.loaded, session, params, ctx)
+    assert not [e for e in again if isinstance(e, msg.ImageSaved)], "nothing is made twice, grid included"
+
+
+# -- the engine worker behind the daemon -------------------------------------------------------
 
 
 @pytest.fixture
@@ -226,14 +252,8 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
-def host(settings, demo_model):
-    from sdtui.engine.host import EngineHost
-    from sdtui.engine.worker import EngineOptions
-
-    h = EngineHost(settings, EngineOptions(demo=True, preload=True))
-    h.start()
-    yield h
-    h.stop()
+def host(settings, attach):
+    return attach(settings)
 
 
 def _until(host, predicate, timeout=120.0):
@@ -250,7 +270,7 @@ def _until(host, predicate, timeout=120.0):
 def test_engine_process_cancel_keeps_images_and_skip_drops_a_batch(host):
     job = host.submit(GenerationParams(**{**TINY, "steps": 40}, seed=1, batch_count=4))
     _until(host, lambda e: isinstance(e, msg.ImageSaved) and e.job_id == job)
-    host.cancel()
+    host.cancel(job)
     done, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == job)
     assert done.cancelled and 1 <= len(done.paths) < 4
     assert all(Path(p).exists() for p in done.paths)
@@ -271,62 +291,6 @@ def test_a_queued_job_can_be_removed(host):
     assert removed.cancelled and removed.paths == ()
     done, _ = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == first)
     assert len(done.paths) == 2
-
-
-def test_engine_crash_is_reported_and_restart_keeps_the_queue(host):
-    _until(host, lambda e: isinstance(e, msg.ModelLoaded))
-    a = host.submit(GenerationParams(**{**TINY, "steps": 60}, seed=1))
-    b = host.submit(GenerationParams(**TINY, seed=2))
-    _until(host, lambda e: isinstance(e, msg.Progress) and e.job_id == a)
-    old_pid = host.pid
-    host.kill()
-    crash, _ = _until(host, lambda e: isinstance(e, msg.EngineStatus) and e.state == "crashed")
-    assert "restart" in crash.detail and set(host.pending) == {a, b}
-    assert host.restart() == [a, b]
-    assert host.pid != old_pid
-    done_b, seen = _until(host, lambda e: isinstance(e, msg.JobDone) and e.job_id == b, timeout=180)
-    assert len(done_b.paths) == 1 and Path(done_b.paths[0]).exists()
-    assert any(isinstance(e, msg.JobDone) and e.job_id == a for e in seen)
-
-
-def test_engine_finishes_the_running_job_when_the_ui_dies(tmp_path, demo_model):
-    """A closed terminal kills the UI; the engine saves the running job and exits."""
-    out = tmp_path / "outputs"
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        from pathlib import Path
-        from sdtui.config import Settings
-        from sdtui.engine.host import EngineHost
-        from sdtui.engine.worker import EngineOptions
-        from sdtui.engine import protocol as msg
-        from sdtui.params import GenerationParams
-
-        if __name__ == "__main__":
-            host = EngineHost(Settings(models_dir=Path({str(tmp_path / 'models')!r}),
-                                       outputs_dir=Path({str(out)!r})), EngineOptions(demo=True))
-            host.start()
-            host.submit(GenerationParams(prompt="cat", width=64, height=64, steps=60, seed=77,
-                                         preview_every=0))
-            while True:
-                if any(isinstance(e, msg.Progress) for e in host.poll(timeout=0.2)):
-                    break
-            print(host.pid, flush=True)
-            os.kill(os.getpid(), signal.SIGHUP)  # what a closing terminal sends
-        """
-    )
-    (tmp_path / "ui.py").write_text(script)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "ui.py")], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode != 0  # the UI died of SIGHUP
-    engine_pid = int(proc.stdout.split()[0])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _alive(engine_pid):
-        time.sleep(0.2)
-    assert not _alive(engine_pid), "the engine must exit after saving"
-    saved = list(out.glob("txt2img-images/*/*-77.png"))
-    assert len(saved) == 1 and read_infotext(saved[0]) is not None
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,6 @@ import torch
 from engine_helpers import demo_session, run_job
 from PIL import Image
 
-from sdtui.engine import protocol as msg
 from sdtui.engine.fastpath import (
     FastPathState,
     FusedPart,
@@ -29,6 +28,7 @@ from sdtui.engine.fastpath import (
     undo_compile,
     warm_up,
 )
+from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
 
 

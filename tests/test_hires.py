@@ -11,9 +11,9 @@ from engine_helpers import demo_session, run_job
 from PIL import Image
 
 from sdtui.config import Settings
-from sdtui.engine import protocol as msg
 from sdtui.errors import UserError
 from sdtui.infotext import parse_infotext, read_infotext
+from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
 
 BASE = dict(width=64, height=64, steps=3, seed=77, preview_every=0, prompt="a red barn")

@@ -1,6 +1,8 @@
-"""The wall between the UI and the engine, proved (the Harlequin habit): the UI process never
-imports torch and friends, and the engine never imports textual. Each check runs in a fresh
-interpreter, so nothing imported by another test can hide a leak."""
+"""The walls between the processes, proved (the Harlequin habit): the UI process and the
+daemon never import torch and friends, and the engine and the daemon never import textual.
+Each run-time check runs in a fresh interpreter, so nothing imported by another test can hide
+a leak; the static contract (import-linter, pyproject.toml) also sees imports inside
+functions."""
 
 from __future__ import annotations
 
@@ -23,10 +25,16 @@ UI_MODULES = (
     "sdtui.tui.screens.error_detail",
     "sdtui.cli",
 )
+DAEMON_MODULES = (  # the daemon process and every client's view of it: neither torch nor textual
+    "sdtui.ipc.daemon",
+    "sdtui.ipc.client",
+    "sdtui.ipc.protocol",
+    "sdtui.ipc.paths",
+    "sdtui.ipc.worker_entry",
+    "sdtui.jobstore",
+)
 ENGINE_MODULES = (
-    "sdtui.engine.host",
     "sdtui.engine.worker",
-    "sdtui.engine.protocol",
     "sdtui.engine.generate",
     "sdtui.engine.upscale",
     "sdtui.engine.models",
@@ -74,3 +82,19 @@ def test_app_start_path_never_imports_torch() -> None:
 @pytest.mark.parametrize("module", ENGINE_MODULES)
 def test_engine_never_imports_textual(module: str) -> None:
     assert _imports(module, UI) == []
+
+
+@pytest.mark.parametrize("module", DAEMON_MODULES)
+def test_the_daemon_imports_neither_torch_nor_textual(module: str) -> None:
+    assert _imports(module, HEAVY + UI) == []
+
+
+def test_the_static_import_contract_holds() -> None:
+    """import-linter's contracts in pyproject.toml: engine/ alone imports torch."""
+    from pathlib import Path
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([str(lint)], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout

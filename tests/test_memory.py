@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sdtui.config import Settings
-from sdtui.engine import protocol as msg
+from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
 
 TINY = dict(width=64, height=64, steps=3, prompt="a black house cat", preview_every=0)
@@ -386,25 +386,19 @@ def test_the_engine_sets_its_defaults_and_keeps_the_users(monkeypatch, tmp_path)
         assert got == expected
 
 
-def test_engine_process_survives_an_oom(tmp_path, demo_model):
-    from sdtui.engine.host import EngineHost
-    from sdtui.engine.worker import EngineOptions
-
+def test_engine_process_survives_an_oom(tmp_path, attach):
     settings = Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs")
-    host = EngineHost(settings, EngineOptions(demo=True, fault_injection="unet_oom:2,vae_oom:1"))
-    host.start()
-    try:
-        first = host.submit(GenerationParams(**TINY, seed=3))
-        second = host.submit(GenerationParams(**TINY, seed=4))
-        pid = host.pid
-        done, seen = host.wait_job(first, timeout=120)
-        assert isinstance(done, msg.JobDone) and Path(done.paths[0]).exists()
-        text = [e.text for e in seen if isinstance(e, msg.Log)]
-        assert any("attention in slices" in t for t in text), text
-        assert any("out of memory while decoding" in t for t in text), text
-        again, _ = host.wait_job(second, timeout=60)
-        assert isinstance(again, msg.JobDone) and host.pid == pid and host.is_alive()
-    finally:
-        t0 = time.monotonic()
-        host.stop()
-        assert time.monotonic() - t0 < 15
+    host = attach(settings, faults="unet_oom:2,vae_oom:1")
+    first = host.submit(GenerationParams(**TINY, seed=3))
+    second = host.submit(GenerationParams(**TINY, seed=4))
+    done, seen = host.wait_job(first, timeout=120)
+    assert isinstance(done, msg.JobDone) and Path(done.paths[0]).exists()
+    text = [e.text for e in seen if isinstance(e, msg.Log)]
+    assert any("attention in slices" in t for t in text), text
+    assert any("out of memory while decoding" in t for t in text), text
+    workers = host.worker_pids
+    again, _ = host.wait_job(second, timeout=60)
+    assert isinstance(again, msg.JobDone) and host.worker_pids == workers, "the same worker ran on"
+    t0 = time.monotonic()
+    assert host.stop_daemon()
+    assert time.monotonic() - t0 < 15

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from sdtui.config import Settings
-from sdtui.engine import protocol as msg
 from sdtui.infotext import parse_infotext, read_infotext
+from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
 from sdtui.tui import graphics
 from sdtui.tui.app import SdtuiApp
@@ -95,7 +95,7 @@ async def type_prompt(pilot: Any, text: str) -> None:
 
 
 class FakeHost:
-    """An idle engine with EngineHost's shape: records what the app submits."""
+    """An idle engine with DaemonClient's shape: records what the app submits."""
 
     def __init__(self, state: str = "ready") -> None:
         self.pending: dict[int, Any] = {}
@@ -154,14 +154,10 @@ def fake_app(settings: Settings, **kwargs: Any) -> SdtuiApp:
 
 
 @pytest.fixture
-def engine(tui_env: Settings, demo_model: Any) -> Any:
-    from sdtui.engine.host import EngineHost
-    from sdtui.engine.worker import EngineOptions
-
-    host = EngineHost(tui_env, EngineOptions(demo=True, preload=True))
-    host.start()  # before the app runs, as launch.run_tui does
-    yield host
-    host.stop(timeout=5)
+def engine(tui_env: Settings, attach: Any) -> Any:
+    """A real engine daemon on the demo model, attached before the app runs (as launch.run_tui
+    does); stopped after the test."""
+    return attach(tui_env, who="tui")
 
 
 # -- the whole workflow on the demo model ---------------------------------------------------
@@ -261,25 +257,87 @@ async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
 
 @pytest.mark.slow
 @run_async
-async def test_engine_crash_restart_keeps_the_queue(engine: Any, tui_env: Settings) -> None:
+async def test_daemon_killed_f12_starts_a_new_one_and_the_queue_resumes(
+    engine: Any, tui_env: Settings
+) -> None:
+    import os
+    import signal
+
     app = SdtuiApp(
         engine, tui_env, form_state=FormState(params=TINY), gpu_interval=None, remember_form=False
     )
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.engine_state in ("ready", "loading"), 60)
-        engine.kill()
+        await wait_for(pilot, lambda: "attached to the engine daemon" in log_text(app), 30)
+        await type_prompt(pilot, "before the crash")
+        app.set_form_field("steps", "12")
+        app.set_form_field("batch_count", "3")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "saved " in log_text(app), 90)
+        old_pid = engine.pid
+        os.kill(old_pid, signal.SIGKILL)  # the OOM killer, say
         await wait_for(pilot, lambda: app.engine_state == "crashed", 10)
         assert app.main.query_one(StatusBar).line.state == "crashed"
-        assert "press F12 to restart" in log_text(app)
-        await type_prompt(pilot, "after the crash")
-        await pilot.press("ctrl+g")  # queued while the engine is down
+        assert "press F12" in log_text(app) and "the queue is kept on disk" in log_text(app)
+        await pilot.press("ctrl+g")  # no daemon to take it: said, and the form is kept
         await pilot.pause()
-        assert len(engine.pending) == 1
+        assert "not generated: the engine daemon is not running" in log_text(app)
         await pilot.press("f12")
+        await wait_for(pilot, lambda: "engine daemon started (pid" in log_text(app), 60)
+        assert engine.pid != old_pid
         await wait_for(pilot, lambda: done_jobs(app) == 1, 120)
-        [image] = pngs(tui_env.outputs / "txt2img-images")
-        assert parse_infotext(read_infotext(image) or "").prompt == "after the crash"
-        assert "resubmitted" in log_text(app)
+        # the job resumed at its next image: each seed once, none made twice
+        images = pngs(tui_env.outputs / "txt2img-images")
+        assert sorted(p.name.split("-", 1)[1] for p in images) == ["1234.png", "1235.png", "1236.png"]
+        assert parse_infotext(read_infotext(images[0]) or "").prompt == "before the crash"
+
+
+@pytest.mark.slow
+@run_async
+async def test_a_cli_job_shows_in_the_tui_queue_with_who_queued_it(
+    engine: Any, tui_env: Settings, daemon_paths: Any, tmp_path: Path
+) -> None:
+    """A second shell runs `sdtui generate --detach` against the daemon this app is attached
+    to: the job shows in the app's queue and log with its submitter, and its images in the
+    grid, as the app's own would."""
+    import os
+    import subprocess
+    import sys
+
+    app = SdtuiApp(
+        engine, tui_env, form_state=FormState(params=TINY), gpu_interval=None, remember_form=False
+    )
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: "attached to the engine daemon" in log_text(app), 30)
+        # the app's own long job keeps the CLI's waiting in the queue
+        app.set_form_field("steps", "300")
+        app.set_form_field("batch_count", "20")
+        await type_prompt(pilot, "the app's job")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "started" in log_text(app), 60)
+        env = {
+            **os.environ,
+            "SDTUI_RUNTIME_DIR": str(daemon_paths.folder),
+            "SDTUI_STATE_DIR": str(daemon_paths.queue.parent),
+            "SDTUI_HOME": str(tmp_path / "cli-home"),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "sdtui", "generate", "--demo", "from another shell", "--steps", "2",
+             "--size", "64x64", "--seed", "77", "--detach"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        cli_job = int(proc.stdout)
+        queue = app.main.query_one(QueueView)
+        await wait_for(pilot, lambda: cli_job in [e.job_id for e in queue.entries], 20)
+        assert f"job #{cli_job} queued by sdtui generate (pid" in log_text(app)
+        entry = app.job_summary(cli_job)
+        assert '"from another shell"' in entry and "sdtui generate (pid" in entry
+        await pilot.press("escape")  # interrupt the app's job: the CLI's runs next
+        await wait_for(pilot, lambda: f"job #{cli_job} started" in log_text(app), 60)
+        assert "from another shell\" (queued by sdtui generate (pid" in log_text(app)
+        await wait_for(pilot, lambda: f"job #{cli_job} done" in log_text(app), 60)
+        [image] = [p for p in pngs(tui_env.outputs / "txt2img-images") if p.name.endswith("-77.png")]
+        assert app.selected_path == str(image)
 
 
 # -- the form, remembered ---------------------------------------------------------------------

@@ -463,7 +463,7 @@ def test_upscale_job_saves_like_a1111_extras(src_png: Path, tmp_path: Path) -> N
     """The engine worker's entry: outputs/extras-images, source parameters kept."""
     import types
 
-    from sdtui.engine import protocol as msg
+    from sdtui.ipc import protocol as msg
 
     settings = types.SimpleNamespace(outputs=tmp_path / "outputs", models=tmp_path / "models")
     events: list[object] = []

@@ -3,7 +3,6 @@ progress and previews, decode, save with infotext, grid."""
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -15,13 +14,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdtui.engine import preview as preview_mod
-from sdtui.engine import protocol as msg
 from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.samplers import make_scheduler
 from sdtui.errors import UserError
 from sdtui.infotext import format_infotext
+from sdtui.ipc import protocol as msg
 from sdtui.outputs import OutputLayout
-from sdtui.params import MAX_SEED, GenerationParams
+from sdtui.params import GenerationParams
 
 
 class JobCancelled(Exception):
@@ -51,19 +50,12 @@ class JobContext:
     family: str = "SD1"
     memory_mode: str = "normal"  # the engine's placement: the ladder climbs from here
     vae_fp32: bool = False  # set after a NaN decode: the rest of the job decodes in fp32
+    settings: Any = None  # the submitter's folders (LoRAs, VAEs, upscalers); None: the engine's
+    # images a restarted job saved before (index -> path): they are not made again
+    done: dict[int, str] = field(default_factory=dict)
 
     def log(self, text: str, level: str = "info") -> None:
         self.emit(msg.Log(level, text, self.job_id))
-
-
-def resolve_seeds(params: GenerationParams) -> GenerationParams:
-    """Draw the random seeds (-1) once, so every image's infotext names a real seed."""
-    changes: dict[str, int] = {}
-    if params.seed == -1:
-        changes["seed"] = random.randrange(0, MAX_SEED)
-    if params.subseed == -1 and params.subseed_strength > 0:
-        changes["subseed"] = random.randrange(0, MAX_SEED)
-    return params.replace(**changes) if changes else params
 
 
 def load_init_image(path: str, width: int, height: int, resize_mode: str) -> Image.Image:
@@ -242,7 +234,7 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     Raises JobCancelled only after the images done so far are saved.
     """
     t_start = time.perf_counter()
-    p = resolve_seeds(params.validated())
+    p = params.validated().with_seeds()
     img2img = p.init_image is not None
     pipe = pipes.img2img if img2img else pipes.txt2img
     scheduler, warnings = make_scheduler(pipes.scheduler_config, p.sampler, p.schedule_type)
@@ -283,28 +275,35 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
             return latents
 
         device = pipes.device
-        saved: list[str] = []
-        images_all: list[Image.Image] = []
-        seeds_all: list[int] = []
+        # a restarted job: what it saved before counts, and only the rest is made
+        earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
+        saved: dict[int, str] = dict(earlier)
+        made: dict[int, Image.Image] = {}
         cancelled = False
         preview_s = 0.0
         for b in range(p.batch_count):
-            seeds = [p.seed + b * p.batch_size + i for i in range(p.batch_size)]
-            subseeds = [p.subseed + b * p.batch_size + i for i in range(p.batch_size)]
+            # image i of the job has seed + i; those saved before a restart are skipped
+            indices = [b * p.batch_size + i for i in range(p.batch_size)]
+            indices = [i for i in indices if i not in earlier]
+            if not indices:
+                continue
+            n = len(indices)
+            seeds = [p.seed + i for i in indices]
+            subseeds = [p.subseed + i for i in indices]
             # one generator per image: image i of a job is reproducible alone with seed+i
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             reporter = StepReporter(ctx, p, b, steps_per_batch)
             call: dict[str, Any] = dict(
                 num_inference_steps=p.steps,
                 guidance_scale=p.cfg_scale,
-                num_images_per_prompt=p.batch_size,
+                num_images_per_prompt=n,
                 output_type="latent",
                 callback_on_step_end=reporter,
                 callback_on_step_end_tensor_inputs=["latents"],
                 **cond,
             )
             if img2img:
-                call.update(image=[init] * p.batch_size, strength=p.denoising_strength, generator=generators)
+                call.update(image=[init] * n, strength=p.denoising_strength, generator=generators)
             else:
                 shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
                 noise = [
@@ -331,8 +330,8 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
             finally:
                 preview_s += reporter.preview_s
             images = ladder.decode(latents, lambda lat: decode_latents(pipe, lat, ctx))
-            for i, image in enumerate(images):
-                seed = seeds[i]
+            for k, image in enumerate(images):
+                index, seed = indices[k], seeds[k]
                 info = format_infotext(
                     p.prompt,
                     p.negative_prompt,
@@ -340,32 +339,48 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
                         seed=seed,
                         model_name=ctx.model_name,
                         model_hash=ctx.model_hash,
-                        subseed=subseeds[i] if p.subseed_strength > 0 else None,
+                        subseed=subseeds[k] if p.subseed_strength > 0 else None,
                         extra={**pipes.extra_infotext(p), **job_extra},
                     ),
                 )
                 path = ctx.layout.save_image(image, kind, seed, info)
-                saved.append(str(path))
-                images_all.append(image)
-                seeds_all.append(seed)
-                ctx.emit(msg.ImageSaved(ctx.job_id, len(saved) - 1, str(path), seed, info))
+                saved[index] = str(path)
+                made[index] = image
+                ctx.emit(msg.ImageSaved(ctx.job_id, index, str(path), seed, info))
             if ctx.control.cancel.is_set():
                 cancelled = True
                 break
-        if len(images_all) > 1 and not cancelled:
+        grid_images = _grid_images(saved, made)
+        if len(grid_images) > 1 and not cancelled and -1 not in ctx.done:
             info = format_infotext(
                 p.prompt,
                 p.negative_prompt,
                 p.infotext_pairs(seed=p.seed, model_name=ctx.model_name, model_hash=ctx.model_hash),
             )
-            grid = ctx.layout.save_grid(images_all, kind, info)
+            grid = ctx.layout.save_grid(grid_images, kind, info)
             ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
     seconds = time.perf_counter() - t_start
     return msg.JobDone(
         ctx.job_id,
-        tuple(saved),
+        tuple(saved[i] for i in sorted(saved)),
         round(seconds, 3),
         cancelled=cancelled,
         stats={"preview_s": round(preview_s, 4)},
     )
 
+
+
+def _grid_images(saved: dict[int, str], made: dict[int, Image.Image]) -> list[Image.Image]:
+    """The job's images in index order for its grid: made now, or read back from disk when a
+    restart made them before (one deleted since is left out)."""
+    images: list[Image.Image] = []
+    for index in sorted(saved):
+        image = made.get(index)
+        if image is None:
+            try:
+                with Image.open(saved[index]) as im:
+                    image = im.convert("RGB")
+            except (OSError, UnidentifiedImageError):
+                continue
+        images.append(image)
+    return images

@@ -28,7 +28,7 @@ from __future__ import annotations
 import gc
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -601,12 +601,15 @@ def upscale_folder(
     device: str | torch.device = "cpu",
     log: Log = print,
     files: Iterable[Path] | None = None,
+    skip: Collection[int] = (),
+    on_file: Callable[[int, Path], None] | None = None,
 ) -> FolderReport:
     """Upscale every image in ``folder`` (default: ``params.image``), one after another.
 
     A file that fails (not an image, unreadable, ...) is logged and listed in the report, and
     the rest go on. Problems that would fail every file (unknown upscaler, bad settings, a
-    folder that does not exist) raise a UserError before any work.
+    folder that does not exist) raise a UserError before any work. ``skip`` names files (by
+    0-based index) a restarted job upscaled before; ``on_file`` hears each file's index first.
     """
     where = Path(folder if folder is not None else params.image).expanduser()
     if not where.is_dir():
@@ -620,7 +623,11 @@ def upscale_folder(
     if not image_files:
         raise UserError(f"{where} holds no images (.png, .jpg, .webp, ...): nothing to upscale.")
     for i, path in enumerate(image_files, 1):
+        if i - 1 in skip:
+            continue
         log(f"[{i}/{len(image_files)}] {path.name}")
+        if on_file is not None:
+            on_file(i - 1, path)
         try:
             saved = upscale_file(
                 params.replace(image=str(path)), models_dir, layout_save, device=device, log=log
@@ -642,15 +649,23 @@ def upscale_folder(
 
 
 def upscale_job(
-    params: UpscaleParams, settings: Any, device: str, job_id: int, emit: Callable[[Any], None]
+    params: UpscaleParams,
+    settings: Any,
+    device: str,
+    job_id: int,
+    emit: Callable[[Any], None],
+    done: dict[int, str] | None = None,
 ) -> list[str]:
-    """The engine worker's entry: one file or a folder, saved to outputs/extras-images."""
-    from sdtui.engine import protocol as msg
+    """The engine worker's entry: one file or a folder, saved to outputs/extras-images.
+    ``done``: outputs a restarted job saved before, by the index of their source file."""
+    from sdtui.ipc import protocol as msg
     from sdtui.outputs import OutputLayout
 
     layout = OutputLayout(settings.outputs)
     models_dir = Path(settings.models)
-    paths: list[str] = []
+    done = {i: p for i, p in (done or {}).items() if i >= 0}
+    paths: list[str] = list(done.values())
+    current = [0]  # the index of the source file being upscaled
 
     def log(text: str) -> None:
         emit(msg.Log("info", text, job_id))
@@ -664,17 +679,22 @@ def upscale_job(
             str(image.info.get("postprocessing", infotext)),
             existing_info=existing,
         )
-        emit(msg.ImageSaved(job_id, len(paths), str(path), -1, infotext))
+        emit(msg.ImageSaved(job_id, current[0], str(path), -1, infotext))
         paths.append(str(path))
         return path
 
+    def on_file(index: int, _: Path) -> None:
+        current[0] = index
+
     if Path(params.image).expanduser().is_dir():
-        report = upscale_folder(params, models_dir, save, device=device, log=log)
+        report = upscale_folder(
+            params, models_dir, save, device=device, log=log, skip=done, on_file=on_file
+        )
         if report.failed and not report.saved:
             raise UserError(
                 f"None of the {len(report.failed)} images in {params.image} could be upscaled; "
                 f"the first: {report.failed[0][1]}"
             )
-    else:
+    elif 0 not in done:
         upscale_file(params, models_dir, save, device=device, log=log)
     return paths

@@ -1,54 +1,84 @@
-"""The engine process: reads commands, runs one job at a time, emits events.
+"""An engine worker process: reads commands from the daemon, runs one job at a time, emits
+events.
 
-Started with the ``spawn`` method by ``EngineHost``. This module is imported by the parent
-too (to name the target), so torch and diffusers are imported inside ``engine_main`` only.
+The daemon (``sdtui.ipc.daemon``) starts one worker per device with the ``spawn`` method and
+talks to it over a pipe. The worker holds the only other end of that pipe, so when the
+daemon dies (``kill -9``, an OOM kill) the worker's read ends at once: it stops the running
+job at the next step (the images it saved are recorded in the queue file, so the next
+daemon resumes after them) and exits. This module is imported by the daemon's spawn shim
+too, so torch and diffusers are imported inside the functions only.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
-import queue
 import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from sdtui.config import Settings
-from sdtui.engine import protocol as msg
 from sdtui.errors import UserError
+from sdtui.ipc import protocol as msg
+from sdtui.ipc.protocol import EngineOptions
+
+__all__ = ["Engine", "EngineOptions", "engine_main"]
 
 DEMO_NAMES = ("demo", "sdtui-demo")
+# The engine yields the CPU to the UI: keys stay snappy while torch samples on the CPU. Set
+# before torch starts its threads (each inherits it). On a GPU it changes nothing.
+ENGINE_NICE = 10
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    demo: bool = False  # use the built-in demo model when no model is named
-    preload: bool = True  # load the default model at start, before the first job
-    fault_injection: str | None = None  # tests only: see sdtui.engine.faults
-
-
-def engine_main(cmd_q: Any, evt_q: Any, settings: Settings, options: EngineOptions) -> None:
-    """Entry point of the engine process."""
-    # The terminal closing (SIGHUP) or ctrl+c in it must not kill a running job: the UI
-    # decides when the engine stops, and a dead UI is noticed below.
-    for sig in (signal.SIGHUP, signal.SIGINT):
+def ignore_terminal_signals() -> None:
+    """The terminal closing (SIGHUP) or ctrl+c in it must not kill a running job: the
+    daemon decides when a worker stops. Not every platform has every signal."""
+    for name in ("SIGHUP", "SIGINT"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
         try:
             signal.signal(sig, signal.SIG_IGN)
-        except (OSError, ValueError):  # pragma: no cover - not on this platform
+        except (OSError, ValueError):  # pragma: no cover - not the main thread
             pass
+
+
+class PipeEmitter:
+    """Sends events to the daemon from any thread; a closed pipe means the daemon is gone."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.broken = threading.Event()
+
+    def __call__(self, event: Any) -> None:
+        if self.broken.is_set():
+            return
+        with self.lock:
+            try:
+                self.conn.send(event)
+            except (OSError, ValueError, EOFError):
+                self.broken.set()
+
+
+def engine_main(conn: Any, settings: Settings, options: EngineOptions) -> None:
+    """Entry point of an engine worker process."""
+    ignore_terminal_signals()
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(ENGINE_NICE)
+    if options.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = options.visible_devices  # before torch loads
     prepare_environment()
-    emit = evt_q.put
-    emit(msg.EngineStatus("starting", "importing torch", pid=os.getpid()))
-    _quiet_libraries()
+    emit = PipeEmitter(conn)
     engine = Engine(settings, options, emit)
-    engine.serve(cmd_q)
-    # the parent may be gone: do not wait for it to read what is left
-    if os.getppid() != engine.parent_pid:
-        evt_q.cancel_join_thread()
+    emit(msg.EngineStatus("starting", "importing torch", pid=os.getpid(), worker=options.worker))
+    engine.serve(conn)
+    conn.close()
 
 
 def prepare_environment() -> None:
@@ -67,7 +97,7 @@ def prepare_environment() -> None:
 
 def _quiet_libraries() -> None:
     """diffusers and transformers print progress bars and advice to stderr, which would land
-    on the user's terminal under the TUI: the engine reports through events instead."""
+    in the engine log for every job: the engine reports through events instead."""
     import warnings
 
     import diffusers
@@ -82,11 +112,15 @@ def _quiet_libraries() -> None:
 
 
 class Engine:
+    """One worker's state: the loaded model, its memory mode, the jobs handed to it.
+
+    Cheap to build (no torch import): ``serve`` starts reading commands first, so a daemon
+    that is gone before torch is imported is noticed as soon as the import is done."""
+
     def __init__(self, settings: Settings, options: EngineOptions, emit: Any) -> None:
         self.settings = settings
         self.options = options
         self.emit = emit
-        self.parent_pid = os.getppid()
         self.jobs: collections.deque[Any] = collections.deque()
         self.cond = threading.Condition()
         self.stopping = False
@@ -99,22 +133,24 @@ class Engine:
         # the previous model, parked in CPU RAM so switching back takes a second (at most one)
         self.parked: dict[str, Any] = {}
         self._said_cpu_mode = False
-        from sdtui.engine.faults import FaultInjector, spec_from_env_or
+        self._faults: Any = None
 
-        self.faults = FaultInjector(spec_from_env_or(options.fault_injection))
+    @property
+    def faults(self) -> Any:
+        """The fault injector (tests): built on first use, as it imports torch."""
+        if self._faults is None:
+            from sdtui.engine.faults import FaultInjector, spec_from_env_or
+
+            self._faults = FaultInjector(spec_from_env_or(self.options.fault_injection))
+        return self._faults
 
     # -- command thread ---------------------------------------------------------------------
 
-    def _read_commands(self, cmd_q: Any) -> None:
+    def _read_commands(self, conn: Any) -> None:
         while True:
             try:
-                cmd = cmd_q.get(timeout=0.5)
-            except queue.Empty:
-                if os.getppid() != self.parent_pid:
-                    self._parent_gone()
-                    return
-                continue
-            except (EOFError, OSError):
+                cmd = conn.recv()
+            except (EOFError, OSError, ValueError):
                 self._parent_gone()
                 return
             if isinstance(cmd, msg.Shutdown):
@@ -147,16 +183,20 @@ class Engine:
                     self.emit(msg.JobDone(job_id, (), 0.0, cancelled=True))
 
     def _parent_gone(self) -> None:
-        """The UI died (terminal closed): finish the running job, save it, then exit."""
+        """The daemon is gone: stop the running job at its next step (its saved images are
+        recorded, so the next daemon resumes after them) and exit. Finishing it here would
+        race the next daemon, which runs the job again."""
         with self.cond:
             self.stopping = True
             self.jobs.clear()
+            if self._control is not None:
+                self._control.cancel.set()
             self.cond.notify_all()
 
     # -- main thread ------------------------------------------------------------------------
 
-    def serve(self, cmd_q: Any) -> None:
-        reader = threading.Thread(target=self._read_commands, args=(cmd_q,), daemon=True)
+    def serve(self, conn: Any) -> None:
+        reader = threading.Thread(target=self._read_commands, args=(conn,), daemon=True)
         reader.start()
         try:
             self._boot()
@@ -170,9 +210,10 @@ class Engine:
                     break
                 cmd = self.jobs.popleft()
             self._run(cmd)
-        self.emit(msg.EngineStatus("stopped", pid=os.getpid()))
+        self._status("stopped")
 
     def _boot(self) -> None:
+        _quiet_libraries()
         import torch
 
         from sdtui.engine.session import pick_device
@@ -182,13 +223,13 @@ class Engine:
         detail = f"torch {torch.__version__}"
         if self.device == "cuda":
             detail += f", {torch.cuda.get_device_name(0)}"
-        self.emit(msg.EngineStatus("ready", detail, device=self.device, pid=os.getpid()))
-        if self.options.preload:
-            self.ensure_model(None)
+        self._status("ready", detail)
+        if self.options.preload and not self.stopping:
+            self.ensure_model(self.options.preload_model)
 
     def _status(self, state: str, detail: str = "") -> None:
         model = self.session.name if self.session else None
-        self.emit(msg.EngineStatus(state, detail, self.device, model, os.getpid()))
+        self.emit(msg.EngineStatus(state, detail, self.device, model, os.getpid(), self.options.worker))
 
     def _run(self, cmd: Any) -> None:
         from sdtui.engine.generate import JobControl
@@ -227,19 +268,21 @@ class Engine:
 
     # -- models -----------------------------------------------------------------------------
 
-    def resolve_model(self, query: str | None) -> tuple[str, Any]:
-        """(display name, path) of the model to use."""
+    def resolve_model(self, query: str | None, settings: Settings | None = None) -> tuple[str, Any]:
+        """(display name, path) of the model to use, found in ``settings``' folders (a job's
+        submitter's; the worker's own by default)."""
         from sdtui.model_index import discover_models, resolve_model
 
+        settings = settings or self.settings
         if query is None:
-            query = self.settings.default_model
+            query = settings.default_model
         if query is None and self.options.demo:
             query = "demo"
         if query is not None and query.lower() in DEMO_NAMES:
             from sdtui.engine.demo import ensure_demo_model
 
             return "sdtui-demo", ensure_demo_model().safetensors
-        entries = discover_models(self.settings.models)
+        entries = discover_models(settings.models)
         if query is None:
             if not entries:
                 from sdtui.engine.demo import ensure_demo_model
@@ -247,7 +290,7 @@ class Engine:
                 self.emit(
                     msg.Log(
                         "warning",
-                        f"no checkpoint in {self.settings.checkpoints}: using the built-in demo "
+                        f"no checkpoint in {settings.checkpoints}: using the built-in demo "
                         "model, whose images are noise. Put a .safetensors checkpoint there "
                         "(or use --a1111-dir) for real images.",
                     )
@@ -258,8 +301,8 @@ class Engine:
             entry = resolve_model(query, entries)
         return entry.name, entry.path
 
-    def ensure_model(self, query: str | None) -> Any:
-        name, path = self.resolve_model(query)
+    def ensure_model(self, query: str | None, settings: Settings | None = None) -> Any:
+        name, path = self.resolve_model(query, settings)
         if self.session is not None and str(self.session.path) == str(path):
             return self.session
         parked = self.parked.pop(str(path), None)
@@ -448,6 +491,24 @@ class Engine:
 
     # -- jobs -------------------------------------------------------------------------------
 
+    def _recording(self, job_id: int, saved: list[str]) -> Any:
+        """An emit that records each saved image in the queue file before passing it on:
+        a job that restarts resumes after it."""
+        from sdtui.jobstore import record_saved_image
+
+        def emit(event: Any) -> None:
+            if isinstance(event, msg.ImageSaved):
+                if not event.is_grid:
+                    saved.append(event.path)  # kept and named in JobFailed if the job fails later
+                warning = record_saved_image(
+                    self.options.store_path, job_id, event.index, event.path, event.seed
+                )
+                if warning:
+                    self.emit(msg.Log("warning", warning, job_id))
+            self.emit(event)
+
+        return emit
+
     def _generate(self, cmd: msg.SubmitGenerate, control: Any) -> None:
         from sdtui.engine.fastpath import compile_work, recompile_note
         from sdtui.engine.generate import JobContext, run_generation
@@ -455,26 +516,23 @@ class Engine:
         from sdtui.model_index import model_hash
         from sdtui.outputs import OutputLayout
 
-        session = self.ensure_model(cmd.params.model)
+        settings = cmd.settings or self.settings
+        session = self.ensure_model(cmd.params.model, settings)
         self._status("busy", f"job {cmd.job_id}")
         if session.model_hash is None and session.path.is_file():
             session.model_hash = model_hash(session.path)
         saved: list[str] = []
-
-        def emit(event: Any) -> None:
-            if isinstance(event, msg.ImageSaved) and not event.is_grid:
-                saved.append(event.path)  # kept and named in JobFailed if the job fails later
-            self.emit(event)
-
         ctx = JobContext(
             job_id=cmd.job_id,
-            emit=emit,
+            emit=self._recording(cmd.job_id, saved),
             control=control,
-            layout=OutputLayout(self.settings.outputs),
+            layout=OutputLayout(settings.outputs),
             model_name=session.name,
             model_hash=session.model_hash,
             family=session.family,
             memory_mode=self.placement,
+            settings=settings,
+            done=dict(cmd.done),
         )
         fast = session.extra.get("fast_path")
         compiled_before = compile_work() if fast is not None and fast.compiling else (0, 0.0)
@@ -513,7 +571,10 @@ class Engine:
         from sdtui.engine.upscale import upscale_job
 
         t0 = time.perf_counter()
-        paths = upscale_job(cmd.params, self.settings, self.device, cmd.job_id, self.emit)
+        saved: list[str] = []
+        settings = cmd.settings or self.settings
+        emit = self._recording(cmd.job_id, saved)
+        paths = upscale_job(cmd.params, settings, self.device, cmd.job_id, emit, done=dict(cmd.done))
         self.emit(msg.JobDone(cmd.job_id, tuple(paths), round(time.perf_counter() - t0, 3)))
 
 

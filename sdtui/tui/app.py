@@ -1,10 +1,11 @@
 """The sdtui app: prompt, settings, preview, batch grid, queue, job log, status bar, GPU pane.
 
-The engine runs in another process (``EngineHost``), started before ``App.run``. The app
-polls its events 20 times a second without blocking (``host.poll(0)``), turns each into a
-Textual message (``sdtui.tui.messages``) and handles them below. Widgets only render and post
-messages; the decisions (what to submit, what to show, what to remember) are made here.
-This module never imports torch.
+The engine is the user's daemon (``sdtui.ipc.daemon``), reached through a ``DaemonClient``
+attached before ``App.run``; other TUIs and CLI calls may share it, and its jobs outlive
+this app. The app polls the client's events 20 times a second without blocking
+(``host.poll(0)``), turns each into a Textual message (``sdtui.tui.messages``) and handles
+them below. Widgets only render and post messages; the decisions (what to submit, what to
+show, what to remember) are made here. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Label
 
 from sdtui.config import Settings
-from sdtui.engine import protocol as msg
 from sdtui.errors import UserError
-from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError
+from sdtui.ipc import protocol as msg
+from sdtui.jobstore import job_summary as summarize_job
+from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, ParamError
 from sdtui.tui import messages as m
 from sdtui.tui.catalog import Catalog, discover_catalog
 from sdtui.tui.commands import SdtuiCommands, bindings
@@ -74,9 +76,9 @@ def _while_shown(handler: Callable[..., None]) -> Callable[..., None]:
 
 
 class EngineLike(Protocol):
-    """What the app needs of ``EngineHost`` (tests pass a fake with the same shape)."""
+    """What the app needs of ``DaemonClient`` (tests pass a fake with the same shape)."""
 
-    pending: dict[int, Any]
+    pending: dict[int, Any]  # queued and running jobs, in queue order (JobInfo values)
     running_job: int | None
     state: str
 
@@ -100,6 +102,12 @@ class JobInfo:
     summary: str
     images: int = 1
     steps: int = 0
+    submitted_by: str = ""  # another client's job: who queued it
+
+    @classmethod
+    def from_queue(cls, job: msg.JobInfo) -> JobInfo:
+        kind = "extras" if job.kind == "upscale" else (job.summary.split() or ["txt2img"])[0]
+        return cls(kind, job.summary, job.images_total, job.steps, job.submitted_by)
 
 
 class PathPromptScreen(ModalScreen[str | None]):
@@ -215,7 +223,7 @@ class SdtuiApp(App[int]):
         remember_form: bool = True,
         clock: Callable[[], str] | None = None,
         poll_interval: float = POLL_INTERVAL_S,
-        restart_host: Callable[[EngineLike], list[int]] | None = None,
+        restart_host: Callable[[EngineLike], list[int]] | None = None,  # default host.restart()
         handle_sighup: bool = False,
         graphics_note: str = "",
         discover: Callable[[Catalog], Catalog] | None = None,
@@ -273,13 +281,10 @@ class SdtuiApp(App[int]):
         # listing models, upscalers, VAEs, LoRAs walks folders and reads headers: after the
         # first frame, in a thread
         self.call_after_refresh(self._find_catalog)
-        if self.handle_sighup:
+        sighup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if self.handle_sighup and sighup is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
-        pid = self.host.pid
-        self.log_line(
-            "info", f"engine starting (pid {pid}): importing torch" if pid else "engine starting"
-        )
+                asyncio.get_running_loop().add_signal_handler(sighup, self._hangup)
         if self.graphics_note:
             self.log_line("info", self.graphics_note)
         self.main.query_one(StatusBar).update_line(
@@ -311,8 +316,9 @@ class SdtuiApp(App[int]):
         self._find_catalog()
 
     def our_pids(self) -> tuple[int, ...]:
-        pid = self.host.pid
-        return (os.getpid(), pid) if pid else (os.getpid(),)
+        """This app, the daemon and its workers: marked as ours in the GPU pane."""
+        pids = [os.getpid(), self.host.pid, *getattr(self.host, "worker_pids", ())]
+        return tuple(dict.fromkeys(p for p in pids if p))
 
     def update_layout(self, width: int, height: int = 0) -> None:
         self.main.set_class(height >= TALL_HEIGHT, "tall")
@@ -335,6 +341,8 @@ class SdtuiApp(App[int]):
         previous, self.engine_state = self.engine_state, e.state
         status = self.main.query_one(StatusBar)
         status.update_line(state=e.state, detail=e.detail, model=e.model or status.line.model)
+        if e.state in ("crashed", "stopped"):
+            status.update_line(daemon_pid=None)
         if e.state == "crashed":
             kept = len(self.host.pending)
             self.log_line(
@@ -367,6 +375,42 @@ class SdtuiApp(App[int]):
         self.log_line(e.level, e.text)
 
     @_while_shown
+    def on_daemon_attached(self, message: m.DaemonAttached) -> None:
+        from sdtui.units import format_uptime
+
+        d = message.event
+        for job in d.jobs:
+            self.jobs.setdefault(job.job_id, JobInfo.from_queue(job))
+            if job.state == "running":
+                self.job_images.setdefault(job.job_id, [])  # started before this app came
+        devices = ", ".join(w.device for w in d.workers) or "no device"
+        up = format_uptime(time.time() - d.started_at)
+        queue = f"; {len(d.jobs)} job{'s' if len(d.jobs) != 1 else ''} in its queue" if d.jobs else ""
+        self.log_line("info", f"attached to the engine daemon (pid {d.pid}, up {up}, {devices}){queue}")
+        self.main.query_one(StatusBar).update_line(daemon_pid=d.pid, daemon_since=d.started_at)
+        with contextlib.suppress(NoMatches):
+            self.main.query_one(GpuPane).our_pids = self.our_pids()
+        self.refresh_queue()
+        self.refresh_bindings()
+
+    @_while_shown
+    def on_job_queued(self, message: m.JobQueued) -> None:
+        job = message.event.job
+        if job.job_id in self.jobs:
+            return  # this app's own: logged when it was submitted
+        self.jobs[job.job_id] = JobInfo.from_queue(job)
+        self.log_line("info", f"job #{job.job_id} queued by {job.submitted_by}: {job.summary}")
+        self.refresh_queue()
+
+    @_while_shown
+    def on_daemon_stopping(self, message: m.DaemonStopping) -> None:
+        self.log_line(
+            "warning",
+            f"the engine daemon is stopping ({message.event.reason}); F12 starts it again, and "
+            "jobs left in the queue resume",
+        )
+
+    @_while_shown
     def on_model_loaded(self, message: m.ModelLoaded) -> None:
         # the engine logs the load itself (size, time, memory mode): no second line here
         self.main.query_one(StatusBar).update_line(model=message.event.name)
@@ -377,7 +421,8 @@ class SdtuiApp(App[int]):
         info = self.jobs.setdefault(e.job_id, JobInfo("txt2img", f"job {e.job_id}"))
         info.images, info.steps = e.images_total, e.steps_total
         self.job_images[e.job_id] = []
-        self.log_line("info", f"job #{e.job_id} started: {info.summary}")
+        by = f" (queued by {info.submitted_by})" if info.submitted_by else ""
+        self.log_line("info", f"job #{e.job_id} started: {info.summary}{by}")
         self.refresh_queue()
         self.refresh_bindings()
 
@@ -557,12 +602,14 @@ class SdtuiApp(App[int]):
 
     def job_summary(self, job_id: int) -> str:
         info = self.jobs.get(job_id)
-        return info.summary if info else f"job {job_id}"
+        if info is None:
+            return f"job {job_id}"
+        return f"{info.summary} · {info.submitted_by}" if info.submitted_by else info.summary
 
     def refresh_queue(self) -> None:
-        running = self.host.running_job
+        running = getattr(self.host, "running", None) or {self.host.running_job}
         entries = [
-            QueueEntry(job_id, self.job_summary(job_id), job_id == running)
+            QueueEntry(job_id, self.job_summary(job_id), job_id in running)
             for job_id in self.host.pending
         ]
         self.main.query_one(QueueView).show_entries(entries)
@@ -624,17 +671,14 @@ class SdtuiApp(App[int]):
             if state.mode == "extras":
                 params = state.upscale_params()
                 job_id = self.host.submit_upscale(params)
-                info = JobInfo(
-                    "extras",
-                    f"extras {Path(params.image).name} {params.upscaler} x{params.scale:g}",
-                )
+                info = JobInfo("extras", summarize_job("upscale", params))
             else:
                 # previews no faster than they can be drawn: each one waits for the GPU
                 gen = state.generation_params().replace(
                     preview_every=self.settings.preview_every, preview_interval=PREVIEW_INTERVAL
                 )
                 job_id = self.host.submit(gen)
-                info = JobInfo(gen.mode, _summary(gen), gen.images_total, gen.steps)
+                info = JobInfo(gen.mode, summarize_job("generate", gen), gen.images_total, gen.steps)
         except (ParamError, UserError) as e:
             self.log_line("error", f"not generated: {e}")
             return
@@ -769,7 +813,9 @@ class SdtuiApp(App[int]):
                 self.shown_job = None
                 self.select_image(path)
 
-        self.push_screen(HistoryScreen(self.settings.outputs), chosen)
+        paths = getattr(self.host, "paths", None)
+        queue = paths.queue if paths is not None else None
+        self.push_screen(HistoryScreen(self.settings.outputs, queue_path=queue), chosen)
 
     def action_switch_model(self) -> None:
         from textual.command import SimpleCommand
@@ -862,29 +908,34 @@ class SdtuiApp(App[int]):
         if self._restarting:
             return
         self._restarting = True
-        self.log_line("warning", "restarting the engine…")
+        self.log_line("warning", "restarting the engine (F12)…")
         self.main.query_one(StatusBar).update_line(state="starting", detail="", step=0, steps=0)
         self._restart()
 
     @work(thread=True, exclusive=True, group="engine-restart")
     def _restart(self) -> None:
+        # attached: the daemon replaces its workers; detached: a new daemon, queue from disk
+        attached = getattr(self.host, "connected", True)
         try:
             ids = self._restart_host(self.host)
             error = None
         except Exception as e:  # noqa: BLE001 - said in the log; the app stays up
             ids, error = [], e
-        self.call_from_thread(self._restarted, ids, error)
+        self.call_from_thread(self._restarted, ids, error, attached)
 
     @_while_shown
-    def _restarted(self, ids: list[int], error: Exception | None) -> None:
+    def _restarted(self, ids: list[int], error: Exception | None, attached: bool = True) -> None:
         self._restarting = False
         self._announced_ready = False
         self.engine_state = "starting"
         if error is not None:
             self.log_line("error", f"the engine could not be restarted ({error}): try F12 again")
             return
-        kept = f"; {len(ids)} job{'s' if len(ids) != 1 else ''} resubmitted" if ids else ""
-        self.log_line("info", f"engine restarted (pid {self.host.pid}){kept}")
+        kept = f"; {len(ids)} job{'s' if len(ids) != 1 else ''} kept in the queue" if ids else ""
+        if attached:
+            self.log_line("info", f"restarting the engine workers{kept}")
+        else:
+            self.log_line("info", f"engine daemon started (pid {self.host.pid}){kept}")
         self.refresh_queue()
         self.refresh_bindings()
         self.refresh(repaint=True, layout=True)
@@ -892,12 +943,12 @@ class SdtuiApp(App[int]):
     # -- leaving -------------------------------------------------------------------------
 
     def _hangup(self) -> None:
-        """The terminal went away (SIGHUP): remember the form and leave; the engine finishes
-        its running job on its own."""
+        """The terminal went away (SIGHUP): remember the form and leave; the daemon's jobs go
+        on without this app."""
         self.hung_up = True
         self.remember()
         # Leaving must not depend on a terminal that is gone: if the orderly exit hangs on
-        # it, go anyway (the engine does not need us to finish its job).
+        # it, go anyway (the daemon does not need us).
         threading.Timer(HANGUP_GRACE_S, os._exit, (129,)).start()
         self.exit(129)
 
@@ -908,13 +959,6 @@ class SdtuiApp(App[int]):
 
 def _bound(fn: Callable[[str], None], arg: str) -> Callable[[], None]:
     return lambda: fn(arg)
-
-
-def _summary(p: GenerationParams) -> str:
-    count = f" x{p.images_total}" if p.images_total > 1 else ""
-    prompt = p.prompt.replace("\n", " ")
-    prompt = prompt if len(prompt) <= 24 else prompt[:23] + "…"
-    return f'{p.mode} {p.width}x{p.height}{count} {p.steps} steps "{prompt}"'
 
 
 def _fit_size(v: int) -> int:

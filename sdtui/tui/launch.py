@@ -1,10 +1,13 @@
-"""`sdtui` with no subcommand: start the engine and the graphics probe, then the app.
+"""`sdtui` (or `sdtui attach`): attach to the engine daemon (starting it when none runs),
+probe the terminal for images, then run the app.
 
-Order matters. The engine process is spawned and the terminal probed for image support
-*before* ``App.run()``: multiprocessing started inside a running Textual app fails (Textual
-issue #3593: Textual replaces stderr), and the probe must read the terminal's replies before
-Textual owns stdin. The engine's own output (warnings, progress bars of libraries) goes to
-a log file: the terminal belongs to the UI.
+Order matters. The daemon is reached and the terminal probed *before* ``App.run()``: the
+probe must read the terminal's replies before Textual owns stdin, and a daemon started from
+here must not inherit the app's replaced stdio (Textual issue #3593). The daemon and its
+engine workers write to the engine log: the terminal belongs to the UI.
+
+Quitting, or losing the terminal, detaches: jobs go on in the daemon, and a later `sdtui`
+attaches to them again.
 """
 
 from __future__ import annotations
@@ -13,74 +16,29 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from sdtui.config import Settings, state_dir
-from sdtui.engine.host import EngineHost
-from sdtui.engine.worker import EngineOptions
+from sdtui.config import Settings
+from sdtui.ipc.client import DaemonClient
 from sdtui.tui.form_state import FormState, load_form_state
 
-ENGINE_LOG = "engine.log"
 EXIT_HANGUP = 129
-# The engine yields the CPU to the UI: keys stay snappy while torch samples on the CPU, and
-# the first frame is not slowed by the engine importing torch. On a GPU it changes nothing.
-ENGINE_NICE = 10
 
 
-def engine_log_path() -> Path:
-    return state_dir() / ENGINE_LOG
+def attach_engine(args: argparse.Namespace, settings: Settings, form: FormState) -> DaemonClient:
+    """The daemon client the app talks to. A daemon started here loads the form's model
+    at once; a running one is left as it is (a job loads its model when it runs)."""
+    if getattr(args, "no_daemon", False):
+        import tempfile
 
+        from sdtui.ipc.paths import DaemonPaths
 
-@contextlib.contextmanager
-def engine_output_to(path: Path, fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
-    """Point ``fds`` at ``path`` while a child process is started (it inherits them), then
-    put them back."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError:
-        yield  # no log file: the engine writes to the terminal; better than not starting
-        return
-    saved = [os.dup(fd) for fd in fds]
-    try:
-        for fd in fds:
-            os.dup2(target, fd)
-        with contextlib.redirect_stderr(sys.__stderr__):
-            yield
-    finally:
-        for fd, copy in zip(fds, saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(target)
-
-
-def lower_priority(pid: int | None) -> None:
-    """Lower the engine's priority right after the spawn, before torch starts its threads
-    (on Linux each thread has its own nice value and new threads inherit it)."""
-    if pid is None or not hasattr(os, "setpriority"):
-        return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, ENGINE_NICE)
-
-
-def start_engine(settings: Settings, options: EngineOptions, log: Path | None = None) -> EngineHost:
-    host = EngineHost(settings, options)
-    with engine_output_to(log or engine_log_path()):
-        host.start()
-    lower_priority(host.pid)
-    return host
-
-
-def restart_engine(host: EngineHost, log: Path | None = None) -> list[int]:
-    """Called from a worker thread of the running app: stop the old process first (that may
-    take seconds), then spawn with the engine's output pointed at the log for the few
-    milliseconds the spawn takes."""
-    host.stop(timeout=5)
-    with engine_output_to(log or engine_log_path()):
-        ids = host.restart()
-    lower_priority(host.pid)
-    return ids
+        folder = Path(tempfile.mkdtemp(prefix="sdtui-private-"))
+        client = DaemonClient(settings, paths=DaemonPaths(folder, folder / "queue.sqlite3"), private=True)
+    else:
+        client = DaemonClient(settings, who="tui")
+    return client.attach(start=True, preload=form.params.model, demo=bool(getattr(args, "demo", False)))
 
 
 def initial_form(args: argparse.Namespace, settings: Settings) -> FormState:
@@ -125,21 +83,16 @@ def run_tui(args: argparse.Namespace, settings: Settings) -> int:
     form = initial_form(args, settings)
     if form.memory_mode and form.memory_mode != settings.memory_mode:
         settings = settings.replace(memory_mode=form.memory_mode)  # picked in the TUI last time
-    # The remembered model is loaded at start instead of the default, so it is loaded once.
-    preload_default = form.params.model is None
-    host = start_engine(settings, EngineOptions(demo=bool(args.demo), preload=preload_default))
-    if not preload_default and form.params.model:
-        host.load_model(form.params.model)
+    client = attach_engine(args, settings, form)
 
     from sdtui.tui.app import SdtuiApp
 
     app = SdtuiApp(
-        host,
+        client,
         settings,
         form_state=form,
         # only what needs no disk: the app lists the folders after its first frame
         model_names=[n for n in (form.params.model, settings.default_model) if n],
-        restart_host=restart_engine,  # type: ignore[arg-type]
         handle_sighup=True,
         graphics_note=f"images: {choice.mode_used} ({choice.reason})",
     )
@@ -150,8 +103,31 @@ def run_tui(args: argparse.Namespace, settings: Settings) -> int:
         if not app.hung_up:
             raise
     if app.hung_up:
-        # The terminal is gone. Leave now without stopping the engine: it sees its parent go,
-        # finishes the running job and saves it. (A normal exit would wait for the child.)
+        # The terminal is gone: leave now (a normal exit could block on the dead terminal);
+        # the daemon sees this client go, and its jobs go on.
         os._exit(EXIT_HANGUP)
-    host.stop()
+    note = leaving_note(client)
+    client.detach()
+    if client.private:
+        from sdtui.cli import release
+
+        release(client)
+    if note:
+        print(note, file=sys.stderr)
     return code or 0
+
+
+def leaving_note(client: Any) -> str:
+    """What keeps running after the app quits, in one line."""
+    if not client.connected or client.private:
+        return ""
+    jobs = len(client.pending)
+    pid = client.pid
+    if jobs:
+        return (
+            f"sdtui: {jobs} job{'s go' if jobs != 1 else ' goes'} on in the engine daemon (pid {pid}); "
+            "`sdtui` re-attaches, `sdtui queue` lists them"
+        )
+    idle = client.settings.daemon_idle_minutes
+    stops = f"; it stops after {idle:g} min without a client" if idle else ""
+    return f"sdtui: the engine daemon (pid {pid}) keeps the model loaded{stops} (`sdtui daemon stop` ends it now)"

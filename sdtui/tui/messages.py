@@ -1,6 +1,6 @@
 """Every custom Textual message of the TUI, in one module (the Posting habit).
 
-Engine events arrive from the engine process as plain dataclasses (sdtui.engine.protocol);
+Engine events arrive from the engine daemon as plain dataclasses (sdtui.ipc.protocol);
 the app turns each into one of the ``Engine*`` messages below so widgets and tests can
 handle them with ordinary ``on_...`` handlers. Widget messages say what the user asked for;
 the app decides what to do.
@@ -12,7 +12,7 @@ from typing import Any
 
 from textual.message import Message
 
-from sdtui.engine import protocol as msg
+from sdtui.ipc import protocol as msg
 from sdtui.tui.form_state import FormState
 
 # -- engine -> app ---------------------------------------------------------------------------
@@ -62,6 +62,22 @@ class JobFailed(EngineEvent):
     event: msg.JobFailed
 
 
+class DaemonAttached(EngineEvent):
+    """The daemon's state when this app attached: its queue, its workers."""
+
+    event: msg.DaemonState
+
+
+class JobQueued(EngineEvent):
+    """A job entered the queue (this app's or another client's)."""
+
+    event: msg.JobQueued
+
+
+class DaemonStopping(EngineEvent):
+    event: msg.DaemonStopping
+
+
 _BY_EVENT: dict[type, type[EngineEvent]] = {
     msg.EngineStatus: EngineStatusChanged,
     msg.Log: EngineLogged,
@@ -72,6 +88,9 @@ _BY_EVENT: dict[type, type[EngineEvent]] = {
     msg.ImageSaved: ImageSaved,
     msg.JobDone: JobDone,
     msg.JobFailed: JobFailed,
+    msg.DaemonState: DaemonAttached,
+    msg.JobQueued: JobQueued,
+    msg.DaemonStopping: DaemonStopping,
 }
 
 

@@ -1,4 +1,6 @@
-"""Recent outputs, read from the outputs folder (so they survive a restart)."""
+"""Recent outputs: the images the daemon's jobs saved (from the job queue file, with the job
+they came from) and every other image in the outputs folder (A1111's too), newest first.
+Both are on disk, so they survive a restart."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def kind_of(path: Path, outputs_dir: Path) -> str:
     return folders.get(top, top)
 
 
-def history_label(path: Path, outputs_dir: Path) -> Text:
+def history_label(path: Path, outputs_dir: Path, job: int | None = None) -> Text:
     try:
         when = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%m-%d %H:%M")
     except OSError:
@@ -44,7 +46,28 @@ def history_label(path: Path, outputs_dir: Path) -> Text:
     label.append(f"{when}  ", style="dim")
     label.append(f"{kind_of(path, outputs_dir):<8}", style="bold")
     label.append(path.name)
+    if job is not None:
+        label.append(f"  #{job}", style="dim")
     return label
+
+
+def jobs_of(queue_path: Path | None, limit: int) -> dict[Path, int]:
+    """Image -> the job that saved it, from the daemon's queue file (read only; a missing or
+    unreadable file gives nothing: the folder still lists every image)."""
+    if queue_path is None:
+        return {}
+    from sdtui.jobstore import JobStore, StoreError
+
+    try:
+        store = JobStore.open(queue_path, create=False)
+    except (OSError, StoreError):
+        return {}
+    try:
+        return {Path(path): job for path, job, _ in store.recent_images(limit)}
+    except StoreError:
+        return {}
+    finally:
+        store.close()
 
 
 class HistoryScreen(ModalScreen[str | None]):
@@ -99,9 +122,12 @@ class HistoryScreen(ModalScreen[str | None]):
         *,
         limit: int = HISTORY_LIMIT,
         mode: str | None = None,
+        queue_path: Path | None = None,
     ) -> None:
         super().__init__()
         self.outputs_dir = Path(outputs_dir).expanduser()
+        self.queue_path = queue_path
+        self._jobs: dict[Path, int] = {}
         self._limit = limit
         self._mode = mode
         self._paths: list[Path] = []
@@ -116,7 +142,10 @@ class HistoryScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         from sdtui.outputs import OutputLayout
 
-        self._paths = OutputLayout(self.outputs_dir).recent_images(self._limit)
+        self._jobs = jobs_of(self.queue_path, self._limit)
+        found = set(OutputLayout(self.outputs_dir).recent_images(self._limit))
+        found.update(p for p in self._jobs if p.is_file())  # a job's --outputs-dir elsewhere too
+        self._paths = sorted(found, key=_mtime, reverse=True)[: self._limit]
         count = len(self._paths)
         yield Static(
             f"History · {count} image{'s' if count != 1 else ''} in {self.outputs_dir}"
@@ -134,7 +163,7 @@ class HistoryScreen(ModalScreen[str | None]):
         with Horizontal():
             yield OptionList(
                 *(
-                    Option(history_label(p, self.outputs_dir), id=str(i))
+                    Option(history_label(p, self.outputs_dir, self._jobs.get(p)), id=str(i))
                     for i, p in enumerate(self._paths)
                 ),
                 id="history-list",
@@ -173,3 +202,10 @@ class HistoryScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

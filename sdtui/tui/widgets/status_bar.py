@@ -1,7 +1,9 @@
-"""One line: engine state and model, progress bar with step and batch, it/s, ETA, queue."""
+"""One line: engine state and model, progress bar with step and batch, it/s, ETA, queue,
+and the daemon this app is attached to (pid, uptime)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +41,8 @@ class StatusLine:
     eta_s: float | None = None
     queued: int = 0
     memory_mode: str = ""
+    daemon_pid: int | None = None  # the engine daemon attached to (None: detached)
+    daemon_since: float | None = None  # its start, as a time.time()
 
 
 class StatusBar(Widget):
@@ -50,6 +54,8 @@ class StatusBar(Widget):
         super().__init__(id=id)
         self.line = StatusLine()
 
+    def on_mount(self) -> None:
+        self.set_interval(30, self.refresh)  # the daemon's uptime
     def update_line(self, **changes: Any) -> None:
         """Repaint only when something shown changed."""
         line = replace(self.line, **changes)
@@ -82,4 +88,11 @@ class StatusBar(Widget):
             parts.append((f"  queued {s.queued}", "$warning"))
         if s.memory_mode:
             parts.append((f"  mem {s.memory_mode}", "$text-muted"))
+        if s.daemon_pid:
+            from sdtui.units import format_uptime
+
+            up = f" up {format_uptime(time.time() - s.daemon_since)}" if s.daemon_since else ""
+            parts.append((f"  attached: daemon {s.daemon_pid}{up}", "$text-muted"))
+        elif s.state in ("crashed", "stopped"):
+            parts.append(("  detached: F12 starts the daemon", "$text-muted"))
         return Content.assemble(*parts)
