@@ -117,7 +117,7 @@ def run_job(
 ) -> None:
     import torch
 
-    from sdtui.engine import protocol as msg
+    from sdtui.ipc import protocol as msg
     from sdtui.params import GenerationParams
 
     params = GenerationParams(
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sdtui.config import Settings
-    from sdtui.engine import protocol as msg
     from sdtui.engine.worker import Engine, EngineOptions
     from sdtui.gpu import GpuSampler
+    from sdtui.ipc import protocol as msg
 
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA GPU here: run with --smoke for the CPU version", file=sys.stderr)

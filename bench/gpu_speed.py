@@ -95,8 +95,8 @@ def session_for(pipe, family: str, device: str):
 
 
 def run_sdtui(session, size: int, batch: int, steps: int, out: Path, family: str):
-    from sdtui.engine import protocol as msg
     from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.ipc import protocol as msg
     from sdtui.outputs import OutputLayout
     from sdtui.params import GenerationParams
 

@@ -21,9 +21,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdtui.config import Settings  # noqa: E402
-from sdtui.engine import protocol as msg  # noqa: E402
-from sdtui.engine.host import EngineHost  # noqa: E402
-from sdtui.engine.worker import EngineOptions  # noqa: E402
+from sdtui.ipc import protocol as msg  # noqa: E402
+from sdtui.ipc.client import DaemonClient  # noqa: E402
+from sdtui.ipc.paths import DaemonPaths  # noqa: E402
 from sdtui.params import GenerationParams  # noqa: E402
 
 TARGET = 0.05
@@ -38,7 +38,7 @@ def _rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-def _job(host: EngineHost, params: GenerationParams) -> tuple[Any, int | None]:
+def _job(host: DaemonClient, params: GenerationParams) -> tuple[Any, int | None]:
     """Run one job; (final event, allocated VRAM at its last step)."""
     job = host.submit(params)
     end, seen = host.wait_job(job, timeout=600)
@@ -48,7 +48,7 @@ def _job(host: EngineHost, params: GenerationParams) -> tuple[Any, int | None]:
     return end, (vram[-1] if vram else None)
 
 
-def _switch(host: EngineHost, model: Path) -> None:
+def _switch(host: DaemonClient, model: Path) -> None:
     host.load_model(str(model))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = ensure_demo_model()
     with tempfile.TemporaryDirectory(prefix="sdtui-rss-") as tmp:
         settings = Settings(models_dir=Path(tmp) / "models", outputs_dir=Path(tmp) / "outputs")
-        host = EngineHost(settings, EngineOptions(demo=True))
-        host.start()
+        # a private daemon; the RSS measured is its engine worker's
+        paths = DaemonPaths(Path(tmp) / "d", Path(tmp) / "queue.sqlite3")
+        host = DaemonClient(settings, paths=paths, who="rss bench", private=True).attach(demo=True)
         try:
             params = GenerationParams(
                 prompt="a lighthouse at dusk",
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             t0 = time.perf_counter()
             warm, vram_before = _job(host, params.replace(seed=1))
-            pid = host.pid
-            assert pid is not None
+            [pid] = host.worker_pids
             rss_before = _rss(pid)
             for i in range(args.jobs):
                 _job(host, params.replace(seed=100 + i))
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_after = _rss(pid)
             seconds = time.perf_counter() - t0
         finally:
-            host.stop()
+            host.stop_daemon(cancel_jobs=True)
 
     growth_jobs = (rss_jobs - rss_before) / rss_before
     growth = (rss_after - rss_before) / rss_before

@@ -53,6 +53,12 @@ def _folder_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
     g.add_argument("--no-daemon", action="store_true", help="a private engine that ends with this command, instead of the shared daemon", **d)
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """--demo / --model after a subcommand; SUPPRESS keeps a value given before it."""
+    p.add_argument("--demo", action="store_true", help="use the built-in tiny demo model", default=argparse.SUPPRESS)
+    p.add_argument("--model", help="a name from `sdtui models`, or a path", default=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdtui",
@@ -67,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     a = sub.add_parser("attach", help="the TUI, attached to the engine daemon (the same as plain `sdtui`)")
+    _model_flags(a)
     _folder_flags(a)
 
     dm = sub.add_parser("daemon", help="the engine daemon: start, stop, status", description=(
@@ -75,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dm.add_subparsers(dest="daemon_command", metavar="ACTION", required=True)
     ds = dsub.add_parser("start", help="start the daemon (if none runs)")
     ds.add_argument("--foreground", action="store_true", help="run in this process (for a systemd unit)")
+    _model_flags(ds)
     _folder_flags(ds)
     dst = dsub.add_parser("stop", help="stop the daemon; asks first when jobs are queued or running")
     dst.add_argument("--now", action="store_true", help="cancel queued and running jobs without asking (saved images are kept)")
@@ -118,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
     g.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
     _folder_flags(g)
-    g.add_argument("--demo", action="store_true", help="use the built-in tiny demo model", default=argparse.SUPPRESS)
-    g.add_argument("--model", help="a name from `sdtui models`, or a path", default=argparse.SUPPRESS)
+    _model_flags(g)
 
     m = sub.add_parser("models", help="list checkpoints: name, family, size, hash")
     m.add_argument("--json", action="store_true")
@@ -621,7 +628,7 @@ EXIT_NOT_RUNNING = 3  # `sdtui daemon status` when none runs (as `systemctl stat
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from sdtui.ipc.client import DaemonClient, DaemonNotRunning
+    from sdtui.ipc.client import DaemonClient, DaemonNotRunning, OtherVersion
 
     settings = settings_from(args)
     client = DaemonClient(settings, who="sdtui daemon")
@@ -647,6 +654,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             return _status_not_running(client, args.json)
         print("sdtui: no engine daemon is running")
         return EXIT_OK
+    except OtherVersion:
+        if action != "stop":
+            raise
+        return _stop_other_version(client)
     state = client.query()
     if action == "status":
         client.detach()
@@ -677,6 +688,29 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     pid = client.pid
     gone = client.stop_daemon(cancel_jobs=cancel)
     print(f"sdtui: engine daemon (pid {pid}) stopped" if gone else f"sdtui: the engine daemon (pid {pid}) is still stopping")
+    return EXIT_OK if gone else EXIT_FAILED
+
+
+def _stop_other_version(client: Any) -> int:
+    """A daemon of another sdtui version (an upgrade) cannot be asked: SIGTERM by its pid
+    stops it the way a system shutdown does, keeping its queue for the next daemon."""
+    import signal
+
+    from sdtui.ipc.client import wait_gone
+
+    info = client.paths.read_info() or {}
+    pid = int(info.get("pid") or 0)
+    if not pid:
+        raise UserError(f"the daemon at {client.paths.address} names no pid: stop it by hand")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"sdtui: the engine daemon (pid {pid}) had already stopped")
+        return EXIT_OK
+    gone = wait_gone(pid, 60)
+    version = info.get("version", "?")
+    print(f"sdtui: engine daemon (pid {pid}, sdtui {version}) stopped; its queue is kept"
+          if gone else f"sdtui: the engine daemon (pid {pid}) is still stopping")
     return EXIT_OK if gone else EXIT_FAILED
 
 

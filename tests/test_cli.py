@@ -238,3 +238,19 @@ def test_an_existing_a1111_install_just_works(env, tmp_path, demo_model):
     assert parse_infotext(read_infotext(ours)).pairs["Model"] == "my-model"
     info = json.loads(sdtui(env, "info", str(day / "00041-123.png"), "--json").stdout)
     assert info["Sampler"] == "DPM++ 2M Karras" and info["prompt"] == "a castle"
+
+
+@pytest.mark.parametrize("argv, demo, model", [
+    (["daemon", "start", "--demo"], True, None),
+    (["--demo", "daemon", "start"], True, None),
+    (["attach", "--model", "a.safetensors"], False, "a.safetensors"),
+    (["--model", "b", "generate", "x"], False, "b"),
+    (["generate", "x", "--demo", "--models-dir", "m"], True, None),
+])
+def test_model_and_folder_flags_count_before_or_after_the_subcommand(argv, demo, model):
+    from sdtui.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (bool(args.demo), args.model) == (demo, model)
+    if "--models-dir" in argv:
+        assert str(args.models_dir) == "m"

@@ -56,6 +56,10 @@ class DaemonNotRunning(UserError):
     """No daemon answers at this address (none started, or a dead one's socket)."""
 
 
+class OtherVersion(UserError):
+    """A daemon of another sdtui version runs here: `sdtui daemon stop` ends it by its pid."""
+
+
 def engine_log_path() -> Path:
     return state_dir() / ENGINE_LOG
 
@@ -118,10 +122,10 @@ def connect(paths: DaemonPaths, info: dict[str, Any]) -> tuple[Connection, dict[
     kind = reply[0] if isinstance(reply, tuple) and reply else None
     if kind == msg.REFUSED:
         conn.close()
-        raise UserError(str(reply[2]))
+        raise OtherVersion(str(reply[2]))
     if kind != msg.WELCOME or reply[1] != msg.PROTOCOL_VERSION:
         conn.close()
-        raise UserError(
+        raise OtherVersion(
             f"the engine daemon at {address} speaks another protocol than this sdtui "
             f"({msg.PROTOCOL_VERSION}): stop it with `sdtui daemon stop` and start sdtui again"
         )
@@ -575,17 +579,22 @@ def overall_state(states: list[str]) -> str:
 
 
 def wait_gone(pid: int | None, timeout: float) -> bool:
+    """Wait until process ``pid`` has ended (a zombie counts as ended: an init that is slow
+    to reap the detached daemon is not the daemon still running)."""
     if pid is None:
         return True
     import psutil
 
-    try:
-        psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
-    return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _abs(path: Path) -> Path:
