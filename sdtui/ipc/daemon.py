@@ -682,13 +682,15 @@ class Daemon:
 
     def _run(self, w: WorkerHandle, job: JobRecord) -> None:
         assert self.store is not None
+        # A job accepted before the disk filled still runs: its row stays "queued" on disk
+        # (a restart would run it again, skipping the images it recorded), nothing is lost.
+        done: dict[int, str] = {}
         try:
-            self.store.mark_running(job.id)
             done = self.store.images(job.id)
+            self.store.mark_running(job.id)
         except StoreError as e:
             log(e.message)
-            self.broadcast(msg.Log("error", e.message, job.id))
-            return
+            self.broadcast(msg.Log("warning", f"{e.message} (job #{job.id} runs anyway)", job.id))
         job = dataclasses.replace(job, state="running", attempts=job.attempts + 1)
         self.jobs[job.id] = job
         self.progress[job.id] = (0, 0, len([i for i in done if i >= 0]))
