@@ -7,7 +7,7 @@ script's main module), so nothing here imports torch or textual at module level.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
 import time
@@ -18,6 +18,7 @@ from sdtui import __version__
 from sdtui.config import FAST_PATHS, GRAPHICS, MEMORY_MODES, Settings, load_settings, valid_device
 from sdtui.errors import UserError
 from sdtui.params import RESIZE_MODES, GenerationParams, ParamError, UpscaleParams, parse_size
+from sdtui.safe_text import json_dumps, one_line, visible
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -170,13 +171,51 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+class SafeStream:
+    """A text stream that shows control characters instead of sending them (``ESC`` as
+    ``^[``): text from files (a PNG's parameters, a file name, a prompt) must not reach the
+    terminal as escape sequences (OSC 52 writes the clipboard, ``ESC [2J`` wipes the screen).
+    sdtui's own escapes (the progress bar) go to ``raw``."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        self.raw.write(visible(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def raw_stream(stream: Any) -> Any:
+    return getattr(stream, "raw", stream) if isinstance(stream, SafeStream) else stream
+
+
 def main(argv: list[str] | None = None) -> int:
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `sdtui models | head -1`: the reader has gone; say nothing more, and keep Python
+        # from failing again when it flushes stdout at exit
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, saved[0].fileno())
+        return EXIT_FAILED
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in (None, "attach"):
             from sdtui.tui.launch import run_tui
 
+            sys.stdout, sys.stderr = raw_stream(sys.stdout), raw_stream(sys.stderr)  # Textual's own
             return run_tui(args, settings_from(args))
         handler = {
             "generate": cmd_generate,
@@ -203,8 +242,8 @@ def params_from(args: argparse.Namespace) -> GenerationParams:
     width, height = 512, 512
     if args.size:
         width, height = parse_size(args.size)
-    width = args.width or width
-    height = args.height or height
+    width = args.width if args.width is not None else width  # --width 0 is refused, not 512
+    height = args.height if args.height is not None else height
     model = args.model
     if args.demo and not model:
         model = "demo"
@@ -229,7 +268,7 @@ def params_from(args: argparse.Namespace) -> GenerationParams:
         subseed=args.variation_seed,
         subseed_strength=args.variation_strength,
         enable_hr=args.hires is not None,
-        hr_scale=args.hires or 2.0,
+        hr_scale=args.hires if args.hires is not None else 2.0,
         hr_second_pass_steps=args.hires_steps,
         hr_denoising_strength=args.hires_denoise,
         hr_upscaler=args.hires_upscaler,
@@ -237,22 +276,20 @@ def params_from(args: argparse.Namespace) -> GenerationParams:
     ).validated()
 
 
-def _check_init_image(path: str | None) -> None:
-    """Fail before starting the engine: a missing or broken init image loses nothing."""
+def _check_init_image(path: str | None, settings: Settings) -> None:
+    """Fail before starting the engine: a missing, broken or too large init image (its
+    header says how large; nothing is decoded here) loses nothing."""
     if path is None:
         return
-    from PIL import Image, UnidentifiedImageError
+    from sdtui.image_files import open_image_file
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"init image {p} does not exist: check the path")
-    try:
-        with Image.open(p) as im:
+    with open_image_file(path, "init image", settings.max_image_megapixels, load=False) as im:
+        try:
             im.verify()
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(
-            f"init image {p} is not an image ({e.__class__.__name__}): use a PNG, JPEG or WebP file"
-        ) from None
+        except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged file
+            raise UserError(
+                f"init image {one_line(str(path))} is damaged ({type(e).__name__}): give another file"
+            ) from None
 
 
 def _check_outputs(settings: Settings) -> None:
@@ -303,8 +340,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from sdtui.ipc import protocol as msg
 
     params = params_from(args)
-    _check_init_image(params.init_image)
     settings = settings_from(args)
+    _check_init_image(params.init_image, settings)
     _check_outputs(settings)
     if params.model in ("demo", "sdtui-demo") and not args.json:
         print(
@@ -368,7 +405,7 @@ def follow_job(client: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any
                         if client.running - {job_id} or not isinstance(e, msg.Log):
                             continue
                     if as_json:
-                        print(json.dumps(event_json(e)), flush=True)
+                        print(json_dumps(event_json(e)), flush=True)
                     if isinstance(e, msg.Progress):
                         bar.update(e)
                         continue
@@ -457,13 +494,13 @@ class ProgressBar:
             f"\r[{'#' * fill}{'-' * (self.width - fill)}] {p.step}/{p.steps}{batch} "
             f"{p.its:.2f} it/s ETA {eta} "
         )
-        sys.stderr.write(line)
+        raw_stream(sys.stderr).write(line)
         sys.stderr.flush()
         self.shown = True
 
     def clear(self) -> None:
         if self.shown:
-            sys.stderr.write("\r\033[K")
+            raw_stream(sys.stderr).write("\r\033[K")
             sys.stderr.flush()
             self.shown = False
 
@@ -518,7 +555,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         ],
     }
     if args.json:
-        print(json.dumps({"checkpoints": rows, **extras}, indent=2))
+        print(json_dumps({"checkpoints": rows, **extras}, indent=2))
         return EXIT_OK
     if not rows:
         print(
@@ -527,25 +564,26 @@ def cmd_models(args: argparse.Namespace) -> int:
             "~/stable-diffusion-webui; `sdtui --demo` runs without one"
         )
     else:
-        w = max(len(r["name"]) for r in rows)
+        names = [one_line(r["name"]) for r in rows]  # a newline in a file name must not fake a row
+        w = max(len(n) for n in names)
         print(f"{'NAME':<{w}}  {'FAMILY':<15} {'SIZE':>9}  {'HASH':<10}  OLD")
-        for r in rows:
-            fam = r["family"] or "?"
+        for name, r in zip(names, rows, strict=True):
+            fam = one_line(r["family"] or "?")
             print(
-                f"{r['name']:<{w}}  {fam:<15} {_human(r['size_bytes']):>9}  "
-                f"{r['hash'] or '-':<10}  {r['old_hash'] or '-'}"
+                f"{name:<{w}}  {fam:<15} {_human(r['size_bytes']):>9}  "
+                f"{one_line(r['hash'] or '-'):<10}  {one_line(r['old_hash'] or '-')}"
             )
             if r["error"]:
-                print(f"{'':<{w}}  ! {r['error']}")
+                print(f"{'':<{w}}  ! {one_line(r['error'])}")
     for title, key, folder in (
         ("LoRAs", "loras", settings.models / "Lora"),
         ("Embeddings", "embeddings", settings.embeddings),
         ("VAEs", "vaes", settings.models / "VAE"),
     ):
         items = extras[key]
-        names = [i["name"] + (f" ({i['vectors']} vectors)" if i.get("vectors") else "") for i in items]
+        names = [one_line(i["name"]) + (f" ({i['vectors']} vectors)" if i.get("vectors") else "") for i in items]
         print(f"\n{title} ({folder}): " + (", ".join(names) if names else "none"))
-    models = [u["name"] for u in extras["upscalers"] if u["path"]]
+    models = [one_line(u["name"]) for u in extras["upscalers"] if u["path"]]
     print("\nUpscalers: Lanczos, Nearest" + ("".join(f", {m}" for m in models)))
     return EXIT_OK
 
@@ -560,10 +598,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         parsed = parse_infotext(text)
         print(
-            json.dumps(
+            json_dumps(
                 {"prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt, **parsed.pairs},
                 indent=2,
-                ensure_ascii=False,
             )
         )
     else:
@@ -590,6 +627,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not args.image.exists():
         raise UserError(f"{args.image} does not exist: give an image file or a folder of images")
     settings = settings_from(args)
+    if tw and th:
+        from sdtui.image_files import check_pixels
+
+        check_pixels(tw, th, settings.max_image_megapixels, f"--to {tw}x{th}")
     _check_outputs(settings)
     client = engine_client(args, settings, "sdtui upscale")
     try:
@@ -616,7 +657,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     if args.json:
         import dataclasses
 
-        print(json.dumps(dataclasses.asdict(snap), indent=2, default=str))
+        print(json_dumps(dataclasses.asdict(snap), indent=2, default=str))
     else:
         print(format_gpu_table(snap))
     return EXIT_OK
@@ -662,7 +703,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if action == "status":
         client.detach()
         if args.json:
-            print(json.dumps(event_json(state), indent=2))
+            print(json_dumps(event_json(state), indent=2))
         else:
             print(format_daemon_state(state))
         return EXIT_OK
@@ -742,7 +783,7 @@ def describe_active(jobs: Any) -> str:
 def _status_not_running(client: Any, as_json: bool) -> int:
     waiting = _stored_jobs(client.paths.queue)
     if as_json:
-        print(json.dumps({"running": False, "address": client.paths.address, "queue": str(client.paths.queue),
+        print(json_dumps({"running": False, "address": client.paths.address, "queue": str(client.paths.queue),
                           "waiting": [event_json(j) for j in waiting]}, indent=2))
     else:
         print(f"sdtui: no engine daemon is running ({client.paths.address})")
@@ -783,8 +824,8 @@ def format_daemon_state(state: Any) -> str:
     ]
     for w in state.workers:
         job = f", job #{w.job_id}" if w.job_id is not None else ""
-        lines.append(f"worker {w.index}: {w.device} pid {w.pid or '-'} {w.state}, model {w.model or '-'}{job}")
-    lines.append(f"clients: {', '.join(state.clients) if state.clients else 'none'}")
+        lines.append(f"worker {w.index}: {w.device} pid {w.pid or '-'} {w.state}, model {one_line(w.model or '-')}{job}")
+    lines.append(f"clients: {one_line(', '.join(state.clients)) if state.clients else 'none'}")
     lines.append(describe_active(state.jobs) if state.jobs else "jobs:    none queued or running")
     return "\n".join(lines)
 
@@ -800,7 +841,7 @@ def format_jobs(jobs: Any, recent: Any = ()) -> str:
             progress = "waiting" + (f" ({j.images_done}/{j.images_total} done)" if j.images_done else "")
         else:
             progress = f"{j.images_done}/{j.images_total} images"
-        rows.append([f"#{j.job_id}", j.state, progress, j.submitted_by, j.summary])
+        rows.append([f"#{j.job_id}", j.state, progress, one_line(j.submitted_by), one_line(j.summary)])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows
@@ -830,7 +871,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     finally:
         client.detach()
     if args.json:
-        print(json.dumps({"jobs": [event_json(j) for j in state.jobs],
+        print(json_dumps({"jobs": [event_json(j) for j in state.jobs],
                           "recent": [event_json(j) for j in state.recent]}, indent=2))
     elif not state.jobs and not state.recent:
         print("sdtui: the queue is empty")
@@ -855,7 +896,7 @@ def _queue_without_daemon(client: Any, args: argparse.Namespace) -> int:
         print(f"sdtui: removed job #{args.job_id} from the queue")
         return EXIT_OK
     if args.json:
-        print(json.dumps({"jobs": [event_json(j) for j in jobs], "recent": [], "daemon": None}, indent=2))
+        print(json_dumps({"jobs": [event_json(j) for j in jobs], "recent": [], "daemon": None}, indent=2))
     elif jobs:
         print(format_jobs(jobs))
         print("no engine daemon is running: `sdtui daemon start` runs these jobs")

@@ -29,6 +29,8 @@ APP = "sdtui"
 DEVICES = ("auto", "cuda", "cpu")  # and cuda:N, one card of several
 _CUDA_N = re.compile(r"^cuda:\d{1,2}$")
 DEFAULT_IDLE_MINUTES = 30.0
+DEFAULT_MAX_IMAGE_MEGAPIXELS = 64.0  # 8192x8192: a 4x upscale of 2048x2048
+MAX_IMAGE_MEGAPIXELS_LIMIT = 1024.0
 
 
 def valid_device(name: str) -> bool:
@@ -80,6 +82,9 @@ class Settings:
     devices: tuple[str, ...] = ()
     # it exits after this many minutes with no client attached and no job (0 = never)
     daemon_idle_minutes: float = DEFAULT_IDLE_MINUTES
+    # the largest image sdtui opens or makes (init images, upscale sources and results):
+    # a 41 KB PNG can claim 12000x12000 and take gigabytes once decoded
+    max_image_megapixels: float = DEFAULT_MAX_IMAGE_MEGAPIXELS
 
     # -- resolved folders -------------------------------------------------------------------
 
@@ -124,6 +129,11 @@ class Settings:
                 raise UserError(
                     f"device {d!r} in devices is unknown: list cpu, cuda or cuda:N entries"
                 )
+        mp = self.max_image_megapixels
+        if not isinstance(mp, int | float) or not math.isfinite(mp) or not 1 <= mp <= MAX_IMAGE_MEGAPIXELS_LIMIT:
+            raise UserError(
+                f"max_image_megapixels {mp!r} is out of range: use 1 to {MAX_IMAGE_MEGAPIXELS_LIMIT:g}"
+            )
         idle = self.daemon_idle_minutes
         if not isinstance(idle, int | float) or not math.isfinite(idle) or idle < 0:
             raise UserError(
@@ -161,10 +171,44 @@ _ENV = {
     "SDTUI_FAST_PATH": "fast_path",
     "SDTUI_DEVICES": "devices",
     "SDTUI_DAEMON_IDLE_MINUTES": "daemon_idle_minutes",
+    "SDTUI_MAX_IMAGE_MEGAPIXELS": "max_image_megapixels",
 }
 
 
+_STR_KEYS = ("default_model", "device", "memory_mode", "graphics", "fast_path")
+MAX_PREVIEW_EVERY = 1000
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return "a number" if isinstance(value, int | float) else "text"
+
+
+def _number(key: str, value: Any, source: str, *, integer: bool, low: float, high: float, hint: str) -> Any:
+    """A finite number in [low, high] (TOML gives ints and floats; the environment gives text)."""
+    given = value
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            value = None
+    bad_type = value is None or isinstance(value, bool) or not isinstance(value, int | float)
+    if not bad_type and integer and isinstance(value, float):
+        bad_type = not value.is_integer()
+        value = int(value) if not bad_type else value
+    if bad_type or not math.isfinite(value) or not low <= value <= high:
+        raise UserError(f"{key} in {source} is {given!r}: {hint}")
+    return value
+
+
 def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Settings from a file or the environment, each of the type it must be: a wrong type
+    is refused in one sentence (``models_dir = 123`` must not become a folder named 123)."""
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -173,24 +217,60 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
                 f"unknown setting {key!r} in {source}: known settings are {', '.join(fields)}"
             )
         if key in _PATH_KEYS:
-            out[key] = Path(str(value)).expanduser() if value else None
+            if not isinstance(value, str):
+                raise UserError(
+                    f"{key} in {source} is {_type_name(value)}: give a folder path in quotes, "
+                    f'e.g. {key} = "/data/sd"'
+                )
+            if "\x00" in value:
+                raise UserError(f"{key} in {source} holds a NUL character: give a folder path")
+            out[key] = Path(value).expanduser() if value else None
         elif key == "preview_every":
-            out[key] = int(value)
+            out[key] = _number(
+                key, value, source, integer=True, low=0, high=MAX_PREVIEW_EVERY,
+                hint=f"use a whole number of steps from 0 (no previews) to {MAX_PREVIEW_EVERY}",
+            )
+        elif key == "max_image_megapixels":
+            out[key] = _number(
+                key, value, source, integer=False, low=1, high=MAX_IMAGE_MEGAPIXELS_LIMIT,
+                hint=f"use a number of megapixels from 1 to {MAX_IMAGE_MEGAPIXELS_LIMIT:g}",
+            )
         elif key == "devices":
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(d, str) for d in items):
                 raise UserError(f"devices in {source} must be a list like [\"cuda:0\", \"cuda:1\"]")
             out[key] = tuple(d.strip() for d in items if d.strip())
         elif key == "daemon_idle_minutes":
-            try:
-                out[key] = float(value)
-            except (TypeError, ValueError):
-                raise UserError(
-                    f"daemon_idle_minutes in {source} is {value!r}, not a number of minutes"
-                ) from None
-        else:
-            out[key] = str(value) if value is not None else None
+            out[key] = float(_number(
+                key, value, source, integer=False, low=0, high=10**7,
+                hint="use a number of minutes (0 = never stop)",
+            ))
+        elif key in _STR_KEYS:
+            if value is not None and not isinstance(value, str):
+                raise UserError(f'{key} in {source} is {_type_name(value)}: give text in quotes, e.g. {key} = "..."')
+            out[key] = value
+        else:  # pragma: no cover - every field is named above
+            out[key] = value
     return out
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise UserError(f"settings file {path} is a folder: point SDTUI_CONFIG / --config at a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"settings file {path} cannot be read ({e.strerror or e}): fix its permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"settings file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"settings file {path} is not valid TOML ({e}): fix or delete it") from None
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -198,10 +278,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     path = path or config_path()
     values: dict[str, Any] = {}
     if path.exists():
-        try:
-            values.update(_coerce(tomllib.loads(path.read_text(encoding="utf-8")), str(path)))
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"settings file {path} is not valid TOML ({e}): fix or delete it") from None
+        values.update(_coerce(_read_settings_file(path), str(path)))
     values.update(_coerce({f: os.environ[e] for e, f in _ENV.items() if os.environ.get(e)}, "environment"))
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in _PATH_KEYS:

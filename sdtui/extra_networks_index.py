@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from sdtui.model_index import (
     read_safetensors_header,
     read_safetensors_shapes,
     sha256_file,
+    shown,
     stub_state,
 )
 
@@ -61,6 +64,7 @@ HIRES_LATENT_UPSCALERS: tuple[str, ...] = (
 )
 
 _CHUNK = 1024 * 1024
+_RE_HASH = re.compile(r"[0-9a-f]{12,64}")
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,9 @@ def _strip_suffix(name: str, suffixes: Iterable[str]) -> str:
 
 
 def _walk_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under ``root`` (recursively, following links once) whose names end in a suffix;
-    hidden files and empty files are left out. Sorted by relative path."""
+    """Regular files under ``root`` (recursively, following links once) whose names end in a
+    suffix; hidden, empty and special files (named pipes, devices) are left out. Sorted by
+    relative path."""
     if not root.is_dir():
         return []
     found: list[Path] = []
@@ -131,7 +136,9 @@ def _walk_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
                 continue
             path = Path(dirpath) / name
             with contextlib.suppress(OSError):
-                if path.stat().st_size > 0:
+                st = path.stat()
+                # a named pipe or a device is never listed: reading it would block or not end
+                if stat.S_ISREG(st.st_mode) and st.st_size > 0:
                     found.append(path)
     return found
 
@@ -292,7 +299,8 @@ def lora_hash(path: Path | str) -> str:
         meta = read_safetensors_header(path).get("__metadata__")
         if isinstance(meta, dict) and isinstance(meta.get("sshs_model_hash"), str):
             value = meta["sshs_model_hash"].strip().lower()
-            if value:
+            # the file's word goes into infotexts: only a hex digest is taken from it
+            if _RE_HASH.fullmatch(value):
                 return value[:12]
     return addnet_hash(path)[:12]
 
@@ -311,13 +319,15 @@ def addnet_hash(path: Path | str) -> str:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise UserError(f"{path} is not a safetensors file (too short)")
+                raise UserError(f"{shown(path)} is not a safetensors file (too short)")
             (n,) = struct.unpack("<Q", head)
             f.seek(8 + n)
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
     except PermissionError:
-        raise UserError(f"{path} cannot be read (permission denied): fix its permissions") from None
+        raise UserError(
+            f"{shown(path)} cannot be read (permission denied): fix its permissions"
+        ) from None
     value = h.hexdigest()
     _store_cache(key, {**ident, "addnet_sha256": value})
     return value
@@ -362,8 +372,8 @@ def embedding_vectors(path: Path | str) -> int | None:
         if path.suffix.lower() == ".safetensors":
             data: Any = {k: SimpleNamespace(shape=v) for k, v in read_safetensors_shapes(path).items()}
         else:
-            data = read_pickle_structure(path)
-    except (OSError, UserError, ValueError, RecursionError):
+            data = read_pickle_structure(path, "embedding")
+    except Exception:  # noqa: BLE001 - unreadable, refused or odd: counted as its name's tokens
         return None
     if not isinstance(data, dict):
         return None

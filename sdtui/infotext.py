@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdtui.errors import UserError
 
@@ -176,61 +176,58 @@ def read_infotext(path: str | Path) -> str | None:
 
     PNG: the ``parameters`` text chunk. JPEG/WebP (and any image with EXIF): the EXIF
     UserComment, which wins when present, as in A1111's ``read_info_from_image``.
+    Only headers and text chunks are read, never the pixels; a bad file (not an image, a
+    named pipe, a text chunk over 1 MB, a decompression bomb) is one UserError sentence.
     """
-    from PIL import Image, UnidentifiedImageError
+    from sdtui.image_files import open_image_file
 
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist: check the path (use Tab to complete it)")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not an image: give the path of a PNG/JPEG/WebP file")
+    # no pixel limit: the pixels are not decoded here (Pillow's own bomb check stays on)
+    im = open_image_file(path, "image", load=False, check_size=False)
     try:
-        with Image.open(path) as im:
-            info = dict(im.info or {})
-            geninfo = info.get("parameters")
-            if geninfo is None and getattr(im, "format", None) == "PNG":
-                # text chunks after the image data only show up once the file is read
-                geninfo = getattr(im, "text", {}).get("parameters")
-            comment: str | None = None
-            if "exif" in info:
-                try:
-                    raw = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-                except Exception:  # a broken EXIF block is no reason to fail
-                    raw = None
-                if raw:
-                    comment = decode_user_comment(raw)
-            if comment:
-                geninfo = comment
-    except UnidentifiedImageError:
-        if _looks_like_image(path):
-            raise UserError(
-                f"{path} is not a readable image (damaged or truncated): give another file"
-            ) from None
-        raise UserError(
-            f"{path} is not an image (Pillow does not recognize its contents): "
-            "give a PNG, JPEG or WebP file"
-        ) from None
-    except PermissionError:
-        raise UserError(f"{path} cannot be read (permission denied): fix its permissions") from None
-    except OSError as e:
-        raise UserError(
-            f"{path} is not a readable image ({e}): it may be truncated; give another file"
-        ) from None
+        info = dict(im.info or {})
+        geninfo = info.get("parameters")
+        if geninfo is None and getattr(im, "format", None) == "PNG":
+            # text chunks after the image data only show up once the file is read
+            geninfo = _late_png_text(im, path)
+        comment: str | None = None
+        if "exif" in info:
+            try:
+                raw = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+            except Exception:  # a broken EXIF block is no reason to fail
+                raw = None
+            if raw:
+                comment = decode_user_comment(raw)
+        if comment:
+            geninfo = comment
+    finally:
+        im.close()
     if isinstance(geninfo, bytes):
         geninfo = geninfo.decode("utf8", errors="replace")
+    if geninfo is not None and not isinstance(geninfo, str):
+        geninfo = str(geninfo)
     return geninfo if geninfo else None
 
 
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
+def _late_png_text(im: Any, path: str | Path) -> str | None:
+    """``im.text`` reads the rest of the file (and decodes the pixels) to find text chunks
+    written after the image data: as bad as the pixels can be, so it answers in a sentence."""
+    from sdtui.image_files import max_pixels, show, text_too_large
 
-
-def _looks_like_image(path: Path) -> bool:
+    if im.width * im.height > max_pixels(None):
+        return None  # finding them would decode a huge image: A1111 writes them first anyway
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return False
-    return head.startswith(_MAGIC)
+        return im.text.get("parameters")
+    except ValueError as e:
+        if text_too_large(e):
+            raise UserError(
+                f"image {show(path)} holds a metadata text chunk too large to read (over 1 MB): "
+                "it was not written by sdtui or A1111; strip its metadata or give another file"
+            ) from None
+        raise UserError(f"image {show(path)} is damaged: give another file") from None
+    except MemoryError:
+        raise UserError(f"image {show(path)} is too large to read: give another file") from None
+    except Exception:  # noqa: BLE001 - a damaged tail after the pixels: no parameters
+        return None
 
 
 def params_from_image(path: str | Path) -> GenerationParams:

@@ -11,22 +11,27 @@ is the file stem; a "title" is ``relative/path.safetensors [shorthash]``.
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
+import stat
 import struct
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sdtui.errors import UserError
-from sdtui.model_family import ModelFamily, UnknownArchitectureError, detect_family
+from sdtui.model_family import UNET, ModelFamily, UnknownArchitectureError, detect_family
+from sdtui.safe_text import one_line
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".safetensors", ".ckpt")
@@ -38,6 +43,8 @@ CHUNK = 1024 * 1024  # A1111 hashes in 1 MiB blocks
 OLD_HASH_OFFSET, OLD_HASH_LENGTH = 0x100000, 0x10000
 SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit
 CKPT_MAX_PICKLE = 64 * 1024 * 1024
+HASH_CACHE_MAX = 64 * 1024 * 1024  # a cache file larger than this is not ours: ignored
+MAX_TENSOR_RANK = 32
 _RE_TITLE_HASH = re.compile(r"\s*\[([^]]+)]\s*$")  # A1111's re_strip_checksum
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
@@ -80,15 +87,369 @@ class ModelEntry:
         return f"{gib:.2f} GB" if gib >= 1 else f"{self.size_bytes / 1024**2:.0f} MB"
 
 
+# -- opening files safely --------------------------------------------------------------------
+
+
+class RefusedFile(UserError):
+    """A file sdtui will not load because loading it could run code or exhaust memory: a
+    TorchScript archive, a pickle that names code, a pickle or zip that claims far more than
+    the file holds. Callers that turn other read errors into "not a model" let these through."""
+
+
+def shown(path: Path | str) -> str:
+    """A path or name as a message may show it: control characters visible, on one line."""
+    return one_line(str(path))
+
+
+def human_size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> UserError:
+    kind = next((k for test, k in _FILE_KINDS if test(mode)), "a special file")
+    return UserError(
+        f"{shown(path)} is {kind}, not a file: sdtui reads only regular files; put the model "
+        "file itself there"
+    )
+
+
+def _os_error(path: Path, e: OSError) -> UserError:
+    if isinstance(e, FileNotFoundError):
+        return UserError(f"{shown(path)} does not exist: check the path")
+    if isinstance(e, PermissionError):
+        return UserError(f"{shown(path)} cannot be read (permission denied): fix its permissions")
+    return UserError(f"{shown(path)} cannot be read ({e.strerror or e}): check the file")
+
+
+def regular_stat(path: Path | str) -> os.stat_result:
+    """``path``'s stat, refusing anything but a regular file: reading a named pipe blocks
+    forever and a device never ends."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    return st
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """``path`` opened for reading, refused unless it is a regular file. O_NONBLOCK keeps
+    ``open`` on a named pipe from waiting for a writer, and fstat checks what was opened."""
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# -- pickles and zips, read without running them ---------------------------------------------
+
+
+@dataclass
+class PickleScan:
+    """What a pickle's opcodes say, read without unpickling anything."""
+
+    globals: list[str] = field(default_factory=list)  # every "module.name" it imports, in order
+    complete: bool = False  # the first pickle parsed cleanly up to its STOP
+
+
+_STRING_OPS = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+     "SHORT_BINSTRING"}
+)
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MAX_LINE = 1 << 16
+
+
+class _Bounded:
+    """A file seen through a window of ``limit`` bytes: a read asking for more than is left
+    gets what is left, and the claim is remembered (an unpickler would allocate it first)."""
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        self.f = f
+        self.left = limit
+        self.claimed = 0  # the largest read asked past the end, and what was left then
+        self.had = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self.left
+        if n > self.left:
+            if n > self.claimed:
+                self.claimed, self.had = n, self.left
+            n = self.left
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self.f.readline(max(0, min(self.left, _MAX_LINE)))
+        self.left -= len(data)
+        return data
+
+
+def _overclaim(path: Path, what: str) -> RefusedFile:
+    return RefusedFile(
+        f"{shown(path.name)} is damaged or crafted: its pickle {what}; re-download it or use "
+        "a .safetensors version"
+    )
+
+
+def _global_name(module: str, name: str) -> str:
+    """"module.name" as the unpickler resolves it (Python 2 names, as protocols 0-2 write
+    them, mapped the way ``fix_imports`` maps them: ``__builtin__.eval`` is builtins.eval)."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
+
+
+def scan_pickle(f: BinaryIO, limit: int, path: Path, *, pickles: int = 1) -> PickleScan:
+    """Walk up to ``pickles`` consecutive pickles in ``f`` (reading at most ``limit`` bytes)
+    opcode by opcode; nothing is built or run. Raises RefusedFile when the pickle claims more
+    than its bytes can hold, before any unpickler allocates it: a length or frame past the
+    end, or a memo index past what the pickle can fill (CPython grows its memo to the index).
+    A pickle that does not parse is not an error here: the loader reports it."""
+    reader = _Bounded(f, limit)
+    memo_cap = max(limit // 2, 256)  # each memo entry costs a push and a put: >= 2 bytes
+    scan = PickleScan()
+    for index in range(pickles):
+        if reader.left <= 0:
+            break
+        strings: list[str] = []
+        memo: dict[int, str] = {}  # slot -> the string put there (for STACK_GLOBAL via GET)
+        puts = 0
+        prev_string = False
+        refused: RefusedFile | None = None
+        parsed = False
+        try:
+            for op, arg, _ in pickletools.genops(reader):
+                name = op.name
+                pushed_string = False
+                if name in _PUT_OPS or name == "MEMOIZE":
+                    slot = puts if name == "MEMOIZE" else arg  # MEMOIZE: the next free slot
+                    puts += 1
+                    if not isinstance(slot, int) or not 0 <= slot <= memo_cap:
+                        refused = _overclaim(
+                            path, f"asks for memo slot {slot:,} in a {limit:,}-byte pickle"
+                        )
+                        break
+                    if prev_string and strings:
+                        memo[slot] = strings[-1]
+                elif name in _GET_OPS:
+                    if isinstance(arg, int) and arg in memo:
+                        strings.append(memo[arg])
+                        pushed_string = True
+                elif name == "FRAME" and isinstance(arg, int) and arg > reader.left:
+                    refused = _overclaim(
+                        path, f"claims a {arg:,}-byte frame where {reader.left:,} bytes follow"
+                    )
+                    break
+                elif name in _STRING_OPS and isinstance(arg, str):
+                    strings.append(arg)
+                    pushed_string = True
+                elif name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    scan.globals.append(_global_name(*arg.partition(" ")[::2]))
+                elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                    scan.globals.append(f"{strings[-2]}.{strings[-1]}")
+                prev_string = pushed_string
+            else:
+                parsed = True
+        except Exception:  # noqa: BLE001 - not a pickle, or damaged: the loader says which
+            parsed = False
+        if refused is not None:
+            raise refused
+        if reader.claimed:
+            raise _overclaim(
+                path, f"claims {reader.claimed:,} bytes where {reader.had:,} follow"
+            )
+        if not parsed:
+            break
+        if index == 0:
+            scan.complete = True
+    return scan
+
+
+_TORCHSCRIPT_RECORDS = frozenset({"constants.pkl", "bytecode.pkl", "attributes.pkl", "model.json"})
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what torch's zip reader reads
+ZIP_MAGIC = b"PK\x03\x04"  # torch.load's own test for its zip format
+
+
+def is_torchscript(names: Iterable[str]) -> bool:
+    """Whether zip member names are a TorchScript archive's: torch.jit.save writes
+    ``NAME/constants.pkl`` and ``NAME/code/...`` (older ones ``attributes.pkl``/``model.json``,
+    mobile ones ``bytecode.pkl``); torch.save writes none of these."""
+    for n in names:
+        parts = n.split("/")
+        rel = parts[1:] if len(parts) > 1 else parts
+        if rel and (rel[0] in _TORCHSCRIPT_RECORDS or (rel[0] == "code" and len(rel) > 1)):
+            return True
+    return False
+
+
+def torchscript_refusal(path: Path, what: str = "model") -> RefusedFile:
+    return RefusedFile(
+        f"{shown(path.name)} is a TorchScript file, which can run code when loaded: sdtui does "
+        f"not load TorchScript; use a .safetensors or .pth state dict of this {what}"
+    )
+
+
+def _damaged(path: Path, size: int, e: BaseException) -> UserError:
+    return UserError(
+        f"{shown(path.name)} is damaged or truncated ({human_size(size)}): re-download it",
+        detail=f"{type(e).__name__}: {e}",
+    )
+
+
+def _data_pkl(names: list[str]) -> str | None:
+    """The pickle torch.load reads: ``data.pkl`` in the folder of the archive's first record."""
+    if not names:
+        return None
+    top = names[0].split("/", 1)[0] if "/" in names[0] else ""
+    wanted = f"{top}/data.pkl" if top else "data.pkl"
+    if wanted in names:
+        return wanted
+    return next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+
+
+def read_zip_pickle(path: Path | str, what: str = "model") -> bytes:
+    """The ``data.pkl`` bytes of a zip-format torch file (torch >= 1.6), after checking the
+    zip: a TorchScript archive, an encrypted zip, one packed with a method torch cannot read
+    and a zip bomb are refused (UserError / RefusedFile). Raises ValueError when the file is
+    not such a zip (an old pickle-only file) or its pickle is too large to inspect."""
+    path = Path(path)
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(4) != ZIP_MAGIC:
+            raise ValueError("not a zip-format torch checkpoint")
+        f.seek(0)
+        try:
+            zf = zipfile.ZipFile(f)
+            infos = zf.infolist()
+        except Exception as e:  # noqa: BLE001 - zipfile raises many types on a damaged file
+            raise _damaged(path, size, e) from None
+        with zf:
+            names = [i.filename for i in infos]
+            if is_torchscript(names):
+                raise torchscript_refusal(path, what)
+            for info in infos:
+                if info.flag_bits & 0x1:
+                    raise UserError(
+                        f"{shown(path.name)} is an encrypted zip, which sdtui cannot read: "
+                        "re-download it or use a .safetensors version"
+                    )
+                if info.compress_type not in _ZIP_METHODS:
+                    method = zipfile.compressor_names.get(
+                        info.compress_type, f"method {info.compress_type}"
+                    )
+                    raise UserError(
+                        f"{shown(path.name)} is a zip packed with {method}, which torch cannot "
+                        "read: re-download it or use a .safetensors version"
+                    )
+            unpacked = sum(i.file_size for i in infos)
+            if unpacked > 4 * size + (1 << 20):
+                raise RefusedFile(
+                    f"{shown(path.name)} is damaged or crafted: its zip claims to unpack to "
+                    f"{human_size(unpacked)} from {human_size(size)}; re-download it or use a "
+                    ".safetensors version"
+                )
+            pkl = _data_pkl(names)
+            if pkl is None:
+                raise ValueError("no data.pkl inside")
+            info = zf.getinfo(pkl)
+            if info.file_size > CKPT_MAX_PICKLE:
+                raise ValueError("its pickle is too large to inspect")
+            try:
+                return zf.read(info)
+            except Exception as e:  # noqa: BLE001 - bad CRC, bad header, short read ...
+                raise _damaged(path, size, e) from None
+
+
 # -- safetensors / ckpt headers --------------------------------------------------------------
 
 
+_RE_DTYPE = re.compile(r"[A-Z][A-Z0-9_]{0,15}")
+_DTYPE_BITS = {
+    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8,
+    "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8,
+    "F8_E8M0": 8, "C64": 64,
+}  # sub-byte types (F4, F6_*) are packed: their sizes are left to the safetensors library
+
+
+def _ints(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        type(d) is int and 0 <= d < 2**63 for d in value
+    )
+
+
+def _tensor_label(name: str) -> str:
+    return "'" + shown(name if len(name) <= 60 else name[:57] + "...") + "'"
+
+
+def safetensors_header_problem(
+    header: Mapping[str, Any], data_size: int | None = None
+) -> str | None:
+    """Why a parsed safetensors header is not one (every tensor needs a dtype name, a shape
+    of non-negative ints and two ordered offsets; ``__metadata__`` maps text to text), or None.
+    With ``data_size`` each tensor's offsets must also lie in the data and fit its shape."""
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                return "its __metadata__ is not a table of text"
+            continue
+        label = _tensor_label(name)
+        if not isinstance(info, dict):
+            return f"tensor {label} is not described"
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or not _RE_DTYPE.fullmatch(dtype):
+            return f"tensor {label} has no valid dtype"
+        if not _ints(shape) or len(shape) > MAX_TENSOR_RANK:
+            return f"tensor {label} has no valid shape"
+        if not _ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+            return f"tensor {label} has invalid data offsets"
+        if data_size is None:
+            continue
+        if offsets[1] > data_size:
+            return f"tensor {label} lies past the end of the file"
+        bits = _DTYPE_BITS.get(dtype)
+        numel = 1
+        for d in shape:
+            numel *= d
+        if bits is not None and (offsets[1] - offsets[0]) * 8 != numel * bits:
+            return f"tensor {label} has data offsets that do not fit its shape"
+    return None
+
+
 def read_safetensors_header(path: Path | str) -> dict[str, Any]:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON),
+    checked: every tensor has a dtype, a shape of non-negative ints and ordered offsets."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+    with open_regular(path) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise _bad(path, f"it is only {size} bytes long")
@@ -101,44 +462,40 @@ def read_safetensors_header(path: Path | str) -> dict[str, Any]:
                     f"the header says {8 + n} bytes but the file has {size}; it is truncated",
                 )
             raw = f.read(n)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist: check the path") from None
-    except PermissionError:
-        raise UserError(f"{path} cannot be read (permission denied): fix its permissions") from None
+        except OSError as e:
+            raise _os_error(path, e) from None
     try:
         header = json.loads(raw.decode("utf-8").rstrip(" \x00"))
     except (UnicodeDecodeError, ValueError):
         raise _bad(path, "its header is not JSON") from None
+    except RecursionError:
+        raise _bad(path, "its header is nested too deeply") from None
     if not isinstance(header, dict):
         raise _bad(path, "its header is not a JSON object")
+    problem = safetensors_header_problem(header)
+    if problem is not None:
+        raise _bad(path, problem)
     return header
 
 
 def read_safetensors_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, from the header alone (no weights read)."""
     header = read_safetensors_header(path)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
-            raise _bad(Path(path), f"tensor {name!r} has no shape in the header")
-        shapes[name] = tuple(int(d) for d in info["shape"])
-    return shapes
+    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
 
 
 def _bad(path: Path, why: str) -> UserError:
     return UserError(
-        f"{path} is not a valid safetensors file ({why}): the download may be incomplete; "
-        "download it again"
+        f"{shown(path)} is not a valid safetensors file ({why}): the download may be "
+        "incomplete; download it again"
     )
 
 
 class _TensorShape:
     __slots__ = ("shape",)
 
-    def __init__(self, shape: Sequence[int]) -> None:
-        self.shape = tuple(int(d) for d in shape)
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
 
 
 class _Stub:
@@ -162,7 +519,12 @@ class _Stub:
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, *args: Any) -> _TensorShape:
-    return _TensorShape(size if isinstance(size, (tuple, list)) else ())
+    if not isinstance(size, (tuple, list)):
+        return _TensorShape(())
+    dims = list(size)
+    if not _ints(dims) or len(dims) > MAX_TENSOR_RANK:
+        raise pickle.UnpicklingError("a tensor with an impossible shape")
+    return _TensorShape(tuple(dims))
 
 
 def _rebuild_parameter(data: Any, *args: Any) -> Any:
@@ -190,7 +552,7 @@ class _ShapeUnpickler(pickle.Unpickler):
         found = self._FUNCS.get((module, name))
         if found is not None:
             return found
-        return type(name, (_Stub,), {})
+        return type("Stub", (_Stub,), {})
 
     def persistent_load(self, pid: Any) -> Any:
         return None
@@ -201,28 +563,22 @@ def stub_state(obj: Any) -> Any:
     return getattr(obj, "state", None) if isinstance(obj, _Stub) else None
 
 
-def read_pickle_structure(path: Path | str) -> Any:
+def read_pickle_structure(path: Path | str, what: str = "model") -> Any:
     """The object a zip-format ``.ckpt``/``.pt``/``.bin`` (torch >= 1.6) pickles, with every
     tensor as a ``.shape``-only stand-in and every class a stub: nothing is imported or run.
+    Its opcodes are scanned first, so a pickle claiming more memory than it holds is refused
+    before the unpickler allocates anything.
 
-    Raises ValueError when the file is not such a zip (old pickle-only checkpoints).
+    Raises ValueError when the file is not such a zip (old pickle-only checkpoints) or its
+    pickle cannot be read; UserError / RefusedFile for a zip that must not be read at all.
     """
     path = Path(path)
+    data = read_zip_pickle(path, what)
+    scan_pickle(io.BytesIO(data), len(data), path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if not pkl:
-                raise ValueError("no data.pkl inside")
-            info = zf.getinfo(pkl[0])
-            if info.file_size > CKPT_MAX_PICKLE:
-                raise ValueError("its pickle is too large to inspect")
-            with zf.open(info) as f:
-                obj = _ShapeUnpickler(f).load()
-    except zipfile.BadZipFile:
-        raise ValueError("not a zip-format torch checkpoint") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, IndexError, KeyError) as e:
-        raise ValueError(f"its pickle cannot be read ({e})") from None
-    return obj
+        return _ShapeUnpickler(io.BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001 - a damaged pickle can raise almost anything
+        raise ValueError(f"its pickle cannot be read ({type(e).__name__})") from None
 
 
 def read_ckpt_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
@@ -235,11 +591,38 @@ def read_ckpt_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ValueError("it holds no state dict")
-    return {str(k): v.shape for k, v in obj.items() if isinstance(v, _TensorShape)}
+    return {k: v.shape for k, v in obj.items() if isinstance(k, str) and isinstance(v, _TensorShape)}
+
+
+_UNET_IN = UNET + "input_blocks.0.0.weight"
+
+
+def family_from_shapes(
+    shapes: Mapping[str, Sequence[int]],
+    detect: Callable[[Mapping[str, Sequence[int]]], ModelFamily] = detect_family,
+) -> ModelFamily:
+    """``detect_family``, with shapes no model has (a scalar or 1-D UNet input weight, a
+    flat attention weight) reported as UnknownArchitectureError instead of an IndexError."""
+    for name, shape in shapes.items():
+        is_attn = name.startswith(UNET) and name.endswith("attn2.to_k.weight")
+        if (name == _UNET_IN or is_attn) and len(shape) < 2:
+            raise UnknownArchitectureError(
+                f"its UNet weight {_tensor_label(name[len(UNET):])} has shape {tuple(shape)}, "
+                "which no Stable Diffusion model has: the file is damaged; re-download it"
+            )
+    try:
+        return detect(shapes)
+    except UnknownArchitectureError:
+        raise
+    except (IndexError, KeyError, TypeError, ValueError, OverflowError) as e:
+        raise UnknownArchitectureError(
+            "its tensor shapes fit no Stable Diffusion model: the file is damaged; re-download it"
+        ) from e
 
 
 def _family_of(path: Path) -> tuple[str, str | None, str | None]:
-    """(family label, bundled config, error) of a checkpoint file; cheap: headers only."""
+    """(family label, bundled config, error) of a checkpoint file; cheap: headers only.
+    Never raises: whatever is wrong with one file becomes its error text."""
     try:
         if path.suffix.lower() == ".safetensors":
             shapes = read_safetensors_shapes(path)
@@ -248,30 +631,44 @@ def _family_of(path: Path) -> tuple[str, str | None, str | None]:
                 shapes = read_ckpt_shapes(path)
             except ValueError:
                 return "?", None, None  # an old pickle: the engine finds out when it loads
+        fam: ModelFamily = family_from_shapes(shapes)
     except UserError as e:
         return "?", None, e.message
-    except OSError as e:
-        return "?", None, f"{path} cannot be read ({e.strerror or e})"
-    try:
-        fam: ModelFamily = detect_family(shapes)
     except UnknownArchitectureError as e:
         return "?", None, str(e)
+    except OSError as e:
+        return "?", None, f"{shown(path)} cannot be read ({e.strerror or e})"
+    except Exception as e:  # noqa: BLE001 - one odd file must not stop the listing
+        return "?", None, f"{shown(path.name)} cannot be read ({type(e).__name__}): re-download it"
     return fam.label, fam.config, None
 
 
+def read_small_json(path: Path, limit: int = 16 * 1024 * 1024) -> Any:
+    """A config file's JSON; UserError for a missing or special file, ValueError for one
+    that is too large or not JSON, RecursionError for one nested too deeply."""
+    with open_regular(path) as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError("larger than any config file")
+    return json.loads(raw.decode("utf-8"))
+
+
 def _diffusers_family(folder: Path) -> tuple[str, str | None, str | None]:
+    marker = folder / DIFFUSERS_MARKER
     try:
-        index = json.loads((folder / DIFFUSERS_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        return "?", None, f"{folder / DIFFUSERS_MARKER} cannot be read ({e})"
+        index = read_small_json(marker)
+    except UserError as e:
+        return "?", None, e.message
+    except Exception as e:  # noqa: BLE001 - OSError, bad JSON, nesting: all "cannot be read"
+        return "?", None, f"{shown(marker)} cannot be read ({type(e).__name__}): re-download the model"
     cls = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
     if "XL" in cls:
         return "SDXL", "sdxl-base", None
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        unet = read_small_json(folder / "unet" / "config.json")
         width = int(unet.get("cross_attention_dim", 0))
         inpaint = int(unet.get("in_channels", 4)) == 9
-    except (OSError, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - no or odd UNet config: family unknown, not an error
         return "?", None, None
     family = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(width, "?")
     return family + (" inpainting" if inpaint and family != "?" else ""), None, None
@@ -289,37 +686,57 @@ def is_checkpoint_file(path: Path) -> bool:
     return lower.endswith(CHECKPOINT_SUFFIXES) and not lower.endswith(VAE_SUFFIXES)
 
 
-def entry_for_path(path: Path | str, root: Path | None = None) -> ModelEntry:
-    """A ModelEntry for one checkpoint file or diffusers folder; named relative to ``root``
-    when it lies inside it, else by its own name."""
-    path = Path(path).expanduser()
-    rel: str
+def _relative_name(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
-            rel = path.relative_to(root).as_posix()
+            return path.relative_to(root).as_posix()
         except ValueError:
-            rel = path.name
-    else:
-        rel = path.name
+            pass
+    return path.name
+
+
+def entry_for_path(path: Path | str, root: Path | None = None) -> ModelEntry:
+    """A ModelEntry for one checkpoint file or diffusers folder; named relative to ``root``
+    when it lies inside it, else by its own name. A file that cannot be read or classified
+    still gets an entry, with family "?" and ``error`` saying why; UserError only when the
+    path is missing or not a regular file (a named pipe is never opened)."""
+    path = Path(path).expanduser()
+    rel = _relative_name(path, root)
     if path.is_dir():
         if not (path / DIFFUSERS_MARKER).is_file():
             raise UserError(
-                f"{path} is a folder without {DIFFUSERS_MARKER}, so not a diffusers model: "
-                "give a .safetensors/.ckpt file or a diffusers folder"
+                f"{shown(path)} is a folder without {DIFFUSERS_MARKER}, so not a diffusers "
+                "model: give a .safetensors/.ckpt file or a diffusers folder"
             )
         family, config, error = _diffusers_family(path)
         size = _folder_size(path)
         return ModelEntry(rel, path, "diffusers", size, family, error, config)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist: check the path") from None
+    size = regular_stat(path).st_size
     family, config, error = _family_of(path)
     name = rel[: -len(path.suffix)] if path.suffix else rel
     yaml = path.with_suffix(".yaml")
     return ModelEntry(
         name, path, "file", size, family, error, config, yaml if yaml.is_file() else None
     )
+
+
+def _listed_entry(path: Path, root: Path) -> ModelEntry | None:
+    """entry_for_path for discovery: None for a file that vanished meanwhile; an entry
+    flagged with its error (family "?") for anything else that goes wrong."""
+    try:
+        return entry_for_path(path, root)
+    except UserError:
+        return None  # gone between listing and reading, or turned into a pipe
+    except Exception as e:  # noqa: BLE001 - one bad file must not hide the others
+        rel = _relative_name(path, root)
+        is_dir = path.is_dir()
+        name = rel if is_dir or not path.suffix else rel[: -len(path.suffix)]
+        try:
+            size = _folder_size(path) if is_dir else path.stat().st_size
+        except OSError:
+            size = 0
+        why = f"{shown(path.name)} cannot be read ({type(e).__name__}): re-download it"
+        return ModelEntry(name, path, "diffusers" if is_dir else "file", size, "?", why)
 
 
 def _folder_size(folder: Path) -> int:
@@ -333,7 +750,11 @@ def _folder_size(folder: Path) -> int:
 
 def discover_models(models_dir: Path | str) -> list[ModelEntry]:
     """Every checkpoint under ``models_dir/Stable-diffusion``, nested folders included, sorted
-    by name (case-insensitive). A folder holding ``model_index.json`` is one diffusers model."""
+    by name (case-insensitive). A folder holding ``model_index.json`` is one diffusers model.
+
+    Never raises for one file: a file that cannot be read or classified is listed with family
+    "?" and ``ModelEntry.error`` saying why, so every good file is still there. Named pipes,
+    devices and other non-regular entries are skipped without being opened."""
     root = checkpoints_folder(models_dir)
     if not root.is_dir():
         return []
@@ -347,7 +768,9 @@ def discover_models(models_dir: Path | str) -> list[ModelEntry]:
         seen.add(real)
         here = Path(dirpath)
         if here != root and DIFFUSERS_MARKER in filenames:
-            entries.append(entry_for_path(here, root))
+            entry = _listed_entry(here, root)
+            if entry is not None:
+                entries.append(entry)
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -355,8 +778,15 @@ def discover_models(models_dir: Path | str) -> list[ModelEntry]:
             p = here / name
             if name.startswith(".") or not is_checkpoint_file(p):
                 continue
-            with contextlib.suppress(UserError):  # vanished between listing and stat
-                entries.append(entry_for_path(p, root))
+            try:
+                mode = os.stat(p).st_mode
+            except OSError:
+                continue  # vanished, or a link to nothing
+            if not stat.S_ISREG(mode):
+                continue  # a named pipe or a device: opening it could block forever
+            entry = _listed_entry(p, root)
+            if entry is not None:
+                entries.append(entry)
     entries.sort(key=lambda e: e.name.lower())
     return entries
 
@@ -381,13 +811,53 @@ def _cache_path() -> Path:
     return cache_dir() / HASH_CACHE_FILE
 
 
+_HASH_FIELDS = {"sha256": 64, "addnet_sha256": 64, "old_hash": 8}
+_RE_LOWER_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _valid_hash(field: str, value: Any) -> bool:
+    """A cached hash as sdtui writes it: lowercase hex of the field's length. A tampered
+    cache could otherwise put escape sequences into listings and saved infotexts."""
+    length = _HASH_FIELDS.get(field)
+    return (
+        isinstance(value, str)
+        and (length is None or len(value) == length)
+        and _RE_LOWER_HEX.fullmatch(value) is not None
+    )
+
+
+def _clean_record(rec: Any) -> dict[str, Any] | None:
+    """A cache record with its size and mtime ints and only well-formed hashes; None if it
+    has no usable identity."""
+    if not isinstance(rec, dict) or type(rec.get("size")) is not int:
+        return None
+    if type(rec.get("mtime_ns")) is not int:
+        return None
+    out: dict[str, Any] = {"size": rec["size"], "mtime_ns": rec["mtime_ns"]}
+    out.update((k, rec[k]) for k in _HASH_FIELDS if _valid_hash(k, rec.get(k)))
+    return out
+
+
 def _load_cache() -> dict[str, dict[str, Any]]:
+    """The hash cache's records, every value checked (a file that is not ours, not JSON, not
+    an object, or huge counts as empty; a record with a malformed hash loses that hash)."""
     try:
-        data = json.loads(_cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with open_regular(_cache_path()) as f:
+            raw = f.read(HASH_CACHE_MAX + 1)
+        if len(raw) > HASH_CACHE_MAX:
+            return {}
+        data = json.loads(raw.decode("utf-8"))
+    except (UserError, OSError, ValueError, RecursionError):
         return {}
     files = data.get("files") if isinstance(data, dict) else None
-    return files if isinstance(files, dict) else {}
+    if not isinstance(files, dict):
+        return {}
+    clean: dict[str, dict[str, Any]] = {}
+    for key, rec in files.items():
+        record = _clean_record(rec)
+        if record is not None:
+            clean[key] = record
+    return clean
 
 
 def _store_cache(key: str, record: dict[str, Any]) -> None:
@@ -408,9 +878,11 @@ def _identity(path: Path) -> tuple[str, dict[str, int]]:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist: check the path") from None
+        raise UserError(f"{shown(path)} does not exist: check the path") from None
     if not path.is_file():
-        raise UserError(f"{path} is not a file: only single-file checkpoints have a model hash")
+        raise UserError(
+            f"{shown(path)} is not a file: only single-file checkpoints have a model hash"
+        )
     return str(path.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
@@ -419,7 +891,7 @@ def _cached(path: Path, field: str) -> tuple[str, dict[str, int], str | None]:
     rec = _load_cache().get(key)
     if isinstance(rec, dict) and all(rec.get(k) == v for k, v in ident.items()):
         value = rec.get(field)
-        if isinstance(value, str):
+        if _valid_hash(field, value):
             return key, ident, value
     return key, ident, None
 
@@ -444,7 +916,9 @@ def sha256_file(path: Path | str, progress: Progress | None = None) -> str:
                 if progress is not None:
                     progress(done, total)
     except PermissionError:
-        raise UserError(f"{path} cannot be read (permission denied): fix its permissions") from None
+        raise UserError(
+            f"{shown(path)} cannot be read (permission denied): fix its permissions"
+        ) from None
     value = h.hexdigest()
     _store_cache(key, {**ident, "sha256": value})
     return value
@@ -467,7 +941,9 @@ def old_model_hash(path: Path | str) -> str:
             f.seek(OLD_HASH_OFFSET)
             h.update(f.read(OLD_HASH_LENGTH))
     except PermissionError:
-        raise UserError(f"{path} cannot be read (permission denied): fix its permissions") from None
+        raise UserError(
+            f"{shown(path)} cannot be read (permission denied): fix its permissions"
+        ) from None
     value = h.hexdigest()[:8]
     _store_cache(key, {**ident, "old_hash": value})
     return value
@@ -494,7 +970,7 @@ def _unique(matches: list[ModelEntry], query: str, what: str) -> ModelEntry | No
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        names = ", ".join(e.filename for e in matches)
+        names = shown(", ".join(e.filename for e in matches))
         raise UserError(
             f"model {query!r} matches several {what}: {names}; type more of the name, "
             "or the path relative to the Stable-diffusion folder"
@@ -588,13 +1064,13 @@ def resolve_model(
         return found
 
     where = folder or (_root_of(entries[0]) if entries else None)
-    where_text = f" in {where}" if where else ""
+    where_text = f" in {shown(where)}" if where else ""
     if not entries:
         raise UserError(
             f"model {query!r} not found: there are no checkpoints{where_text}; put "
             ".safetensors/.ckpt files or diffusers folders there, or pass --models-dir"
         )
-    names = ", ".join(e.name for e in entries[:30])
+    names = shown(", ".join(e.name for e in entries[:30]))
     more = f" (and {len(entries) - 30} more)" if len(entries) > 30 else ""
     raise UserError(
         f"model {query!r} not found{where_text}: available models are {names}{more}; "

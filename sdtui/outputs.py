@@ -215,7 +215,7 @@ class OutputLayout:
         data = buffer.getvalue()
 
         tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TMP_SUFFIX}"
-        target = folder / name_for(0)
+        target: Path | None = None  # named under the folder lock, after the bytes are written
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
@@ -242,12 +242,16 @@ class OutputLayout:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if target is None:  # it failed before a name was taken: say the name it would get
+                with contextlib.suppress(OSError):
+                    target = folder / name_for(next_sequence_number(folder, basename))
             raise self._write_error(e, folder, target, len(data)) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         _remove_stale_tmp(folder)
+        assert target is not None
         return target
 
     def _make_folder(self, folder: Path) -> None:

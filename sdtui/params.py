@@ -8,6 +8,7 @@ batch_count, denoising_strength, ...).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,12 @@ from sdtui.samplers import (
 )
 
 RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and fill")
-MAX_SEED = 4294967294  # A1111 draws random seeds in [0, 4294967294)
+# A1111 draws random seeds in [0, 4294967294) (processing.get_fixed_seed) but takes any seed
+# torch's generator takes, and image i of a job uses seed + i with no wrap-around
+# (processing.process_images_inner: ``int(seed) + x``), so seeds past 2**32 - 1 are real seeds.
+# Ours stop at 2**63 - 1, the largest integer SQLite (the job queue) stores.
+MAX_RANDOM_SEED = 4294967294
+MAX_SEED = 2**63 - 1
 SIZE_MULTIPLE = 8
 MIN_SIZE, MAX_SIZE = 64, 4096
 
@@ -87,9 +93,9 @@ class GenerationParams:
 
         changes: dict[str, int] = {}
         if self.seed == -1:
-            changes["seed"] = random.randrange(0, MAX_SEED)
+            changes["seed"] = random.randrange(0, MAX_RANDOM_SEED)
         if self.subseed == -1 and self.subseed_strength > 0:
-            changes["subseed"] = random.randrange(0, MAX_SEED)
+            changes["subseed"] = random.randrange(0, MAX_RANDOM_SEED)
         return self.replace(**changes) if changes else self
 
     # -- validation -------------------------------------------------------------------------
@@ -107,14 +113,27 @@ class GenerationParams:
                     f"{name} {v} is not a multiple of {SIZE_MULTIPLE}: "
                     f"use {max(lo, MIN_SIZE)} or {lo + SIZE_MULTIPLE}"
                 )
+        for name, label in (("prompt", "the prompt"), ("negative_prompt", "the negative prompt")):
+            bad_at = _not_utf8_at(getattr(self, name))
+            if bad_at is not None:
+                errors[name] = (
+                    f"{label} holds bytes that are not UTF-8 (at character {bad_at + 1}): "
+                    "type it again, or save the file it came from as UTF-8"
+                )
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 500:
             errors["steps"] = f"steps {self.steps} is out of range: use 1 to 500"
         if not 0 <= self.cfg_scale <= 30:
             errors["cfg_scale"] = f"CFG scale {self.cfg_scale} is out of range: use 0 to 30"
-        if not -1 <= self.seed <= MAX_SEED:
-            errors["seed"] = f"seed {self.seed} is out of range: use -1 (random) or 0 to {MAX_SEED}"
-        if not -1 <= self.subseed <= MAX_SEED:
-            errors["subseed"] = f"variation seed {self.subseed} is out of range"
+        images = max(1, self.batch_size) * max(1, self.batch_count) if isinstance(self.batch_size, int) and isinstance(self.batch_count, int) else 1
+        for name, label in (("seed", "seed"), ("subseed", "variation seed")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= MAX_SEED:
+                errors[name] = f"{label} {value} is out of range: use -1 (random) or 0 to {MAX_SEED}"
+            elif value + images - 1 > MAX_SEED:
+                errors[name] = (
+                    f"{label} {value} is too large for {images} images (image i uses {label} + i): "
+                    f"use at most {MAX_SEED - images + 1}"
+                )
         if not 0 <= self.subseed_strength <= 1:
             errors["subseed_strength"] = "variation strength must be between 0 and 1"
         if not 1 <= self.batch_size <= 64:
@@ -207,9 +226,24 @@ class GenerationParams:
     def from_infotext_fields(
         cls, prompt: str, negative_prompt: str, pairs: dict[str, str]
     ) -> GenerationParams:
-        """Build params from a parsed infotext (ours or A1111's); missing keys take defaults."""
+        """Build params from a parsed infotext (ours or A1111's); missing keys take defaults,
+        values that do not parse are left out (see :meth:`from_infotext_checked`)."""
+        return cls.from_infotext_checked(prompt, negative_prompt, pairs)[0]
+
+    @classmethod
+    def from_infotext_checked(
+        cls, prompt: str, negative_prompt: str, pairs: dict[str, str]
+    ) -> tuple[GenerationParams, list[str]]:
+        """As :meth:`from_infotext_fields`, with one line per value that was left out because
+        it does not parse or is out of range (``Denoising strength: abc``), so a caller can
+        say which keys of a file it ignored."""
         p = cls(prompt=prompt, negative_prompt=negative_prompt)
         changes: dict[str, Any] = {}
+        problems: list[str] = []
+
+        def bad(key: str, value: object, why: str = "") -> None:
+            problems.append(f"{key}: {str(value)[:40]!r} {why or 'is not a number'}")
+
         conv: list[tuple[str, str, Any]] = [
             ("Steps", "steps", int),
             ("CFG scale", "cfg_scale", float),
@@ -226,15 +260,20 @@ class GenerationParams:
         for key, name, fn in conv:
             if key in pairs:
                 try:
-                    changes[name] = fn(pairs[key])
-                except ValueError:
-                    pass
+                    value = fn(pairs[key])
+                except (ValueError, OverflowError):
+                    bad(key, pairs[key])
+                    continue
+                if isinstance(value, float) and not math.isfinite(value):
+                    bad(key, pairs[key])
+                    continue
+                changes[name] = value
         if "Size" in pairs:
             try:
                 w, h = pairs["Size"].lower().split("x")
                 changes["width"], changes["height"] = int(w), int(h)
             except ValueError:
-                pass
+                bad("Size", pairs["Size"], "is not WIDTHxHEIGHT")
         if "Sampler" in pairs:
             schedule = pairs.get("Schedule type", "Automatic")
             try:
@@ -243,15 +282,27 @@ class GenerationParams:
                 )
             except UnknownSamplerError:
                 changes["sampler"] = pairs["Sampler"]
+        denoise_key = "hr_denoising_strength" if "Hires upscale" in pairs else "denoising_strength"
         if "Hires upscale" in pairs:
             changes["enable_hr"] = True
-            if "Denoising strength" in pairs:
-                changes["hr_denoising_strength"] = float(pairs["Denoising strength"])
-        elif "Denoising strength" in pairs:
-            changes["denoising_strength"] = float(pairs["Denoising strength"])
+        if "Denoising strength" in pairs:
+            try:
+                value = float(pairs["Denoising strength"])
+                if not math.isfinite(value):
+                    raise ValueError
+                changes[denoise_key] = value
+            except ValueError:
+                bad("Denoising strength", pairs["Denoising strength"])
         known = {k for k, _, _ in conv} | {"Size", "Sampler", "Schedule type", "Denoising strength"}
         changes["extra"] = {k: v for k, v in pairs.items() if k not in known}
-        return p.replace(**changes)
+        params = p.replace(**changes)
+        # values that parse but are out of range fall back to the defaults, each said
+        defaults = cls()
+        for name, why in params.field_errors().items():
+            if name in changes and name not in ("prompt", "negative_prompt", "sampler", "schedule_type"):
+                problems.append(why)
+                params = params.replace(**{name: getattr(defaults, name)})
+        return params, problems
 
 
 @dataclass(frozen=True)
@@ -309,6 +360,17 @@ class UpscaleParams:
 def _num(v: float) -> int | float:
     """A1111 writes 7 not 7.0."""
     return int(v) if float(v).is_integer() else round(float(v), 4)
+
+
+def _not_utf8_at(text: object) -> int | None:
+    """Where ``text`` holds a byte that was not UTF-8 (Python keeps such command-line bytes
+    as lone surrogates, which the tokenizer cannot take), or None."""
+    if not isinstance(text, str):
+        return None
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            return i
+    return None
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdtui.errors import UserError
+from sdtui.safe_text import one_line
 
 BUILTIN = "builtin"
 LANCZOS = "Lanczos"
@@ -67,6 +68,8 @@ def display_name(path: Path) -> str:
 
 
 def _model_files(folder: Path) -> list[Path]:
+    """Model files under ``folder``; ``is_file`` leaves out named pipes and devices, which
+    the loader would block on."""
     if not folder.is_dir():
         return []
     files = [
@@ -127,10 +130,11 @@ def resolve_upscaler(
             return UpscalerEntry(display_name(p), p, kind, scale_hint(display_name(p)))
         if p.is_dir():
             raise UserError(
-                f"{p} is a folder, not an upscaler model: name a .pth or .safetensors file."
+                f"{one_line(str(p))} is a folder, not an upscaler model: name a .pth or "
+                ".safetensors file."
             )
         if "/" in wanted or "\\" in wanted:
-            raise UserError(f"Upscaler model file {p} does not exist: check the path.")
+            raise UserError(f"Upscaler model file {one_line(str(p))} does not exist: check the path.")
     if low == "none":
         raise UserError('Upscaler "None" does nothing here: pick one of ' + _names(entries) + ".")
     where = (
@@ -139,7 +143,7 @@ def resolve_upscaler(
         else "models/ESRGAN or models/RealESRGAN"
     )
     raise UserError(
-        f'Unknown upscaler "{wanted}". Available: {_names(entries)}. '
+        f'Unknown upscaler "{one_line(wanted)}". Available: {_names(entries)}. '
         f"To add a model, put its .pth or .safetensors file in {where} "
         '(e.g. RealESRGAN_x4plus.pth shows as "R-ESRGAN 4x+").'
     )
@@ -153,7 +157,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _names(entries: list[UpscalerEntry]) -> str:
-    return ", ".join(f'"{e.name}"' for e in entries)
+    return one_line(", ".join(f'"{e.name}"' for e in entries))
 
 
 def face_restoration_status(models_dir: Path) -> str:
@@ -168,7 +172,7 @@ def face_restoration_status(models_dir: Path) -> str:
             f"{Path(models_dir) / 'GFPGAN'} or {Path(models_dir) / 'Codeformer'}. "
             "sdtui does not run face restoration yet either."
         )
-    names = ", ".join(p.name for p in found)
+    names = one_line(", ".join(p.name for p in found))
     return (
         f"Face restoration models found ({names}), but sdtui does not run face restoration "
         "yet: it needs face detection and alignment (facexlib). Upscaling works without it."

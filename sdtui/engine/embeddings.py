@@ -29,6 +29,7 @@ import torch
 
 from sdtui.errors import UserError
 from sdtui.extra_networks_index import EmbeddingEntry, embedding_hash
+from sdtui.model_index import shown
 from sdtui.prompt_syntax import parse_prompt_attention, strip_extra_networks
 from sdtui.tokens import NameTable, name_table, scan_names, substitute_names
 
@@ -65,13 +66,13 @@ class Embedding:
 
 def _as_matrix(t: Any, path: Path) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise UserError(f"embedding {path.name} holds no tensor where one is expected")
+        raise UserError(f"embedding {shown(path.name)} holds no tensor where one is expected")
     t = t.detach().to("cpu", torch.float32)
     if t.ndim == 1:
         t = t.unsqueeze(0)
     if t.ndim != 2 or t.shape[0] == 0:
         raise UserError(
-            f"embedding {path.name} has vectors of shape {tuple(t.shape)}: not (N, width)"
+            f"embedding {shown(path.name)} has vectors of shape {tuple(t.shape)}: not (N, width)"
         )
     return t
 
@@ -88,15 +89,17 @@ def load_embedding(entry: EmbeddingEntry) -> Embedding:
     else:
         from sdtui.engine.models import _read_pickled
 
-        data = _read_pickled(path)
+        data = _read_pickled(path, "embedding")
     if not isinstance(data, dict):
-        raise UserError(f"{path.name} is not an embedding file (it holds no dictionary)")
+        raise UserError(f"{shown(path.name)} is not an embedding file (it holds no dictionary)")
     emb = Embedding(entry.name, path)
     if "string_to_param" in data:
         params = data["string_to_param"]
         params = getattr(params, "_parameters", params)
         if not isinstance(params, dict) or len(params) != 1:
-            raise UserError(f"embedding {path.name} holds several terms: sdtui reads one per file")
+            raise UserError(
+                f"embedding {shown(path.name)} holds several terms: sdtui reads one per file"
+            )
         emb.single = _as_matrix(next(iter(params.values())), path)
     elif "clip_l" in data or "clip_g" in data:
         if "clip_l" in data:
@@ -109,7 +112,7 @@ def load_embedding(entry: EmbeddingEntry) -> Embedding:
         tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
         if len(tensors) != 1:
             raise UserError(
-                f"{path.name} is not an embedding sdtui can read: expected A1111 "
+                f"{shown(path.name)} is not an embedding sdtui can read: expected A1111 "
                 "'string_to_param', 'emb_params', SDXL 'clip_l'/'clip_g', or one tensor"
             )
         emb.single = _as_matrix(tensors[0], path)
@@ -264,7 +267,7 @@ def text_pipe_with_embeddings(
     for name, emb in misfits.items():
         fitting.pop(name, None)
         log(
-            f"embedding {name} (width {emb.widths}) does not fit this model's text encoder: "
+            f"embedding {shown(name)} (width {emb.widths}) does not fit this model's text encoder: "
             "ignored, the word stays plain text"
         )
     if not fitting:

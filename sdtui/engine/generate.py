@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sdtui.engine import preview as preview_mod
 from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.samplers import make_scheduler
-from sdtui.errors import UserError
 from sdtui.infotext import format_infotext
 from sdtui.ipc import protocol as msg
 from sdtui.outputs import OutputLayout
@@ -58,19 +56,15 @@ class JobContext:
         self.emit(msg.Log(level, text, self.job_id))
 
 
-def load_init_image(path: str, width: int, height: int, resize_mode: str) -> Image.Image:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"init image {p} does not exist: check the path")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            image = ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(
-            f"init image {p} is not an image PIL can read ({e.__class__.__name__}): "
-            "use a PNG, JPEG or WebP file"
-        ) from None
+def load_init_image(
+    path: str, width: int, height: int, resize_mode: str, megapixels: float | None = None
+) -> Image.Image:
+    """The init image, decoded and resized; more than ``megapixels`` (the settings'
+    ``max_image_megapixels``) is refused before it is decoded."""
+    from sdtui.image_files import open_image_file
+
+    with open_image_file(path, "init image", megapixels) as im:
+        image = ImageOps.exif_transpose(im).convert("RGB")
     return resize_image(image, width, height, resize_mode)
 
 
@@ -241,7 +235,8 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     pipe.scheduler = scheduler
     for w in warnings:
         ctx.log(w, "warning")
-    init = load_init_image(p.init_image, p.width, p.height, p.resize_mode) if img2img else None
+    limit = getattr(ctx.settings, "max_image_megapixels", None)
+    init = load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
     kind = "img2img" if img2img else "txt2img"
     steps_per_batch = p.steps if not img2img else max(1, int(p.steps * p.denoising_strength))
     from sdtui.engine.hires import hires_steps

@@ -25,6 +25,7 @@ Not handled (the layers are skipped with a warning): LoHa, LoKr, (IA)^3, OFT, GL
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from sdtui.errors import UserError
+from sdtui.model_index import shown
 
 Log = Callable[[str], None]
 
@@ -199,7 +201,9 @@ def group_layers(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, _Layer], l
                     module = _dotted_module(module)
                 layer = layers.setdefault(module, _Layer())
                 if role == "alpha":
-                    layer.alpha = float(tensor.float().item())
+                    # one finite number, or the file is damaged: never a raw tensor error
+                    alpha = float(tensor.float().item()) if tensor.numel() == 1 else math.nan
+                    layer.alpha = alpha if math.isfinite(alpha) else math.nan
                 else:
                     setattr(layer, role, tensor)
                 break
@@ -286,6 +290,17 @@ def plan_patches(
             mult = req.unet_multiplier if component == "unet" else req.te_multiplier
             if mult == 0:
                 continue
+            if (
+                layer.up.ndim < 2
+                or layer.down.ndim < 2
+                or layer.down.shape[0] == 0
+                or (layer.alpha is not None and math.isnan(layer.alpha))
+            ):
+                raise UserError(
+                    f"LoRA {req.name!r} is damaged: layer {shown(key)} has no usable low-rank "
+                    f"weights (shapes {tuple(layer.up.shape)} and {tuple(layer.down.shape)}, "
+                    f"alpha {layer.alpha}); re-download it"
+                )
             rank = layer.down.shape[0]
             if layer.alpha is not None:
                 scale = layer.alpha / rank

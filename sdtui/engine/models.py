@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import io
 import json
 import logging
+import os
 import pickle
 import re
 import struct
@@ -28,6 +30,21 @@ import torch
 from sdtui.engine.configs import config_dir
 from sdtui.errors import UserError
 from sdtui.model_family import UNET, ModelFamily, UnknownArchitectureError, detect_family
+from sdtui.model_index import (
+    CKPT_MAX_PICKLE,
+    ZIP_MAGIC,
+    PickleScan,
+    RefusedFile,
+    family_from_shapes,
+    human_size,
+    open_regular,
+    read_small_json,
+    read_zip_pickle,
+    regular_stat,
+    safetensors_header_problem,
+    scan_pickle,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +60,29 @@ _RE_YAML_V = re.compile(r"^\s*parameterization:\s*[\"']?v[\"']?\s*(#.*)?$", re.M
 # ---------------------------------------------------------------------------------------------
 # Reading files
 # ---------------------------------------------------------------------------------------------
+#
+# Nothing in a model file may run code or make sdtui allocate more than the file holds, and
+# every way a file can be wrong ends as one UserError sentence naming it (never a traceback):
+# - only regular files are opened (a named pipe would block forever);
+# - safetensors headers are checked field by field before a byte of weights is read;
+# - pickles are read by torch's weights-only unpickler with a short allow-list, after their
+#   opcodes are scanned: one that names code is refused before torch sees it, one that claims
+#   more memory than its bytes could hold is refused as damaged or crafted;
+# - zips are checked first: TorchScript archives (whose loading runs their code), encrypted
+#   zips, methods torch cannot read and zip bombs are refused with a sentence each.
 
 
 def _human_size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
+    return human_size(n)
 
 
 def _opening(path: Path) -> str:
     """The first printable characters of a file, for "it starts with '<html...'"."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(64)
     text = head.decode("utf-8", errors="replace")
     text = " ".join(text.split())
-    return (text[:16] + "...") if len(text) > 16 else text
+    return shown((text[:16] + "...") if len(text) > 16 else text)
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -70,17 +94,26 @@ def _looks_like_text(head: bytes) -> bool:
 
 def _not_a_file_of_kind(path: Path, kind: str) -> UserError:
     return UserError(
-        f"{path.name} is not a {kind} file (it starts with '{_opening(path)}'): re-download it",
+        f"{shown(path.name)} is not a {kind} file (it starts with '{_opening(path)}'): "
+        "re-download it",
         detail=f"path: {path}",
     )
 
 
+def _damaged_header(path: Path, why: str, detail: str | None = None) -> UserError:
+    return UserError(
+        f"{shown(path.name)} has a damaged safetensors header ({why}): re-download it",
+        detail=detail,
+    )
+
+
 def _safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and check the header: a complete file is 8 + header + the last tensor's end."""
-    size = path.stat().st_size
-    if size == 0:
-        raise UserError(f"{path.name} is empty (0 bytes): re-download it")
-    with open(path, "rb") as f:
+    """Parse and check the header: every tensor's dtype, shape and offsets, and that the
+    file is complete (8 + header + the last tensor's end)."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise UserError(f"{shown(path.name)} is empty (0 bytes): re-download it")
         head = f.read(8)
         if len(head) < 8:
             raise _not_a_file_of_kind(path, "safetensors")
@@ -89,36 +122,36 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
             raise _not_a_file_of_kind(path, "safetensors")
         if 8 + header_len > size:
             raise UserError(
-                f"checkpoint {path.name} is truncated: {_human_size(size)}, cut off inside its "
-                "header — re-download it"
+                f"checkpoint {shown(path.name)} is truncated: {_human_size(size)}, cut off "
+                "inside its header — re-download it"
             )
         raw = f.read(header_len)
     if not raw.lstrip().startswith(b"{"):
         raise _not_a_file_of_kind(path, "safetensors")
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(
-            f"{path.name} has a damaged safetensors header: re-download it", detail=str(e)
-        ) from e
+    except ValueError as e:  # also bad UTF-8 and numbers too long to read
+        raise _damaged_header(path, "not JSON", str(e)) from None
+    except RecursionError:
+        raise _damaged_header(path, "nested too deeply") from None
     if not isinstance(header, dict):
         raise _not_a_file_of_kind(path, "safetensors")
-    try:
-        data_end = max(
-            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-            default=0,
-        )
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise UserError(
-            f"{path.name} has a damaged safetensors header: re-download it", detail=str(e)
-        ) from e
+    problem = safetensors_header_problem(header)
+    if problem is not None:
+        raise _damaged_header(path, problem)
+    data_end = max(
+        (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+    )
     expected = 8 + header_len + data_end
     if size < expected:
         raise UserError(
-            f"checkpoint {path.name} is truncated: {_human_size(size)} of "
+            f"checkpoint {shown(path.name)} is truncated: {_human_size(size)} of "
             f"{_human_size(expected)} — re-download it",
             detail=f"{path}: {size} bytes on disk, header says {expected}",
         )
+    problem = safetensors_header_problem(header, size - 8 - header_len)
+    if problem is not None:
+        raise _damaged_header(path, problem)
     return header
 
 
@@ -129,13 +162,23 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     _safetensors_header(path)
     try:
         return load_file(path, device="cpu")
-    except SafetensorError as e:
-        raise UserError(f"{path.name} is damaged ({e}): re-download it", detail=str(e)) from e
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"{shown(path.name)} is damaged ({shown(why)}): re-download it", detail=str(e)
+        ) from None
 
 
 class _LightningCallbackState:
     """Stand-in for Lightning's ModelCheckpoint that some old checkpoints pickle beside the
-    weights; only its plain data is restored, and nothing in it is ever called."""
+    weights; only its plain data is kept, and nothing in it is ever called."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update((k, v) for k, v in state.items() if isinstance(k, str))
 
 
 def _allowed_globals() -> list[Any]:
@@ -167,47 +210,76 @@ def _refused_global(error: Exception) -> str | None:
     return name if "." in name else f"builtins.{name}"
 
 
+# Modules whose names a weights pickle may use; torch's weights-only unpickler then narrows
+# these to its allow-list. Anything else a pickle imports is code it wants to run.
 _SAFE_MODULES = ("torch", "collections", "numpy", "_codecs", "pytorch_lightning", "lightning")
 
 
-def _code_in_pickle(path: Path, is_zip: bool) -> str | None:
-    """The first callable a pickle names outside the weight-building modules, found by reading
-    its opcodes (nothing is executed). Covers protocol 4+ STACK_GLOBAL, which torch's
-    weights-only unpickler rejects before naming the culprit."""
-    import pickletools
-
+def _weights_only_names() -> frozenset[str]:
+    """What torch's weights-only unpickler builds by default (``builtins.set`` and the like)."""
     try:
-        if is_zip:
-            with zipfile.ZipFile(path) as z:
-                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-                data = z.read(name) if name else b""
-        else:
-            data = path.read_bytes()
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(data):
-            if isinstance(arg, str) and "UNICODE" in op.name:
-                strings.append(arg)
-            found = None
-            if op.name == "GLOBAL" and isinstance(arg, str):
-                found = arg.replace(" ", ".")
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found = f"{strings[-2]}.{strings[-1]}"
-            if found and not found.startswith(_SAFE_MODULES):
-                return found
-    except Exception:  # noqa: BLE001 - a malformed pickle is reported by the caller anyway
-        return None
-    return None
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch that moved it: the module prefixes remain
+        return frozenset()
 
 
-def _read_pickled(path: Path) -> Any:
-    size = path.stat().st_size
+def _is_weight_global(name: str) -> bool:
+    if any(name == m or name.startswith(m + ".") for m in _SAFE_MODULES):
+        return True
+    return name in _weights_only_names() or name in {n for _, n in _allowed_globals()}
+
+
+def _culprit(scan: PickleScan) -> str | None:
+    """The first callable a pickle imports that torch's weights-only unpickler would not
+    build from its allow-list (or ours): code the pickle wants to run."""
+    return next((shown(g) for g in scan.globals if not _is_weight_global(g)), None)
+
+
+def _refuse_code(path: Path, culprit: str, detail: str | None = None) -> RefusedFile:
+    return RefusedFile(
+        f"refused to load {shown(path.name)}: its pickle tries to run code ({culprit}). "
+        "Use a .safetensors version of this model.",
+        detail=detail,
+    )
+
+
+def _scan(path: Path, size: int, is_zip: bool, what: str) -> tuple[PickleScan, RefusedFile | None]:
+    """The opcodes of the pickle torch.load would read, and for an old (non-zip) file the
+    refusal its scan found, kept so a text file is called text rather than a crafted pickle.
+    A zip's refusals (TorchScript, encryption, a bomb) are raised at once."""
+    if is_zip:
+        try:
+            data = read_zip_pickle(path, what)
+        except ValueError:
+            return PickleScan(), None  # no or a huge data.pkl: torch.load says what is wrong
+        return scan_pickle(io.BytesIO(data), len(data), path), None
+    try:
+        # an old torch file is five pickles (magic, version, system info, object, storage
+        # keys) before the raw weights; a plain pickle is one
+        with open_regular(path) as f:
+            return scan_pickle(f, min(size, CKPT_MAX_PICKLE), path, pickles=5), None
+    except RefusedFile as e:
+        return PickleScan(), e
+
+
+def _read_pickled(path: Path, what: str = "model") -> Any:
+    """The object a ``.ckpt``/``.pt``/``.pth``/``.bin`` pickles, read so no code can run."""
+    size = regular_stat(path).st_size
     if size == 0:
-        raise UserError(f"{path.name} is empty (0 bytes): re-download it")
-    is_zip = zipfile.is_zipfile(path)
-    with open(path, "rb") as f:
+        raise UserError(f"{shown(path.name)} is empty (0 bytes): re-download it")
+    with open_regular(path) as f:
         head = f.read(64)
-    if not is_zip and _looks_like_text(head):
+    is_zip = head.startswith(ZIP_MAGIC)  # torch.load's own test for its zip format
+    scan, refused = _scan(path, size, is_zip, what)
+    culprit = _culprit(scan) if scan.complete else None
+    if culprit is not None:
+        raise _refuse_code(path, culprit)
+    if not is_zip and not scan.complete and _looks_like_text(head):
         raise _not_a_file_of_kind(path, "checkpoint")
+    if refused is not None:
+        raise refused
     try:
         # weights_only: the unpickler can only build tensors and the allow-listed classes, so a
         # pickle that names os.system is refused before anything is called.
@@ -215,41 +287,52 @@ def _read_pickled(path: Path) -> Any:
             warnings.simplefilter("ignore")  # torch's note on pickle protocols is not for users
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        culprit = _refused_global(e) or _code_in_pickle(path, is_zip)
+        culprit = _refused_global(e) or _culprit(scan)
         if culprit is not None:
-            raise UserError(
-                f"refused to load {path.name}: its pickle tries to run code ({culprit}). "
-                "Use a .safetensors version of this model.",
-                detail=str(e),
-            ) from None
-        raise UserError(
-            f"refused to load {path.name}: its pickle holds something other than weights. "
-            "Use a .safetensors version of this model.",
+            raise _refuse_code(path, shown(culprit), str(e)) from None
+        raise RefusedFile(
+            f"refused to load {shown(path.name)}: its pickle holds something other than "
+            "weights. Use a .safetensors version of this model.",
             detail=str(e),
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise UserError(
-            f"{path.name} is damaged or truncated ({_human_size(size)}): re-download it",
+            f"{shown(path.name)} is damaged or truncated ({_human_size(size)}): re-download it",
+            detail=f"{type(e).__name__}: {e}",
+        ) from None
+    except Exception as e:  # noqa: BLE001 - an allow-listed callable fed crafted arguments
+        culprit = _culprit(scan) or next((g for g in scan.globals if g == "_codecs.encode"), None)
+        if culprit is not None:
+            raise _refuse_code(path, culprit, f"{type(e).__name__}: {e}") from None
+        raise RefusedFile(
+            f"{shown(path.name)} is damaged or crafted: its pickle does not build weights "
+            f"({type(e).__name__}); re-download it or use a .safetensors version",
             detail=f"{type(e).__name__}: {e}",
         ) from None
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # Lightning and A1111 nest the weights, sometimes twice
+    for _ in range(8):  # Lightning and A1111 nest the weights, sometimes twice; a cycle stops
+        inner = obj.get("state_dict") if isinstance(obj, dict) else None
+        if not isinstance(inner, dict) or inner is obj:
+            break
+        obj = inner
     if not isinstance(obj, dict):
-        raise UserError(f"{path.name} does not hold a state dict of weights: it is not a model")
+        raise UserError(
+            f"{shown(path.name)} does not hold a state dict of weights: it is not a model"
+        )
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise UserError(f"{path.name} holds no weights: re-download it")
+        raise UserError(f"{shown(path.name)} holds no weights: re-download it")
     return tensors
 
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise UserError(f"model not found: {path}")
+        raise UserError(f"model not found: {shown(path)}")
     if path.is_dir():
-        raise UserError(f"{path} is a folder, not a checkpoint file")
+        raise UserError(f"{shown(path)} is a folder, not a checkpoint file")
+    regular_stat(path)  # a named pipe or a device is refused before anything opens it
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -262,7 +345,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if suffix in PICKLE_SUFFIXES:
         return _unwrap_state_dict(_read_pickled(path), path)
     raise UserError(
-        f"{path.name}: sdtui reads .safetensors and .ckpt checkpoints, not '{path.suffix}' files"
+        f"{shown(path.name)}: sdtui reads .safetensors and .ckpt checkpoints, not "
+        f"'{shown(path.suffix)}' files"
     )
 
 
@@ -409,9 +493,10 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]
 
     state_dict = read_checkpoint(path)
     try:
-        family = detect_family({k: tuple(v.shape) for k, v in state_dict.items()})
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        family = family_from_shapes(shapes, detect_family)
     except UnknownArchitectureError as e:
-        raise UserError(f"cannot load {path.name}: {e}") from None
+        raise UserError(f"cannot load {shown(path.name)}: {e}") from None
     cfg = config_dir(family.config)
     common = {"config": str(cfg), "local_files_only": True, _dtype_keyword(): dtype}
     unet_in = int(state_dict[UNET + "input_blocks.0.0.weight"].shape[1])
@@ -515,13 +600,18 @@ def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
             "model folder or at a .safetensors file"
         )
     try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{index_file} is damaged: re-download the model", detail=str(e)) from e
-    kind = _FOLDER_PIPELINES.get(index.get("_class_name", ""))
+        index = read_small_json(index_file)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nested too deep, huge
+        raise UserError(
+            f"{shown(index_file)} is damaged: re-download the model", detail=str(e)
+        ) from None
+    if not isinstance(index, dict):
+        raise UserError(f"{shown(index_file)} is damaged: re-download the model")
+    class_name = index.get("_class_name", "")
+    kind = _FOLDER_PIPELINES.get(class_name) if isinstance(class_name, str) else None
     if kind is None:
         raise UserError(
-            f"{path.name} is a {index.get('_class_name', 'unknown')} folder: sdtui runs "
+            f"{shown(path.name)} is a {shown(str(class_name or 'unknown'))} folder: sdtui runs "
             "Stable Diffusion 1.x, 2.x and SDXL pipelines"
         )
     if index.get("text_encoder") in (None, [None, None]):

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sdtui.errors import UserError
 from sdtui.params import ParamError, UpscaleParams
@@ -80,21 +80,31 @@ def _free_memory() -> None:
 def load_upscaler(path: str | Path, device: str | torch.device = "cpu") -> ImageModel:
     """Load an upscaler model file with spandrel, in eval mode, on ``device``.
 
+    The weights are read the way checkpoints are (``sdtui.engine.models``): safetensors, or a
+    pickle through torch's weights-only unpickler; a TorchScript file, whose loading runs its
+    code, is refused, and so is a pickle that names code or claims more than it holds. Only
+    the state dict reaches spandrel, never the file.
+
     The last model stays cached (keyed by path, size, mtime and device); loading another one
     first drops it, so only one upscaler is ever in memory. fp16 is used on CUDA when the
     architecture supports it. Anything that is not a single-image upscaler gives a UserError.
     """
+    from sdtui.model_index import regular_stat, shown
+
     global _cached
     path = Path(path).expanduser()
     try:
         st = path.stat()
     except FileNotFoundError:
         raise UserError(
-            f"Upscaler model file {path} does not exist: check the path, or put the file in "
-            "models/ESRGAN or models/RealESRGAN."
+            f"Upscaler model file {shown(path)} does not exist: check the path, or put the "
+            "file in models/ESRGAN or models/RealESRGAN."
         ) from None
     if path.is_dir():
-        raise UserError(f"{path} is a folder, not an upscaler model: name a .pth file in it.")
+        raise UserError(
+            f"{shown(path)} is a folder, not an upscaler model: name a .pth file in it."
+        )
+    regular_stat(path)  # a named pipe or a device is refused before anything opens it
     dev = torch.device(device)
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(dev))
     with _cache_lock:
@@ -108,37 +118,93 @@ def load_upscaler(path: str | Path, device: str | torch.device = "cpu") -> Image
         return model
 
 
+_PICKLED_UPSCALERS = (".pth", ".pt", ".ckpt", ".bin")
+
+
+def _read_weights(path: Path) -> Any:
+    """What the file holds, read with the checkpoint readers (no code runs, no TorchScript)."""
+    from sdtui.engine.models import _read_pickled, _read_safetensors
+
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _read_safetensors(path)
+    if suffix in _PICKLED_UPSCALERS:
+        return _read_pickled(path, "upscaler")
+    raise ValueError(f"unsupported file extension {suffix!r}")
+
+
+def _implausible_key(state_dict: dict[str, Any]) -> str | None:
+    """A key whose block number is far beyond the keys there are: spandrel sizes a network
+    from such numbers before it loads a weight, so "model.1.sub.9999999..." would build
+    millions of blocks from a file of a few bytes."""
+    limit = 4 * len(state_dict) + 64
+    for key in state_dict:
+        for part in key.split("."):
+            if part.isascii() and part.isdigit() and (len(part) > 9 or int(part) > limit):
+                return key
+    return None
+
+
 def _load(path: Path, device: torch.device) -> ImageModel:
     import spandrel
 
+    from sdtui.model_index import RefusedFile, shown
+
+    name = shown(path)
     not_model = (
-        f"{path} is not an upscaler model that sdtui can read (ESRGAN, Real-ESRGAN, SwinIR, "
+        f"{name} is not an upscaler model that sdtui can read (ESRGAN, Real-ESRGAN, SwinIR, "
         "HAT, DAT, SPAN, ... as .pth, .pt or .safetensors): check that the download finished "
         "and that the file is an upscaler, not a checkpoint or LoRA."
     )
     try:
-        descriptor = spandrel.ModelLoader(device="cpu").load_from_file(path)
+        raw = _read_weights(path)
+    except RefusedFile:
+        raise  # TorchScript, code in the pickle, a memory bomb: said as it is
+    except UserError as e:
+        raise UserError(not_model, detail=e.message) from None
+    except MemoryError:
+        raise UserError(f"Not enough memory to load {name}: close other programs.") from None
+    except Exception as e:  # noqa: BLE001 - the readers say most things; the rest is "not a model"
+        raise UserError(not_model, detail=f"{type(e).__name__}: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(not_model, detail=f"holds a {type(raw).__name__}, not a state dict")
+    state_dict = spandrel.canonicalize_state_dict(raw)
+    if not isinstance(state_dict, dict):
+        raise UserError(not_model, detail="no state dict inside")
+    state_dict = {
+        k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+    }
+    if not state_dict:
+        raise UserError(not_model, detail="no weights inside")
+    odd = _implausible_key(state_dict)
+    if odd is not None:
+        raise RefusedFile(
+            f"{name} is damaged or crafted: its weight {shown(odd[:80])!r} names a block far "
+            "beyond the weights it holds; re-download it"
+        )
+    try:
+        descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(state_dict)
     except torch.OutOfMemoryError:
         raise
     except spandrel.UnsupportedModelError as e:
         raise UserError(not_model, detail=f"spandrel: {e}") from None
     except MemoryError:
-        raise UserError(f"Not enough memory to load {path}: close other programs.") from None
-    except Exception as e:  # unpickling, zip, safetensors header, extension: all "not a model"
+        raise UserError(f"Not enough memory to load {name}: close other programs.") from None
+    except Exception as e:  # noqa: BLE001 - weights that fit no architecture: "not a model"
         raise UserError(not_model, detail=f"{type(e).__name__}: {e}") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UserError(
-            f"{path} is a {descriptor.architecture.name} model for "
+            f"{name} is a {descriptor.architecture.name} model for "
             f"{descriptor.purpose.lower()}, not an upscaler: choose another file."
         )
     if descriptor.purpose == "FaceSR":
         raise UserError(
-            f"{path} is a face restoration model ({descriptor.architecture.name}), not an "
+            f"{name} is a face restoration model ({descriptor.architecture.name}), not an "
             "upscaler: sdtui does not run face restoration yet; choose an upscaler file."
         )
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise UserError(
-            f"{path} works on {descriptor.input_channels}-channel images, not RGB: "
+            f"{name} works on {descriptor.input_channels}-channel images, not RGB: "
             "choose an RGB upscaler."
         )
     descriptor.eval()
@@ -149,8 +215,8 @@ def _load(path: Path, device: torch.device) -> ImageModel:
                 descriptor.half()
         except torch.OutOfMemoryError:
             raise UserError(
-                f"Not enough GPU memory to load {path.name}: free GPU memory (unload the "
-                "checkpoint) or upscale on the CPU."
+                f"Not enough GPU memory to load {shown(path.name)}: free GPU memory (unload "
+                "the checkpoint) or upscale on the CPU."
             ) from None
     return descriptor
 
@@ -411,10 +477,15 @@ def _upscale(
     device: str | torch.device,
     log: Log,
     progress: Callable[[int, int], None] | None = None,
+    megapixels: float | None = None,
 ) -> tuple[Image.Image, dict[str, object]]:
+    from sdtui.image_files import check_pixels
+
     params, first, second = _resolve(params, models_dir)
+    plan = _plan(img.width, img.height, params)
+    # before any work: the result of a 4x upscale of 4096x4096, or of --to 16384x16384
+    check_pixels(*plan.size, megapixels, "the upscaled image")
     rgb, alpha, mode = _split_alpha(img)
-    plan = _plan(rgb.width, rgb.height, params)
     extra: dict[str, object] = {}
     result = _run_upscaler(rgb, first, plan.size, params, device, log, progress)
     if second is not None:
@@ -442,29 +513,18 @@ def _upscale(
     return result, extra
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Read an image fully into memory, or a UserError naming the file."""
+def open_image(path: str | Path, megapixels: float | None = None) -> Image.Image:
+    """Read an image fully into memory, or a UserError naming the file (more than
+    ``megapixels``, a named pipe, a decompression bomb, not an image)."""
+    from sdtui.image_files import open_image_file
+
     p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"{p} does not exist: check the path of the image to upscale.")
     if p.is_dir():
         raise UserError(
             f"{p} is a folder, not an image: upscale a folder with the folder mode, or name "
             "one PNG/JPEG/WebP file."
         )
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return im
-    except Image.DecompressionBombError:
-        raise UserError(f"{p} is too large for Pillow to open safely: resize it first.") from None
-    except PermissionError:
-        raise UserError(f"{p} cannot be read (permission denied): fix its permissions.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(
-            f"{p} is not an image (Pillow cannot read it): choose a PNG, JPEG or WebP file.",
-            detail=f"{type(e).__name__}: {e}",
-        ) from None
+    return open_image_file(p, "image", megapixels)
 
 
 def upscale_image(
@@ -474,10 +534,12 @@ def upscale_image(
     device: str | torch.device = "cpu",
     log: Log = print,
     progress: Callable[[int, int], None] | None = None,
+    megapixels: float | None = None,
 ) -> Image.Image:
     """Upscale the image at ``params.image`` and return it (not saved)."""
-    img = open_image(params.image)
-    return upscale_pil(img, params, models_dir, device=device, log=log, progress=progress)
+    img = open_image(params.image, megapixels)
+    result, _ = _upscale(img, params, models_dir, device=device, log=log, progress=progress, megapixels=megapixels)
+    return result
 
 
 # -- infotext -------------------------------------------------------------------------------
@@ -546,6 +608,7 @@ def upscale_file(
     device: str | torch.device = "cpu",
     log: Log = print,
     progress: Callable[[int, int], None] | None = None,
+    megapixels: float | None = None,
 ) -> Path:
     """Upscale ``params.image`` and hand it to ``layout_save(image, infotext)``.
 
@@ -554,9 +617,11 @@ def upscale_file(
     saver that writes the chunks as A1111 does, ``image.info`` also carries ``parameters``
     (the source's, when it has one) and ``postprocessing`` (the Extras pairs alone).
     """
-    img = open_image(params.image)
+    img = open_image(params.image, megapixels)
     existing = _source_infotext(img)
-    result, extra = _upscale(img, params, models_dir, device=device, log=log, progress=progress)
+    result, extra = _upscale(
+        img, params, models_dir, device=device, log=log, progress=progress, megapixels=megapixels
+    )
     pairs = {**params.infotext_pairs(), **extra}
     result.info = {"postprocessing": format_pairs(pairs)}
     if existing:
@@ -603,6 +668,7 @@ def upscale_folder(
     files: Iterable[Path] | None = None,
     skip: Collection[int] = (),
     on_file: Callable[[int, Path], None] | None = None,
+    megapixels: float | None = None,
 ) -> FolderReport:
     """Upscale every image in ``folder`` (default: ``params.image``), one after another.
 
@@ -630,7 +696,8 @@ def upscale_folder(
             on_file(i - 1, path)
         try:
             saved = upscale_file(
-                params.replace(image=str(path)), models_dir, layout_save, device=device, log=log
+                params.replace(image=str(path)), models_dir, layout_save, device=device, log=log,
+                megapixels=megapixels,
             )
         except UserError as e:
             report.failed.append((path, e.message))
@@ -686,15 +753,21 @@ def upscale_job(
     def on_file(index: int, _: Path) -> None:
         current[0] = index
 
+    megapixels = getattr(settings, "max_image_megapixels", None)
     if Path(params.image).expanduser().is_dir():
         report = upscale_folder(
-            params, models_dir, save, device=device, log=log, skip=done, on_file=on_file
+            params, models_dir, save, device=device, log=log, skip=done, on_file=on_file,
+            megapixels=megapixels,
         )
-        if report.failed and not report.saved:
+        if report.failed:
+            # the job failed (exit 1 on the CLI) even though the other files are saved
+            names = "; ".join(f"{p.name}: {why}" for p, why in report.failed[:5])
+            more = f" and {len(report.failed) - 5} more" if len(report.failed) > 5 else ""
+            saved = len(report.saved) + len(done)
             raise UserError(
-                f"None of the {len(report.failed)} images in {params.image} could be upscaled; "
-                f"the first: {report.failed[0][1]}"
+                f"{len(report.failed)} of the images in {params.image} could not be upscaled "
+                f"({saved} saved): {names}{more}"
             )
     elif 0 not in done:
-        upscale_file(params, models_dir, save, device=device, log=log)
+        upscale_file(params, models_dir, save, device=device, log=log, megapixels=megapixels)
     return paths

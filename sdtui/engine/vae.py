@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from sdtui.errors import UserError
+from sdtui.model_index import shown
 
 _PREFIXES = ("first_stage_model.", "vae.")
 _IGNORED = ("model_ema.", "loss.")
@@ -46,13 +47,14 @@ def vae_state_dict(path: Path, vae: Any) -> dict[str, torch.Tensor]:
             converted = convert_ldm_vae_checkpoint(raw, dict(vae.config))
         except (KeyError, ValueError, IndexError, RuntimeError) as e:
             raise UserError(
-                f"{path.name} is not a VAE sdtui can read ({type(e).__name__}: {e})"
+                f"{shown(path.name)} is not a VAE sdtui can read ({type(e).__name__}: "
+                f"{shown(str(e))})"
             ) from None
     own = vae.state_dict()
     missing = [k for k in own if k not in converted]
     if missing or not converted:
         raise UserError(
-            f"{path.name} is not a VAE for this model: {len(missing)} of its {len(own)} tensors "
+            f"{shown(path.name)} is not a VAE for this model: {len(missing)} of its {len(own)} tensors "
             "are missing (is it a full checkpoint, or a VAE for another model type?)",
             detail=f"first missing: {missing[:3]}",
         )
@@ -62,7 +64,7 @@ def vae_state_dict(path: Path, vae: Any) -> dict[str, torch.Tensor]:
         if t.shape != ref.shape:
             if t.numel() != ref.numel():
                 raise UserError(
-                    f"{path.name} does not fit this model's VAE: {k} is {tuple(t.shape)}, "
+                    f"{shown(path.name)} does not fit this model's VAE: {k} is {tuple(t.shape)}, "
                     f"the model's {tuple(ref.shape)}"
                 )
             t = t.reshape(ref.shape)  # 1x1 conv attention weights vs linear

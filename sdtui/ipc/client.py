@@ -463,13 +463,7 @@ class DaemonClient:
             self._gone_said = True
             self.state = "crashed"
             pid = self.daemon.pid if self.daemon else "?"
-            return [
-                msg.EngineStatus(
-                    "crashed",
-                    f"the engine daemon (pid {pid}) stopped unexpectedly; press F12 (or run sdtui "
-                    "again) to start it: the queue is kept on disk",
-                )
-            ]
+            return [msg.EngineStatus("crashed", f"the engine daemon (pid {pid}) stopped unexpectedly; {self.restart_hint()}")]
         if isinstance(e, msg.DaemonStopping):
             self._gone_said = True
             self.state = "stopped"
@@ -523,9 +517,18 @@ class DaemonClient:
             try:
                 conn.send(command)
             except (OSError, ValueError):
-                raise UserError(
-                    "the engine daemon went away: press F12 (or run sdtui again) to start it"
-                ) from None
+                raise UserError(f"the engine daemon went away; {self.restart_hint()}") from None
+
+    def restart_hint(self) -> str:
+        """What to do after the daemon died, in the words of this kind of client."""
+        if self.private:
+            return f"its jobs are lost with it (--no-daemon): see the engine log ({engine_log_path()})"
+        if self.who == "tui":
+            return "press F12 (or run sdtui again) to start it: the queue is kept on disk"
+        return (
+            "the job is kept in the queue on disk: `sdtui daemon start` resumes it, "
+            "`sdtui queue` lists it"
+        )
 
     def _reply(self, token: int) -> Any:
         deadline = time.monotonic() + REPLY_TIMEOUT_S
@@ -534,9 +537,10 @@ class DaemonClient:
             while token not in self._replies:
                 left = deadline - time.monotonic()
                 if left <= 0 or conn is None or conn.closed:
+                    restart = "F12 / `sdtui daemon stop`" if self.who == "tui" else "`sdtui daemon stop`"
                     raise UserError(
                         "the engine daemon did not answer: see the engine log "
-                        f"({engine_log_path()}), or restart it with F12 / `sdtui daemon stop`"
+                        f"({engine_log_path()}), or restart it with {restart}"
                     )
                 self._reply_cond.wait(min(left, 0.2))
             return self._replies.pop(token)
