@@ -36,9 +36,11 @@ from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
 from sdtui.jobstore import job_summary as summarize_job
 from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, ParamError
+from sdtui.safe_text import one_line, visible
 from sdtui.tui import messages as m
 from sdtui.tui.catalog import Catalog, discover_catalog
-from sdtui.tui.commands import SdtuiCommands, bindings
+from sdtui.tui.commands import SdtuiCommands, bindings, shown
+from sdtui.tui.files import file_problem, image_size, params_from_file, seed_from_file, show
 from sdtui.tui.form_state import FormState, save_form_state
 from sdtui.tui.screens.error_detail import ErrorDetailScreen
 from sdtui.tui.screens.full_view import FullViewScreen
@@ -47,8 +49,9 @@ from sdtui.tui.screens.networks import NetworkPickerScreen, network_text
 from sdtui.tui.widgets.gpu_pane import GpuPane
 from sdtui.tui.widgets.image_view import ImageGrid, PreviewImage
 from sdtui.tui.widgets.job_log import JobLog
-from sdtui.tui.widgets.prompt_editor import PromptArea, PromptEditor
+from sdtui.tui.widgets.prompt_editor import PromptArea, PromptEditor, drawable
 from sdtui.tui.widgets.queue_view import QueueEntry, QueueView
+from sdtui.tui.widgets.safe_input import ControlPictures
 from sdtui.tui.widgets.settings_form import SettingsForm
 from sdtui.tui.widgets.status_bar import StatusBar
 
@@ -129,8 +132,13 @@ class PathPromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self._title)
-            yield Input(self._value, placeholder="/path/to/image.png", id="path-input")
+            yield Label(self._title, markup=False)
+            yield Input(
+                self._value,
+                placeholder="/path/to/image.png",
+                id="path-input",
+                highlighter=ControlPictures(),
+            )
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
@@ -261,6 +269,7 @@ class SdtuiApp(App[int]):
         self.gpu_visible: bool | None = None  # None: automatic (shown on wide terminals)
         self._restarting = False
         self._announced_ready = False
+        self._catalog_problems: set[str] = set()  # said in the job log already
         self.main = MainScreen(self)
 
     # -- set-up --------------------------------------------------------------------------
@@ -304,6 +313,11 @@ class SdtuiApp(App[int]):
     @_while_shown
     def _catalog_found(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        # a bad checkpoint (or a folder that could not be listed): one line each, once
+        for problem in getattr(catalog, "problems", ()):
+            if problem not in self._catalog_problems:
+                self._catalog_problems.add(problem)
+                self.log_line("warning", problem)
         form = self.form()
         form.update_choices("model", catalog.models)
         form.update_choices("upscaler", catalog.upscalers)
@@ -595,7 +609,30 @@ class SdtuiApp(App[int]):
                 "Select an image first (generate, or open History with F8).", severity="warning"
             )
             return None
+        problem = file_problem(path)  # a named pipe would hang whoever opens it
+        if problem:
+            self.log_line("error", problem)
+            return None
         return path
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """A toast. Its words often quote a file or an engine message: plain text (no
+        markup unless asked for) with control characters shown, never sent."""
+        super().notify(
+            visible(str(message)) if not markup else message,
+            title=one_line(str(title)),
+            severity=severity,
+            timeout=timeout,
+            markup=markup,
+        )
 
     def queued_job_ids(self) -> list[int]:
         return list(self.host.queued)
@@ -709,10 +746,9 @@ class SdtuiApp(App[int]):
     def action_reuse_seed(self) -> None:
         seed = self.last_seed
         if self.selected_path:
-            with contextlib.suppress(UserError, ValueError, OSError):
-                from sdtui.infotext import params_from_image
-
-                seed = params_from_image(self.selected_path).seed
+            # a pipe is refused, any bad file gives None: the last seed then
+            seed = seed_from_file(self.selected_path) if Path(self.selected_path).exists() else None
+            seed = self.last_seed if seed is None else seed
         if seed is None or seed < 0:
             self.notify("No image with a seed yet.", severity="warning")
             return
@@ -729,13 +765,10 @@ class SdtuiApp(App[int]):
         path = self._need_image()
         if not path:
             return
-        from PIL import Image
-
         try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except OSError as e:
-            self.log_line("error", f"{path} cannot be read ({e}): pick another image")
+            w, h = image_size(path)  # the header only: a pipe or a bomb is a sentence
+        except UserError as e:
+            self.log_line("error", f"{e.message}: pick another image")
             return
         width, height = _fit_size(w * 2), _fit_size(h * 2)
         form = self.form()
@@ -786,14 +819,28 @@ class SdtuiApp(App[int]):
         )
 
     def load_params_from(self, path: str) -> None:
-        from sdtui.infotext import params_from_image
+        """The parameters stored in the image at ``path`` into the form (ctrl+o, F7).
 
+        A file that cannot be read (not an image, a named pipe, a decompression bomb, a text
+        chunk too large, anything the reader raises) is one error line naming it; the form
+        stays as it was. A value that does not parse or is out of range (``Steps: -5``)
+        keeps the form's value and is named in the line; the other keys apply."""
+        path = os.path.expanduser(path)
         try:
-            params = params_from_image(os.path.expanduser(path))
+            params, problems = params_from_file(path, self.form_state.params)
         except UserError as e:
             self.log_line("error", e.message)
             self.notify(e.message, severity="error")
             return
+        except Exception as e:  # noqa: BLE001 - a bad file never takes the app down
+            message = f"{show(path)} cannot be read ({type(e).__name__}: {e})"
+            self.log_line("error", message)
+            self.notify(message, severity="error")
+            return
+        # the prompt editor shows what the file holds, control characters as ^[
+        params = params.replace(
+            prompt=drawable(params.prompt), negative_prompt=drawable(params.negative_prompt)
+        )
         note = ""
         if params.model and params.model not in self.model_names:
             note = f" (model {params.model} is not installed: keeping {self.form_state.params.model or 'the current one'})"
@@ -803,7 +850,16 @@ class SdtuiApp(App[int]):
         self.apply_form(
             self.form_state.replace(mode=mode, params=params.replace(init_image=keep_init))
         )
-        self.log_line("info", f"parameters loaded from {path}{note}")
+        if problems:
+            kept = "; ".join(problems)
+            self.log_line(
+                "warning",
+                f"parameters loaded from {show(path)}{note}, but not these values (the form "
+                f"keeps its own): {kept}",
+            )
+            self.notify(f"{len(problems)} value(s) in {show(path)} ignored: {kept}", severity="warning")
+        else:
+            self.log_line("info", f"parameters loaded from {show(path)}{note}")
 
     def action_history(self) -> None:
         def chosen(path: str | None) -> None:
@@ -821,7 +877,7 @@ class SdtuiApp(App[int]):
         from textual.command import SimpleCommand
 
         commands = [
-            SimpleCommand(name, _bound(self.switch_model, name), "load this checkpoint now")
+            SimpleCommand(shown(name), _bound(self.switch_model, name), "load this checkpoint now")
             for name in self.model_names
         ]
         self.search_commands(commands, placeholder="Switch model…")

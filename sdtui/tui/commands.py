@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.markup import escape
+
+from sdtui.safe_text import one_line
 
 if TYPE_CHECKING:
     from sdtui.tui.app import SdtuiApp
@@ -157,7 +160,18 @@ def bindings() -> list[Binding]:
     ]
 
 
+def shown(text: str) -> str:
+    """A palette title or help names models, LoRAs, prompts: the palette reads both as
+    markup, so they are escaped, and control characters are shown, not sent."""
+    return escape(one_line(text))
+
+
 def _commands(app: SdtuiApp) -> Iterator[tuple[str, Callable[[], Any], str]]:
+    for title, callback, help_text in _raw_commands(app):
+        yield shown(title), callback, shown(help_text)
+
+
+def _raw_commands(app: SdtuiApp) -> Iterator[tuple[str, Callable[[], Any], str]]:
     for spec in ACTIONS:
         if app.check_action(spec.action, ()) is True:
             key = spec.keys.split(",")[0]

@@ -122,6 +122,11 @@ def _image_problem(path: str, what: str) -> str | None:
         return f"{what} {p} does not exist: check the path"
     if p.is_dir():
         return f"{what} {p} is a folder: give an image file"
+    from sdtui.tui.files import file_problem
+
+    problem = file_problem(p, what)
+    if problem:  # a named pipe would hang whoever opens it
+        return problem
     return None
 
 

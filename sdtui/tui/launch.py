@@ -60,8 +60,8 @@ def model_names(settings: Settings) -> list[str]:
     names: list[str] = []
     if settings.default_model:
         names.append(settings.default_model)
-    with contextlib.suppress(OSError):
-        names += [e.name for e in discover_models(settings.models)]
+    with contextlib.suppress(Exception):  # a bad file never empties the list
+        names += [e.name for e in discover_models(settings.models) if not getattr(e, "error", None)]
     names.append("demo")
     return list(dict.fromkeys(names))
 
@@ -71,7 +71,7 @@ def upscaler_names(settings: Settings) -> list[str]:
 
     try:
         return [u.name for u in list_upscalers(settings.models)]
-    except OSError:
+    except Exception:  # noqa: BLE001 - the built-ins still work
         return ["Lanczos", "Nearest"]
 
 

@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, TextArea
 
+from sdtui.safe_text import visible
+
 
 class ErrorDetailScreen(ModalScreen[None]):
     DEFAULT_CSS = """
@@ -24,13 +26,15 @@ class ErrorDetailScreen(ModalScreen[None]):
     def __init__(self, job_id: int, message: str, detail: str) -> None:
         super().__init__()
         self.job_id = job_id
-        self.message = message
-        self.detail = detail or "(the engine sent no detail for this failure)"
+        # the engine's words can quote a prompt or a file: shown, never sent (TextArea draws
+        # its text as it is)
+        self.message = visible(message)
+        self.detail = visible(detail or "(the engine sent no detail for this failure)")
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = f"job #{self.job_id} failed"
-            yield Label(self.message, id="error-message")
+            yield Label(self.message, id="error-message", markup=False)
             yield TextArea(
                 self.detail,
                 id="error-detail",

@@ -13,6 +13,7 @@ from textual.events import Resize
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from sdtui.safe_text import one_line, visible
 from sdtui.tui.widgets.image_view import PreviewImage
 
 NARROW_BELOW = 110  # columns: below this the parameters go under the image
@@ -20,28 +21,36 @@ NARROW_BELOW = 110  # columns: below this the parameters go under the image
 
 def infotext_view(path: str | os.PathLike[str]) -> Text:
     """The file's generation parameters laid out for reading: prompt, negative prompt,
-    then one ``Key: value`` per line. Plain words when there are none or the file is bad."""
+    then one ``Key: value`` per line. Plain words when there are none or the file is bad.
+    Everything from the file is shown, not sent: an escape sequence in it shows as ``^[``."""
     from sdtui.errors import UserError
-    from sdtui.infotext import parse_infotext, read_infotext
+    from sdtui.infotext import parse_infotext
+    from sdtui.tui.files import read_infotext, show
 
     try:
-        raw = read_infotext(path)
+        raw = read_infotext(path)  # a pipe is refused, any error of the reader is a sentence
     except UserError as e:
-        return Text(str(e), style="red")
+        return Text(visible(e.message), style="red")
     if not raw:
-        return Text(f"{path}\n\nNo generation parameters in this file.", style="dim")
-    parsed = parse_infotext(raw)
+        return Text(f"{show(path)}\n\nNo generation parameters in this file.", style="dim")
+    try:
+        parsed = parse_infotext(raw)
+    except Exception as e:  # noqa: BLE001 - a strange infotext is shown raw, never a crash
+        text = Text(f"{show(path)}\n\n", style="dim")
+        text.append(f"(its parameters cannot be parsed: {type(e).__name__})\n\n", style="red")
+        text.append(visible(raw))
+        return text
     text = Text()
-    text.append(f"{path}\n\n", style="dim")
+    text.append(f"{show(path)}\n\n", style="dim")
     if parsed.prompt:
         text.append("Prompt\n", style="bold")
-        text.append(parsed.prompt + "\n\n")
+        text.append(visible(parsed.prompt) + "\n\n")
     if parsed.negative_prompt:
         text.append("Negative prompt\n", style="bold")
-        text.append(parsed.negative_prompt + "\n\n")
+        text.append(visible(parsed.negative_prompt) + "\n\n")
     for key, value in parsed.pairs.items():
-        text.append(f"{key}: ", style="bold")
-        text.append(f"{value}\n")
+        text.append(f"{one_line(key)}: ", style="bold")
+        text.append(f"{one_line(value)}\n")
     return text
 
 
@@ -134,7 +143,7 @@ class FullViewScreen(ModalScreen[None]):
         path = self.path
         count = len(self._paths)
         where = f"  {self._index + 1}/{count} · ←/→ browse" if count > 1 else ""
-        self.query_one("#full-title", Static).update(f"{Path(path).name}{where} · esc close")
+        self.query_one("#full-title", Static).update(f"{one_line(Path(path).name)}{where} · esc close")
         self.query_one("#full-image", PreviewImage).show_path(path)
         self.query_one("#full-info-text", Static).update(infotext_view(path))
         self.query_one("#full-info", VerticalScroll).scroll_home(animate=False)

@@ -17,6 +17,8 @@ from textual.timer import Timer
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from sdtui.safe_text import one_line
+from sdtui.tui.files import is_regular_file
 from sdtui.tui.screens.full_view import infotext_view
 from sdtui.tui.widgets.image_view import PreviewImage
 
@@ -44,8 +46,8 @@ def history_label(path: Path, outputs_dir: Path, job: int | None = None) -> Text
         when = "?"
     label = Text()
     label.append(f"{when}  ", style="dim")
-    label.append(f"{kind_of(path, outputs_dir):<8}", style="bold")
-    label.append(path.name)
+    label.append(f"{one_line(kind_of(path, outputs_dir)):<8}", style="bold")
+    label.append(one_line(path.name))
     if job is not None:
         label.append(f"  #{job}", style="dim")
     return label
@@ -62,9 +64,11 @@ def jobs_of(queue_path: Path | None, limit: int) -> dict[Path, int]:
         store = JobStore.open(queue_path, create=False)
     except (OSError, StoreError):
         return {}
+    except Exception:  # noqa: BLE001 - a damaged queue file: the folder still lists
+        return {}
     try:
         return {Path(path): job for path, job, _ in store.recent_images(limit)}
-    except StoreError:
+    except Exception:  # noqa: BLE001 - as above (StoreError, sqlite3's own errors)
         return {}
     finally:
         store.close()
@@ -143,19 +147,23 @@ class HistoryScreen(ModalScreen[str | None]):
         from sdtui.outputs import OutputLayout
 
         self._jobs = jobs_of(self.queue_path, self._limit)
-        found = set(OutputLayout(self.outputs_dir).recent_images(self._limit))
-        found.update(p for p in self._jobs if p.is_file())  # a job's --outputs-dir elsewhere too
+        try:
+            found = set(OutputLayout(self.outputs_dir).recent_images(self._limit))
+        except Exception:  # noqa: BLE001 - an unreadable folder lists nothing, never a crash
+            found = set()
+        # a job's --outputs-dir elsewhere too (regular files only: a pipe would hang)
+        found.update(p for p in self._jobs if is_regular_file(p))
         self._paths = sorted(found, key=_mtime, reverse=True)[: self._limit]
         count = len(self._paths)
         yield Static(
-            f"History · {count} image{'s' if count != 1 else ''} in {self.outputs_dir}"
+            f"History · {count} image{'s' if count != 1 else ''} in {one_line(str(self.outputs_dir))}"
             "  ·  enter use  ·  esc close",
             id="history-title",
             markup=False,
         )
         if not self._paths:
             yield Static(
-                f"No images in {self.outputs_dir} yet: generate one first.",
+                f"No images in {one_line(str(self.outputs_dir))} yet: generate one first.",
                 id="history-empty",
                 markup=False,
             )

@@ -13,6 +13,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from sdtui.safe_text import one_line
+from sdtui.tui.widgets.safe_input import ControlPictures
+
 LORA_WEIGHT = 1
 
 
@@ -57,15 +60,20 @@ class NetworkPickerScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = "Insert LoRA or embedding"
-            yield Input(placeholder="type to filter", id="networks-filter", compact=True)
-            yield OptionList(id="networks")
-            yield Label(self._hint(), id="networks-hint")
+            yield Input(
+                placeholder="type to filter",
+                id="networks-filter",
+                compact=True,
+                highlighter=ControlPictures(),
+            )
+            yield OptionList(id="networks", markup=False)
+            yield Label(self._hint(), id="networks-hint", markup=False)
 
     def _hint(self) -> str:
         if not self.listed:
             return "still listing the folders: close and open again in a moment"
         if not self.entries:
-            return f"no LoRAs or embeddings found in {self.where}"
+            return one_line(f"no LoRAs or embeddings found in {self.where}")
         return "enter inserts at the prompt cursor · escape closes"
 
     def on_mount(self) -> None:
@@ -78,7 +86,10 @@ class NetworkPickerScreen(ModalScreen[str | None]):
         options = self.query_one(OptionList)
         options.clear_options()
         options.add_options(
-            [Option(f"{'LoRA' if kind == 'lora' else 'TI  '}  {name}") for kind, name in self.shown]
+            [
+                Option(one_line(f"{'LoRA' if kind == 'lora' else 'TI  '}  {name}"))
+                for kind, name in self.shown
+            ]
         )
         if self.shown:
             options.highlighted = 0

@@ -25,6 +25,7 @@ from sdtui.gpu import (
     format_bytes,
     sparkline_rows,
 )
+from sdtui.safe_text import one_line, visible
 
 __all__ = ["GpuPane", "pane_lines"]
 
@@ -66,7 +67,8 @@ def _pair(used: int | None, total: int | None) -> str:
 
 
 def _na(value: object, unit: str = "") -> str:
-    return "N/A" if value is None else f"{value}{unit}"
+    """The value, or N/A; a process or GPU name is another program's text: shown, not sent."""
+    return "N/A" if value is None else one_line(f"{value}{unit}")
 
 
 def _stats(gpu: GpuReading) -> Content:
@@ -183,7 +185,7 @@ def pane_lines(
         else:
             lines = [Content.styled("NVIDIA driver unusable — running on CPU", "bold $warning")]
             lines += [
-                line.stylize("$text-muted") for line in Content(snapshot.driver_error).wrap(width)
+                line.stylize("$text-muted") for line in Content(visible(snapshot.driver_error)).wrap(width)
             ]
         lines.append(Content(""))
         lines.extend(_host_lines(snapshot.host, width, our_pids))
@@ -196,7 +198,7 @@ def pane_lines(
             lines.append(Content(""))
         lines.extend(_host_lines(snapshot.host, width, our_pids))
         if snapshot.driver_version:
-            lines.append(Content.styled(f"driver {snapshot.driver_version}", "$text-muted"))
+            lines.append(Content.styled(f"driver {one_line(str(snapshot.driver_version))}", "$text-muted"))
     return [line.truncate(width, ellipsis=True) for line in lines]
 
 

@@ -9,10 +9,12 @@ textual-image widget when the bytes (or the room it has) change.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import math
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,9 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
+from sdtui.safe_text import one_line, visible
 from sdtui.tui import graphics
+from sdtui.tui.files import PREVIEW_MAX_BYTES, PREVIEW_MAX_PIXELS, describe_failure, file_problem
 from sdtui.tui.widgets.text_line import TextLine
 
 if TYPE_CHECKING:
@@ -70,20 +74,42 @@ def shrink(image: PILImage.Image, box: tuple[int, int]) -> PILImage.Image:
 _thumbs: OrderedDict[tuple[str, int, int, int], PILImage.Image] = OrderedDict()
 
 
+class ImageTooLarge(ValueError):
+    """An image with more pixels (or bytes) than a preview decodes on the UI thread."""
+
+
+def _check_pixels(im: PILImage.Image, label: str) -> None:
+    if im.width * im.height > PREVIEW_MAX_PIXELS:
+        raise ImageTooLarge(
+            f"{label} is {im.width}x{im.height}: too many pixels to show (a decompression bomb?)"
+        )
+
+
 def thumbnail(path: str | os.PathLike[str], max_px: int = THUMBNAIL_PX) -> PILImage.Image:
     """A small RGB copy of the image at ``path``, cached by path, size and mtime.
 
-    Raises OSError (PIL's UnidentifiedImageError is one) when the file cannot be read.
+    Raises OSError when the file is not a regular file; Pillow's errors (OSError,
+    DecompressionBombError, ValueError, ...) and ImageTooLarge when it cannot be shown.
     """
+    import stat as stat_mod
+
     from PIL import Image
 
     stat = os.stat(path)
+    if not stat_mod.S_ISREG(stat.st_mode):  # a named pipe would block the UI for ever
+        raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    if stat.st_size > PREVIEW_MAX_BYTES:
+        raise ImageTooLarge(f"{one_line(os.fspath(path))} is too large to show")
     key = (os.fspath(path), stat.st_mtime_ns, stat.st_size, max_px)
     cached = _thumbs.get(key)
     if cached is not None:
         _thumbs.move_to_end(key)
         return cached
-    with Image.open(path) as im:
+    with warnings.catch_warnings():  # Pillow's bomb warning: refused below, not printed
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
+        _check_pixels(im, one_line(Path(path).name))
         im.draft("RGB", (max_px, max_px))  # JPEG decodes at a fraction of the size
         im.load()
         small = shrink(im, (max_px, max_px))
@@ -233,16 +259,28 @@ class PreviewImage(Widget):
             and (caption is None or caption == self._caption)
         ):
             return False
+        name = one_line(label or "image")
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                parameters = im.info.get("parameters")
-                source = im.copy()
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            self._fail(label or "image", f"cannot be shown ({e})")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as im:
+                    _check_pixels(im, name)
+                    im.load()
+                    parameters = im.info.get("parameters")
+                    source = im.copy()
+        except UnidentifiedImageError:
+            self._fail(name, "cannot be shown (not an image Pillow can read)")
+            return False
+        except ImageTooLarge as e:
+            self._fail("", str(e))
+            return False
+        except Exception as e:  # noqa: BLE001 - a bad file is a placeholder, never a crash
+            self._fail("", describe_failure(name, e))
             return False
         if isinstance(parameters, bytes):
             parameters = parameters.decode("utf-8", errors="replace")
+        elif parameters is not None and not isinstance(parameters, str):
+            parameters = None
         self._digest = digest
         self._label = label
         self._source = source
@@ -253,14 +291,24 @@ class PreviewImage(Widget):
 
     def show_path(self, path: str | os.PathLike[str], caption: str | None = None) -> bool:
         """Show the image file at ``path``; False when unchanged or unreadable."""
-        name = Path(path).name
+        name = one_line(Path(path).name)
+        problem = file_problem(path)  # a named pipe would block the UI for ever
+        if problem is None:
+            try:
+                if os.stat(path).st_size > PREVIEW_MAX_BYTES:
+                    problem = f"{name} is too large to show"
+            except OSError as e:
+                problem = describe_failure(name, e)
+        if problem:
+            self._fail("", problem)
+            return False
         try:
             data = Path(path).read_bytes()
-        except OSError as e:
-            self._fail(name, f"cannot be read ({e.strerror or e})")
+        except Exception as e:  # noqa: BLE001 - gone or unreadable: a placeholder
+            self._fail("", describe_failure(name, e))
             return False
         if self.mode == "none":
-            self._set_text(os.fspath(path))
+            self._set_text(one_line(os.fspath(path)))
         return self.show_png(data, caption, label=name)
 
     def clear(self, text: str | None = None) -> None:
@@ -278,7 +326,7 @@ class PreviewImage(Widget):
     # -- internals
 
     def _fail(self, label: str, why: str) -> None:
-        self.clear(f"{label} {why}")
+        self.clear(one_line(f"{label} {why}".strip()))
 
     def _set_caption(self, text: str) -> None:
         self._caption = text
@@ -296,7 +344,7 @@ class PreviewImage(Widget):
             self.call_after_refresh(self._set_text, text)
             return
         placeholder = self.query_one("#preview-text", Static)
-        placeholder.update(text)
+        placeholder.update(visible(text))
         placeholder.display = True
 
     def _target_pixels(self) -> tuple[int, int] | None:
@@ -437,15 +485,21 @@ class ImageTile(Vertical):
             if self._picture is not None:
                 try:
                     _set_picture(self._picture, thumbnail(self.path))
+                except ImageTooLarge:
+                    text = "too large to show"
+                    self._picture.display = False
                 except OSError as e:
-                    text = f"unreadable ({e.strerror or type(e).__name__})"
+                    text = f"unreadable ({one_line(e.strerror or type(e).__name__)})"
+                    self._picture.display = False
+                except Exception as e:  # noqa: BLE001 - a bad file is a placeholder, never a crash
+                    text = f"unreadable ({type(e).__name__})"
                     self._picture.display = False
                 yield self._picture
             else:
-                text = self.path
+                text = one_line(self.path)
             if text:
                 yield Static(text, classes="tile-text", markup=False)
-        yield Static(Path(self.path).name, classes="tile-label", markup=False)
+        yield Static(one_line(Path(self.path).name), classes="tile-label", markup=False)
 
     @property
     def picture(self) -> Widget | None:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from rich.text import Text
 from textual.widgets import RichLog
 
+from sdtui.safe_text import one_line
+
 LEVEL_STYLES = {"info": "", "ok": "green", "warning": "yellow", "error": "bold red"}
 
 
@@ -29,6 +31,9 @@ class JobLog(RichLog):
         self.entries: list[tuple[str, str]] = []  # (level, text), for tests and copying
 
     def add(self, level: str, text: str) -> None:
+        # a file name, a prompt or an engine message can hold escape sequences and newlines:
+        # shown (``^[``, ``^J``), never sent, and one entry is one line
+        text = one_line(str(text))
         self.entries.append((level, text))
         line = Text(f"{self.clock()} ", style="dim")
         line.append(text, style=LEVEL_STYLES.get(level, ""))

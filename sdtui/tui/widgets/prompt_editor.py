@@ -9,9 +9,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, TextArea
-from textual.widgets.text_area import TextAreaTheme
+from textual.widgets.text_area import Edit, EditResult, TextAreaTheme
 
 from sdtui.prompt_syntax import highlight_spans
+from sdtui.safe_text import has_controls, visible
 from sdtui.tokens import count_tokens
 from sdtui.tui.messages import PromptChanged
 from sdtui.tui.widgets.text_line import TextLine
@@ -26,6 +27,15 @@ SPAN_STYLES: dict[str, Style] = {
     "break": Style(color="#cc6666", bold=True, reverse=True),
     "escape": Style(color="#707880"),
 }
+
+
+def drawable(text: str) -> str:
+    """``text`` as the prompt keeps it: line ends as newlines, every other control character
+    shown (``ESC`` as ``^[``). TextArea draws its document as it is, so an escape sequence
+    pasted or loaded from a PNG would reach the terminal: it never gets into the document."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return visible(text) if has_controls(text) else text
 
 
 class PromptArea(TextArea):
@@ -46,6 +56,16 @@ class PromptArea(TextArea):
         super().__init__(text, id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False)
         self.register_theme(TextAreaTheme(name=THEME_NAME, syntax_styles=dict(SPAN_STYLES)))
         self.theme = THEME_NAME
+
+    # every way text gets in (typing, paste, insert, load_text, the text setter) goes
+    # through one of these two
+    def _set_document(self, text: str, language: str | None) -> None:
+        super()._set_document(drawable(text), language)
+
+    def edit(self, edit: Edit) -> EditResult:
+        if edit.text:
+            edit.text = drawable(edit.text)
+        return super().edit(edit)
 
     def _build_highlight_map(self) -> None:
         highlights = getattr(self, "_highlights", None)

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from sdtui.safe_text import one_line
 from sdtui.tui.messages import RemoveQueuedJob
 
 
@@ -41,7 +42,7 @@ class QueueView(OptionList):
         self.clear_options()
         for e in entries:
             mark = "▶" if e.running else "·"
-            self.add_option(Option(f"{mark} #{e.job_id} {e.summary}", id=str(e.job_id)))
+            self.add_option(Option(one_line(f"{mark} #{e.job_id} {e.summary}"), id=str(e.job_id)))
         if entries:
             self.highlighted = min(highlighted or 0, len(entries) - 1)
         self.display = bool(entries)

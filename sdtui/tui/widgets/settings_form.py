@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.css.query import NoMatches
 from textual.widgets import Button, Checkbox, Collapsible, Input, Label, Select
 
 from sdtui.config import MEMORY_MODES
+from sdtui.safe_text import one_line
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from sdtui.tui.form_state import (
     MODES,
@@ -25,6 +27,7 @@ from sdtui.tui.form_state import (
     parse_form,
 )
 from sdtui.tui.messages import FormChanged, RandomSeedRequested, ReuseSeedRequested
+from sdtui.tui.widgets.safe_input import ControlPictures
 
 INPUT_FIELDS = (
     "steps",
@@ -70,6 +73,12 @@ GEN_ROWS = ("model", "sampler", "schedule_type", "steps", "seed", "size", "batch
 
 def _preset_label(w: int, h: int) -> str:
     return f"{w}x{h}"
+
+
+def _options(values: Sequence[str]) -> list[tuple[Content, str]]:
+    """Select options: a model, VAE or sampler name comes from a file name or a PNG, so it
+    is drawn as plain text (no markup) with control characters shown, not sent."""
+    return [(Content(one_line(v)), v) for v in values]
 
 
 class SettingsForm(VerticalScroll):
@@ -127,7 +136,7 @@ class SettingsForm(VerticalScroll):
             opts.append(value)
         self._choices[name] = opts
         return Select(
-            [(o, o) for o in opts],
+            _options(opts),
             allow_blank=False,
             value=value if value in opts else opts[0],
             id=name,
@@ -135,7 +144,7 @@ class SettingsForm(VerticalScroll):
         )
 
     def _error(self, name: str) -> Label:
-        return Label("", id=f"{name}-error", classes="error")
+        return Label("", id=f"{name}-error", classes="error", markup=False)
 
     def compose(self) -> ComposeResult:
         v = form_fields(self.state)
@@ -198,12 +207,22 @@ class SettingsForm(VerticalScroll):
         yield self._error("denoising_strength")
         with Horizontal(classes="row i2i"):
             yield Label("Init img")
-            yield Input(v["init_image"], id="init_image", placeholder="path of a PNG", compact=True)
+            yield Input(
+                v["init_image"],
+                id="init_image",
+                placeholder="path of a PNG",
+                compact=True,
+                highlighter=ControlPictures(),
+            )
         yield self._error("init_image")
         with Horizontal(classes="row extras"):
             yield Label("Image")
             yield Input(
-                v["extras_image"], id="extras_image", placeholder="path of a PNG", compact=True
+                v["extras_image"],
+                id="extras_image",
+                placeholder="path of a PNG",
+                compact=True,
+                highlighter=ControlPictures(),
             )
         yield self._error("extras_image")
         with Horizontal(classes="row extras"):
@@ -214,7 +233,7 @@ class SettingsForm(VerticalScroll):
             yield Input(v["upscale_scale"], id="upscale_scale", type="number", compact=True)
         yield self._error("upscale_scale")
         p = self.state.params
-        with Collapsible(title=hires_title(self.state), id="hires", classes="gen t2i -collapsed"):
+        with Collapsible(title=_title(hires_title(self.state)), id="hires", classes="gen t2i -collapsed"):
             with Horizontal(classes="row"):
                 yield Label("Enable")
                 yield Checkbox(
@@ -249,7 +268,7 @@ class SettingsForm(VerticalScroll):
                     compact=True,
                 )
             yield self._error("hr_denoising_strength")
-        with Collapsible(title=more_title(self.state), id="more", classes="gen -collapsed"):
+        with Collapsible(title=_title(more_title(self.state)), id="more", classes="gen -collapsed"):
             with Horizontal(classes="row"):
                 yield Label("VAE")
                 yield self._select("vae", self._vaes, v["vae"])
@@ -321,7 +340,7 @@ class SettingsForm(VerticalScroll):
         options = self._choices.setdefault(name, [])
         if value not in options:
             options.append(value)
-            select.set_options([(o, o) for o in options])
+            select.set_options(_options(options))
         select.value = value
 
     def update_choices(self, name: str, options: Sequence[str]) -> None:
@@ -336,7 +355,7 @@ class SettingsForm(VerticalScroll):
             return
         self._choices[name] = opts
         with select.prevent(Select.Changed):
-            select.set_options([(o, o) for o in opts])
+            select.set_options(_options(opts))
             select.value = value if value in opts else opts[0]
 
     def reveal(self, name: str) -> None:
@@ -395,8 +414,8 @@ class SettingsForm(VerticalScroll):
         self._posted = True
         self.state = state
         self.show_errors(errors)
-        self.query_one("#hires", Collapsible).title = hires_title(state)
-        self.query_one("#more", Collapsible).title = more_title(state)
+        self.query_one("#hires", Collapsible).title = _title(hires_title(state))
+        self.query_one("#more", Collapsible).title = _title(more_title(state))
         self.post_message(FormChanged(state, errors))
 
     def show_errors(self, errors: dict[str, str]) -> None:
@@ -407,8 +426,13 @@ class SettingsForm(VerticalScroll):
             if previous.get(name, "") == message:
                 continue
             for label in self.query(f"#{name}-error").results(Label):
-                label.update(message)
+                label.update(one_line(message))
                 label.set_class(bool(message), "shown")
+
+
+def _title(text: str) -> Content:
+    """A section title holds names from a PNG (VAE, upscaler): no markup, no escapes."""
+    return Content(one_line(text))
 
 
 def hires_title(state: FormState) -> str:

@@ -11,6 +11,8 @@ from textual.app import RenderResult
 from textual.content import Content
 from textual.widget import Widget
 
+from sdtui.safe_text import one_line
+
 STATE_LABELS = {
     "starting": ("starting", "$warning"),
     "loading": ("loading model", "$warning"),
@@ -65,12 +67,12 @@ class StatusBar(Widget):
 
     def render(self) -> RenderResult:
         s = self.line
-        label, colour = STATE_LABELS.get(s.state, (s.state, "$text"))
+        label, colour = STATE_LABELS.get(s.state, (one_line(str(s.state)), "$text"))
         parts: list[str | tuple[str, str]] = [(f" {label} ", f"bold $background on {colour}")]
         if s.state == "loading" and s.detail:
-            parts.append((f" {s.detail}", "$text-muted"))
+            parts.append((f" {one_line(s.detail)}", "$text-muted"))
         elif s.model:
-            parts.append((f" {s.model}", "bold"))
+            parts.append((f" {one_line(s.model)}", "bold"))
         if s.state == "busy" and s.steps:
             width = max(6, min(30, self.size.width // 5))
             done = int(width * s.step / max(1, s.steps))
@@ -87,7 +89,7 @@ class StatusBar(Widget):
         if s.queued:
             parts.append((f"  queued {s.queued}", "$warning"))
         if s.memory_mode:
-            parts.append((f"  mem {s.memory_mode}", "$text-muted"))
+            parts.append((f"  mem {one_line(s.memory_mode)}", "$text-muted"))
         if s.daemon_pid:
             from sdtui.units import format_uptime
 

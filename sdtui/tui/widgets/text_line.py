@@ -11,9 +11,12 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widget import Widget
 
+from sdtui.safe_text import one_line
+
 
 class TextLine(Widget):
-    """Plain text (no markup) in a fixed-size box; ``update`` only repaints."""
+    """Plain text (no markup, control characters shown not sent) in a fixed-size box;
+    ``update`` only repaints."""
 
     DEFAULT_CSS = """
     TextLine { height: 1; width: 1fr; }
@@ -33,4 +36,4 @@ class TextLine(Widget):
             self.refresh()
 
     def render(self) -> Content:
-        return Content(self._text)
+        return Content(one_line(self._text))
