@@ -245,7 +245,9 @@ def _tmux_wrap(sequence: str) -> str:
     return "\x1bPtmux;" + sequence.replace("\x1b", "\x1b\x1b") + "\x1b\\"
 
 
-def query_terminal(timeout: float = PROBE_TIMEOUT_S, *, in_tmux: bool = False) -> TerminalReplies:
+def query_terminal(
+    timeout: float = PROBE_TIMEOUT_S, *, in_tmux: bool = False, passthrough: bool = True
+) -> TerminalReplies:
     """Ask XTVERSION, kitty graphics and primary device attributes in one round trip.
 
     The device attributes reply comes last (every terminal answers it, in order), so reading
@@ -262,9 +264,15 @@ def query_terminal(timeout: float = PROBE_TIMEOUT_S, *, in_tmux: bool = False) -
     if stdin is None or stdout is None or not (stdin.isatty() and stdout.isatty()):
         return TerminalReplies()
     fd = stdin.fileno()
-    query = _XTVERSION_QUERY + _TGP_QUERY
-    if in_tmux:  # the outer terminal's own answers, when passthrough lets them out
-        query += _tmux_wrap(_XTVERSION_QUERY) + _tmux_wrap(_TGP_QUERY)
+    query = _XTVERSION_QUERY
+    if in_tmux:
+        # The outer terminal's own answers, when passthrough lets them out. No bare kitty
+        # query: tmux has no kitty graphics, and it takes an APC sequence (ESC _ ... ESC \)
+        # as the pane's title, which then read "Gi=31,s=1,...".
+        if passthrough:
+            query += _tmux_wrap(_XTVERSION_QUERY) + _tmux_wrap(_TGP_QUERY)
+    else:
+        query += _TGP_QUERY
     query += _DA1_QUERY
     buffer = b""
     try:
@@ -382,7 +390,7 @@ def probe(mode: str = "auto", *, timeout: float = PROBE_TIMEOUT_S) -> GraphicsCh
     passthrough: bool | None = None
     if mode == "auto" and is_tty:
         passthrough = tmux_allow_passthrough() if in_tmux else None
-        replies = query_terminal(timeout, in_tmux=in_tmux and passthrough is not False)
+        replies = query_terminal(timeout, in_tmux=in_tmux, passthrough=passthrough is not False)
     choice = choose_mode(
         mode,
         replies=replies,
