@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-N", "--negative", default="", help="negative prompt")
     g.add_argument("--steps", type=int, default=20)
     g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
-    g.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i")
+    g.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i (with a variation strength: the variation seed +i, as A1111)")
     g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
     g.add_argument("--width", type=int)
     g.add_argument("--height", type=int)

@@ -71,7 +71,9 @@ _NO_LINK = {
 
 
 def image_grid(images: Sequence[Image.Image], rows: int | None = None) -> Image.Image:
-    """A1111's ``image_grid`` with default settings (rows = round(sqrt(n)), black fill)."""
+    """A1111's ``image_grid`` with default settings (rows = round(sqrt(n))); empty cells are
+    white: A1111 fills with ``opts.grid_background_color``, whose default in
+    modules/shared_options.py is ``OptionInfo("#ffffff", "Background color for image grids")``."""
     from PIL import Image
 
     if not images:
@@ -81,7 +83,7 @@ def image_grid(images: Sequence[Image.Image], rows: int | None = None) -> Image.
     rows = max(1, min(rows, len(images)))
     cols = math.ceil(len(images) / rows)
     w, h = images[0].size
-    grid = Image.new("RGB", size=(cols * w, rows * h), color="black")
+    grid = Image.new("RGB", size=(cols * w, rows * h), color="#ffffff")
     for i, img in enumerate(images):
         grid.paste(img, box=(i % cols * w, i // cols * h))
     return grid

@@ -26,6 +26,16 @@ RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and f
 # Ours stop at 2**63 - 1, the largest integer SQLite (the job queue) stores.
 MAX_RANDOM_SEED = 4294967294
 MAX_SEED = 2**63 - 1
+# A1111 create_infotext keys between "Clip skip" and **p.extra_generation_params, in order
+_A1111_BEFORE_EXTRA = (
+    "ENSD",
+    "Token merging ratio",
+    "Token merging ratio hr",
+    "Init image hash",
+    "RNG",
+    "NGMS",
+    "Tiling",
+)
 SIZE_MULTIPLE = 8
 MIN_SIZE, MAX_SIZE = 64, 4096
 
@@ -125,11 +135,15 @@ class GenerationParams:
         if not 0 <= self.cfg_scale <= 30:
             errors["cfg_scale"] = f"CFG scale {self.cfg_scale} is out of range: use 0 to 30"
         images = max(1, self.batch_size) * max(1, self.batch_count) if isinstance(self.batch_size, int) and isinstance(self.batch_count, int) else 1
+        # image i uses seed + i, or, with a variation strength, the same seed and variation
+        # seed + i (A1111 processing.py process_images_inner: all_seeds / all_subseeds)
+        variation = isinstance(self.subseed_strength, (int, float)) and self.subseed_strength > 0
+        advancing = "subseed" if variation else "seed"
         for name, label in (("seed", "seed"), ("subseed", "variation seed")):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= MAX_SEED:
                 errors[name] = f"{label} {value} is out of range: use -1 (random) or 0 to {MAX_SEED}"
-            elif value + images - 1 > MAX_SEED:
+            elif name == advancing and value + images - 1 > MAX_SEED:
                 errors[name] = (
                     f"{label} {value} is too large for {images} images (image i uses {label} + i): "
                     f"use at most {MAX_SEED - images + 1}"
@@ -213,12 +227,18 @@ class GenerationParams:
             pairs["Denoising strength"] = _num(self.hr_denoising_strength)
         if self.clip_skip > 1:
             pairs["Clip skip"] = self.clip_skip
+        extra = dict(extra or {})
+        # A1111 processing.py create_infotext: these are generation_params keys, written
+        # before **p.extra_generation_params (where the Hires keys, LoRA hashes, ... live)
+        for key in _A1111_BEFORE_EXTRA:
+            if key in extra:
+                pairs[key] = extra.pop(key)
         if self.enable_hr and not self.init_image:
             pairs["Hires upscale"] = _num(self.hr_scale)
             if self.hr_second_pass_steps:
                 pairs["Hires steps"] = self.hr_second_pass_steps
             pairs["Hires upscaler"] = self.hr_upscaler
-        pairs.update(extra or {})
+        pairs.update(extra)
         pairs["Version"] = f"sdtui {__version__}"
         return pairs
 

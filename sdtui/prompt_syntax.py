@@ -14,8 +14,9 @@ quirks included, so that a prompt copied from A1111 means the same thing here:
 - ``<lora:name:0.8>`` (also ``<lyco:...>``) is removed from the text and applies a LoRA; any
   other ``<word:args>`` tag is removed too, as A1111 does.
 
-Not handled (the engine encodes such text literally, as A1111 does with the feature off):
-prompt editing ``[from:to:when]``, alternation ``[a|b]``, composable ``AND``.
+Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` are scheduled per step before
+this parser sees the text: sdtui.prompt_schedule. Not handled (the engine encodes it
+literally): composable ``AND``.
 """
 
 from __future__ import annotations

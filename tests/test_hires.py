@@ -58,9 +58,11 @@ def test_latent_hires_size_infotext_and_progress(session, first_pass, tmp_path):
     # the second pass samples: far from a plain resize of the first pass's image
     resized = pixels(first_pass.resize((96, 96), Image.BILINEAR))
     assert np.abs(pixels(im) - resized).mean() > 3
-    # progress: first pass 3 steps + int(4 * 0.6) = 2 hires steps, counted as one batch
+    # progress: first pass 3 steps + exactly the 4 Hires steps asked, counted as one batch
+    # (A1111 sd_samplers_common.setup_img2img_steps with steps given: t_enc = requested - 1,
+    # and sd_samplers_kdiffusion.sample_img2img runs t_enc + 1 steps)
     progress = [e for e in events if isinstance(e, msg.Progress)]
-    assert [(e.step, e.steps) for e in progress] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    assert [(e.step, e.steps) for e in progress] == [(i, 7) for i in range(1, 8)]
 
 
 def test_hires_reproducible_per_image_in_a_batch(session, tmp_path):

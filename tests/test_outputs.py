@@ -299,8 +299,10 @@ def test_grid_layout_like_a1111(n: int, rows: int, cols: int) -> None:
     assert grid.size == (cols * 4, rows * 3)
     for i in range(n):
         assert grid.getpixel((i % cols * 4, i // cols * 3)) == (i * 20, 0, 0)
-    if n < rows * cols:  # empty spots are black
-        assert grid.getpixel(((cols - 1) * 4, (rows - 1) * 3)) == (0, 0, 0)
+    if n < rows * cols:
+        # empty spots are white: A1111 modules/images.py image_grid fills with
+        # opts.grid_background_color, default "#ffffff" (modules/shared_options.py)
+        assert grid.getpixel(((cols - 1) * 4, (rows - 1) * 3)) == (255, 255, 255)
 
 
 def test_save_grid(tmp_path: Path) -> None:

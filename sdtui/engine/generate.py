@@ -94,22 +94,41 @@ def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Imag
 
 def make_noise(seed: int, shape: tuple[int, ...], subseed: int | None, strength: float) -> torch.Tensor:
     """Initial noise for one image from its own CPU generator (A1111's "RNG: CPU"), with
-    A1111's variation seed: slerp towards the subseed's noise."""
+    A1111's variation seed (modules/rng.py ``ImageRNG.first``): noise from the seed,
+    subnoise from the subseed, ``slerp(subseed_strength, noise, subnoise)``."""
     noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
-    if subseed is not None and strength > 0:
+    if subseed is not None and strength != 0:
         other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed))
         noise = slerp(strength, noise, other)
     return noise
 
 
-def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    an, bn = a / a.norm(), b / b.norm()
-    dot = (an * bn).sum().clamp(-1, 1)
-    if dot.abs() > 0.9995:
-        return (1 - t) * a + t * b
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's modules/rng.py ``slerp``, line for line: norms over ``dim=1`` of one image's
+    (C, H, W) noise, and its "lerp" when the noises are nearly parallel (which weights
+    ``low`` by ``val``, as A1111 does)."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)
     omega = torch.acos(dot)
     so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (
+        torch.sin(val * omega) / so
+    ).unsqueeze(1) * high
+
+
+def image_seeds(p: GenerationParams, indices: list[int]) -> tuple[list[int], list[int]]:
+    """(seeds, variation seeds) of the job's images ``indices``, as A1111's
+    processing.py ``process_images_inner``::
+
+        p.all_seeds = [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(n)]
+        p.all_subseeds = [int(subseed) + x for x in range(n)]
+    """
+    seeds = [p.seed + (i if p.subseed_strength == 0 else 0) for i in indices]
+    subseeds = [p.subseed + i for i in indices]
+    return seeds, subseeds
 
 
 class StepReporter:
@@ -174,6 +193,9 @@ class StepReporter:
             self.preview_s += time.perf_counter() - t0
         # no reset of self.last here: a preview copies the latents to the CPU, which waits for
         # the GPU's queued work, so the wait belongs to the steps; start-to-start is wall time
+        editing = getattr(self, "prompt_editing", None)
+        if editing is not None:  # prompt editing [a:b:when] / [a|b]: the next call's embeddings
+            kwargs.update(editing.step_end(pipe, step, kwargs))
         return kwargs
 
 
@@ -258,7 +280,12 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     # LoRAs, embeddings and the VAE apply for this job only (job_extra holds their
     # infotext); the ladder's measures too
     with pipes.job_scope(p, ctx) as job_extra, ladder:
-        cond = pipes.encode(p)
+        # prompt editing [a:b:when] / [a|b] (None without): per-step embeddings for the first
+        # pass; `cond` is then what the hires pass gets
+        from sdtui.engine.conditioning import job_prompt_editing
+
+        editing = job_prompt_editing(pipes, p)
+        cond = pipes.encode(p) if editing is None else editing[1]
 
         def sample(sub: dict[str, Any]) -> torch.Tensor:
             """One (sub-)batch through the pipeline; the ladder may call it for a slice."""
@@ -277,15 +304,15 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
         cancelled = False
         preview_s = 0.0
         for b in range(p.batch_count):
-            # image i of the job has seed + i; those saved before a restart are skipped
+            # image i of the job has seed + i (variation seed + i with a variation strength);
+            # those saved before a restart are skipped
             indices = [b * p.batch_size + i for i in range(p.batch_size)]
             indices = [i for i in indices if i not in earlier]
             if not indices:
                 continue
             n = len(indices)
-            seeds = [p.seed + i for i in indices]
-            subseeds = [p.subseed + i for i in indices]
-            # one generator per image: image i of a job is reproducible alone with seed+i
+            seeds, subseeds = image_seeds(p, indices)
+            # one generator per image: image i of a job is reproducible alone with its seeds
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             reporter = StepReporter(ctx, p, b, steps_per_batch)
             call: dict[str, Any] = dict(
@@ -297,6 +324,10 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
                 callback_on_step_end_tensor_inputs=["latents"],
                 **cond,
             )
+            if editing is not None:  # first call's embeddings; the reporter swaps them per step
+                inputs = editing[0].tensor_inputs(pipe)
+                call.update(editing[0].cond_at(0), callback_on_step_end_tensor_inputs=inputs)
+                reporter.prompt_editing = editing[0]
             if img2img:
                 call.update(image=[init] * n, strength=p.denoising_strength, generator=generators)
             else:
@@ -350,7 +381,15 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
             info = format_infotext(
                 p.prompt,
                 p.negative_prompt,
-                p.infotext_pairs(seed=p.seed, model_name=ctx.model_name, model_hash=ctx.model_hash),
+                # A1111 saves the grid with infotext(use_main_prompt=True): the first image's
+                # infotext (p.all_seeds[0], p.all_subseeds[0], RNG, extra params and all)
+                p.infotext_pairs(
+                    seed=p.seed,
+                    model_name=ctx.model_name,
+                    model_hash=ctx.model_hash,
+                    subseed=p.subseed if p.subseed_strength > 0 else None,
+                    extra={**pipes.extra_infotext(p), **job_extra},
+                ),
             )
             grid = ctx.layout.save_grid(grid_images, kind, info)
             ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))

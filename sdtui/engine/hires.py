@@ -12,9 +12,20 @@ and so what this does:
   models/ESRGAN etc.) decodes the images, upscales them as Extras does, and the second pass
   encodes them again;
 - the second pass is img2img with ``hr_second_pass_steps`` (0 = the first pass's steps),
-  ``hr_denoising_strength``, the same sampler, prompt conditioning and per-image generators;
-  it runs ``int(steps * strength)`` steps, as A1111's default img2img does. Strength 0 (or too
-  few steps to run one) keeps the upscaled result without a second pass.
+  ``hr_denoising_strength``, the same sampler, prompt conditioning and per-image generators.
+  It runs exactly the Hires steps asked: ``sample_hr_pass`` passes ``steps=`` to
+  ``sample_img2img``, so ``sd_samplers_common.setup_img2img_steps`` takes its
+  "fix steps" branch whatever ``img2img_fix_steps`` says::
+
+      requested_steps = (steps or p.steps)
+      steps = int(requested_steps / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
+      t_enc = requested_steps - 1
+
+  and ``sd_samplers_kdiffusion.sample_img2img`` samples ``sigmas[steps - t_enc - 1:]`` of a
+  ``steps``-long schedule: ``requested_steps`` steps from index ``schedule - requested``.
+  Here the img2img pipeline gets ``num_inference_steps`` = that schedule and a strength
+  with ``int(schedule * strength) == requested`` (see ``hires_schedule``). Strength 0 keeps
+  the upscaled result without a second pass.
 """
 
 from __future__ import annotations
@@ -78,12 +89,32 @@ def hires_size(p: GenerationParams, multiple: int = 8) -> tuple[int, int]:
     return w, h
 
 
+def hires_schedule(p: GenerationParams) -> tuple[int, int]:
+    """(schedule length, steps run) of the second pass, as A1111's
+    ``sd_samplers_common.setup_img2img_steps(p, steps)`` with ``steps`` given (the hires pass
+    always gives it): ``int(requested / min(denoise, 0.999))`` and ``requested``; (0, 0) for
+    no second pass (hires off, img2img, or denoising strength 0)."""
+    if not p.enable_hr or p.init_image or p.hr_denoising_strength <= 0:
+        return 0, 0
+    requested = p.hr_second_pass_steps or p.steps
+    if requested < 1:
+        return 0, 0
+    schedule = int(requested / min(p.hr_denoising_strength, 0.999))
+    return max(schedule, requested), requested
+
+
 def hires_steps(p: GenerationParams) -> int:
-    """How many steps the second pass runs (0: none)."""
-    if not p.enable_hr or p.init_image:
-        return 0
-    steps = p.hr_second_pass_steps or p.steps
-    return min(steps, int(steps * p.hr_denoising_strength))
+    """How many steps the second pass runs (0: none): exactly the Hires steps asked
+    (0 = the first pass's steps), as A1111."""
+    return hires_schedule(p)[1]
+
+
+def pipeline_strength(schedule: int, run: int) -> float:
+    """The img2img pipeline's ``strength`` that makes diffusers' ``get_timesteps``
+    (``init_timestep = min(int(num_inference_steps * strength), num_inference_steps)``) run
+    ``run`` of ``schedule`` steps, i.e. start at index ``schedule - run`` as A1111 does; the
+    half step keeps float rounding off ``int()``."""
+    return min(1.0, (run + 0.5) / schedule)
 
 
 def _upscale_latents(
@@ -123,8 +154,7 @@ def run_hires_fix(
     factor = int(session.vae_scale)
     width, height = hires_size(p, factor)
     latent_size = (height // factor, width // factor)
-    steps = p.hr_second_pass_steps or p.steps
-    run_steps = hires_steps(p)
+    schedule, run_steps = hires_schedule(p)
     pipe = session.img2img
     mode = latent_mode(p.hr_upscaler)
 
@@ -149,9 +179,7 @@ def run_hires_fix(
         ]
 
     if run_steps < 1:
-        ctx.log(
-            "hires fix: denoising strength too low for one step; upscaled without a second pass"
-        )
+        ctx.log("hires fix: denoising strength 0; upscaled without a second pass")
         return image if isinstance(image, torch.Tensor) else _encode(pipe, image, generators)
 
     scheduler, _ = make_scheduler(session.scheduler_config, p.sampler, p.schedule_type)
@@ -160,8 +188,9 @@ def run_hires_fix(
     with _second_pass(reporter, first_pass):
         out = pipe(
             image=image,
-            strength=p.hr_denoising_strength,
-            num_inference_steps=steps,
+            # A1111: run_steps steps from index schedule - run_steps of a schedule-step schedule
+            strength=pipeline_strength(schedule, run_steps),
+            num_inference_steps=schedule,
             guidance_scale=p.cfg_scale,
             # the memory ladder may run a slice of the batch: as many images as latents
             num_images_per_prompt=int(latents.shape[0]),

@@ -182,7 +182,7 @@ class Preview:
 @dataclass(frozen=True)
 class ImageSaved:
     job_id: int
-    index: int  # the image's index in the job (its seed is seed + index); -1 for a grid
+    index: int  # the image's index in the job (seed + index, or the variation seed + index with a strength); -1 for a grid
     path: str
     seed: int
     infotext: str
