@@ -268,3 +268,55 @@ def test_grid_empty_cells_are_white():
     assert grid.getpixel((4, 4)) == (255, 255, 255)
     assert grid.getpixel((0, 0)) == (10, 20, 30)
     assert len(grid.getcolors()) == 2
+
+
+# -- img2img step count -----------------------------------------------------------------------
+
+
+def _a1111_img2img_steps(steps: int, denoise: float) -> tuple[int, int]:
+    """modules/sd_samplers_common.py setup_img2img_steps (img2img_fix_steps off, the default):
+    ``steps = p.steps; t_enc = int(min(p.denoising_strength, 0.999) * steps)``; then
+    sd_samplers_kdiffusion.py sample_img2img: ``sigma_sched = sigmas[steps - t_enc - 1:]``,
+    i.e. t_enc + 1 steps from index steps - t_enc - 1."""
+    t_enc = int(min(denoise, 0.999) * steps)
+    return steps, t_enc + 1
+
+
+@pytest.mark.parametrize("steps, denoise", [(20, 0.75), (20, 1.0), (20, 0.0), (10, 0.5), (7, 0.3)])
+def test_img2img_schedule_is_a1111s(steps, denoise):
+    from sdtui.engine.hires import img2img_schedule
+
+    assert img2img_schedule(GenerationParams(steps=steps, denoising_strength=denoise, init_image="x")) == (
+        _a1111_img2img_steps(steps, denoise)
+    )
+    assert _a1111_img2img_steps(20, 0.75) == (20, 16)  # the issue's measurement: A1111 runs 16
+
+
+@pytest.mark.parametrize("steps, denoise", [(8, 0.75), (5, 0.3)])
+def test_img2img_unet_calls_and_start(session, tmp_path, steps, denoise):
+    from PIL import Image
+
+    from sdtui.engine.samplers import make_scheduler
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), "gray").save(init)
+    calls: list[float] = []
+
+    def count(_module, args, kwargs):
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        calls.append(float(torch.as_tensor(t).flatten()[0]))
+
+    handle = session.img2img.unet.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        params = GenerationParams(
+            **{**BASE, "steps": steps}, init_image=str(init), denoising_strength=denoise
+        )
+        done, _ = run_job(session, params, tmp_path)
+    finally:
+        handle.remove()
+    assert len(done.paths) == 1
+    schedule, run = _a1111_img2img_steps(steps, denoise)
+    assert len(calls) == run
+    ref, _ = make_scheduler(session.scheduler_config, "Euler a", "Automatic")
+    ref.set_timesteps(schedule)
+    assert calls == pytest.approx([float(t) for t in ref.timesteps[schedule - run:]])

@@ -260,8 +260,10 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     limit = getattr(ctx.settings, "max_image_megapixels", None)
     init = load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
     kind = "img2img" if img2img else "txt2img"
-    steps_per_batch = p.steps if not img2img else max(1, int(p.steps * p.denoising_strength))
-    from sdtui.engine.hires import hires_steps
+    from sdtui.engine.hires import hires_steps, img2img_schedule, pipeline_strength
+
+    # img2img runs A1111's count: t_enc + 1 of p.steps (hires.img2img_schedule)
+    steps_per_batch = p.steps if not img2img else img2img_schedule(p)[1]
 
     steps_total = (steps_per_batch + hires_steps(p)) * p.batch_count
     ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_total))
@@ -329,7 +331,10 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
                 call.update(editing[0].cond_at(0), callback_on_step_end_tensor_inputs=inputs)
                 reporter.prompt_editing = editing[0]
             if img2img:
-                call.update(image=[init] * n, strength=p.denoising_strength, generator=generators)
+                schedule, run = img2img_schedule(p)
+                call.update(
+                    image=[init] * n, strength=pipeline_strength(schedule, run), generator=generators
+                )
             else:
                 shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
                 noise = [

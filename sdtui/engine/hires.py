@@ -103,6 +103,21 @@ def hires_schedule(p: GenerationParams) -> tuple[int, int]:
     return max(schedule, requested), requested
 
 
+def img2img_schedule(p: GenerationParams) -> tuple[int, int]:
+    """(schedule length, steps run) of img2img, as A1111's default
+    ``sd_samplers_common.setup_img2img_steps(p)`` (``img2img_fix_steps`` off, no ``steps``
+    given)::
+
+        steps = p.steps
+        t_enc = int(min(p.denoising_strength, 0.999) * steps)
+
+    and ``sd_samplers_kdiffusion.sample_img2img`` samples ``sigmas[steps - t_enc - 1:]``:
+    ``t_enc + 1`` steps (20 steps at 0.75: 16, from index 4), where diffusers alone would
+    run ``int(steps * strength)`` = 15."""
+    t_enc = int(min(max(p.denoising_strength, 0.0), 0.999) * p.steps)
+    return p.steps, min(p.steps, t_enc + 1)
+
+
 def hires_steps(p: GenerationParams) -> int:
     """How many steps the second pass runs (0: none): exactly the Hires steps asked
     (0 = the first pass's steps), as A1111."""
