@@ -15,6 +15,7 @@ from typing import Any
 from sdtui.samplers import (
     SCHEDULE_TYPES,
     UnknownSamplerError,
+    infotext_schedule,
     normalize_sampler,
     normalize_schedule,
 )
@@ -209,7 +210,7 @@ class GenerationParams:
         pairs: dict[str, object] = {
             "Steps": self.steps,
             "Sampler": self.sampler,
-            "Schedule type": self.schedule_type,
+            "Schedule type": _written_schedule(self.sampler, self.schedule_type),
             "CFG scale": _num(self.cfg_scale),
             "Seed": seed,
             "Size": f"{self.width}x{self.height}",
@@ -380,6 +381,15 @@ class UpscaleParams:
 def _num(v: float) -> int | float:
     """A1111 writes 7 not 7.0."""
     return int(v) if float(v).is_integer() else round(float(v), 4)
+
+
+def _written_schedule(sampler: str, schedule: str) -> str:
+    """What A1111 writes as "Schedule type" (the resolved label for samplers whose table
+    entry names one: DPM++ 2M on Automatic writes "Karras")."""
+    try:
+        return infotext_schedule(sampler, schedule)
+    except UnknownSamplerError:
+        return schedule
 
 
 def _not_utf8_at(text: object) -> int | None:

@@ -15,7 +15,10 @@ class SamplerSpec:
     name: str  # the name A1111 shows
     scheduler_class: str  # diffusers class name
     options: dict[str, object] = field(default_factory=dict)
-    default_schedule: str = "Normal"  # what A1111's "Automatic" picks for this sampler
+    # what A1111's "Automatic" picks for this sampler: samplers_k_diffusion's 'scheduler'
+    # option (sd_samplers_kdiffusion.py, A1111 >= 1.9); none there means model.get_sigmas(n),
+    # which is the "Normal" schedule here
+    default_schedule: str = "Normal"
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -25,14 +28,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("Euler", "EulerDiscreteScheduler"),
         SamplerSpec("LMS", "LMSDiscreteScheduler"),
         SamplerSpec("Heun", "HeunDiscreteScheduler"),
-        SamplerSpec("DPM2", "KDPM2DiscreteScheduler"),
-        SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
+        SamplerSpec("DPM2", "KDPM2DiscreteScheduler", default_schedule="Karras"),
+        SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", default_schedule="Karras"),
         SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", default_schedule="Karras"),
         SamplerSpec(
             "DPM++ 2M SDE",
             "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++"},
-            default_schedule="Karras",
+            default_schedule="Exponential",
         ),
         SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler", default_schedule="Karras"),
         SamplerSpec("DDIM", "DDIMScheduler"),
@@ -90,6 +93,24 @@ def normalize_sampler(name: str, schedule: str = "Automatic") -> tuple[str, str]
                 return by_lower[base], sched
     choices = ", ".join(SAMPLER_NAMES)
     raise UnknownSamplerError(f"unknown sampler {name!r}: choose one of {choices}")
+
+
+def resolve_schedule(sampler: str, schedule: str = "Automatic") -> str:
+    """The schedule a sampler runs: "Automatic" becomes A1111's per-sampler default."""
+    name, sched = normalize_sampler(sampler, schedule)
+    return SAMPLERS[name].default_schedule if sched == "Automatic" else sched
+
+
+def infotext_schedule(sampler: str, schedule: str = "Automatic") -> str:
+    """What A1111 writes as "Schedule type": processing.create_infotext writes p.scheduler
+    ("Automatic"), and KDiffusionSampler.get_sigmas overwrites it with the resolved label when
+    the sampler's table entry names a scheduler (DPM++ 2M -> "Karras"). Samplers without one
+    (Euler a, Euler, LMS, Heun, DDIM, ...) keep "Automatic"."""
+    name, sched = normalize_sampler(sampler, schedule)
+    if sched != "Automatic":
+        return sched
+    default = SAMPLERS[name].default_schedule
+    return "Automatic" if default == "Normal" else default
 
 
 def normalize_schedule(schedule: str) -> str:

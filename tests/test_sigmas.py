@@ -1,0 +1,211 @@
+"""The k-diffusion samplers run A1111's sigma sequence (sdtui.engine.samplers.a1111_sigmas).
+
+References are written out here from the sources A1111 runs, in float64 numpy:
+- crowsonkb/k-diffusion k_diffusion/external.py (commit 0941acb7): DiscreteSchedule
+  (sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, get_sigmas, t_to_sigma,
+  sigma_to_t with log-sigma interpolation);
+- k_diffusion/sampling.py: get_sigmas_karras (rho 7), get_sigmas_exponential, append_zero;
+- AUTOMATIC1111 modules/sd_schedulers.py sgm_uniform; modules/sd_samplers_kdiffusion.py
+  KDiffusionSampler.get_sigmas (sigma_min/max = model_wrap.sigmas[0]/[-1],
+  discard_next_to_last_sigma: steps + 1 then drop sigmas[-2]) and the samplers_k_diffusion
+  table ('scheduler' option = what "Automatic" resolves to);
+- SD's LDM betas: linspace(beta_start ** 0.5, beta_end ** 0.5, 1000) ** 2 in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import demo_session, run_job
+
+from sdtui.params import GenerationParams
+
+SD15 = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "clip_sample": False,
+}
+STEPS = 20
+K_SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a"]
+SCHEDULES = ["Normal", "Karras", "Exponential", "SGM Uniform"]
+# A1111 samplers_k_diffusion 'scheduler' options (none: model.get_sigmas = Normal)
+AUTOMATIC = {
+    "Euler a": "Normal",
+    "Euler": "Normal",
+    "LMS": "Normal",
+    "Heun": "Normal",
+    "DPM2": "Karras",
+    "DPM2 a": "Karras",
+    "DPM++ 2M": "Karras",
+    "DPM++ SDE": "Karras",
+    "DPM++ 2M SDE": "Exponential",
+}
+
+
+def _alphas_cumprod() -> np.ndarray:
+    betas = (
+        np.linspace(SD15["beta_start"] ** 0.5, SD15["beta_end"] ** 0.5, 1000, dtype=np.float64) ** 2
+    )
+    return np.cumprod(1.0 - betas)
+
+
+def _model_sigmas() -> np.ndarray:
+    ac = _alphas_cumprod()
+    return ((1 - ac) / ac) ** 0.5
+
+
+def _t_to_sigma(log_sigmas, t):
+    t = np.asarray(t, dtype=np.float64)
+    lo, hi, w = np.floor(t).astype(int), np.ceil(t).astype(int), t - np.floor(t)
+    return np.exp((1 - w) * log_sigmas[lo] + w * log_sigmas[hi])
+
+
+def _sigma_to_t(log_sigmas, sigma):
+    ls = math.log(sigma)
+    dists = ls - log_sigmas
+    low = min(int(np.argmax(np.cumsum(dists >= 0))), len(log_sigmas) - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = min(max((lo - ls) / (lo - hi), 0.0), 1.0)
+    return (1 - w) * low + w * (low + 1)
+
+
+def reference(sampler: str, schedule: str, n: int) -> np.ndarray:
+    sigmas = _model_sigmas()
+    log_sigmas = np.log(sigmas)
+    smin, smax = sigmas[0], sigmas[-1]
+    discard = sampler in ("DPM2", "DPM2 a")
+    if discard:
+        n += 1
+    if schedule == "Normal":
+        out = _t_to_sigma(log_sigmas, np.linspace(len(sigmas) - 1, 0, n))
+    elif schedule == "Karras":
+        ramp = np.linspace(0, 1, n)
+        out = (smax ** (1 / 7) + ramp * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7
+    elif schedule == "Exponential":
+        out = np.exp(np.linspace(math.log(smax), math.log(smin), n))
+    else:  # sgm_uniform
+        ts = np.linspace(_sigma_to_t(log_sigmas, smax), _sigma_to_t(log_sigmas, smin), n + 1)[:-1]
+        out = _t_to_sigma(log_sigmas, ts)
+    out = np.append(out, 0.0)
+    if discard:
+        out = np.concatenate([out[:-2], out[-1:]])
+    return out
+
+
+def test_reference_is_the_a1111_normal_schedule_quoted_in_the_issue():
+    ref = reference("Euler", "Normal", STEPS)
+    assert ref[0] == pytest.approx(14.6146, rel=1e-5)
+    assert ref[-2] == pytest.approx(0.0292, rel=1e-2)
+
+
+CASES = [(s, sch) for s in K_SAMPLERS for sch in SCHEDULES + ["Automatic"]]
+
+
+@pytest.mark.parametrize("sampler, schedule", CASES)
+def test_a1111_sigmas_table(sampler, schedule):
+    from sdtui.engine.samplers import a1111_sigmas, make_scheduler
+
+    resolved = AUTOMATIC[sampler] if schedule == "Automatic" else schedule
+    ref = reference(sampler, resolved, STEPS)
+    sched, warnings = make_scheduler(SD15, sampler, schedule)
+    assert warnings == []
+    got = a1111_sigmas(sampler, schedule, STEPS, torch.from_numpy(_alphas_cumprod())).numpy()
+    assert len(got) == len(ref) == STEPS + 1
+    for i in (0, 1, -2):
+        assert got[i] == pytest.approx(ref[i], rel=1e-5), (i, got[:3], ref[:3])
+    assert got[-1] == 0
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+    # what the pipeline runs: the scheduler sdtui builds, after set_timesteps(steps)
+    sched.set_timesteps(STEPS)
+    ran = torch.unique_consecutive(sched.sigmas).double().numpy()  # Heun/DPM2 repeat sigmas
+    np.testing.assert_allclose(ran, ref, rtol=1e-5)
+    # k-diffusion starts from noise * sigmas[0]
+    assert float(sched.init_noise_sigma) == pytest.approx(ref[0], rel=1e-5)
+    # the model sees k-diffusion's sigma_to_t of the first sigma
+    log_sigmas = np.log(_model_sigmas())
+    assert float(sched.timesteps[0]) == pytest.approx(_sigma_to_t(log_sigmas, ref[0]), abs=1e-3)
+
+
+@pytest.mark.parametrize("sampler", list(AUTOMATIC))
+def test_automatic_resolves_as_a1111(sampler):
+    from sdtui.samplers import infotext_schedule, resolve_schedule
+
+    assert resolve_schedule(sampler, "Automatic") == AUTOMATIC[sampler]
+    assert resolve_schedule(sampler, "Karras") == "Karras"
+    # A1111 writes the resolved label only where the sampler's table entry names a scheduler
+    named = AUTOMATIC[sampler] != "Normal"
+    assert infotext_schedule(sampler) == (AUTOMATIC[sampler] if named else "Automatic")
+    assert infotext_schedule(sampler, "Exponential") == "Exponential"
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "Euler", "LMS", "DPM2"])
+def test_img2img_tail_is_a1111s_sigma_sched(sampler):
+    """diffusers' img2img get_timesteps takes timesteps[t_start * order:]; A1111 samples
+    sigmas[steps - t_enc - 1:]. With steps 20 and t_enc 10 both start at sigma index 9."""
+    from sdtui.engine.samplers import make_scheduler
+
+    steps, t_enc = 20, 10
+    sched, _ = make_scheduler(SD15, sampler, "Automatic")
+    sched.set_timesteps(steps)
+    strength = (t_enc + 1) / steps  # init_timestep = int(steps * strength) = t_enc + 1
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    sched.set_begin_index(t_start * sched.order)
+    ref = reference(sampler, AUTOMATIC[sampler], steps)
+    sigma_sched = ref[steps - t_enc - 1 :]
+    assert float(sched.sigmas[sched.begin_index]) == pytest.approx(sigma_sched[0], rel=1e-5)
+    tail = torch.unique_consecutive(sched.sigmas[sched.begin_index :]).double().numpy()
+    np.testing.assert_allclose(tail, sigma_sched, rtol=1e-5)
+
+
+def test_other_samplers_keep_their_diffusers_schedules():
+    from sdtui.engine.samplers import make_scheduler
+
+    sched, _ = make_scheduler(SD15, "DPM++ 2M", "Automatic")
+    assert sched.config.use_karras_sigmas and type(sched).__module__.startswith("diffusers")
+    sched, _ = make_scheduler(SD15, "DPM++ 2M SDE", "Automatic")
+    assert sched.config.use_exponential_sigmas
+
+
+@pytest.fixture(scope="module")
+def session(demo_model):
+    return demo_session(demo_model.safetensors)
+
+
+@pytest.mark.parametrize("sampler, schedule", [("Euler a", "Karras"), ("DPM2", "Automatic")])
+def test_demo_pipeline_runs_a1111_sigmas(session, tmp_path, sampler, schedule):
+    seen: list[float] = []
+    unet = session.txt2img.unet
+
+    def hook(_m, args, kwargs):
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        seen.append(float(torch.as_tensor(t).flatten()[0]))
+
+    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        params = GenerationParams(
+            width=64,
+            height=64,
+            steps=3,
+            prompt="a cat",
+            preview_every=0,
+            seed=1,
+            sampler=sampler,
+            schedule_type=schedule,
+        )
+        done, events = run_job(session, params, tmp_path)
+    finally:
+        handle.remove()
+    assert len(done.paths) == 1
+    ref = reference(sampler, AUTOMATIC[sampler] if schedule == "Automatic" else schedule, 3)
+    assert seen[0] == pytest.approx(_sigma_to_t(np.log(_model_sigmas()), ref[0]), abs=1e-2)
