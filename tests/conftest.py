@@ -64,6 +64,18 @@ def _end_session() -> None:
 atexit.register(_end_session)
 
 
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a CLI subprocess: its own home, settings file, offline."""
+    e = dict(os.environ)
+    e.update(
+        SDTUI_HOME=str(tmp_path / "home"),
+        SDTUI_CONFIG=str(tmp_path / "config.toml"),
+        HF_HUB_OFFLINE="1",
+    )
+    return e
+
+
 @pytest.fixture(scope="session")
 def demo_model() -> DemoModel:
     """The tiny demo model (diffusers folder, .safetensors, .ckpt), built once per session."""

@@ -17,17 +17,6 @@ import pytest
 from sdtui.infotext import parse_infotext, read_infotext
 
 
-@pytest.fixture
-def env(tmp_path) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(
-        SDTUI_HOME=str(tmp_path / "home"),
-        SDTUI_CONFIG=str(tmp_path / "config.toml"),
-        HF_HUB_OFFLINE="1",
-    )
-    return e
-
-
 def sdtui(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sdtui", *args], env=env, capture_output=True, text=True, timeout=timeout

@@ -62,17 +62,6 @@ def sdtui(env: dict[str, str], *args: str | bytes, timeout: float = 180) -> subp
     )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    e = dict(os.environ)
-    e.update(
-        SDTUI_HOME=str(tmp_path / "home"),
-        SDTUI_CONFIG=str(tmp_path / "config.toml"),
-        HF_HUB_OFFLINE="1",
-    )
-    return e
-
-
 def clean_failure(proc: subprocess.CompletedProcess, *words: str, code: int = 1) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -52,6 +52,8 @@ def describe_failure(path: str | os.PathLike[str], error: BaseException) -> str:
     """One line naming the file and what is wrong with it, for any exception reading it."""
     from PIL import Image, UnidentifiedImageError
 
+    from sdtui.image_files import text_too_large
+
     name = show(path)
     if isinstance(error, UserError):
         return one_line(error.message)
@@ -61,7 +63,7 @@ def describe_failure(path: str | os.PathLike[str], error: BaseException) -> str:
             "not opened"
         )
     text = one_line(str(error))
-    if isinstance(error, ValueError) and ("Too Large" in text or "Too much memory" in text):
+    if isinstance(error, ValueError) and text_too_large(error):
         return f"{name} holds a metadata text chunk too large to read: not opened"
     if isinstance(error, UnidentifiedImageError):
         return f"{name} is not an image Pillow can read: give a PNG, JPEG or WebP file"
