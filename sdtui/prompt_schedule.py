@@ -228,3 +228,24 @@ def text_at(schedule: list[list], step: int) -> str:
 def has_prompt_editing(prompt: str, schedule: list[list]) -> bool:
     """Whether ``schedule`` (of ``prompt``) is anything but the prompt itself, whole."""
     return len(schedule) != 1 or schedule[0][1] != prompt
+
+
+# A1111 prompt_parser.py: composable diffusion, "a cat AND a dog:0.5"
+_AND = re.compile(r"\bAND\b")
+_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """The subprompts of a composable prompt and their weights, as A1111's
+    ``get_multicond_prompt_list`` reads one prompt: split on the word ``AND`` (upper case), a
+    trailing ``:number`` is the weight (default 1). A prompt without ``AND`` is one part of
+    weight 1 (its text without a trailing weight, so ``a cat:1.5`` alone weighs 1.5 too)."""
+    parts: list[tuple[str, float]] = []
+    for sub in _AND.split(prompt):
+        m = _WEIGHT.search(sub)
+        if m is None:
+            parts.append((sub, 1.0))
+            continue
+        text, weight = m.groups()
+        parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts

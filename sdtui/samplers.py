@@ -40,7 +40,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler", default_schedule="Karras"),
         SamplerSpec("DDIM", "DDIMScheduler"),
         SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),  # plain PLMS, as SD used
-        SamplerSpec("UniPC", "UniPCMultistepScheduler"),
+        # A1111: its own UniPC, variant bh1, order 3, time-uniform from t=1 to 1/N
+        SamplerSpec(
+            "UniPC",
+            "UniPCMultistepScheduler",
+            {"solver_type": "bh1", "solver_order": 3, "timestep_spacing": "linspace"},
+        ),
     ]
 }
 

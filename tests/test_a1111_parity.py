@@ -162,7 +162,7 @@ def _a1111_hires_steps(hr_steps: int, first_steps: int, denoise: float) -> tuple
     ],
 )
 def test_hires_schedule_is_a1111s(hr_steps, first_steps, denoise, schedule, run):
-    from sdtui.engine.hires import hires_schedule, hires_steps, pipeline_strength
+    from sdtui.engine.hires import hires_schedule, hires_steps
 
     p = GenerationParams(
         steps=first_steps, enable_hr=True, hr_second_pass_steps=hr_steps,
@@ -171,9 +171,6 @@ def test_hires_schedule_is_a1111s(hr_steps, first_steps, denoise, schedule, run)
     assert _a1111_hires_steps(hr_steps, first_steps, denoise) == (schedule, run)
     assert hires_schedule(p) == (schedule, run)
     assert hires_steps(p) == run
-    # diffusers' img2img get_timesteps: init_timestep = min(int(n * strength), n)
-    s = pipeline_strength(schedule, run)
-    assert 0 < s <= 1 and min(int(schedule * s), schedule) == run
 
 
 @pytest.mark.parametrize(
@@ -182,8 +179,6 @@ def test_hires_schedule_is_a1111s(hr_steps, first_steps, denoise, schedule, run)
     "hr_steps, first_steps, denoise", [(10, 3, 0.7), (2, 3, 0.7), (0, 8, 0.5)]
 )
 def test_hires_second_pass_unet_calls_and_start(session, tmp_path, hr_steps, first_steps, denoise):
-    from sdtui.engine.samplers import make_scheduler
-
     calls: list[float] = []
 
     def count(_module, args, kwargs):
@@ -209,9 +204,7 @@ def test_hires_second_pass_unet_calls_and_start(session, tmp_path, hr_steps, fir
     assert len(second) == run
     # the second pass starts at index schedule - run of a schedule-step schedule (A1111:
     # sigmas[steps - t_enc - 1:])
-    ref, _ = make_scheduler(session.scheduler_config, "Euler a", "Automatic")
-    ref.set_timesteps(schedule)
-    assert second == pytest.approx([float(t) for t in ref.timesteps[schedule - run:]])
+    assert second == pytest.approx(_a1111_timesteps(session, schedule)[schedule - run :], abs=2e-3)
 
 
 # -- infotext -------------------------------------------------------------------------------
@@ -296,8 +289,6 @@ def test_img2img_schedule_is_a1111s(steps, denoise):
 def test_img2img_unet_calls_and_start(session, tmp_path, steps, denoise):
     from PIL import Image
 
-    from sdtui.engine.samplers import make_scheduler
-
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), "gray").save(init)
     calls: list[float] = []
@@ -317,6 +308,14 @@ def test_img2img_unet_calls_and_start(session, tmp_path, steps, denoise):
     assert len(done.paths) == 1
     schedule, run = _a1111_img2img_steps(steps, denoise)
     assert len(calls) == run
-    ref, _ = make_scheduler(session.scheduler_config, "Euler a", "Automatic")
-    ref.set_timesteps(schedule)
-    assert calls == pytest.approx([float(t) for t in ref.timesteps[schedule - run:]])
+    assert calls == pytest.approx(_a1111_timesteps(session, schedule)[schedule - run :], abs=2e-3)
+
+
+def _a1111_timesteps(session, steps: int) -> list[float]:
+    """The UNet timesteps of A1111's Euler a: k-diffusion's CompVisDenoiser.sigma_to_t of
+    the sigmas (float64 here; A1111's float32 differs by less than 1e-3)."""
+    from sdtui.engine.samplers import _ldm_alphas_cumprod, _model_sigmas, _sigma_to_t, a1111_sigmas
+
+    ac = _ldm_alphas_cumprod(session.scheduler_config, session.txt2img.scheduler.alphas_cumprod)
+    sigmas = a1111_sigmas("Euler a", "Automatic", steps, ac)[:-1]
+    return [float(t) for t in _sigma_to_t(_model_sigmas(ac).log(), sigmas)]

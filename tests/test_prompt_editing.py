@@ -226,36 +226,25 @@ def test_editing_encodes_each_distinct_text_once_and_switches_at_the_right_step(
     direct = {t: encode_prompts(pipe, t, "ugly", device="cpu") for t in ("cat", "dog")}
     for k, z in enumerate(states):
         want = direct["cat" if k <= 2 else "dog"]
-        assert z.shape[0] == 4  # CFG: [negative] * 2 + [positive] * 2
+        assert z.shape[0] == 4  # CFG, as A1111's CFGDenoiser: [cond] * 2 + [uncond] * 2
         for row in (0, 1):
+            torch.testing.assert_close(z[row], want["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
+        for row in (2, 3):
             torch.testing.assert_close(
                 z[row], want["negative_prompt_embeds"][0], atol=1e-5, rtol=1e-5
             )
-        for row in (2, 3):
-            torch.testing.assert_close(z[row], want["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(states[2][2], states[3][2])
+    assert not torch.allclose(states[2][0], states[3][0])
 
 
-def test_plain_prompt_takes_the_unchanged_path(session: Any, tmp_path: Path, monkeypatch) -> None:
+def test_a_schedule_that_never_changes_gives_the_plain_prompts_image(session: Any, tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    import sdtui.engine.conditioning as conditioning
-
-    def boom(*a: Any, **k: Any) -> None:
-        raise AssertionError("a plain prompt must not reach the prompt-editing encoder")
-
     plain = GenerationParams(**TINY, prompt="a black house cat")
-    before, _, _ = _record(session, plain, tmp_path / "before")
-    with monkeypatch.context() as m:
-        m.setattr(conditioning, "encode_prompt_editing", boom)
-        done, ids, states = _record(session, plain, tmp_path / "plain")
-    assert len(ids) == 1  # prompt and negative in one run, as ever
-    a = np.asarray(Image.open(before.paths[0]))
-    b = np.asarray(Image.open(done.paths[0]))
-    assert (a == b).all()
-
-    # a schedule that never changes ([x::N] keeps x to the end) gives the same image
+    before, ids, _ = _record(session, plain, tmp_path / "before")
+    assert len(ids) == 2  # the prompt and the negative, each encoded once
+    a = np.asarray(Image.open(before.paths[0])).astype(int)
+    # [x::N] keeps x to the end
     same = GenerationParams(**TINY, prompt="[a black house cat::99]")
     edited, _, _ = _record(session, same, tmp_path / "same")
     c = np.asarray(Image.open(edited.paths[0])).astype(int)
@@ -303,12 +292,13 @@ def test_sdxl_switches_embeddings_and_pooled_with_padded_chunks(tmp_path: Path) 
     pytest.importorskip("torch")
     import torch
 
-    from sdtui.engine.conditioning import encode_prompt_editing, encode_prompts
+    from sdtui.engine.conditioning import encode_job_conds, encode_prompts
+    from sdtui.engine.sampling import Denoiser, Plan, sample
 
     pipe = _tiny_sdxl(tmp_path)
     long = "dog " * 100  # two chunks; "cat" is padded to two with empty-prompt chunks
-    editing = encode_prompt_editing(pipe, f"[cat:{long}:0.5]", "", STEPS, device="cpu")
-    assert editing is not None and editing.encoded == 2 * 2  # two texts, two encoders
+    conds = encode_job_conds(pipe, f"[cat:{long}:0.5]", "", STEPS, device="cpu")
+    assert conds.encoded == 2 * 2  # two texts, two encoders; the empty negative is zeros
     seen: list = []
 
     def hook(mod: Any, args: Any, kwargs: Any) -> None:
@@ -316,37 +306,36 @@ def test_sdxl_switches_embeddings_and_pooled_with_padded_chunks(tmp_path: Path) 
             (
                 kwargs["encoder_hidden_states"].clone(),
                 kwargs["added_cond_kwargs"]["text_embeds"].clone(),
+                kwargs["added_cond_kwargs"]["time_ids"].clone(),
             )
         )
 
+    denoiser = Denoiser(
+        pipe.unet, conds, 5.0,
+        scheduler_config=dict(pipe.scheduler.config),
+        alphas_cumprod=pipe.scheduler.alphas_cumprod,
+        device=torch.device("cpu"),
+        size=(64, 48),
+    )
     handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        pipe(
-            **editing.cond_at(0),
-            num_inference_steps=STEPS,
-            guidance_scale=5.0,
-            height=64,
-            width=64,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(0),
-            callback_on_step_end=lambda p, i, t, kw: editing.step_end(p, i, kw),
-            callback_on_step_end_tensor_inputs=editing.tensor_inputs(pipe),
-        )
+        plan = Plan("Euler", "Automatic", STEPS, STEPS, 5.0, 48, 64)
+        noise = torch.randn(1, 4, 8, 6, generator=torch.Generator().manual_seed(0))
+        sample(denoiser, plan, noise, [torch.Generator().manual_seed(0)])
     finally:
         handle.remove()
-    assert len(seen) == STEPS
+    # cond (2 chunks) and uncond (1 chunk) differ in length: A1111 runs them apart
+    assert len(seen) == 2 * STEPS
     cat = encode_prompts(pipe, "cat", "", device="cpu")
     dog = encode_prompts(pipe, long, "", device="cpu")
-    for k, (z, pooled) in enumerate(seen):
-        assert z.shape[1] == 2 * 77
-        assert not z[0].any() and not pooled[0].any()  # empty negative: zeros, as A1111 on SDXL
+    for k in range(STEPS):
+        (z, pooled, time_ids), (zu, pooled_u, _) = seen[2 * k], seen[2 * k + 1]
+        assert z.shape[1] == 2 * 77 and zu.shape[1] == 77
+        assert time_ids[0].tolist() == [64, 48, 0, 0, 64, 48]  # (h, w), crop, (h, w)
+        assert not zu.any() and not pooled_u.any()  # empty negative: zeros, as A1111 on SDXL
         if k <= 2:
-            torch.testing.assert_close(z[1, :77], cat["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(
-                pooled[1], cat["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5
-            )
+            torch.testing.assert_close(z[0, :77], cat["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(pooled[0], cat["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5)
         else:
-            torch.testing.assert_close(z[1], dog["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(
-                pooled[1], dog["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5
-            )
+            torch.testing.assert_close(z[0], dog["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(pooled[0], dog["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5)

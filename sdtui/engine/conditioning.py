@@ -9,8 +9,9 @@ what this does:
   results are concatenated, so nothing is ever truncated;
 - each chunk's hidden states are multiplied by the token weights, then rescaled so that their
   mean is the mean before weighting;
-- prompt and negative prompt are padded to the same number of chunks with encodings of the
-  empty prompt (A1111's "pad prompt/negative prompt" option; diffusers needs equal lengths);
+- ``encode_prompts`` (diffusers-style keyword arguments) pads prompt and negative prompt to the
+  same number of chunks with encodings of the empty prompt; the sampler's ``JobConds`` does
+  not: A1111 runs cond and uncond apart when their lengths differ;
 - SD1: clip skip N takes ``hidden_states[-N]`` through the final layer norm (1 = last layer);
   SD2's diffusers text encoder already stops at the penultimate layer, and clip skip counts
   further from there;
@@ -21,12 +22,11 @@ what this does:
 
 Embeddings come in through a wrapped tokenizer (sdtui.engine.embeddings).
 
-Prompt editing ``[a:b:when]`` and alternation ``[a|b]`` (``encode_prompt_editing``): the
-schedule comes from sdtui.prompt_schedule (A1111's ``get_learned_conditioning_prompt_schedules``),
-each distinct text of it is encoded once, all padded to one chunk count with empty-prompt
-chunks, and ``PromptEditing.step_end`` (called from the pipeline's ``callback_on_step_end``)
-swaps the embeddings for the next model call as A1111's ``reconstruct_cond_batch`` does. A
-prompt without that syntax never comes here. Not handled: composable AND.
+Prompt editing ``[a:b:when]``, alternation ``[a|b]`` and composable ``AND`` (``encode_job_conds``):
+the schedules come from sdtui.prompt_schedule (A1111's ``get_learned_conditioning_prompt_schedules``
+and ``get_multicond_prompt_list``), each distinct text is encoded once, and the sampler's
+denoiser (sdtui.engine.sampling) picks the embeddings per model call as A1111's
+``reconstruct_cond_batch`` / ``reconstruct_multicond_batch`` do.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from typing import Any
 
 import torch
 
-from sdtui.prompt_schedule import has_prompt_editing, prompt_schedule, text_at
+from sdtui.prompt_schedule import prompt_schedule, split_and, text_at
 from sdtui.prompt_syntax import parse_prompt_attention, strip_extra_networks
 from sdtui.tokens import CHUNK_LENGTH, PromptChunk, chunk_prompt
 
 MAX_CLIP_SKIP = 4
+CHUNK_LENGTH_TOKENS = CHUNK_LENGTH + 2  # BOS + 75 + EOS = 77 embeddings a chunk
 
 
 @dataclass
@@ -200,7 +201,7 @@ def encode_prompts(
 
 # A1111 counts two model calls a step for these (SamplerData.total_steps: "second_order"), and
 # so do diffusers' schedulers for them: the schedule is that long.
-SECOND_ORDER_SAMPLERS = frozenset({"Heun", "DPM2", "DPM2 a"})
+SECOND_ORDER_SAMPLERS = frozenset({"Heun", "DPM2", "DPM2 a", "DPM++ SDE"})
 
 
 def schedule_steps(steps: int, sampler: str | None) -> int:
@@ -209,64 +210,50 @@ def schedule_steps(steps: int, sampler: str | None) -> int:
 
 
 @dataclass
-class PromptEditing:
-    """Per-step embeddings of a prompt with ``[a:b:when]`` / ``[a|b]``: a schedule of texts for
-    prompt and negative prompt, each distinct text encoded once."""
+class JobConds:
+    """A job's conditioning per model call, as A1111 builds it for its CFG denoiser:
 
-    positive: list[list]  # [[end_at_step, text], ...]
+    - the prompt is split into composable parts (``a cat AND a dog:0.5``, A1111's
+      ``get_multicond_prompt_list``), each with its weight and its own prompt-editing
+      schedule; the negative prompt is one schedule;
+    - each schedule's texts are encoded together, padded with empty-prompt chunks to that
+      schedule's largest chunk count (A1111 encodes a schedule as one batch); a distinct text
+      is encoded once;
+    - at model call ``step`` the parts' embeddings are padded to one token count by repeating
+      their last vector (``reconstruct_multicond_batch``); the negative keeps its own length
+      (A1111 runs cond and uncond apart when they differ, its default ``pad_cond_uncond`` off).
+    """
+
+    parts: list[tuple[float, list[list]]]  # (weight, [[end_at_step, text], ...])
     negative: list[list]
-    embeds: dict[tuple[bool, str], torch.Tensor]  # (negative?, text) -> (1, chunks * 77, C)
-    pooled: dict[tuple[bool, str], torch.Tensor]  # SDXL: (negative?, text) -> (1, P)
-    encoded: int = 0  # text-encoder runs made (one per distinct text and encoder)
+    embeds: dict[tuple[int, str], torch.Tensor]  # (part; -1 = negative, text) -> (1, T, C)
+    pooled: dict[tuple[int, str], torch.Tensor]  # SDXL: -> (1, P)
+    encoded: int = 0  # text-encoder runs made
 
-    def texts_at(self, step: int) -> tuple[str, str]:
-        return text_at(self.positive, step), text_at(self.negative, step)
+    def at(self, step: int) -> tuple[list[tuple[float, torch.Tensor, torch.Tensor | None]], tuple[torch.Tensor, torch.Tensor | None]]:
+        """([(weight, embeds, pooled) per part], (negative embeds, pooled)) for model call
+        ``step`` (from 0); the parts' embeds share one token count."""
+        conds = []
+        for i, (weight, schedule) in enumerate(self.parts):
+            text = text_at(schedule, step)
+            conds.append((weight, self.embeds[(i, text)], self.pooled.get((i, text))))
+        longest = max(c[1].shape[1] for c in conds)
+        padded = []
+        for weight, z, pooled in conds:
+            if z.shape[1] < longest:
+                z = torch.cat([z, z[:, -1:].expand(-1, longest - z.shape[1], -1)], dim=1)
+            padded.append((weight, z, pooled))
+        neg = text_at(self.negative, step)
+        return padded, (self.embeds[(-1, neg)], self.pooled.get((-1, neg)))
 
-    def cond_at(self, step: int) -> dict[str, torch.Tensor]:
-        """``pipe(...)`` keyword arguments for model call ``step`` (from 0), as encode_prompts."""
-        pos, neg = self.texts_at(step)
-        out = {"prompt_embeds": self.embeds[(False, pos)], "negative_prompt_embeds": self.embeds[(True, neg)]}
-        if self.pooled:
-            out["pooled_prompt_embeds"] = self.pooled[(False, pos)]
-            out["negative_pooled_prompt_embeds"] = self.pooled[(True, neg)]
-        return out
-
-    def tensor_inputs(self, pipe: Any) -> list[str]:
-        """What ``callback_on_step_end_tensor_inputs`` must ask for."""
-        allowed = getattr(pipe, "_callback_tensor_inputs", ())
-        names = ["latents", "prompt_embeds"]
-        if self.pooled and "add_text_embeds" in allowed:
-            names.append("add_text_embeds")
-        return [n for n in names if n in allowed]
-
-    def step_end(self, pipe: Any, step: int, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """From ``callback_on_step_end`` after model call ``step``: the tensors to replace for
-        call ``step + 1`` (empty when the texts do not change or the pipeline did not hand
-        ``prompt_embeds`` over, as in the hires pass). Inside the denoising loop diffusers holds
-        ``prompt_embeds`` as ``cat([negative] * n + [positive] * n)`` under CFG (SDXL's pooled
-        ``add_text_embeds`` alike), ``[positive] * n`` without."""
-        current = kwargs.get("prompt_embeds")
-        if current is None or self.texts_at(step + 1) == self.texts_at(step):
-            return {}
-        cfg = bool(getattr(pipe, "do_classifier_free_guidance", True))
-        n = current.shape[0] // (2 if cfg else 1)
-        cond = self.cond_at(step + 1)
-
-        def batch(pos: torch.Tensor, neg: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            rows = [neg] * n + [pos] * n if cfg else [pos] * n
-            return torch.cat(rows).to(device=like.device, dtype=like.dtype)
-
-        out = {"prompt_embeds": batch(cond["prompt_embeds"], cond["negative_prompt_embeds"], current)}
-        add = kwargs.get("add_text_embeds")
-        if add is not None and self.pooled:
-            out["add_text_embeds"] = batch(
-                cond["pooled_prompt_embeds"], cond["negative_pooled_prompt_embeds"], add
-            )
-        return out
+    @property
+    def changes(self) -> bool:
+        """Whether the conditioning changes from call to call (prompt editing)."""
+        return len(self.negative) > 1 or any(len(s) > 1 for _, s in self.parts)
 
 
 @torch.no_grad()
-def encode_prompt_editing(
+def encode_job_conds(
     pipe: Any,
     prompt: str,
     negative_prompt: str,
@@ -275,89 +262,56 @@ def encode_prompt_editing(
     hires_steps: int | None = None,
     clip_skip: int = 1,
     device: torch.device | str | None = None,
-) -> PromptEditing | None:
-    """The per-step embeddings of a prompt / negative prompt with A1111 prompt editing, for a
-    schedule of ``steps`` (``hires_steps``: the hires pass's schedule, A1111's); None when
-    neither has any (the caller then takes encode_prompts, unchanged).
+) -> JobConds:
+    """The conditioning of a job's sampling pass: ``steps`` is A1111's schedule length for the
+    first pass, ``hires_steps`` the hires pass's (its schedule then counts on from the first
+    pass, as A1111's). LoRA tags are removed here; the caller applies them."""
 
-    Every distinct text is encoded once, on its own; all of them are padded with empty-prompt
-    chunks to the largest chunk count among them (encode_prompts pads prompt and negative
-    alike), so any two can be swapped mid-run."""
+
     if not 1 <= clip_skip <= MAX_CLIP_SKIP:
         raise ValueError(f"clip skip {clip_skip} is out of range: use 1 to {MAX_CLIP_SKIP}")
-    pos_text = strip_extra_networks(prompt)
-    neg_text = strip_extra_networks(negative_prompt)
-    positive = prompt_schedule(pos_text, steps, hires_steps)
-    negative = prompt_schedule(neg_text, steps, hires_steps)
-    if not has_prompt_editing(pos_text, positive) and not has_prompt_editing(neg_text, negative):
-        return None
     dev = torch.device(device) if device is not None else _device_of(pipe)
     encoders = _encoders(pipe, clip_skip)
     is_xl = getattr(pipe, "text_encoder_2", None) is not None
+    parts = [
+        (weight, prompt_schedule(text, steps, hires_steps))
+        for text, weight in split_and(strip_extra_networks(prompt))
+    ]
+    negative = prompt_schedule(strip_extra_networks(negative_prompt), steps, hires_steps)
+    groups = [(i, sched) for i, (_, sched) in enumerate(parts)] + [(-1, negative)]
 
-    keys = list(dict.fromkeys([(False, t) for _, t in positive] + [(True, t) for _, t in negative]))
-    # SDXL's all-zero negative, as A1111 (sd_models_xl): when every negative text is empty
-    zero_negative = is_xl and all(t == "" for _, t in negative)
-    # a text encodes the same as prompt or as negative: each distinct one once
-    texts = list(dict.fromkeys(t for neg, t in keys if not (neg and zero_negative)))
-    chunks = [{t: enc.chunks(t) for t in texts} for enc in encoders]
-    n_chunks = max(len(c) for per in chunks for c in per.values())
-
-    parts: dict[str, list[torch.Tensor]] = {t: [] for t in texts}
-    pooled_of: dict[str, torch.Tensor] = {}
+    embeds: dict[tuple[int, str], torch.Tensor] = {}
+    pooled_out: dict[tuple[int, str], torch.Tensor] = {}
+    cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
     encoded = 0
-    for enc, per in zip(encoders, chunks, strict=True):
-        for t in texts:
-            own = per[t]
-            pad = n_chunks - len(own)
-            z, pooled = enc.encode(own + ([enc.empty_chunk()] if pad else []), dev)
-            encoded += 1
-            z = torch.cat([z[: len(own)], *([z[-1:]] * pad)])
-            parts[t].append(z.reshape(1, -1, z.shape[-1]))
-            if pooled is not None:
-                pooled_of[t] = pooled[:1]
-
-    embeds: dict[tuple[bool, str], torch.Tensor] = {}
-    pooled_out: dict[tuple[bool, str], torch.Tensor] = {}
-    like = (False, positive[0][1])
-    for is_neg, t in keys:
-        if zero_negative and is_neg:
-            embeds[(is_neg, t)] = torch.zeros_like(embeds[like])
-            pooled_out[(is_neg, t)] = torch.zeros_like(pooled_out[like])
+    for key, schedule in groups:
+        texts = list(dict.fromkeys(t for _, t in schedule))
+        # SDXL: an all-empty negative is zeros, embeddings and pooled (A1111 sd_models_xl)
+        zero = is_xl and key == -1 and all(t == "" for t in texts)
+        chunks = [{t: enc.chunks(t) for t in texts} for enc in encoders]
+        n_chunks = max(len(c) for per in chunks for c in per.values())
+        if zero:  # nothing to encode: zeros shaped like the prompt's, one chunk per chunk
+            like_key = next(k for k in embeds if k[0] != -1)
+            like = embeds[like_key]
+            for t in texts:
+                embeds[(key, t)] = like.new_zeros((1, n_chunks * CHUNK_LENGTH_TOKENS, like.shape[-1]))
+                pooled_out[(key, t)] = torch.zeros_like(pooled_out[like_key])
             continue
-        embeds[(is_neg, t)] = torch.cat(parts[t], dim=-1).to(dev)
-        if is_xl:
-            pooled_out[(is_neg, t)] = pooled_of[t].to(dev)
-    return PromptEditing(positive, negative, embeds, pooled_out, encoded)
-
-
-def job_prompt_editing(pipes: Any, p: Any) -> tuple[PromptEditing, dict[str, torch.Tensor]] | None:
-    """For a job (a ModelSession ``pipes`` and its GenerationParams ``p``): the first pass's
-    per-step embeddings, and the embeddings the hires pass gets; None for prompts without
-    prompt editing (the job then encodes as ever).
-
-    The schedule has A1111's length: the job's steps (twice that for Heun / DPM2), counted
-    over the model calls that really run, from 0; img2img runs the tail of it from call 0 on,
-    as A1111 does (its schedule is built on the full steps too). The hires pass takes A1111's
-    hires schedule (``hires_steps``), but fixed at its first step: the hires pass hands no
-    ``prompt_embeds`` to the step callback, so an alternation or a switch inside the hires
-    steps is not followed there."""
-    base = schedule_steps(p.steps, p.sampler)
-    if not any(
-        has_prompt_editing(t, prompt_schedule(t, base))
-        for t in (strip_extra_networks(p.prompt), strip_extra_networks(p.negative_prompt))
-    ):
-        return None  # before touching the pipeline: a plain prompt costs nothing here
-    # while a job's embeddings apply, job_scope puts a wrapped text pipeline there
-    pipe = getattr(pipes, "extra", {}).get("text_pipe") or pipes.txt2img
-    kw = {"clip_skip": p.clip_skip, "device": pipes.device}
-    editing = encode_prompt_editing(pipe, p.prompt, p.negative_prompt, base, **kw)
-    if editing is None:
-        return None
-    hires_cond = editing.cond_at(0)
-    if p.enable_hr and not p.init_image:
-        hires = schedule_steps(p.hr_second_pass_steps or p.steps, p.sampler)
-        second = encode_prompt_editing(pipe, p.prompt, p.negative_prompt, base, hires_steps=hires, **kw)
-        if second is not None:
-            hires_cond = second.cond_at(0)
-    return editing, hires_cond
+        for t in texts:
+            if (t, n_chunks) not in cache:
+                zs, pooled = [], None
+                for enc, per in zip(encoders, chunks, strict=True):
+                    own = per[t]
+                    pad = n_chunks - len(own)
+                    z, pool = enc.encode(own + ([enc.empty_chunk()] if pad else []), dev)
+                    encoded += 1
+                    z = torch.cat([z[: len(own)], *([z[-1:]] * pad)])
+                    zs.append(z.reshape(1, -1, z.shape[-1]))
+                    if pool is not None:
+                        pooled = pool[:1]
+                cache[(t, n_chunks)] = (torch.cat(zs, dim=-1).to(dev), None if pooled is None else pooled.to(dev))
+            z, pooled = cache[(t, n_chunks)]
+            embeds[(key, t)] = z
+            if pooled is not None:
+                pooled_out[(key, t)] = pooled
+    return JobConds(parts, negative, embeds, pooled_out, encoded)

@@ -26,8 +26,11 @@ import torch.nn.functional as F
 FAST_PATH_MODES = ("auto", "nocompile", "off")
 # Block classes compiled one by one; the same code runs in every instance.
 COMPILED_BLOCKS = ("BasicTransformerBlock", "ResnetBlock2D")
-# UNet batches warm-up runs (images x 2 for CFG): the second makes the batch size dynamic
-WARM_UP_BATCHES = (2, 4)
+# UNet batches warm-up runs (images x 2 for CFG): the second makes the batch size dynamic;
+# batch 1 (dynamo specializes size 1) is a one-image job's cond or uncond run apart, as A1111
+# runs them when their token counts differ, or CFG 1
+WARM_UP_BATCHES = (2, 4, 1, 1)
+WARM_UP_TOKENS = (77, 77, 77, 154)  # and the second batch-1 run: a long prompt's cond
 
 
 @dataclass
@@ -248,10 +251,10 @@ def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Calla
         return
     unet = pipe.unet
     t0 = time.perf_counter()
-    for batch in WARM_UP_BATCHES:
+    for batch, tokens in zip(WARM_UP_BATCHES, WARM_UP_TOKENS, strict=True):
         try:
             with torch.inference_mode():  # jobs' tensors are inference tensors: dynamo guards on it
-                unet(**_warm_up_inputs(pipe, width, height, batch))
+                unet(**_warm_up_inputs(pipe, width, height, batch, tokens))
             if unet.device.type == "cuda":
                 torch.cuda.synchronize()
         except Exception as e:  # noqa: BLE001 - sorted below: compiler or not
@@ -263,14 +266,14 @@ def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Calla
                 torch.cuda.empty_cache()
             log(
                 f"{state.summary()}; warm-up skipped ({type(e).__name__} at {width}x{height} "
-                f"batch {batch // 2}): the first job compiles instead"
+                f"batch {max(1, batch // 2)}): the first job compiles instead"
             )
             return
     state.compile_seconds = time.perf_counter() - t0
     log(state.summary())
 
 
-def _warm_up_inputs(pipe: Any, width: int, height: int, batch: int) -> dict[str, Any]:
+def _warm_up_inputs(pipe: Any, width: int, height: int, batch: int, tokens: int = 77) -> dict[str, Any]:
     """One UNet call's arguments as a job at this size with CFG makes them (``batch`` is the
     UNet's batch: twice the images)."""
     import torch._dynamo
@@ -280,7 +283,7 @@ def _warm_up_inputs(pipe: Any, width: int, height: int, batch: int) -> dict[str,
     latents = torch.randn(batch, unet.config.in_channels, height // scale, width // scale,
                           device=unet.device, dtype=unet.dtype)
     ctx_dim = unet.config.cross_attention_dim
-    text = torch.randn(batch, 77, ctx_dim, device=unet.device, dtype=unet.dtype)
+    text = torch.randn(batch, tokens, ctx_dim, device=unet.device, dtype=unet.dtype)
     # prompts past 75 tokens make 154, 231, ... : compiled for any length from the start,
     # so crossing 75 tokens never stalls a job on a recompile
     torch._dynamo.maybe_mark_dynamic(text, 1)

@@ -19,6 +19,7 @@ from sdtui.infotext import format_infotext
 from sdtui.ipc import protocol as msg
 from sdtui.outputs import OutputLayout
 from sdtui.params import GenerationParams
+from sdtui.samplers import normalize_sampler
 
 
 class JobCancelled(Exception):
@@ -132,38 +133,31 @@ def image_seeds(p: GenerationParams, indices: list[int]) -> tuple[list[int], lis
 
 
 class StepReporter:
-    """The diffusers step callback: progress with smoothed it/s, previews, cancel and skip."""
+    """Called after every model call: progress with smoothed it/s, previews of the denoised
+    latents, cancel and skip. A batch may run in two passes (hires fix): ``first`` and
+    ``second`` are their model calls, and the second pass counts on from the first."""
 
-    def __init__(self, ctx: JobContext, params: GenerationParams, batch_index: int, steps: int):
-        from sdtui.engine.hires import hires_steps
-
+    def __init__(self, ctx: JobContext, params: GenerationParams, batch_index: int, first: int, second: int = 0):
         self.ctx, self.params, self.batch_index = ctx, params, batch_index
-        # a batch may run in passes (hires fix): steps done in earlier passes, and the steps
-        # of later passes, which count in the batch's total from the start
-        self.pass_offset = 0
-        self.pending_steps = hires_steps(params)
-        self.steps = steps + self.pending_steps
+        self.pass_offset = 0  # calls done in earlier passes of this batch
+        self.steps = first + second
         self.last = time.perf_counter()
         self.its = 0.0
         self.preview_s = 0.0
         self.preview_at = float("-inf")
 
-    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, call: int, calls: int, denoised: torch.Tensor) -> None:
         control = self.ctx.control
         if control.cancel.is_set():
             raise JobCancelled
         if control.skip.is_set():
             control.skip.clear()
             raise BatchSkipped
-        # second-order samplers (Heun, DPM2) call back twice per step: count what really runs
-        this_pass = int(getattr(pipe, "_num_timesteps", 0) or 0)
-        if this_pass:
-            self.steps = self.pass_offset + this_pass + self.pending_steps
         now = time.perf_counter()
         dt, self.last = now - self.last, now
         rate = 1.0 / dt if dt > 0 else 0.0
         self.its = rate if self.its == 0 else 0.7 * self.its + 0.3 * rate
-        done = self.pass_offset + step + 1
+        done = self.pass_offset + call + 1
         p = self.params
         steps_left = (self.steps - done) + (p.batch_count - self.batch_index - 1) * self.steps
         vram_a = vram_r = None
@@ -184,19 +178,15 @@ class StepReporter:
         )
         every = p.preview_every
         due = bool(every) and done % every == 0 and now - self.preview_at >= p.preview_interval
-        if due and done < self.steps and "latents" in kwargs:
+        if due and done < self.steps:
             t0 = self.preview_at = time.perf_counter()
-            image = preview_mod.latents_to_image(kwargs["latents"], self.ctx.family)
+            image = preview_mod.latents_to_image(denoised, self.ctx.family)
             self.ctx.emit(
                 msg.Preview(self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height)
             )
             self.preview_s += time.perf_counter() - t0
         # no reset of self.last here: a preview copies the latents to the CPU, which waits for
         # the GPU's queued work, so the wait belongs to the steps; start-to-start is wall time
-        editing = getattr(self, "prompt_editing", None)
-        if editing is not None:  # prompt editing [a:b:when] / [a|b]: the next call's embeddings
-            kwargs.update(editing.step_end(pipe, step, kwargs))
-        return kwargs
 
 
 def decode_latents(pipe: Any, latents: torch.Tensor, ctx: JobContext) -> list[Image.Image]:
@@ -243,30 +233,91 @@ def _vae_decode(pipe: Any, scaled: torch.Tensor, dtype: torch.dtype) -> torch.Te
             vae.to(own)
 
 
+def first_pass_plan(p: GenerationParams) -> Any:
+    """The first pass's sampling plan: txt2img runs all ``p.steps``; img2img A1111's
+    ``t_enc + 1`` of them (hires.img2img_schedule)."""
+    from sdtui.engine.hires import img2img_schedule
+    from sdtui.engine.sampling import Plan
+
+    img2img = p.init_image is not None
+    schedule, run = img2img_schedule(p) if img2img else (p.steps, p.steps)
+    return Plan(p.sampler, p.schedule_type, schedule, run, p.cfg_scale, p.width, p.height, img2img)
+
+
+def job_conds(pipes: Any, p: GenerationParams, *, hires: bool = False) -> Any:
+    """The job's conditioning (sdtui.engine.conditioning.JobConds) for the first pass, or for
+    the hires pass with A1111's hires schedule."""
+    from sdtui.engine.conditioning import encode_job_conds, schedule_steps
+
+    # while a job's embeddings apply, job_scope puts a wrapped text pipeline there
+    pipe = getattr(pipes, "extra", {}).get("text_pipe") or pipes.txt2img
+    base = schedule_steps(p.steps, p.sampler)
+    hires_steps = schedule_steps(p.hr_second_pass_steps or p.steps, p.sampler) if hires else None
+    return encode_job_conds(
+        pipe, p.prompt, p.negative_prompt, base,
+        hires_steps=hires_steps, clip_skip=p.clip_skip, device=pipes.device,
+    )
+
+
+def make_denoiser(pipes: Any, pipe: Any, conds: Any, plan: Any, reporter: Any) -> Any:
+    from sdtui.engine.sampling import Denoiser, model_calls
+
+    device = getattr(pipe, "_execution_device", None) or torch.device(pipes.device)
+    return Denoiser(
+        pipe.unet,
+        conds,
+        plan.cfg_scale,
+        scheduler_config=pipes.scheduler_config,
+        alphas_cumprod=pipe.scheduler.alphas_cumprod,
+        device=torch.device(device),
+        size=(plan.height, plan.width),
+        on_call=reporter,
+        calls=model_calls(plan),
+    )
+
+
+@torch.no_grad()
+def encode_images(pipe: Any, images: list[Image.Image], seeds: list[int]) -> torch.Tensor:
+    """Images -> scaled latents, one posterior sample per image from a generator of its own
+    seed (A1111 samples the VAE posterior too, from the global RNG; this keeps an image of a
+    batch the same alone, and leaves the image's noise generator untouched)."""
+    vae = pipe.vae
+    device = getattr(pipe, "_execution_device", None) or vae.device
+    x = pipe.image_processor.preprocess(images).to(device, vae.dtype)
+    dist = vae.encode(x).latent_dist
+    mean, std = dist.mean.float(), dist.std.float()
+    eps = torch.stack(
+        [torch.randn(mean.shape[1:], generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+    ).to(mean.device)
+    latents = mean + std * eps
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
 def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobContext) -> msg.JobDone:
     """Run one job; emits JobStarted, Progress, Preview, ImageSaved; returns JobDone.
 
-    ``pipes`` gives the txt2img and img2img pipelines sharing the loaded components.
-    Raises JobCancelled only after the images done so far are saved.
+    Sampling is A1111's (sdtui.engine.sampling) over the loaded pipeline's UNet; ``pipes``
+    gives the components. Raises JobCancelled only after the images done so far are saved.
     """
+    from sdtui.engine import sampling
+    from sdtui.engine.hires import hires_noise, hires_plan
+
     t_start = time.perf_counter()
     p = params.validated().with_seeds()
     img2img = p.init_image is not None
-    pipe = pipes.img2img if img2img else pipes.txt2img
-    scheduler, warnings = make_scheduler(pipes.scheduler_config, p.sampler, p.schedule_type)
-    pipe.scheduler = scheduler
-    for w in warnings:
-        ctx.log(w, "warning")
+    pipe = pipes.txt2img
+    if normalize_sampler(p.sampler)[0] == "UniPC":  # the one sampler still a diffusers scheduler
+        for w in make_scheduler(pipes.scheduler_config, p.sampler, p.schedule_type)[1]:
+            ctx.log(w, "warning")
     limit = getattr(ctx.settings, "max_image_megapixels", None)
     init = load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
     kind = "img2img" if img2img else "txt2img"
-    from sdtui.engine.hires import hires_steps, img2img_schedule, pipeline_strength
-
-    # img2img runs A1111's count: t_enc + 1 of p.steps (hires.img2img_schedule)
-    steps_per_batch = p.steps if not img2img else img2img_schedule(p)[1]
-
-    steps_total = (steps_per_batch + hires_steps(p)) * p.batch_count
-    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps_total))
+    plan = first_pass_plan(p)
+    second = hires_plan(p)
+    calls_first = sampling.model_calls(plan)
+    calls_second = sampling.model_calls(second) if second is not None else 0
+    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, (calls_first + calls_second) * p.batch_count))
 
     # out of memory, the job climbs this ladder instead of failing (sdtui.engine.memory)
     ladder = MemoryLadder(
@@ -282,23 +333,25 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     # LoRAs, embeddings and the VAE apply for this job only (job_extra holds their
     # infotext); the ladder's measures too
     with pipes.job_scope(p, ctx) as job_extra, ladder:
-        # prompt editing [a:b:when] / [a|b] (None without): per-step embeddings for the first
-        # pass; `cond` is then what the hires pass gets
-        from sdtui.engine.conditioning import job_prompt_editing
-
-        editing = job_prompt_editing(pipes, p)
-        cond = pipes.encode(p) if editing is None else editing[1]
+        conds = job_conds(pipes, p)
+        hires_conds = job_conds(pipes, p, hires=True) if p.enable_hr and not img2img else None
 
         def sample(sub: dict[str, Any]) -> torch.Tensor:
-            """One (sub-)batch through the pipeline; the ladder may call it for a slice."""
+            """One (sub-)batch through both passes; the ladder may call it for a slice."""
+            reporter = sub["reporter"]
+            denoiser = make_denoiser(pipes, pipe, conds, plan, reporter)
             with torch.inference_mode():
-                latents = pipe(**sub).images
+                latents = sampling.sample(
+                    denoiser, plan, sub["latents"], sub["generator"], sub.get("image"),
+                    pipes.scheduler_config,
+                )
                 if p.enable_hr and not img2img:
-                    reporter = sub["callback_on_step_end"]
-                    latents = pipes.hires_fix(p, latents, sub["generator"], cond, reporter, ctx)
+                    latents = pipes.hires_fix(
+                        p, latents, sub["generator"], hires_conds, reporter, ctx, sub.get("hires_noise")
+                    )
             return latents
 
-        device = pipes.device
+        shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
         # a restarted job: what it saved before counts, and only the rest is made
         earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
         saved: dict[int, str] = dict(earlier)
@@ -314,42 +367,23 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
                 continue
             n = len(indices)
             seeds, subseeds = image_seeds(p, indices)
-            # one generator per image: image i of a job is reproducible alone with its seeds
+            # one generator per image (A1111's ImageRNG): its first draw is the image's noise,
+            # the rest its step noise; image i of a job is reproducible alone with its seeds
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            reporter = StepReporter(ctx, p, b, steps_per_batch)
+            noise = torch.stack([
+                make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
+                for s, ss in zip(seeds, subseeds, strict=True)
+            ])
+            for g in generators:  # past the first draw, as ImageRNG.first() leaves them
+                torch.randn(shape, generator=g)
+            reporter = StepReporter(ctx, p, b, calls_first, calls_second)
             call: dict[str, Any] = dict(
-                num_inference_steps=p.steps,
-                guidance_scale=p.cfg_scale,
-                num_images_per_prompt=n,
-                output_type="latent",
-                callback_on_step_end=reporter,
-                callback_on_step_end_tensor_inputs=["latents"],
-                **cond,
+                num_images_per_prompt=n, latents=noise, generator=generators, reporter=reporter
             )
-            if editing is not None:  # first call's embeddings; the reporter swaps them per step
-                inputs = editing[0].tensor_inputs(pipe)
-                call.update(editing[0].cond_at(0), callback_on_step_end_tensor_inputs=inputs)
-                reporter.prompt_editing = editing[0]
-            if img2img:
-                schedule, run = img2img_schedule(p)
-                call.update(
-                    image=[init] * n, strength=pipeline_strength(schedule, run), generator=generators
-                )
-            else:
-                shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
-                noise = [
-                    make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
-                    for s, ss in zip(seeds, subseeds, strict=True)
-                ]
-                # advance each generator past its initial noise, as diffusers would have
-                for g in generators:
-                    torch.randn(shape, generator=g)
-                call.update(
-                    width=p.width,
-                    height=p.height,
-                    latents=torch.stack(noise).to(device, pipe.unet.dtype),
-                    generator=generators,
-                )
+            if init is not None:
+                call["image"] = encode_images(pipe, [init] * n, seeds)
+            elif second is not None:
+                call["hires_noise"] = hires_noise(p, seeds, subseeds, shape[0], pipes.vae_scale)
             try:
                 latents = ladder.sample(call, sample)
             except BatchSkipped:
@@ -406,7 +440,6 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
         cancelled=cancelled,
         stats={"preview_s": round(preview_s, 4)},
     )
-
 
 
 def _grid_images(saved: dict[int, str], made: dict[int, Image.Image]) -> list[Image.Image]:

@@ -124,14 +124,6 @@ def hires_steps(p: GenerationParams) -> int:
     return hires_schedule(p)[1]
 
 
-def pipeline_strength(schedule: int, run: int) -> float:
-    """The img2img pipeline's ``strength`` that makes diffusers' ``get_timesteps``
-    (``init_timestep = min(int(num_inference_steps * strength), num_inference_steps)``) run
-    ``run`` of ``schedule`` steps, i.e. start at index ``schedule - run`` as A1111 does; the
-    half step keeps float rounding off ``int()``."""
-    return min(1.0, (run + 0.5) / schedule)
-
-
 def _upscale_latents(
     latents: torch.Tensor, size: tuple[int, int], mode: tuple[str, bool]
 ) -> torch.Tensor:
@@ -143,14 +135,31 @@ def _upscale_latents(
     return out.to(latents.dtype)
 
 
-@torch.no_grad()
-def _encode(pipe: Any, images: list[Any], generators: list[torch.Generator]) -> torch.Tensor:
-    """Images -> scaled latents (the posterior's mode), for a hires pass that does not sample."""
-    vae = pipe.vae
-    x = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
-    latents = vae.encode(x).latent_dist.mode()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
+def hires_plan(p: GenerationParams, multiple: int = 8) -> Any:
+    """The hires pass's sampling plan (sdtui.engine.sampling.Plan), None without one."""
+    from sdtui.engine.sampling import Plan
+
+    schedule, run = hires_schedule(p)
+    if run < 1:
+        return None
+    width, height = hires_size(p, multiple)
+    return Plan(p.sampler, p.schedule_type, schedule, run, p.cfg_scale, width, height, img2img=True)
+
+
+def hires_noise(p: GenerationParams, seeds: list[int], subseeds: list[int], channels: int, factor: int = 8) -> torch.Tensor | None:
+    """The hires pass's noise: A1111's ``sample_hr_pass`` makes a new ``ImageRNG`` at the
+    hires size from the same seeds (and variation), and takes its first draw."""
+    from sdtui.engine.generate import make_noise
+
+    if hires_plan(p, factor) is None:
+        return None
+    width, height = hires_size(p, factor)
+    shape = (channels, height // factor, width // factor)
+    strength = p.subseed_strength
+    return torch.stack([
+        make_noise(s, shape, ss if strength > 0 else None, strength)
+        for s, ss in zip(seeds, subseeds, strict=True)
+    ])
 
 
 def run_hires_fix(
@@ -158,22 +167,24 @@ def run_hires_fix(
     p: GenerationParams,
     latents: torch.Tensor,
     generators: list[torch.Generator],
-    cond: dict[str, Any],
+    conds: Any,
     reporter: Any,
     ctx: Any,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Upscale the first pass's ``latents`` and run the second pass; latents at the new size."""
-    from sdtui.engine.generate import decode_latents
-    from sdtui.engine.samplers import make_scheduler
+    """Upscale the first pass's ``latents`` and run the second pass; latents at the new size.
+    ``noise``: the pass's first draw per image (``hires_noise``)."""
+    from sdtui.engine import sampling
+    from sdtui.engine.generate import decode_latents, encode_images, first_pass_plan, make_denoiser
 
     factor = int(session.vae_scale)
     width, height = hires_size(p, factor)
     latent_size = (height // factor, width // factor)
-    schedule, run_steps = hires_schedule(p)
-    pipe = session.img2img
+    plan = hires_plan(p, factor)
+    pipe = session.txt2img
     mode = latent_mode(p.hr_upscaler)
+    seeds = [g.initial_seed() for g in generators]
 
-    image: Any
     if mode is not None:
         image = _upscale_latents(latents, latent_size, mode)
     else:
@@ -188,46 +199,36 @@ def run_hires_fix(
             target_width=width,
             target_height=height,
         )
-        image = [
+        pictures = [
             upscale_pil(im, up, models_dir, device=session.device, log=ctx.log)
-            for im in decode_latents(session.txt2img, latents, ctx)
+            for im in decode_latents(pipe, latents, ctx)
         ]
+        image = encode_images(pipe, pictures, seeds)
 
-    if run_steps < 1:
+    if plan is None:
         ctx.log("hires fix: denoising strength 0; upscaled without a second pass")
-        return image if isinstance(image, torch.Tensor) else _encode(pipe, image, generators)
-
-    scheduler, _ = make_scheduler(session.scheduler_config, p.sampler, p.schedule_type)
-    pipe.scheduler = scheduler
-    first_pass = int(getattr(session.txt2img, "_num_timesteps", 0) or p.steps)
-    with _second_pass(reporter, first_pass):
-        out = pipe(
-            image=image,
-            # A1111: run_steps steps from index schedule - run_steps of a schedule-step schedule
-            strength=pipeline_strength(schedule, run_steps),
-            num_inference_steps=schedule,
-            guidance_scale=p.cfg_scale,
-            # the memory ladder may run a slice of the batch: as many images as latents
-            num_images_per_prompt=int(latents.shape[0]),
-            output_type="latent",
-            generator=generators,
-            callback_on_step_end=reporter,
-            callback_on_step_end_tensor_inputs=["latents"],
-            **cond,
-        )
-    return out.images
+        return image
+    if noise is None or noise.shape[0] != image.shape[0]:
+        raise ValueError("the hires pass needs its noise, one per image")
+    # the new ImageRNG's generators, past their first draw (the noise above)
+    fresh = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    for g in fresh:
+        torch.randn(tuple(noise.shape[1:]), generator=g)
+    denoiser = make_denoiser(session, pipe, conds, plan, reporter)
+    with _second_pass(reporter, sampling.model_calls(first_pass_plan(p))):
+        return sampling.sample(denoiser, plan, noise, fresh, image, session.scheduler_config)
 
 
 @contextmanager
-def _second_pass(reporter: Any, first_pass_steps: int) -> Iterator[None]:
+def _second_pass(reporter: Any, first_pass_calls: int) -> Iterator[None]:
     """Progress of the second pass continues the first's count (StepReporter.pass_offset);
     afterwards the reporter is as before, ready for the next (sub-)batch's first pass."""
     if not hasattr(reporter, "pass_offset"):
         yield
         return
-    saved = reporter.pass_offset, reporter.pending_steps
-    reporter.pass_offset, reporter.pending_steps = first_pass_steps, 0
+    saved = reporter.pass_offset
+    reporter.pass_offset = first_pass_calls
     try:
         yield
     finally:
-        reporter.pass_offset, reporter.pending_steps = saved
+        reporter.pass_offset = saved

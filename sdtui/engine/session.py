@@ -22,12 +22,6 @@ def pick_device(setting: str = "auto") -> str:
     return "cpu"
 
 
-def pick_dtype(device: str) -> torch.dtype:
-    if device == "cuda":
-        return torch.float16
-    return torch.float32
-
-
 @dataclass
 class ModelSession:
     """One loaded checkpoint, with the txt2img and img2img views of it."""
@@ -80,16 +74,6 @@ class ModelSession:
     def vae_scale(self) -> int:
         return int(self.txt2img.vae_scale_factor)
 
-    def encode(self, p: GenerationParams) -> dict[str, Any]:
-        """Prompt conditioning with A1111 emphasis and chunking."""
-        from sdtui.engine.conditioning import encode_prompts
-
-        # while a job's embeddings apply, job_scope puts a wrapped text pipeline here
-        pipe = self.extra.get("text_pipe") or self.txt2img
-        return encode_prompts(
-            pipe, p.prompt, p.negative_prompt, clip_skip=p.clip_skip, device=self.device
-        )
-
     def extra_infotext(self, p: GenerationParams) -> dict[str, object]:
         return {"RNG": "CPU"}
 
@@ -103,12 +87,19 @@ class ModelSession:
             yield pairs
 
     def hires_fix(
-        self, p: GenerationParams, latents: Any, generators: Any, cond: Any, reporter: Any, ctx: Any
+        self,
+        p: GenerationParams,
+        latents: Any,
+        generators: Any,
+        conds: Any,
+        reporter: Any,
+        ctx: Any,
+        noise: Any = None,
     ) -> Any:
         """Second pass of A1111's hires fix on the first pass's latents."""
         from sdtui.engine.hires import run_hires_fix
 
-        return run_hires_fix(self, p, latents, generators, cond, reporter, ctx)
+        return run_hires_fix(self, p, latents, generators, conds, reporter, ctx, noise)
 
     def close(self) -> None:
         """Drop every reference to the weights and give the memory back, even where a stray
