@@ -22,11 +22,9 @@ Short hashes, as A1111 writes them in the infotext (modules/hashes.py and its us
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import stat
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +32,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from sdtui.errors import UserError
+from sdtui.hashes import addnet_hash, sha256_file
 from sdtui.model_index import (
     CHECKPOINTS_SUBDIR,
     VAE_SUFFIXES,
     find_vae_beside,
     read_pickle_structure,
-    read_safetensors_header,
-    read_safetensors_shapes,
-    sha256_file,
-    shown,
     stub_state,
 )
+from sdtui.safetensors_header import read_safetensors_shapes, safetensors_metadata
 
 LORA_FOLDERS: tuple[str, ...] = ("Lora", "LyCORIS")
 LORA_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".ckpt")
@@ -63,7 +59,6 @@ HIRES_LATENT_UPSCALERS: tuple[str, ...] = (
     "Latent (nearest-exact)",
 )
 
-_CHUNK = 1024 * 1024
 _RE_HASH = re.compile(r"[0-9a-f]{12,64}")
 
 
@@ -296,41 +291,13 @@ def lora_hash(path: Path | str) -> str:
     if path.suffix.lower() != ".safetensors":
         return sha256_file(path)[:12]
     with contextlib.suppress(UserError):
-        meta = read_safetensors_header(path).get("__metadata__")
-        if isinstance(meta, dict) and isinstance(meta.get("sshs_model_hash"), str):
-            value = meta["sshs_model_hash"].strip().lower()
+        value = safetensors_metadata(path).get("sshs_model_hash")
+        if isinstance(value, str):
+            value = value.strip().lower()
             # the file's word goes into infotexts: only a hex digest is taken from it
             if _RE_HASH.fullmatch(value):
                 return value[:12]
     return addnet_hash(path)[:12]
-
-
-def addnet_hash(path: Path | str) -> str:
-    """sha256 of a safetensors file's bytes after the 8-byte length and the JSON header
-    (kohya's sd-webui-additional-networks hash, which A1111 uses for LoRAs). Cached."""
-    from sdtui.model_index import _cached, _store_cache
-
-    path = Path(path)
-    key, ident, value = _cached(path, "addnet_sha256")
-    if value is not None:
-        return value
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise UserError(f"{shown(path)} is not a safetensors file (too short)")
-            (n,) = struct.unpack("<Q", head)
-            f.seek(8 + n)
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except PermissionError:
-        raise UserError(
-            f"{shown(path)} cannot be read (permission denied): fix its permissions"
-        ) from None
-    value = h.hexdigest()
-    _store_cache(key, {**ident, "addnet_sha256": value})
-    return value
 
 
 def embedding_hash(path: Path | str) -> str:

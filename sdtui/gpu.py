@@ -17,6 +17,8 @@ from typing import Any, Protocol, TypeVar
 
 import psutil
 
+from sdtui.units import format_bytes
+
 try:
     import pynvml
 except ImportError:  # a dependency, but a broken install must not take the UI down
@@ -42,9 +44,6 @@ __all__ = [
 
 NO_DRIVER_MESSAGE = "no NVIDIA driver found (NVML library not loadable): running on the CPU"
 
-_GIB = 1024**3
-_MIB = 1024**2
-_KIB = 1024
 _BAR_EIGHTHS = " ▏▎▍▌▋▊▉"
 _SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 _NVML_PSTATE_UNKNOWN = 32
@@ -284,17 +283,6 @@ class GpuSampler:
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def format_bytes(count: int | None) -> str:
-    """21.3 GiB / 512 MiB / 12 KiB, or N/A."""
-    if count is None:
-        return "N/A"
-    if count >= _GIB:
-        return f"{count / _GIB:.1f} GiB"
-    if count >= _MIB:
-        return f"{count / _MIB:.0f} MiB"
-    return f"{count / _KIB:.0f} KiB"
 
 
 def bar(fraction: float | None, width: int) -> str:

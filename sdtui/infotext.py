@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from sdtui.errors import UserError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from sdtui.params import GenerationParams
 
 # modules/infotext_utils.py, verbatim
@@ -92,6 +94,24 @@ def format_infotext(prompt: str, negative_prompt: str, pairs: Mapping[str, objec
     """The whole infotext, laid out as A1111's ``create_infotext`` does."""
     negative = f"\n{NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative}\n{format_pairs(pairs)}".strip()
+
+
+def append_pairs(existing: str | None, pairs: Mapping[str, object]) -> str:
+    """``existing`` infotext with ``pairs`` appended to its parameter line, as A1111's Extras
+    tab does with its "Postprocess ..." pairs.
+
+    With no existing infotext, just the pairs. If it has no parameter line (a last line with
+    fewer than 3 ``key: value`` pairs, or the negative prompt), the pairs go on a line of
+    their own.
+    """
+    line = format_pairs(pairs)
+    if not existing or not existing.strip():
+        return line
+    text = existing.rstrip("\n")
+    last = text.rsplit("\n", 1)[-1]
+    if last.count(": ") >= 3 and not last.startswith(NEGATIVE_PREFIX):
+        return f"{text}, {line}"
+    return f"{text}\n{line}"
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -172,10 +192,9 @@ def decode_user_comment(data: bytes | str) -> str:
 
 
 def read_infotext(path: str | Path) -> str | None:
-    """The infotext stored in an image file, or None when it holds none.
+    """The infotext stored in an image file, or None when it holds none (precedence: see
+    :func:`infotext_from_image`).
 
-    PNG: the ``parameters`` text chunk. JPEG/WebP (and any image with EXIF): the EXIF
-    UserComment, which wins when present, as in A1111's ``read_info_from_image``.
     Only headers and text chunks are read, never the pixels; a bad file (not an image, a
     named pipe, a text chunk over 1 MB, a decompression bomb) is one UserError sentence.
     """
@@ -184,28 +203,41 @@ def read_infotext(path: str | Path) -> str | None:
     # no pixel limit: the pixels are not decoded here (Pillow's own bomb check stays on)
     im = open_image_file(path, "image", load=False, check_size=False)
     try:
-        info = dict(im.info or {})
-        geninfo = info.get("parameters")
-        if geninfo is None and getattr(im, "format", None) == "PNG":
-            # text chunks after the image data only show up once the file is read
-            geninfo = _late_png_text(im, path)
-        comment: str | None = None
-        if "exif" in info:
-            try:
-                raw = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-            except Exception:  # a broken EXIF block is no reason to fail
-                raw = None
-            if raw:
-                comment = decode_user_comment(raw)
-        if comment:
-            geninfo = comment
+        return infotext_from_image(im, path)
     finally:
         im.close()
+
+
+def infotext_from_image(im: Image.Image, path: str | Path | None = None) -> str | None:
+    """The infotext of an opened image, or None: the one reader every part of sdtui uses.
+
+    As A1111's ``read_info_from_image`` (modules/images.py): the PNG ``parameters`` text
+    chunk is taken first; then, when the image carries EXIF (JPEG, WebP, a PNG with an eXIf
+    chunk), a non-empty EXIF UserComment replaces it. So the comment wins when an image has
+    both. ``path`` only names the file in messages.
+    """
+    info = dict(im.info or {})
+    geninfo = info.get("parameters")
+    if geninfo is None and getattr(im, "format", None) == "PNG":
+        # text chunks after the image data only show up once the file is read
+        geninfo = _late_png_text(im, path if path is not None else "image")
+    if "exif" in info:
+        comment = _exif_user_comment(im)
+        if comment:
+            geninfo = comment
     if isinstance(geninfo, bytes):
         geninfo = geninfo.decode("utf8", errors="replace")
     if geninfo is not None and not isinstance(geninfo, str):
         geninfo = str(geninfo)
     return geninfo if geninfo else None
+
+
+def _exif_user_comment(im: Image.Image) -> str | None:
+    try:
+        raw = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to fail
+        return None
+    return decode_user_comment(raw) if raw else None
 
 
 def _late_png_text(im: Any, path: str | Path) -> str | None:

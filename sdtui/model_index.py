@@ -1,8 +1,9 @@
 """The checkpoints in ``models/Stable-diffusion``: finding them, naming them as A1111 does,
-telling their family from the file header, hashing them, and resolving what a user typed.
+telling their family from the file header, and resolving what a user typed.
 
-No torch: a safetensors header is read as JSON; a ``.ckpt`` (a zip holding a pickle) is read
-with an unpickler that builds nothing but shapes, so no code in the file ever runs.
+No torch: a safetensors header is read as JSON (``sdtui.safetensors_header``); a ``.ckpt`` (a
+zip holding a pickle) is read with an unpickler that builds nothing but shapes, so no code in
+the file ever runs. Hashes and their cache live in ``sdtui.hashes``.
 
 Names follow A1111 (modules/sd_models.py ``CheckpointInfo``): ``name`` is the path relative to
 the Stable-diffusion folder without extension, ``/``-separated; the infotext's "Model" value
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -21,7 +21,6 @@ import pickle
 import pickletools
 import re
 import stat
-import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,26 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# ``X as X``: moved to sdtui.hashes / sdtui.safetensors_header, still importable from here for
+# the callers not yet switched (cli.py, engine/worker.py, engine/lora.py)
 from sdtui.errors import UserError
+from sdtui.hashes import cached_model_hash as cached_model_hash
+from sdtui.hashes import cached_sha256, old_model_hash
+from sdtui.hashes import model_hash as model_hash
+from sdtui.hashes import sha256_file as sha256_file
 from sdtui.model_family import UNET, ModelFamily, UnknownArchitectureError, detect_family
-from sdtui.safe_text import one_line
+from sdtui.regular_files import open_regular, regular_stat, shown
+from sdtui.safetensors_header import MAX_TENSOR_RANK, dims_ok, read_safetensors_shapes, tensor_label
+from sdtui.safetensors_header import read_safetensors_header as read_safetensors_header
+from sdtui.units import format_bytes
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".safetensors", ".ckpt")
 # A1111 keeps VAEs beside checkpoints out of the checkpoint list
 VAE_SUFFIXES: tuple[str, ...] = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
 DIFFUSERS_MARKER = "model_index.json"
-HASH_CACHE_FILE = "model-hashes.json"
-CHUNK = 1024 * 1024  # A1111 hashes in 1 MiB blocks
-OLD_HASH_OFFSET, OLD_HASH_LENGTH = 0x100000, 0x10000
-SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit
 CKPT_MAX_PICKLE = 64 * 1024 * 1024
-HASH_CACHE_MAX = 64 * 1024 * 1024  # a cache file larger than this is not ours: ignored
-MAX_TENSOR_RANK = 32
 _RE_TITLE_HASH = re.compile(r"\s*\[([^]]+)]\s*$")  # A1111's re_strip_checksum
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
-
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 @dataclass(frozen=True)
@@ -83,86 +83,17 @@ class ModelEntry:
 
     @property
     def size_label(self) -> str:
-        gib = self.size_bytes / 1024**3
-        return f"{gib:.2f} GB" if gib >= 1 else f"{self.size_bytes / 1024**2:.0f} MB"
+        """2.0 GiB, 512 MiB (``sdtui.units.format_bytes``)."""
+        return format_bytes(self.size_bytes)
 
 
-# -- opening files safely --------------------------------------------------------------------
+# -- refusing files -------------------------------------------------------------------------
 
 
 class RefusedFile(UserError):
     """A file sdtui will not load because loading it could run code or exhaust memory: a
     TorchScript archive, a pickle that names code, a pickle or zip that claims far more than
     the file holds. Callers that turn other read errors into "not a model" let these through."""
-
-
-def shown(path: Path | str) -> str:
-    """A path or name as a message may show it: control characters visible, on one line."""
-    return one_line(str(path))
-
-
-def human_size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a folder"),
-)
-
-
-def _not_regular(path: Path, mode: int) -> UserError:
-    kind = next((k for test, k in _FILE_KINDS if test(mode)), "a special file")
-    return UserError(
-        f"{shown(path)} is {kind}, not a file: sdtui reads only regular files; put the model "
-        "file itself there"
-    )
-
-
-def _os_error(path: Path, e: OSError) -> UserError:
-    if isinstance(e, FileNotFoundError):
-        return UserError(f"{shown(path)} does not exist: check the path")
-    if isinstance(e, PermissionError):
-        return UserError(f"{shown(path)} cannot be read (permission denied): fix its permissions")
-    return UserError(f"{shown(path)} cannot be read ({e.strerror or e}): check the file")
-
-
-def regular_stat(path: Path | str) -> os.stat_result:
-    """``path``'s stat, refusing anything but a regular file: reading a named pipe blocks
-    forever and a device never ends."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise _os_error(path, e) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise _not_regular(path, st.st_mode)
-    return st
-
-
-def open_regular(path: Path | str) -> BinaryIO:
-    """``path`` opened for reading, refused unless it is a regular file. O_NONBLOCK keeps
-    ``open`` on a named pipe from waiting for a writer, and fstat checks what was opened."""
-    path = Path(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise _os_error(path, e) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(path, mode)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 # -- pickles and zips, read without running them ---------------------------------------------
@@ -319,7 +250,7 @@ def torchscript_refusal(path: Path, what: str = "model") -> RefusedFile:
 
 def _damaged(path: Path, size: int, e: BaseException) -> UserError:
     return UserError(
-        f"{shown(path.name)} is damaged or truncated ({human_size(size)}): re-download it",
+        f"{shown(path.name)} is damaged or truncated ({format_bytes(size)}): re-download it",
         detail=f"{type(e).__name__}: {e}",
     )
 
@@ -373,7 +304,7 @@ def read_zip_pickle(path: Path | str, what: str = "model") -> bytes:
             if unpacked > 4 * size + (1 << 20):
                 raise RefusedFile(
                     f"{shown(path.name)} is damaged or crafted: its zip claims to unpack to "
-                    f"{human_size(unpacked)} from {human_size(size)}; re-download it or use a "
+                    f"{format_bytes(unpacked)} from {format_bytes(size)}; re-download it or use a "
                     ".safetensors version"
                 )
             pkl = _data_pkl(names)
@@ -386,109 +317,6 @@ def read_zip_pickle(path: Path | str, what: str = "model") -> bytes:
                 return zf.read(info)
             except Exception as e:  # noqa: BLE001 - bad CRC, bad header, short read ...
                 raise _damaged(path, size, e) from None
-
-
-# -- safetensors / ckpt headers --------------------------------------------------------------
-
-
-_RE_DTYPE = re.compile(r"[A-Z][A-Z0-9_]{0,15}")
-_DTYPE_BITS = {
-    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8,
-    "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8,
-    "F8_E8M0": 8, "C64": 64,
-}  # sub-byte types (F4, F6_*) are packed: their sizes are left to the safetensors library
-
-
-def _ints(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        type(d) is int and 0 <= d < 2**63 for d in value
-    )
-
-
-def _tensor_label(name: str) -> str:
-    return "'" + shown(name if len(name) <= 60 else name[:57] + "...") + "'"
-
-
-def safetensors_header_problem(
-    header: Mapping[str, Any], data_size: int | None = None
-) -> str | None:
-    """Why a parsed safetensors header is not one (every tensor needs a dtype name, a shape
-    of non-negative ints and two ordered offsets; ``__metadata__`` maps text to text), or None.
-    With ``data_size`` each tensor's offsets must also lie in the data and fit its shape."""
-    for name, info in header.items():
-        if name == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                return "its __metadata__ is not a table of text"
-            continue
-        label = _tensor_label(name)
-        if not isinstance(info, dict):
-            return f"tensor {label} is not described"
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or not _RE_DTYPE.fullmatch(dtype):
-            return f"tensor {label} has no valid dtype"
-        if not _ints(shape) or len(shape) > MAX_TENSOR_RANK:
-            return f"tensor {label} has no valid shape"
-        if not _ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-            return f"tensor {label} has invalid data offsets"
-        if data_size is None:
-            continue
-        if offsets[1] > data_size:
-            return f"tensor {label} lies past the end of the file"
-        bits = _DTYPE_BITS.get(dtype)
-        numel = 1
-        for d in shape:
-            numel *= d
-        if bits is not None and (offsets[1] - offsets[0]) * 8 != numel * bits:
-            return f"tensor {label} has data offsets that do not fit its shape"
-    return None
-
-
-def read_safetensors_header(path: Path | str) -> dict[str, Any]:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON),
-    checked: every tensor has a dtype, a shape of non-negative ints and ordered offsets."""
-    path = Path(path)
-    with open_regular(path) as f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise _bad(path, f"it is only {size} bytes long")
-            (n,) = struct.unpack("<Q", head)
-            if n > SAFETENSORS_MAX_HEADER:
-                raise _bad(path, f"its header length {n} is impossible")
-            if 8 + n > size:
-                raise _bad(
-                    path,
-                    f"the header says {8 + n} bytes but the file has {size}; it is truncated",
-                )
-            raw = f.read(n)
-        except OSError as e:
-            raise _os_error(path, e) from None
-    try:
-        header = json.loads(raw.decode("utf-8").rstrip(" \x00"))
-    except (UnicodeDecodeError, ValueError):
-        raise _bad(path, "its header is not JSON") from None
-    except RecursionError:
-        raise _bad(path, "its header is nested too deeply") from None
-    if not isinstance(header, dict):
-        raise _bad(path, "its header is not a JSON object")
-    problem = safetensors_header_problem(header)
-    if problem is not None:
-        raise _bad(path, problem)
-    return header
-
-
-def read_safetensors_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, from the header alone (no weights read)."""
-    header = read_safetensors_header(path)
-    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
-
-
-def _bad(path: Path, why: str) -> UserError:
-    return UserError(
-        f"{shown(path)} is not a valid safetensors file ({why}): the download may be "
-        "incomplete; download it again"
-    )
 
 
 class _TensorShape:
@@ -522,7 +350,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, *args: Any) -> _Tensor
     if not isinstance(size, (tuple, list)):
         return _TensorShape(())
     dims = list(size)
-    if not _ints(dims) or len(dims) > MAX_TENSOR_RANK:
+    if not dims_ok(dims) or len(dims) > MAX_TENSOR_RANK:
         raise pickle.UnpicklingError("a tensor with an impossible shape")
     return _TensorShape(tuple(dims))
 
@@ -607,7 +435,7 @@ def family_from_shapes(
         is_attn = name.startswith(UNET) and name.endswith("attn2.to_k.weight")
         if (name == _UNET_IN or is_attn) and len(shape) < 2:
             raise UnknownArchitectureError(
-                f"its UNet weight {_tensor_label(name[len(UNET):])} has shape {tuple(shape)}, "
+                f"its UNet weight {tensor_label(name[len(UNET):])} has shape {tuple(shape)}, "
                 "which no Stable Diffusion model has: the file is damaged; re-download it"
             )
     try:
@@ -802,162 +630,6 @@ def find_vae_beside(path: Path | str) -> Path | None:
     return None
 
 
-# -- hashes ----------------------------------------------------------------------------------
-
-
-def _cache_path() -> Path:
-    from sdtui.config import cache_dir
-
-    return cache_dir() / HASH_CACHE_FILE
-
-
-_HASH_FIELDS = {"sha256": 64, "addnet_sha256": 64, "old_hash": 8}
-_RE_LOWER_HEX = re.compile(r"[0-9a-f]+")
-
-
-def _valid_hash(field: str, value: Any) -> bool:
-    """A cached hash as sdtui writes it: lowercase hex of the field's length. A tampered
-    cache could otherwise put escape sequences into listings and saved infotexts."""
-    length = _HASH_FIELDS.get(field)
-    return (
-        isinstance(value, str)
-        and (length is None or len(value) == length)
-        and _RE_LOWER_HEX.fullmatch(value) is not None
-    )
-
-
-def _clean_record(rec: Any) -> dict[str, Any] | None:
-    """A cache record with its size and mtime ints and only well-formed hashes; None if it
-    has no usable identity."""
-    if not isinstance(rec, dict) or type(rec.get("size")) is not int:
-        return None
-    if type(rec.get("mtime_ns")) is not int:
-        return None
-    out: dict[str, Any] = {"size": rec["size"], "mtime_ns": rec["mtime_ns"]}
-    out.update((k, rec[k]) for k in _HASH_FIELDS if _valid_hash(k, rec.get(k)))
-    return out
-
-
-def _load_cache() -> dict[str, dict[str, Any]]:
-    """The hash cache's records, every value checked (a file that is not ours, not JSON, not
-    an object, or huge counts as empty; a record with a malformed hash loses that hash)."""
-    try:
-        with open_regular(_cache_path()) as f:
-            raw = f.read(HASH_CACHE_MAX + 1)
-        if len(raw) > HASH_CACHE_MAX:
-            return {}
-        data = json.loads(raw.decode("utf-8"))
-    except (UserError, OSError, ValueError, RecursionError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
-        return {}
-    clean: dict[str, dict[str, Any]] = {}
-    for key, rec in files.items():
-        record = _clean_record(rec)
-        if record is not None:
-            clean[key] = record
-    return clean
-
-
-def _store_cache(key: str, record: dict[str, Any]) -> None:
-    """Merge one record into the cache file (atomic replace; a failure only costs a rehash)."""
-    files = _load_cache()
-    files[key] = {**files.get(key, {}), **record}
-    path = _cache_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def _identity(path: Path) -> tuple[str, dict[str, int]]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{shown(path)} does not exist: check the path") from None
-    if not path.is_file():
-        raise UserError(
-            f"{shown(path)} is not a file: only single-file checkpoints have a model hash"
-        )
-    return str(path.resolve()), {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _cached(path: Path, field: str) -> tuple[str, dict[str, int], str | None]:
-    key, ident = _identity(path)
-    rec = _load_cache().get(key)
-    if isinstance(rec, dict) and all(rec.get(k) == v for k, v in ident.items()):
-        value = rec.get(field)
-        if _valid_hash(field, value):
-            return key, ident, value
-    return key, ident, None
-
-
-def sha256_file(path: Path | str, progress: Progress | None = None) -> str:
-    """Full sha256 hex of a file, cached by absolute path + size + mtime_ns.
-
-    Hashing a 7 GB checkpoint takes minutes (A1111 issue #6738); ``progress(done, total)`` is
-    called after each 1 MiB block so a UI can show it.
-    """
-    path = Path(path)
-    key, ident, value = _cached(path, "sha256")
-    if value is not None:
-        return value
-    h = hashlib.sha256()
-    done, total = 0, ident["size"]
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-    except PermissionError:
-        raise UserError(
-            f"{shown(path)} cannot be read (permission denied): fix its permissions"
-        ) from None
-    value = h.hexdigest()
-    _store_cache(key, {**ident, "sha256": value})
-    return value
-
-
-def model_hash(path: Path | str, progress: Progress | None = None) -> str:
-    """A1111's current short hash ("AutoV2", shown as Model hash): sha256[:10]."""
-    return sha256_file(path, progress)[:10]
-
-
-def old_model_hash(path: Path | str) -> str:
-    """A1111's old 8-hex hash: sha256 of the 0x10000 bytes at offset 0x100000."""
-    path = Path(path)
-    key, ident, value = _cached(path, "old_hash")
-    if value is not None:
-        return value
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            f.seek(OLD_HASH_OFFSET)
-            h.update(f.read(OLD_HASH_LENGTH))
-    except PermissionError:
-        raise UserError(
-            f"{shown(path)} cannot be read (permission denied): fix its permissions"
-        ) from None
-    value = h.hexdigest()[:8]
-    _store_cache(key, {**ident, "old_hash": value})
-    return value
-
-
-def cached_model_hash(path: Path | str) -> str | None:
-    """The short hash if it is already known (never reads the file); None otherwise."""
-    try:
-        _, _, value = _cached(Path(path), "sha256")
-    except UserError:
-        return None
-    return value[:10] if value else None
-
-
 # -- resolving what a user typed -------------------------------------------------------------
 
 
@@ -991,9 +663,7 @@ def _by_hash(digest: str, entries: Sequence[ModelEntry]) -> list[ModelEntry]:
             return out
     out = []
     for e in files:  # new hashes only from the cache: hashing every file takes minutes
-        full = None
-        with contextlib.suppress(UserError):
-            _, _, full = _cached(e.path, "sha256")
+        full = cached_sha256(e.path)
         if full and full.startswith(digest):
             out.append(e)
     return out

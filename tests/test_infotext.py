@@ -8,9 +8,11 @@ from PIL import Image, PngImagePlugin
 
 from sdtui.errors import UserError
 from sdtui.infotext import (
+    append_pairs,
     decode_user_comment,
     format_infotext,
     format_pairs,
+    infotext_from_image,
     params_from_image,
     parse_infotext,
     read_infotext,
@@ -304,3 +306,77 @@ def test_truncated_png(tmp_path: Path) -> None:
         read_infotext(path)
     path.write_bytes(data[:-10])  # only the end is missing: the text chunk still reads
     assert read_infotext(path) == "p\nSteps: 1, Seed: 2, Size: 8x8"
+
+
+# -- one reader, A1111's precedence ----------------------------------------------------------
+
+
+def _png_with_both(path: Path, chunk: str, comment: str | None) -> Path:
+    """A real PNG holding a ``parameters`` tEXt chunk and an eXIf chunk (Pillow writes both),
+    the EXIF carrying ``comment`` as its UserComment (or only another tag when None)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", chunk)
+    if comment is None:
+        exif = Image.Exif()
+        exif[0x0131] = "some editor"  # Software: EXIF without a UserComment
+        exif_bytes = exif.tobytes()
+    else:
+        exif_bytes = _exif_comment(comment, endian=">")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info, exif=exif_bytes)
+    return path
+
+
+def test_exif_user_comment_wins_over_png_text_as_in_a1111(tmp_path: Path) -> None:
+    """A1111's read_info_from_image takes ``parameters`` first, then replaces it with a
+    non-empty EXIF UserComment: the comment wins. The file reader and the reader of an
+    opened (and decoded) image, which the Extras upscaler uses, agree."""
+    chunk = f"from the text chunk\n{A1111_LINE}"
+    comment = f"from the exif comment\nNegative prompt: dog\n{A1111_LINE}"
+    path = _png_with_both(tmp_path / "both.png", chunk, comment)
+    with Image.open(path) as im:  # the file really holds both
+        assert im.info["parameters"] == chunk and "exif" in im.info
+    assert read_infotext(path) == comment
+    with Image.open(path) as im:
+        im.load()
+        assert infotext_from_image(im, path) == comment
+    assert params_from_image(path).prompt == "from the exif comment"
+
+
+@pytest.mark.parametrize("comment", ["", None], ids=["empty comment", "no comment"])
+def test_png_text_stays_when_the_exif_has_no_comment(tmp_path: Path, comment: str | None) -> None:
+    chunk = f"from the text chunk\n{A1111_LINE}"
+    path = _png_with_both(tmp_path / "both.png", chunk, comment)
+    assert read_infotext(path) == chunk
+    with Image.open(path) as im:
+        assert infotext_from_image(im) == chunk
+
+
+def test_reader_of_an_opened_image_sees_late_text_chunks(tmp_path: Path) -> None:
+    path = _png(tmp_path / "late.png", None)
+    data = path.read_bytes()
+    iend = data.rindex(b"IEND") - 4
+    import struct
+    import zlib
+
+    payload = b"parameters\x00late prompt\nSteps: 1, Seed: 2, Size: 8x8"
+    chunk = struct.pack(">I", len(payload)) + b"tEXt" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + payload))
+    path.write_bytes(data[:iend] + chunk + data[iend:])
+    with Image.open(path) as im:
+        im.load()  # as the upscaler holds it
+        assert infotext_from_image(im, path) == "late prompt\nSteps: 1, Seed: 2, Size: 8x8"
+    with Image.open(path) as im:  # not decoded yet
+        assert infotext_from_image(im, path) == "late prompt\nSteps: 1, Seed: 2, Size: 8x8"
+
+
+def test_append_pairs_extends_the_parameter_line_or_starts_one() -> None:
+    pairs = {"Postprocess upscale by": 2, "Postprocess upscaler": "R-ESRGAN 4x+"}
+    line = "Postprocess upscale by: 2, Postprocess upscaler: R-ESRGAN 4x+"
+    assert append_pairs(None, pairs) == line
+    assert append_pairs("  \n", pairs) == line
+    assert append_pairs(f"a cat\n{A1111_LINE}\n", pairs) == f"a cat\n{A1111_LINE}, {line}"
+    assert append_pairs("a cat\nNegative prompt: a: b, c: d, e: f", pairs) == (
+        f"a cat\nNegative prompt: a: b, c: d, e: f\n{line}"
+    )
+    assert append_pairs("just a prompt", pairs) == f"just a prompt\n{line}"
+    assert append_pairs(None, {"Postprocess upscaler": "x, y"}) == 'Postprocess upscaler: "x, y"'

@@ -408,7 +408,7 @@ def test_entry_title_and_size_label(tmp_path: Path) -> None:
     e = ModelEntry("sub/m", tmp_path / "sub/m.safetensors", "file", 2 * 1024**3)
     assert e.title("0123456789") == "sub/m.safetensors [0123456789]"
     assert e.title() == "sub/m.safetensors"
-    assert e.size_label == "2.00 GB"
+    assert e.size_label == "2.0 GiB"  # 2 * 1024**3 bytes: binary units, honestly named
     assert e.model_name == "sub_m"
 
 

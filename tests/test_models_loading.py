@@ -31,6 +31,7 @@ from sdtui.engine.models import (
 )
 from sdtui.errors import UserError
 from sdtui.model_family import UnknownArchitectureError, detect_family
+from sdtui.units import format_bytes
 
 PROMPT = "a photo of a cat"
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -234,7 +235,8 @@ def test_truncated_safetensors_names_both_sizes(demo_model, tmp_path) -> None:
             action(cut)
         message = str(err.value)
         assert "half.safetensors is truncated" in message
-        assert f"{len(data) // 2 / 1e6:.1f} MB of {len(data) / 1e6:.1f} MB" in message
+        assert f"{format_bytes(len(data) // 2)} of {format_bytes(len(data))}" in message
+        assert " MiB of " in message  # sdtui.units: binary units, named as such
         assert "re-download it" in message
     cut.write_bytes(data[:200])  # cut inside the JSON header
     with pytest.raises(UserError, match="truncated.*re-download"):

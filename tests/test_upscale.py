@@ -410,6 +410,31 @@ def test_upscale_file_keeps_and_extends_infotext(src_png: Path, models_dir: Path
     )
 
 
+def test_upscale_file_reads_the_source_infotext_as_a1111_does(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The one infotext reader (sdtui.infotext): a PNG with both a ``parameters`` chunk and
+    an EXIF UserComment gives the comment, as A1111's read_info_from_image (and `sdtui info`)."""
+    from sdtui.infotext import read_infotext
+
+    line = "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 48x40"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + f"from exif\n{line}".encode("utf-16-be")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"from the chunk\n{line}")
+    src = tmp_path / "both.png"
+    _source().save(src, pnginfo=info, exif=exif.tobytes())
+    assert read_infotext(src) == f"from exif\n{line}"
+    saved: list[tuple[Image.Image, str]] = []
+    p = UpscaleParams(image=str(src), upscaler="Nearest", scale=2)
+    up.upscale_file(p, models_dir, lambda img, t: saved.append((img, t)) or Path("x"))
+    img, text = saved[0]
+    assert text == (
+        f"from exif\n{line}, Postprocess upscale by: 2, Postprocess upscaler: Nearest"
+    )
+    assert img.info["parameters"] == f"from exif\n{line}"
+
+
 def test_upscale_file_without_infotext_and_bad_input(tmp_path: Path, models_dir: Path) -> None:
     texts: list[str] = []
     p = _params(tmp_path, _source(), upscaler="Nearest", target_width=96, target_height=80)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from sdtui.errors import UserError
+from sdtui.units import GIB, format_bytes
 
 Log = Callable[[str, str], None]  # (text, level)
 
@@ -38,7 +39,7 @@ MODE_WORDS = {
 # Room for activations and the VAE decode beyond the weights, as a share of the weights
 # (SD1.5 fp16 ~2 GB of weights needs ~3.5 GB free; SDXL ~7 GB needs ~12 GB).
 WORK_SHARE = 0.75
-MIN_WORK_BYTES = int(1.5 * 1024**3)
+MIN_WORK_BYTES = int(1.5 * GIB)
 
 
 class MemoryExhausted(UserError):
@@ -60,14 +61,8 @@ def free_caches() -> None:
         torch.cuda.empty_cache()
 
 
-def format_size(n: int | None) -> str:
-    """2.1 GB / 512.0 MB (decimal, as file sizes are usually shown)."""
-    if n is None:
-        return "N/A"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+# the old name, for callers not yet switched to sdtui.units.format_bytes
+format_size = format_bytes
 
 
 def trim_heap() -> None:
@@ -118,8 +113,8 @@ def choose_mode(
         return setting, "pinned"
     need = weights + max(MIN_WORK_BYTES, int(weights * WORK_SHARE))
     if free_vram is None or free_vram >= need:
-        return "normal", f"auto: {format_size(free_vram)} free, {format_size(need)} needed"
-    return "low", f"auto: {format_size(free_vram)} free, {format_size(need)} needed for normal"
+        return "normal", f"auto: {format_bytes(free_vram)} free, {format_bytes(need)} needed"
+    return "low", f"auto: {format_bytes(free_vram)} free, {format_bytes(need)} needed for normal"
 
 
 def free_vram(device: str) -> int | None:
@@ -198,10 +193,10 @@ class JobMemory:
 
     def summary(self) -> str:
         if self.peak_allocated is None:
-            return f"RAM (RSS) {format_size(self.rss)}, no GPU"
+            return f"RAM (RSS) {format_bytes(self.rss)}, no GPU"
         return (
-            f"peak VRAM {format_size(self.peak_allocated)} allocated, "
-            f"{format_size(self.peak_reserved)} reserved; RAM (RSS) {format_size(self.rss)}"
+            f"peak VRAM {format_bytes(self.peak_allocated)} allocated, "
+            f"{format_bytes(self.peak_reserved)} reserved; RAM (RSS) {format_bytes(self.rss)}"
         )
 
 
@@ -228,7 +223,7 @@ RUNG_WORDS = {
     "split": "a split batch",
     "offload": "model offload",
 }
-PER_IMAGE_KEYS = ("latents", "generator", "image")  # what a sub-batch takes its slice of
+PER_IMAGE_KEYS = ("latents", "generator", "image", "hires_noise")  # what a sub-batch takes its slice of
 
 
 def split_call(call: dict[str, Any], start: int, stop: int) -> dict[str, Any]:

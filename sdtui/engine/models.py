@@ -14,10 +14,8 @@ import gc
 import io
 import json
 import logging
-import os
 import pickle
 import re
-import struct
 import time
 import warnings
 import zipfile
@@ -36,21 +34,24 @@ from sdtui.model_index import (
     PickleScan,
     RefusedFile,
     family_from_shapes,
-    human_size,
-    open_regular,
     read_small_json,
     read_zip_pickle,
-    regular_stat,
-    safetensors_header_problem,
     scan_pickle,
+)
+from sdtui.regular_files import (
+    looks_like_text,
+    not_a_file_of_kind,
+    open_regular,
+    regular_stat,
     shown,
 )
+from sdtui.safetensors_header import METADATA, read_safetensors_header
+from sdtui.units import format_bytes
 
 log = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-MAX_SAFETENSORS_HEADER = 100_000_000  # the limit the safetensors library itself enforces
 SD2_CONFIGS = {True: "sd21-768-v", False: "sd21-512"}  # v-prediction? -> bundled config
 
 _RE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -72,94 +73,11 @@ _RE_YAML_V = re.compile(r"^\s*parameterization:\s*[\"']?v[\"']?\s*(#.*)?$", re.M
 #   zips, methods torch cannot read and zip bombs are refused with a sentence each.
 
 
-def _human_size(n: int) -> str:
-    return human_size(n)
-
-
-def _opening(path: Path) -> str:
-    """The first printable characters of a file, for "it starts with '<html...'"."""
-    with open_regular(path) as f:
-        head = f.read(64)
-    text = head.decode("utf-8", errors="replace")
-    text = " ".join(text.split())
-    return shown((text[:16] + "...") if len(text) > 16 else text)
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if not head:
-        return False
-    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
-    return printable / len(head) > 0.95
-
-
-def _not_a_file_of_kind(path: Path, kind: str) -> UserError:
-    return UserError(
-        f"{shown(path.name)} is not a {kind} file (it starts with '{_opening(path)}'): "
-        "re-download it",
-        detail=f"path: {path}",
-    )
-
-
-def _damaged_header(path: Path, why: str, detail: str | None = None) -> UserError:
-    return UserError(
-        f"{shown(path.name)} has a damaged safetensors header ({why}): re-download it",
-        detail=detail,
-    )
-
-
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and check the header: every tensor's dtype, shape and offsets, and that the
-    file is complete (8 + header + the last tensor's end)."""
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise UserError(f"{shown(path.name)} is empty (0 bytes): re-download it")
-        head = f.read(8)
-        if len(head) < 8:
-            raise _not_a_file_of_kind(path, "safetensors")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > MAX_SAFETENSORS_HEADER or _looks_like_text(head):
-            raise _not_a_file_of_kind(path, "safetensors")
-        if 8 + header_len > size:
-            raise UserError(
-                f"checkpoint {shown(path.name)} is truncated: {_human_size(size)}, cut off "
-                "inside its header — re-download it"
-            )
-        raw = f.read(header_len)
-    if not raw.lstrip().startswith(b"{"):
-        raise _not_a_file_of_kind(path, "safetensors")
-    try:
-        header = json.loads(raw)
-    except ValueError as e:  # also bad UTF-8 and numbers too long to read
-        raise _damaged_header(path, "not JSON", str(e)) from None
-    except RecursionError:
-        raise _damaged_header(path, "nested too deeply") from None
-    if not isinstance(header, dict):
-        raise _not_a_file_of_kind(path, "safetensors")
-    problem = safetensors_header_problem(header)
-    if problem is not None:
-        raise _damaged_header(path, problem)
-    data_end = max(
-        (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
-    )
-    expected = 8 + header_len + data_end
-    if size < expected:
-        raise UserError(
-            f"checkpoint {shown(path.name)} is truncated: {_human_size(size)} of "
-            f"{_human_size(expected)} — re-download it",
-            detail=f"{path}: {size} bytes on disk, header says {expected}",
-        )
-    problem = safetensors_header_problem(header, size - 8 - header_len)
-    if problem is not None:
-        raise _damaged_header(path, problem)
-    return header
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    _safetensors_header(path)
+    read_safetensors_header(path, complete=True)  # checked field by field before a byte of data
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as e:
@@ -276,8 +194,8 @@ def _read_pickled(path: Path, what: str = "model") -> Any:
     culprit = _culprit(scan) if scan.complete else None
     if culprit is not None:
         raise _refuse_code(path, culprit)
-    if not is_zip and not scan.complete and _looks_like_text(head):
-        raise _not_a_file_of_kind(path, "checkpoint")
+    if not is_zip and not scan.complete and looks_like_text(head):
+        raise not_a_file_of_kind(path, "checkpoint")
     if refused is not None:
         raise refused
     try:
@@ -297,7 +215,7 @@ def _read_pickled(path: Path, what: str = "model") -> Any:
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise UserError(
-            f"{shown(path.name)} is damaged or truncated ({_human_size(size)}): re-download it",
+            f"{shown(path.name)} is damaged or truncated ({format_bytes(size)}): re-download it",
             detail=f"{type(e).__name__}: {e}",
         ) from None
     except Exception as e:  # noqa: BLE001 - an allow-listed callable fed crafted arguments
@@ -355,8 +273,8 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     path = Path(path)
     _check_exists(path)
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        header = _safetensors_header(path)
-        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        header = read_safetensors_header(path, complete=True)
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != METADATA}
     return {k: tuple(v.shape) for k, v in read_checkpoint(path).items()}
 
 
@@ -666,7 +584,7 @@ def load_pipeline(
         _release(pipe)  # half-moved weights would otherwise pin VRAM until a restart
         if isinstance(e, torch.cuda.OutOfMemoryError):
             raise UserError(
-                f"not enough GPU memory to load {path.name} ({_human_size(_size_on_disk(path))}): "
+                f"not enough GPU memory to load {path.name} ({format_bytes(_size_on_disk(path))}): "
                 "close other programs using the GPU or choose a lower memory mode",
                 detail=str(e),
             ) from e

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from sdtui.errors import UserError
+from sdtui.infotext import append_pairs, format_pairs, infotext_from_image
 from sdtui.params import ParamError, UpscaleParams
 from sdtui.upscalers import (
     BUILTIN,
@@ -89,7 +90,7 @@ def load_upscaler(path: str | Path, device: str | torch.device = "cpu") -> Image
     first drops it, so only one upscaler is ever in memory. fp16 is used on CUDA when the
     architecture supports it. Anything that is not a single-image upscaler gives a UserError.
     """
-    from sdtui.model_index import regular_stat, shown
+    from sdtui.regular_files import regular_stat, shown
 
     global _cached
     path = Path(path).expanduser()
@@ -148,7 +149,8 @@ def _implausible_key(state_dict: dict[str, Any]) -> str | None:
 def _load(path: Path, device: torch.device) -> ImageModel:
     import spandrel
 
-    from sdtui.model_index import RefusedFile, shown
+    from sdtui.model_index import RefusedFile
+    from sdtui.regular_files import shown
 
     name = shown(path)
     not_model = (
@@ -542,61 +544,6 @@ def upscale_image(
     return result
 
 
-# -- infotext -------------------------------------------------------------------------------
-
-
-def _quote(value: object) -> str:
-    import json
-
-    text = str(value)
-    if "," not in text and ":" not in text and "\n" not in text:
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-def format_pairs(pairs: dict[str, object]) -> str:
-    """A1111's pair line: ``key: value`` joined by ", ", bare key when key == value."""
-    return ", ".join(
-        k if k == v else f"{k}: {_quote(v)}" for k, v in pairs.items() if v is not None
-    )
-
-
-def _source_infotext(img: Image.Image) -> str | None:
-    text = img.info.get("parameters")
-    if isinstance(text, bytes):
-        text = text.decode("utf8", errors="replace")
-    if text:
-        return str(text)
-    try:
-        raw = img.getexif().get_ifd(0x8769).get(0x9286)  # Exif IFD, UserComment
-    except Exception:  # a broken EXIF block is no reason to fail
-        return None
-    if not raw:
-        return None
-    try:
-        from sdtui.infotext import decode_user_comment
-
-        return decode_user_comment(raw) or None
-    except ImportError:  # pragma: no cover - infotext.py is always there in a full install
-        return raw.decode("utf8", errors="ignore").strip("\x00") if isinstance(raw, bytes) else raw
-
-
-def extras_infotext(existing: str | None, pairs: dict[str, object]) -> str:
-    """The source's infotext with the Extras pairs appended to its parameter line.
-
-    With no source infotext, just the pairs. If the source has no parameter line, the pairs
-    go on a line of their own.
-    """
-    line = format_pairs(pairs)
-    if not existing or not existing.strip():
-        return line
-    text = existing.rstrip("\n")
-    last = text.rsplit("\n", 1)[-1]
-    if last.count(": ") >= 3 and not last.startswith("Negative prompt:"):
-        return f"{text}, {line}"
-    return f"{text}\n{line}"
-
-
 # -- files and folders ----------------------------------------------------------------------
 
 
@@ -612,13 +559,15 @@ def upscale_file(
 ) -> Path:
     """Upscale ``params.image`` and hand it to ``layout_save(image, infotext)``.
 
-    ``infotext`` is the source's own infotext (PNG ``parameters`` or EXIF UserComment) with
-    the Extras pairs (Postprocess upscale by/to, Postprocess upscaler, ...) appended. For a
-    saver that writes the chunks as A1111 does, ``image.info`` also carries ``parameters``
-    (the source's, when it has one) and ``postprocessing`` (the Extras pairs alone).
+    ``infotext`` is the source's own infotext, read as everywhere else in sdtui
+    (``sdtui.infotext.infotext_from_image``: the EXIF UserComment when there is one, else the
+    PNG ``parameters``), with the Extras pairs (Postprocess upscale by/to, Postprocess
+    upscaler, ...) appended. For a saver that writes the chunks as A1111 does, ``image.info``
+    also carries ``parameters`` (the source's, when it has one) and ``postprocessing`` (the
+    Extras pairs alone).
     """
     img = open_image(params.image, megapixels)
-    existing = _source_infotext(img)
+    existing = infotext_from_image(img, params.image)
     result, extra = _upscale(
         img, params, models_dir, device=device, log=log, progress=progress, megapixels=megapixels
     )
@@ -626,7 +575,7 @@ def upscale_file(
     result.info = {"postprocessing": format_pairs(pairs)}
     if existing:
         result.info["parameters"] = existing
-    return layout_save(result, extras_infotext(existing, pairs))
+    return layout_save(result, append_pairs(existing, pairs))
 
 
 @dataclass
