@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sdtui.samplers import (
     SCHEDULE_TYPES,
@@ -21,6 +21,9 @@ from sdtui.samplers import (
 )
 
 RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and fill")
+# where the engine keeps the model, like A1111's --medvram / --lowvram: auto (from free VRAM),
+# normal, low (model CPU offload), lowest (sequential offload); config.MEMORY_MODES lists them
+MemoryMode = Literal["auto", "normal", "low", "lowest"]
 # A1111 draws random seeds in [0, 4294967294) (processing.get_fixed_seed) but takes any seed
 # torch's generator takes, and image i of a job uses seed + i with no wrap-around
 # (processing.process_images_inner: ``int(seed) + x``), so seeds past 2**32 - 1 are real seeds.

@@ -23,13 +23,13 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sdtui.config import Settings, state_dir
 from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
 from sdtui.ipc.paths import WINDOWS, DaemonPaths, check_owned
-from sdtui.params import GenerationParams, UpscaleParams
+from sdtui.params import GenerationParams, MemoryMode, UpscaleParams
 
 ENGINE_LOG = "engine.log"
 LOG_ROTATE_BYTES = 20 * 2**20
@@ -141,7 +141,7 @@ def _absolute_env() -> dict[str, str]:
 
 
 def _absolute(settings: Settings) -> Settings:
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in ("a1111_dir", "models_dir", "outputs_dir", "embeddings_dir"):
         v = getattr(settings, f)
         if v is not None:
@@ -257,10 +257,10 @@ class DaemonClient:
         self.pending: dict[int, msg.JobInfo] = {}  # queued and running, in queue order
         self.running: set[int] = set()
         self.workers: dict[int, msg.EngineStatus] = {}
-        self.state: str = "starting"
+        self.state: msg.EngineState = "starting"
         self.started_daemon = False  # this client started the daemon it is attached to
         self._events: queue.Queue[Any] = queue.Queue()
-        self._replies: dict[int, Any] = {}
+        self._replies: dict[int, _Reply] = {}
         self._reply_cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._tokens = itertools.count(1)
@@ -361,8 +361,10 @@ class DaemonClient:
         reply = self._reply(token)
         if isinstance(reply, msg.Refused):
             raise UserError(reply.message)
+        if not isinstance(reply, msg.Submitted):
+            raise _unexpected(reply, "a job")
         self.pending[reply.job.job_id] = reply.job
-        return int(reply.job.job_id)
+        return reply.job.job_id
 
     def cancel(self, job_id: int | None = None) -> None:
         """Interrupt the running job (None: every running one) or remove a queued one."""
@@ -379,7 +381,7 @@ class DaemonClient:
 
         if mode not in MEMORY_MODES:
             raise ValueError(f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}")
-        self._send(msg.SetMemoryMode(mode))
+        self._send(msg.SetMemoryMode(cast(MemoryMode, mode)))
 
     def restart(self) -> list[int]:
         """New engine workers (the daemon's queue is kept); when the daemon itself is gone,
@@ -397,6 +399,8 @@ class DaemonClient:
         token = next(self._tokens)
         self._send(msg.QueryState(token))
         state = self._reply(token)
+        if not isinstance(state, msg.DaemonState):
+            raise _unexpected(state, "its state")
         self._take_state(state)
         return state
 
@@ -494,7 +498,7 @@ class DaemonClient:
         for w in state.workers:
             known = self.workers.get(w.index)
             self.workers[w.index] = msg.EngineStatus(
-                w.state,  # type: ignore[arg-type]
+                w.state,
                 known.detail if known else "",
                 w.device,
                 w.model,
@@ -530,7 +534,7 @@ class DaemonClient:
             "`sdtui queue` lists it"
         )
 
-    def _reply(self, token: int) -> Any:
+    def _reply(self, token: int) -> _Reply:
         deadline = time.monotonic() + REPLY_TIMEOUT_S
         conn = self.conn
         with self._reply_cond:
@@ -574,7 +578,17 @@ class _Gone:
     conn: Any
 
 
-def overall_state(states: list[str]) -> str:
+_Reply = msg.Submitted | msg.Refused | msg.DaemonState  # what answers a token
+
+
+def _unexpected(reply: _Reply, asked: str) -> UserError:
+    return UserError(
+        f"the engine daemon answered {type(reply).__name__} when asked for {asked}: "
+        "stop it with `sdtui daemon stop` and start sdtui again"
+    )
+
+
+def overall_state(states: list[msg.EngineState]) -> msg.EngineState:
     """One word for several workers: busy if any is, then loading, ready, starting."""
     for word in ("busy", "loading", "ready", "starting", "crashed"):
         if word in states:

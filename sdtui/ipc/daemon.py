@@ -231,7 +231,7 @@ class WorkerHandle:
     device: Device
     process: Any = None
     conn: Any = None
-    state: str = "stopped"
+    state: msg.EngineState = "stopped"
     model: str | None = None
     model_path: str | None = None
     job_id: int | None = None
@@ -424,12 +424,15 @@ class Daemon:
         assert self.store is not None
         import psutil
 
-        pids = []
+        pids: list[tuple[int, float]] = []
         for w in self.workers:
-            with contextlib.suppress(psutil.Error, TypeError):
-                pids.append((w.pid, psutil.Process(w.pid).create_time()))
+            pid = w.pid
+            if pid is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                pids.append((pid, psutil.Process(pid).create_time()))
         with contextlib.suppress(StoreError):
-            self.store.set_workers(os.getpid(), pids)  # type: ignore[arg-type]
+            self.store.set_workers(os.getpid(), pids)
 
     # -- threads that feed the inbox ----------------------------------------------------
 
@@ -696,25 +699,25 @@ class Daemon:
         self.progress[job.id] = (0, 0, len([i for i in done if i >= 0]))
         w.job_id = job.id
         settings = self._job_settings(job, w)
-        if job.kind == "generate":
-            w.send(msg.SubmitGenerate(job.id, job.params, settings, done))  # type: ignore[arg-type]
+        if isinstance(job.params, GenerationParams):  # the store reads params by job.kind
+            w.send(msg.SubmitGenerate(job.id, job.params, settings, done))
         else:
-            w.send(msg.SubmitUpscale(job.id, job.params, settings, done))  # type: ignore[arg-type]
+            w.send(msg.SubmitUpscale(job.id, job.params, settings, done))
         if done:
             self.broadcast(
                 msg.Log("info", f"job #{job.id} resumes: {len(done)} image(s) were saved before", job.id)
             )
 
     def _job_settings(self, job: JobRecord, w: WorkerHandle) -> Settings:
-        folders = {k: Path(v) for k, v in job.folders.items() if k in FOLDER_KEYS}
+        folders: dict[str, Any] = {k: Path(v) for k, v in job.folders.items() if k in FOLDER_KEYS}
         return dataclasses.replace(self.settings, device=w.device.engine_device, **folders)
 
-    def _finish(self, job_id: int, state: str, message: str | None = None) -> None:
+    def _finish(self, job_id: int, state: msg.JobState, message: str | None = None) -> None:
         assert self.store is not None
         self.jobs.pop(job_id, None)
         self.progress.pop(job_id, None)
         try:
-            self.store.finish(job_id, state, message)  # type: ignore[arg-type]
+            self.store.finish(job_id, state, message)
         except StoreError as e:
             log(e.message)
             self.broadcast(msg.Log("error", e.message, job_id))
@@ -949,19 +952,19 @@ def _same_user(conn: Connection) -> bool:
             sock.close()
     except OSError:
         return True
-    _, uid, _ = struct.unpack("3i", creds)
+    uid: int = struct.unpack("3i", creds)[1]
     return uid == os.getuid()
 
 
 def _lock(f: Any) -> None:
     """An exclusive lock that the kernel drops when the process dies, however it dies."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    if sys.platform == "win32":  # pragma: no cover
         import msvcrt
 
         msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
         return
+    import fcntl
+
     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 

@@ -12,10 +12,12 @@ instead of an unpickling error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sdtui.config import Settings
-from sdtui.params import GenerationParams, UpscaleParams
+from sdtui.jobstore import JobKind as JobKind  # re-exported: the queue's words are the protocol's
+from sdtui.jobstore import JobState as JobState
+from sdtui.params import GenerationParams, MemoryMode, UpscaleParams
 
 PROTOCOL_VERSION = 2  # 1 was the engine child of a single TUI (multiprocessing queues)
 HELLO, WELCOME, REFUSED = "sdtui-hello", "sdtui-welcome", "sdtui-refused"
@@ -77,7 +79,7 @@ class SetMemoryMode:
     """Change the memory mode (auto, normal, low, lowest) from the next job on; the loaded
     model is moved (or reloaded) at once."""
 
-    mode: str
+    mode: MemoryMode
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,6 @@ class Shutdown:
 Command = SubmitGenerate | SubmitUpscale | Cancel | Skip | LoadModel | SetMemoryMode | Shutdown
 
 # -- client -> daemon (besides Cancel, Skip, LoadModel, SetMemoryMode) ------------------------
-
-JobKind = Literal["generate", "upscale"]
-
 
 @dataclass(frozen=True)
 class Submit:
@@ -121,7 +120,8 @@ class QueryState:
 # -- engine worker -> daemon -> clients --------------------------------------------------------
 
 EngineState = Literal["starting", "loading", "ready", "busy", "crashed", "stopped"]
-ENGINE_STATES: tuple[EngineState, ...] = ("starting", "loading", "ready", "busy", "crashed", "stopped")
+ENGINE_STATES: tuple[EngineState, ...] = get_args(EngineState)
+LogLevel = Literal["info", "warning", "error"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class EngineStatus:
 
 @dataclass(frozen=True)
 class Log:
-    level: str  # "info" | "warning" | "error"
+    level: LogLevel
     text: str
     job_id: int | None = None
 
@@ -223,7 +223,7 @@ class JobInfo:
 
     job_id: int
     kind: JobKind
-    state: str  # queued | running | done | failed | cancelled
+    state: JobState
     summary: str
     images_total: int
     submitted_by: str
@@ -257,7 +257,7 @@ class JobQueued:
 class WorkerInfo:
     index: int
     device: str
-    state: str
+    state: EngineState
     model: str | None = None
     pid: int | None = None
     job_id: int | None = None
