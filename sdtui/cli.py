@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -22,6 +23,8 @@ from sdtui.safe_text import json_dumps, one_line, visible
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+QUIET, NORMAL, VERBOSE = -1, 0, 1  # -q, neither, -v
+SHELLS = ("bash", "zsh", "fish")
 
 
 def _device(text: str) -> str:
@@ -52,6 +55,9 @@ def _folder_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
     g.add_argument("--fast-path", choices=FAST_PATHS, help="CUDA: auto (channels_last + torch.compile), nocompile, off", **d)
     g.add_argument("--config", type=Path, help="settings file (default: the platform's config folder)", **d)
     g.add_argument("--no-daemon", action="store_true", help="a private engine that ends with this command, instead of the shared daemon", **d)
+    o = p.add_argument_group("what is said")
+    o.add_argument("-q", "--quiet", action="store_true", help="only errors and the saved paths", **d)
+    o.add_argument("-v", "--verbose", action="store_true", help="the engine's log lines and debug details too", **d)
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -124,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hires-upscaler", default="Latent")
     g.add_argument("--vae", default="Automatic", help="a VAE from models/VAE, or Automatic")
     g.add_argument("--preview-every", type=int, default=0, help="send a live preview every N steps (0 = off)")
+    g.add_argument("-o", "--output", metavar="FILE", help="also write the image to FILE (a .png, replaced if it exists; the "
+                   "copy in outputs/ stays); several images need {n} in the name: cat-{n}.png")
     g.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
     g.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
     _folder_flags(g)
@@ -154,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     gp = sub.add_parser("gpu", help="print the GPU table (like nvidia-smi) once")
     gp.add_argument("--json", action="store_true")
     _folder_flags(gp)
+
+    c = sub.add_parser("completion", help="print the shell completion script for bash, zsh or fish", description=(
+        "Print a completion script for your shell (commands, options, sampler and schedule "
+        "names, files). Install it once, e.g. `sdtui completion bash > "
+        "~/.local/share/bash-completion/completions/sdtui`; the README has zsh and fish."))
+    c.add_argument("shell", choices=SHELLS)
     return parser
 
 
@@ -208,10 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = saved
 
 
+def verbosity(args: argparse.Namespace) -> int:
+    """QUIET (-q: errors and the saved paths), NORMAL, or VERBOSE (-v: engine log lines, debug)."""
+    quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
+    if quiet and verbose:
+        raise ParamError("quiet", "-q/--quiet and -v/--verbose ask for opposite things: give one of them")
+    return QUIET if quiet else VERBOSE if verbose else NORMAL
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "completion":
+            sys.stdout.write(completion_script(args.shell, parser))
+            return EXIT_OK
+        args.level = verbosity(args)
         if args.command in (None, "attach"):
             from sdtui.tui.launch import run_tui
 
@@ -339,18 +365,22 @@ def release(client: Any) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from sdtui.ipc import protocol as msg
 
+    level = getattr(args, "level", NORMAL)
     params = params_from(args)
+    if args.detach and getattr(args, "no_daemon", False):
+        raise ParamError("detach", "--detach needs the daemon: leave out --no-daemon")
+    output = None
+    if args.output is not None:
+        output = OutputFile.check(args.output, params.batch_size * params.batch_count, args.detach)
     settings = settings_from(args)
     _check_init_image(params.init_image, settings)
     _check_outputs(settings)
-    if params.model in ("demo", "sdtui-demo") and not args.json:
+    if params.model in ("demo", "sdtui-demo") and not args.json and level > QUIET:
         print(
             "sdtui: using the built-in demo model: tiny random weights, so its images are noise. "
             f"For real images put a checkpoint in {settings.checkpoints} or pass --a1111-dir.",
             file=sys.stderr,
         )
-    if args.detach and getattr(args, "no_daemon", False):
-        raise ParamError("detach", "--detach needs the daemon: leave out --no-daemon")
     client = engine_client(args, settings, "sdtui generate")
     try:
         job_id = client.submit(params)
@@ -361,18 +391,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         release(client)
         print(job_id)
         return EXIT_OK
-    _say_queued(client, job_id)
+    _debug_attached(client, job_id, level)
+    if level > QUIET:
+        _say_queued(client, job_id)
     note = daemon_note(client)
-    bar = ProgressBar(enabled=not args.json and sys.stderr.isatty() or os.environ.get("SDTUI_FORCE_PROGRESS") == "1")
-    final = follow_job(client, job_id, args.json, bar)
-    if not isinstance(final, msg.JobFailed) and not args.json:
+    display = JobDisplay("generate", job_id, level, live=_live_progress(args.json, level))
+    final = follow_job(client, job_id, args.json, display, output)
+    if not isinstance(final, msg.JobFailed) and not args.json and level > QUIET:
         n = len(final.paths)
         print(f"sdtui: {n} image{'s' if n != 1 else ''} in {final.seconds:.1f} s", file=sys.stderr)
-    if note and not args.json:
+    if note and not args.json and level > QUIET:
         print(note, file=sys.stderr)
-    if isinstance(final, msg.JobFailed):
+    if isinstance(final, msg.JobFailed) or (output is not None and output.failed):
         return EXIT_FAILED
     return EXIT_CANCELLED if final.cancelled else EXIT_OK
+
+
+def _debug_attached(client: Any, job_id: int, level: int) -> None:
+    if level < VERBOSE:
+        return
+    where = (
+        f"a private engine (pid {client.pid}) in {client.paths.folder}"
+        if client.private
+        else f"the engine daemon (pid {client.pid}, {client.paths.address})"
+    )
+    print(f"sdtui: debug: job #{job_id} submitted to {where}", file=sys.stderr)
 
 
 def _say_queued(client: Any, job_id: int) -> None:
@@ -385,7 +428,9 @@ def _say_queued(client: Any, job_id: int) -> None:
         )
 
 
-def follow_job(client: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any:
+def follow_job(
+    client: Any, job_id: int, as_json: bool, display: JobDisplay, output: OutputFile | None = None
+) -> Any:
     """Print a job's events until it ends (paths on stdout, the rest on stderr, or JSON
     lines); ctrl+c cancels it, keeping what is saved. Detaches; returns the last event.
     Other clients' jobs share the daemon: their events are not this command's."""
@@ -407,10 +452,8 @@ def follow_job(client: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any
                     if as_json:
                         print(json_dumps(event_json(e)), flush=True)
                     if isinstance(e, msg.Progress):
-                        bar.update(e)
-                        continue
-                    bar.clear()
-                    if isinstance(e, msg.JobDone | msg.JobFailed):
+                        display.progress(e)
+                    elif isinstance(e, msg.JobDone | msg.JobFailed):
                         final = e
                     elif isinstance(e, msg.EngineStatus) and e.state in ("crashed", "stopped") and not client.connected:
                         final = msg.JobFailed(
@@ -418,27 +461,49 @@ def follow_job(client: Any, job_id: int, as_json: bool, bar: ProgressBar) -> Any
                             f"{e.detail.split(';')[0]}: job #{job_id} stays in the queue on disk, "
                             "and `sdtui daemon start` (or any sdtui command) resumes it",
                         )
+                    elif isinstance(e, msg.ImageSaved):
+                        written = output.write(e, display) if output is not None else None
+                        if as_json and written is not None:
+                            print(json_dumps({"event": "OutputWritten", "job_id": job_id, "index": e.index,
+                                              "path": str(written), "source": e.path}), flush=True)
+                        elif not as_json:
+                            display.saved(e, written)
                     elif as_json:
                         continue
-                    elif isinstance(e, msg.ImageSaved):
-                        print(e.path, flush=True)
                     elif isinstance(e, msg.Log):
-                        print(f"sdtui: {e.text}", file=sys.stderr)
+                        display.log(e)
+                    elif isinstance(e, msg.EngineStatus):
+                        display.engine(e)
+                    elif isinstance(e, msg.JobStarted):
+                        display.started(e)
             except KeyboardInterrupt:
                 if cancelled_by_user:
                     raise
                 cancelled_by_user = True
-                bar.clear()
-                print("sdtui: cancelling: images already saved are kept", file=sys.stderr)
+                if display.level > QUIET:
+                    display.say("sdtui: cancelling: images already saved are kept")
                 client.cancel(job_id)
     finally:
-        bar.clear()
+        display.close()
         release(client)
     if isinstance(final, msg.JobFailed):
         print(f"sdtui: {final.message}", file=sys.stderr)
-        if os.environ.get("SDTUI_DEBUG"):
+        if final.detail and (display.level >= VERBOSE or os.environ.get("SDTUI_DEBUG")):
             print(final.detail, file=sys.stderr)
+    elif isinstance(final, msg.JobDone) and display.level >= VERBOSE and not as_json:
+        print(f"sdtui: debug: {_job_stats(final)}", file=sys.stderr)
     return final
+
+
+def _job_stats(done: Any) -> str:
+    parts = [f"job #{done.job_id} took {done.seconds:.2f} s"]
+    if done.peak_vram_allocated is not None:
+        parts.append(f"peak VRAM {_human(done.peak_vram_allocated)} allocated, "
+                     f"{_human(done.peak_vram_reserved or 0)} reserved")
+    if done.rss is not None:
+        parts.append(f"RSS {_human(done.rss)}")
+    parts += [f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}" for k, v in sorted(done.stats.items())]
+    return ", ".join(parts)
 
 
 def daemon_note(client: Any) -> str | None:
@@ -477,32 +542,266 @@ def event_json(e: Any) -> dict[str, Any]:
     return d
 
 
-class ProgressBar:
-    """One line on stderr: bar, step, it/s, ETA."""
+# -- what a followed job shows ----------------------------------------------------------------
 
-    def __init__(self, enabled: bool, width: int = 30) -> None:
-        self.enabled, self.width, self.shown = enabled, width, False
 
-    def update(self, p: Any) -> None:
-        if not self.enabled:
-            return
-        frac = p.step / max(1, p.steps)
-        fill = int(frac * self.width)
-        eta = time.strftime("%M:%S", time.gmtime(p.eta_s)) if p.eta_s < 3600 else f"{p.eta_s / 3600:.1f}h"
-        batch = f" batch {p.batch_index + 1}/{p.batch_count}" if p.batch_count > 1 else ""
-        line = (
-            f"\r[{'#' * fill}{'-' * (self.width - fill)}] {p.step}/{p.steps}{batch} "
-            f"{p.its:.2f} it/s ETA {eta} "
+def _live_progress(as_json: bool, level: int) -> bool:
+    """A live progress display (rich) on stderr: only on a terminal (SDTUI_FORCE_PROGRESS=1
+    forces it), never with --json or -q. Pipes, files and CI get plain lines."""
+    if as_json or level <= QUIET:
+        return False
+    if os.environ.get("SDTUI_FORCE_PROGRESS") == "1":
+        return True
+    try:
+        return bool(raw_stream(sys.stderr).isatty()) and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _same_terminal() -> bool:
+    """stdout and stderr are the same terminal: a path printed while the progress display
+    is shown must go through it, or the two would draw over each other."""
+    try:
+        out, err = raw_stream(sys.stdout), raw_stream(sys.stderr)
+        return bool(out.isatty() and err.isatty()) and os.path.samestat(
+            os.fstat(out.fileno()), os.fstat(err.fileno())
         )
-        raw_stream(sys.stderr).write(line)
-        sys.stderr.flush()
-        self.shown = True
+    except (AttributeError, ValueError, OSError):
+        return False
 
-    def clear(self) -> None:
-        if self.shown:
-            raw_stream(sys.stderr).write("\r\033[K")
-            sys.stderr.flush()
-            self.shown = False
+
+def _eta(seconds: float) -> str:
+    return time.strftime("%M:%S", time.gmtime(seconds)) if seconds < 3600 else f"{seconds / 3600:.1f}h"
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = one_line(text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+class JobDisplay:
+    """Everything `generate` and `upscale` say while they follow a job. On a terminal, a
+    rich progress display on stderr: steps, batch, it/s and ETA as the engine reports them
+    (a spinner with the stage until the steps start, and for upscale jobs, whose engine sends
+    no per-tile progress), with messages printed above it and erased when the job ends.
+    Elsewhere (pipes, files, CI), plain lines only. ``level``: QUIET, NORMAL or VERBOSE."""
+
+    def __init__(self, kind: str, job_id: int, level: int = NORMAL, live: bool = False) -> None:
+        self.kind, self.job_id, self.level, self.live = kind, job_id, level, live
+        self._progress: Any = None  # rich.progress.Progress while shown
+        self._task: Any = None
+        self._stepping = False  # Progress events have come: the bar is determinate
+        self._saved = 0
+
+    # -- the rich display
+
+    def _show(self, description: str) -> None:
+        if not self.live:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            console = Console(
+                file=raw_stream(sys.stderr),
+                force_terminal=True if os.environ.get("SDTUI_FORCE_PROGRESS") == "1" else None,
+                highlight=False,
+            )
+            spinner = "dots" if console.encoding.lower().startswith("utf") else "line"
+            self._progress = Progress(
+                SpinnerColumn(spinner),
+                TextColumn("{task.description}", markup=False),
+                BarColumn(bar_width=30),
+                TextColumn("{task.fields[detail]}", markup=False),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,  # gone at the end: the saved paths and the summary stay
+                redirect_stdout=False,  # stdout carries the paths, never the display
+                redirect_stderr=False,
+                refresh_per_second=8,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=None, detail="")
+        else:
+            self._progress.update(self._task, description=description)
+        self._progress.refresh()  # each stage is drawn, however short
+
+    def stage(self, text: str) -> None:
+        """What the engine is doing before (or, for upscale jobs, instead of) the steps."""
+        if self.live and not self._stepping:
+            self._show(_short(text))
+
+    def progress(self, p: Any) -> None:
+        unit = "tiles" if self.kind == "upscale" else "steps"
+        if not self.live:
+            if self.level >= VERBOSE and p.step >= p.steps:  # plain: one line per batch
+                batch = f"batch {p.batch_index + 1}/{p.batch_count}: " if p.batch_count > 1 else ""
+                self.say(f"sdtui: {batch}{p.step}/{p.steps} {unit}, {p.its:.2f} it/s, ETA {_eta(p.eta_s)}")
+            return
+        steps = max(1, p.steps)
+        what = f"batch {p.batch_index + 1}/{p.batch_count}" if p.batch_count > 1 else self.kind
+        self._show(what)
+        self._stepping = True
+        self._progress.update(
+            self._task,
+            total=steps * max(1, p.batch_count),
+            completed=p.batch_index * steps + min(p.step, steps),
+            detail=f"{p.step}/{p.steps} {unit}  {p.its:.2f} it/s  ETA {_eta(p.eta_s)}",
+        )
+        self._progress.refresh()  # every step the engine reports, as the old bar did
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # -- lines
+
+    def say(self, text: str) -> None:
+        """A line on stderr (above the display while it shows)."""
+        if self._progress is not None:
+            self._progress.console.print(visible(text), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def out(self, text: str) -> None:
+        """A line on stdout (a saved path)."""
+        if self._progress is not None and _same_terminal():
+            self._progress.console.print(visible(text), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+    # -- events
+
+    def saved(self, e: Any, written: Path | None = None) -> None:
+        self.out(str(written) if written is not None else e.path)
+        if written is not None and self.level >= VERBOSE:
+            self.say(f"sdtui: debug: wrote {one_line(str(written))} (a copy of {one_line(e.path)})")
+        self._saved += 1
+        if self.kind == "upscale" and self._progress is not None and not self._stepping:
+            self._progress.update(self._task, detail=f"{self._saved} saved", refresh=True)
+
+    def log(self, e: Any) -> None:
+        if e.level == "error" or (e.level == "warning" and self.level >= NORMAL) or self.level >= VERBOSE:
+            self.say(f"sdtui: {e.text}")
+        if e.level == "info":
+            self.stage(e.text)
+
+    def engine(self, e: Any) -> None:
+        if self.level >= VERBOSE:
+            self.say(f"sdtui: debug: engine {e.state}" + (f": {one_line(e.detail)}" if e.detail else ""))
+        if e.state in ("starting", "loading") and e.detail:
+            self.stage(e.detail)
+        elif e.state == "busy" and e.detail == f"job {self.job_id}":
+            self.stage("upscaling" if self.kind == "upscale" else "starting")
+
+    def started(self, e: Any) -> None:
+        if self.level >= VERBOSE:
+            self.say(f"sdtui: debug: job #{e.job_id} started: {e.images_total} images, {e.steps_total} steps")
+        self.stage("starting")
+
+
+# -- -o/--output ----------------------------------------------------------------------------------
+
+
+class OutputFile:
+    """`generate -o FILE`: each image is also written to FILE (atomically: a temporary file
+    in the same folder, then os.replace); the A1111-layout copy in outputs/ stays. ``{n}`` in
+    the name is the image's index in the job (0-based: its seed is the job's seed + n)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.failed = False
+
+    def path(self, index: int) -> Path:
+        return Path(self.pattern.replace("{n}", str(index))).expanduser()
+
+    @classmethod
+    def check(cls, value: str, images: int, detach: bool) -> OutputFile:
+        """Refuse what cannot work before any image is made: one clear sentence each."""
+        shown = one_line(value)
+        if detach:
+            raise ParamError("output", "--output writes the image when the job ends, and --detach "
+                             "returns at once: leave out one of them")
+        if not value.strip():
+            raise ParamError("output", "--output needs a file name, e.g. --output cat.png")
+        name = Path(value)
+        if "{n}" in str(name.parent):
+            raise ParamError("output", f"--output {shown}: {{n}} goes in the file name, not in a folder")
+        target = cls(value).path(0)
+        if value.endswith(("/", os.sep)) or target.is_dir():
+            raise ParamError("output", f"--output {shown} is a folder: give a file name in it, "
+                             f"e.g. --output {one_line(str(target / 'image.png'))}")
+        if target.suffix.lower() != ".png":
+            raise ParamError("output", f"--output {shown}: sdtui writes PNG images, so name the "
+                             f"file .png (--output {one_line(str(target.with_suffix('.png')))})")
+        if images > 1 and "{n}" not in value:
+            example = one_line(str(name.with_name(f"{name.stem}-{{n}}{name.suffix or '.png'}")))
+            raise ParamError(
+                "output",
+                f"--output {shown} names one file and this job makes {images} images: put {{n}} "
+                f"in the name for one file per image (--output {example}), or leave out --output",
+            )
+        if target.exists() and not target.is_file():
+            raise ParamError("output", f"--output {shown} exists and is not a regular file: give another name")
+        folder = target.parent
+        if not folder.is_dir():
+            why = "is not a folder" if folder.exists() else "does not exist"
+            raise ParamError("output", f"--output {shown}: the folder {one_line(str(folder))} {why}: "
+                             "create it first, or give another path")
+        try:
+            import tempfile
+
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".sdtui-write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(f"cannot write to {one_line(str(folder))} ({e.strerror or e}): give "
+                            "another --output or fix the folder's permissions") from None
+        return cls(value)
+
+    def write(self, e: Any, display: JobDisplay) -> Path | None:
+        """Copy a saved image to its --output file; None for a grid (never written there)."""
+        if e.is_grid or e.index < 0:
+            return None
+        dest = self.path(e.index)
+        try:
+            write_atomic(Path(e.path), dest)
+        except OSError as err:
+            self.failed = True
+            display.say(f"sdtui: could not write {one_line(str(dest))} ({err.strerror or err}): "
+                        f"the image is kept at {one_line(e.path)}")
+            return None
+        return dest
+
+
+def write_atomic(source: Path, dest: Path) -> None:
+    """``dest`` becomes a copy of ``source`` all at once: a reader sees the old file or the
+    whole new one, never a part (a temporary file in the same folder, then os.replace)."""
+    import shutil
+    import stat
+    import tempfile
+
+    if dest.is_dir():
+        raise IsADirectoryError(21, "is a folder", str(dest))
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, stat.S_IMODE(os.stat(source).st_mode))
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # -- models, info, upscale, gpu ------------------------------------------------------------
@@ -642,12 +941,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         release(client)
         print(job_id)
         return EXIT_OK
-    _say_queued(client, job_id)
+    level = getattr(args, "level", NORMAL)
+    _debug_attached(client, job_id, level)
+    if level > QUIET:
+        _say_queued(client, job_id)
     note = daemon_note(client)
-    final = follow_job(client, job_id, args.json, ProgressBar(enabled=False))
-    if note and not args.json:
+    display = JobDisplay("upscale", job_id, level, live=_live_progress(args.json, level))
+    final = follow_job(client, job_id, args.json, display)
+    if note and not args.json and level > QUIET:
         print(note, file=sys.stderr)
-    return EXIT_FAILED if isinstance(final, msg.JobFailed) else EXIT_OK
+    if isinstance(final, msg.JobFailed):
+        return EXIT_FAILED
+    return EXIT_CANCELLED if final.cancelled else EXIT_OK
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
@@ -903,6 +1208,471 @@ def _queue_without_daemon(client: Any, args: argparse.Namespace) -> int:
     else:
         print("sdtui: the queue is empty (no engine daemon is running)")
     return EXIT_OK
+
+
+# -- shell completion -------------------------------------------------------------------------
+#
+# A static script, generated from the argparse parser (so it never goes stale against the
+# flags) and the sampler and schedule names: nothing runs Python at completion time.
+
+
+def _value_lists() -> dict[str, tuple[str, ...]]:
+    from sdtui.extra_networks_index import HIRES_LATENT_UPSCALERS
+
+    return {
+        "sampler": SAMPLER_NAMES,
+        "schedule": SCHEDULE_TYPES,
+        "hires_upscaler": (*HIRES_LATENT_UPSCALERS, "Lanczos", "Nearest"),
+        "upscaler": ("Lanczos", "Nearest"),
+        "device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1"),
+    }
+
+
+def _value_kind(action: argparse.Action, lists: dict[str, tuple[str, ...]]) -> str:
+    """What completes an option's value (or a positional): 'file', 'dir', 'free' (nothing),
+    or the name of a list in ``lists`` (choices are added there)."""
+    dest = action.dest
+    if dest in ("upscaler", "upscaler_2"):
+        return "upscaler"
+    if dest in lists:
+        return dest
+    if action.choices:
+        values = tuple(str(c) for c in action.choices)
+        if lists.setdefault(dest, values) != values:
+            raise ValueError(f"two different choice lists for {dest}")
+        return dest
+    if dest.endswith("_dir"):
+        return "dir"
+    if action.type is Path or dest in ("init_image", "model", "output"):
+        return "file"
+    return "free"
+
+
+@dataclasses.dataclass
+class _Command:
+    help: str = ""
+    options: list[tuple[tuple[str, ...], str, str]] = dataclasses.field(default_factory=list)
+    commands: dict[str, _Command] = dataclasses.field(default_factory=dict)
+    positional: str = "free"  # what completes a word that is no option or subcommand
+
+
+def _help(text: str | None) -> str:
+    if not text or text == argparse.SUPPRESS:
+        return ""
+    return " ".join(text.split())
+
+
+def _command_tree(parser: argparse.ArgumentParser, lists: dict[str, tuple[str, ...]], help: str = "") -> _Command:
+    node = _Command(help=_help(help or parser.description))
+    for action in parser._actions:  # argparse's own record of the flags
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                node.commands[name] = _command_tree(sub, lists, helps.get(name) or "")
+        elif action.option_strings:
+            kind = "flag" if action.nargs == 0 else _value_kind(action, lists)
+            node.options.append((tuple(action.option_strings), kind, _help(action.help)))
+        elif node.positional == "free":
+            node.positional = _value_kind(action, lists)
+    return node
+
+
+def _walk(node: _Command, path: str = "") -> Any:
+    yield path, node
+    for name, sub in node.commands.items():
+        yield from _walk(sub, f"{path}/{name}" if path else name)
+
+
+def _option_kinds(tree: _Command) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for _, node in _walk(tree):
+        for names, kind, _ in node.options:
+            for name in names:
+                if kinds.setdefault(name, kind) != kind:
+                    raise ValueError(f"{name} means two things")
+    return kinds
+
+
+def _sq(text: str) -> str:
+    """A single-quoted word for bash and zsh."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _fq(text: str) -> str:
+    """A single-quoted word for fish (which reads \\\\ and \\' inside single quotes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def completion_script(shell: str, parser: argparse.ArgumentParser | None = None) -> str:
+    lists = _value_lists()
+    tree = _command_tree(parser or build_parser(), lists)
+    kinds = _option_kinds(tree)
+    make = {"bash": _bash_script, "zsh": _zsh_script, "fish": _fish_script}[shell]
+    return make(tree, kinds, lists)
+
+
+def _case_lines(pairs: list[tuple[str, str]], quote: Any = _sq, indent: str = "        ") -> str:
+    return "\n".join(f"{indent}{quote(k)}) {v} ;;" for k, v in pairs)
+
+
+def _bash_script(tree: _Command, kinds: dict[str, str], lists: dict[str, tuple[str, ...]]) -> str:
+    nodes = list(_walk(tree))
+    subcommands = _case_lines([(p, f"echo {_sq(' '.join(n.commands))}") for p, n in nodes if n.commands])
+    options = _case_lines([(p, "echo " + _sq(" ".join(x for names, _, _ in n.options for x in names)))
+                           for p, n in nodes])
+    positional = _case_lines([(p, f"echo {n.positional}") for p, n in nodes if n.positional != "free"])
+    kind = _case_lines([(o, f"echo {k}") for o, k in sorted(kinds.items()) if k != "flag"])
+    values = _case_lines([(name, "printf '%s\\n' " + " ".join(_sq(v) for v in vs)) for name, vs in lists.items()])
+    return f"""# bash completion for sdtui {__version__}, made by `sdtui completion bash`.
+# Install: sdtui completion bash > ~/.local/share/bash-completion/completions/sdtui
+# (or add `source <(sdtui completion bash)` to ~/.bashrc)
+
+_sdtui_subcommands() {{
+    case $1 in
+{subcommands}
+    esac
+}}
+
+_sdtui_options() {{
+    case $1 in
+{options}
+    esac
+}}
+
+_sdtui_positional() {{
+    case $1 in
+{positional}
+        *) echo free ;;
+    esac
+}}
+
+_sdtui_kind() {{  # what an option's value is: flag (none), file, dir, free, or a list
+    case $1 in
+{kind}
+        *) echo flag ;;
+    esac
+}}
+
+_sdtui_list() {{
+    case $1 in
+{values}
+    esac
+}}
+
+_sdtui_reply() {{  # $1: what to complete, $2: the word so far, $3: a prefix (--option=)
+    local IFS=$'\\n' word=$2 quote= value escaped
+    case $1 in
+        free) COMPREPLY=() ;;
+        file | dir)
+            [[ -z $3 ]] && compopt -o filenames 2>/dev/null
+            if [[ $1 == dir ]]; then
+                COMPREPLY=($(compgen -d -- "$word"))
+            else
+                COMPREPLY=($(compgen -f -- "$word"))
+            fi
+            [[ -n $3 ]] && COMPREPLY=("${{COMPREPLY[@]/#/$3}}")
+            ;;
+        *)
+            case $word in
+                \\"*) quote=\\"; word=${{word:1}} ;;
+                \\'*) quote=\\'; word=${{word:1}} ;;
+            esac
+            COMPREPLY=()
+            while IFS= read -r value; do
+                printf -v escaped '%q' "$value"
+                if [[ -n $quote ]]; then
+                    [[ $value == "$word"* ]] && COMPREPLY+=("$3$quote$value$quote")
+                elif [[ $value == "${{word//\\\\/}}"* || $escaped == "$word"* ]]; then
+                    COMPREPLY+=("$3$escaped")
+                fi
+            done < <(_sdtui_list "$1")
+            ;;
+    esac
+}}
+
+_sdtui() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev= cmdpath= word sub i skip=0 opt= kind
+    ((COMP_CWORD > 0)) && prev=${{COMP_WORDS[COMP_CWORD - 1]}}
+    # the subcommands typed so far (daemon/start), skipping option values
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word=${{COMP_WORDS[i]}}
+        if ((skip)); then
+            [[ $word == = ]] || skip=0  # bash splits --option=value at the =
+            continue
+        fi
+        case $word in
+            -*=*) ;;
+            -*) [[ $(_sdtui_kind "$word") != flag ]] && skip=1 ;;
+            *)
+                for sub in $(_sdtui_subcommands "$cmdpath"); do
+                    if [[ $word == "$sub" ]]; then
+                        cmdpath=${{cmdpath:+$cmdpath/}}$word
+                        break
+                    fi
+                done
+                ;;
+        esac
+    done
+    # an option's value: --sampler X, --sampler=X (one word, or three when = breaks words)
+    if [[ $cur == -*=* ]]; then
+        kind=$(_sdtui_kind "${{cur%%=*}}")
+        if [[ $kind != flag ]]; then
+            _sdtui_reply "$kind" "${{cur#*=}}" "${{cur%%=*}}="
+            return
+        fi
+    fi
+    if [[ $cur == = ]]; then
+        opt=$prev
+        cur=
+    elif [[ $prev == = ]] && ((COMP_CWORD > 1)); then
+        opt=${{COMP_WORDS[COMP_CWORD - 2]}}
+    elif [[ $prev == -* ]]; then
+        opt=$prev
+    fi
+    if [[ -n $opt ]]; then
+        kind=$(_sdtui_kind "$opt")
+        if [[ $kind != flag ]]; then
+            _sdtui_reply "$kind" "$cur" ""
+            return
+        fi
+    fi
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$(_sdtui_options "$cmdpath")" -- "$cur"))
+        return
+    fi
+    local subs
+    subs=$(_sdtui_subcommands "$cmdpath")
+    if [[ -n $subs ]]; then
+        COMPREPLY=($(compgen -W "$subs" -- "$cur"))
+        return
+    fi
+    _sdtui_reply "$(_sdtui_positional "$cmdpath")" "$cur" ""
+}}
+
+complete -F _sdtui sdtui
+"""
+
+
+def _zsh_script(tree: _Command, kinds: dict[str, str], lists: dict[str, tuple[str, ...]]) -> str:
+    nodes = list(_walk(tree))
+
+    def described(items: list[tuple[str, str]]) -> str:
+        return "(" + " ".join(_sq(f"{name}:{text}" if text else name) for name, text in items) + ")"
+
+    subcommands = _case_lines(
+        [(p, f"reply={described([(c, s.help) for c, s in n.commands.items()])}") for p, n in nodes if n.commands],
+        indent="        (",
+    )
+    options = _case_lines(
+        [(p, f"reply={described([(x, h) for names, _, h in n.options for x in names])}") for p, n in nodes],
+        indent="        (",
+    )
+    positional = _case_lines([(p, f"REPLY={n.positional}") for p, n in nodes if n.positional != "free"], indent="        (")
+    kind = _case_lines([(o, f"REPLY={k}") for o, k in sorted(kinds.items()) if k != "flag"], indent="        (")
+    values = _case_lines([(name, "reply=(" + " ".join(_sq(v) for v in vs) + ")") for name, vs in lists.items()],
+                         indent="        (")
+    return f"""#compdef sdtui
+# zsh completion for sdtui {__version__}, made by `sdtui completion zsh`.
+# Install: sdtui completion zsh > ~/.zfunc/_sdtui, and in ~/.zshrc before compinit:
+#   fpath=(~/.zfunc $fpath); autoload -Uz compinit; compinit
+# (or, after compinit: source <(sdtui completion zsh))
+
+_sdtui_subcommands() {{
+    reply=()
+    case $1 in
+{subcommands}
+    esac
+}}
+
+_sdtui_options() {{
+    reply=()
+    case $1 in
+{options}
+    esac
+}}
+
+_sdtui_positional() {{
+    REPLY=free
+    case $1 in
+{positional}
+    esac
+}}
+
+_sdtui_kind() {{  # what an option's value is: flag (none), file, dir, free, or a list
+    REPLY=flag
+    case $1 in
+{kind}
+    esac
+}}
+
+_sdtui_list() {{
+    reply=()
+    case $1 in
+{values}
+    esac
+}}
+
+_sdtui_values() {{
+    local -a reply
+    case $1 in
+        (free) _message value ;;
+        (file) _files ;;
+        (dir) _files -/ ;;
+        (*)
+            _sdtui_list $1
+            compadd -a reply
+            ;;
+    esac
+}}
+
+_sdtui() {{
+    local cmdpath= word cur=${{words[CURRENT]}} i skip=0 REPLY
+    local -a reply names
+    # the subcommands typed so far (daemon/start), skipping option values
+    for ((i = 2; i < CURRENT; i++)); do
+        word=${{words[i]}}
+        if ((skip)); then
+            skip=0
+            continue
+        fi
+        case $word in
+            (-*=*) ;;
+            (-*)
+                _sdtui_kind $word
+                [[ $REPLY != flag ]] && skip=1
+                ;;
+            (*)
+                _sdtui_subcommands $cmdpath
+                names=(${{reply%%:*}})
+                if ((${{names[(Ie)$word]}})); then
+                    cmdpath=${{cmdpath:+$cmdpath/}}$word
+                fi
+                ;;
+        esac
+    done
+    if [[ $cur == -*=* ]]; then
+        _sdtui_kind ${{cur%%=*}}
+        if [[ $REPLY != flag ]]; then
+            compset -P '*='
+            _sdtui_values $REPLY
+            return
+        fi
+    fi
+    if [[ ${{words[CURRENT-1]}} == -* ]]; then
+        _sdtui_kind ${{words[CURRENT-1]}}
+        if [[ $REPLY != flag ]]; then
+            _sdtui_values $REPLY
+            return
+        fi
+    fi
+    if [[ $cur == -* ]]; then
+        _sdtui_options $cmdpath
+        _describe -t options option reply
+        return
+    fi
+    _sdtui_subcommands $cmdpath
+    if (($#reply)); then
+        _describe -t commands command reply
+        return
+    fi
+    _sdtui_positional $cmdpath
+    [[ $REPLY != free ]] && _sdtui_values $REPLY
+}}
+
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+    _sdtui "$@"
+else
+    compdef _sdtui sdtui
+fi
+"""
+
+
+def _fish_script(tree: _Command, kinds: dict[str, str], lists: dict[str, tuple[str, ...]]) -> str:
+    nodes = list(_walk(tree))
+
+    def case(pairs: list[tuple[str, str]], default: str = "") -> str:
+        body = "".join(f"        case {_fq(k)}\n            {v}\n" for k, v in pairs)
+        return body + (f"        case '*'\n            {default}\n" if default else "")
+
+    def value_flags(kind: str) -> str:
+        if kind == "file":
+            return "-r -F"
+        if kind == "dir":
+            return "-x -a '(__fish_complete_directories)'"
+        if kind == "free":
+            return "-x"
+        return f"-x -a {_fq(f'(__sdtui_list {kind})')}"
+
+    lines = []
+    for path, node in nodes:
+        at = f"-n {_fq(f'__sdtui_at {_fq(path)}')}"
+        for name, sub in node.commands.items():
+            lines.append(f"complete -c sdtui {at} -a {_fq(name)} -d {_fq(sub.help)}")
+        for names, kind, text in node.options:
+            spec = " ".join(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}" for n in names)
+            extra = "" if kind == "flag" else " " + value_flags(kind)
+            lines.append(f"complete -c sdtui {at} {spec}{extra} -d {_fq(text)}".rstrip())
+        if not node.commands and node.positional != "free":  # a file (info, upscale) or a list
+            kind = node.positional
+            what = "-F" if kind in ("file", "dir") else f"-a {_fq(f'(__sdtui_list {kind})')}"
+            lines.append(f"complete -c sdtui {at} {what}")
+    subcommands = case([(p, "printf '%s\\n' " + " ".join(_fq(c) for c in n.commands)) for p, n in nodes if n.commands])
+    kind = case([(o, f"echo {k}") for o, k in sorted(kinds.items()) if k != "flag"], "echo flag")
+    values = case([(name, "printf '%s\\n' " + " ".join(_fq(v) for v in vs)) for name, vs in lists.items()])
+    body = "\n".join(lines)
+    return f"""# fish completion for sdtui {__version__}, made by `sdtui completion fish`.
+# Install: sdtui completion fish > ~/.config/fish/completions/sdtui.fish
+
+function __sdtui_subcommands
+    switch "$argv[1]"
+{subcommands}    end
+end
+
+function __sdtui_kind  # what an option's value is: flag (none), file, dir, free, or a list
+    switch "$argv[1]"
+{kind}    end
+end
+
+function __sdtui_list
+    switch "$argv[1]"
+{values}    end
+end
+
+function __sdtui_path  # the subcommands typed so far (daemon/start), skipping option values
+    set -l tokens (commandline -opc)
+    set -e tokens[1]
+    set -l cmdpath ''
+    set -l skip 0
+    for word in $tokens
+        if test $skip = 1
+            set skip 0
+            continue
+        end
+        switch $word
+            case '-*=*'
+            case '-*'
+                test (__sdtui_kind $word) != flag; and set skip 1
+            case '*'
+                if contains -- $word (__sdtui_subcommands "$cmdpath")
+                    if test -z "$cmdpath"
+                        set cmdpath $word
+                    else
+                        set cmdpath "$cmdpath/$word"
+                    end
+                end
+        end
+    end
+    echo $cmdpath
+end
+
+function __sdtui_at
+    set -l here (__sdtui_path)
+    test "$here" = "$argv[1]"
+end
+
+complete -c sdtui -f
+{body}
+"""
 
 
 if __name__ == "__main__":  # pragma: no cover
