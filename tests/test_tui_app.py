@@ -191,27 +191,27 @@ async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
         await pilot.press("right")
         await pilot.pause()
         picked = grid.paths[1]
-        assert app.selected_path == picked
+        assert app.main.selected_path == picked
         await pilot.press("f3")
         await pilot.pause()
         state = app.main.query_one(SettingsForm).state
         assert (state.mode, state.params.width, state.params.height) == ("img2img", 128, 128)
         assert state.params.denoising_strength == 0.75 and state.params.init_image == picked
-        app.set_form_field("batch_count", "1")
-        app.set_form_field("batch_size", "1")
+        app.main.set_form_field("batch_count", "1")
+        app.main.set_form_field("batch_size", "1")
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: done_jobs(app) == 2, 90)
         [i2i] = pngs(out / "img2img-images")
         info = parse_infotext(read_infotext(i2i) or "")
         assert info.pairs["Size"] == "128x128" and info.pairs["Denoising strength"] == "0.75"
         assert Image.open(i2i).size == (128, 128)
-        assert app.selected_path == str(i2i)
+        assert app.main.selected_path == str(i2i)
 
         # send the result to extras and upscale it with Lanczos
         await pilot.press("f4")
         await pilot.pause()
-        app.set_form_field("upscaler", "Lanczos")
-        app.set_form_field("upscale_scale", "2")
+        app.main.set_form_field("upscaler", "Lanczos")
+        app.main.set_form_field("upscale_scale", "2")
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: done_jobs(app) == 3, 60)
         [up] = pngs(out / "extras-images")
@@ -230,13 +230,13 @@ async def test_workflow_txt2img_batch_img2img_2x_extras_full_view(
 
         # queue: a second job waits behind a long first one and can be removed; then the
         # first is interrupted (long enough that no machine finishes it first)
-        app.set_form_field("mode", "txt2img")
-        app.set_form_field("steps", "500")
-        app.set_form_field("batch_count", "50")  # minutes of work: it only ends by interrupt
-        app.set_size(64, 64)
+        app.main.set_form_field("mode", "txt2img")
+        app.main.set_form_field("steps", "500")
+        app.main.set_form_field("batch_count", "50")  # minutes of work: it only ends by interrupt
+        app.main.set_size(64, 64)
         await pilot.press("ctrl+g")
-        app.set_form_field("steps", "2")
-        app.set_form_field("batch_count", "1")
+        app.main.set_form_field("steps", "2")
+        app.main.set_form_field("batch_count", "1")
         await pilot.press("ctrl+g")
         await pilot.pause()
         queue = app.main.query_one(QueueView)
@@ -269,13 +269,13 @@ async def test_daemon_killed_f12_starts_a_new_one_and_the_queue_resumes(
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: "attached to the engine daemon" in log_text(app), 30)
         await type_prompt(pilot, "before the crash")
-        app.set_form_field("steps", "12")
-        app.set_form_field("batch_count", "3")
+        app.main.set_form_field("steps", "12")
+        app.main.set_form_field("batch_count", "3")
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: "saved " in log_text(app), 90)
         old_pid = engine.pid
         os.kill(old_pid, signal.SIGKILL)  # the OOM killer, say
-        await wait_for(pilot, lambda: app.engine_state == "crashed", 10)
+        await wait_for(pilot, lambda: app.main.engine_state == "crashed", 10)
         assert app.main.query_one(StatusBar).line.state == "crashed"
         assert "press F12" in log_text(app) and "the queue is kept on disk" in log_text(app)
         await pilot.press("ctrl+g")  # no daemon to take it: said, and the form is kept
@@ -309,8 +309,8 @@ async def test_a_cli_job_shows_in_the_tui_queue_with_who_queued_it(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "attached to the engine daemon" in log_text(app), 30)
         # the app's own long job keeps the CLI's waiting in the queue
-        app.set_form_field("steps", "300")
-        app.set_form_field("batch_count", "20")
+        app.main.set_form_field("steps", "300")
+        app.main.set_form_field("batch_count", "20")
         await type_prompt(pilot, "the app's job")
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: "started" in log_text(app), 60)
@@ -330,14 +330,14 @@ async def test_a_cli_job_shows_in_the_tui_queue_with_who_queued_it(
         queue = app.main.query_one(QueueView)
         await wait_for(pilot, lambda: cli_job in [e.job_id for e in queue.entries], 20)
         assert f"job #{cli_job} queued by sdtui generate (pid" in log_text(app)
-        entry = app.job_summary(cli_job)
+        entry = app.main.job_summary(cli_job)
         assert '"from another shell"' in entry and "sdtui generate (pid" in entry
         await pilot.press("escape")  # interrupt the app's job: the CLI's runs next
         await wait_for(pilot, lambda: f"job #{cli_job} started" in log_text(app), 60)
         assert "from another shell\" (queued by sdtui generate (pid" in log_text(app)
         await wait_for(pilot, lambda: f"job #{cli_job} done" in log_text(app), 60)
         [image] = [p for p in pngs(tui_env.outputs / "txt2img-images") if p.name.endswith("-77.png")]
-        assert app.selected_path == str(image)
+        assert app.main.selected_path == str(image)
 
 
 # -- the form, remembered ---------------------------------------------------------------------
@@ -349,9 +349,9 @@ async def test_form_comes_back_at_next_start(tui_env: Settings) -> None:
     app = fake_app(tui_env, form_state=initial_form(args, tui_env), remember_form=True)
     async with app.run_test() as pilot:
         await type_prompt(pilot, "a lighthouse, (storm:1.2)")
-        app.set_form_field("steps", "33")
-        app.set_form_field("sampler", "DPM++ 2M")
-        app.set_size(768, 512)
+        app.main.set_form_field("steps", "33")
+        app.main.set_form_field("sampler", "DPM++ 2M")
+        app.main.set_size(768, 512)
         await pilot.pause()
         await pilot.press("ctrl+q")
     state = load_form_state()
@@ -382,7 +382,7 @@ async def test_generate_saves_the_form_and_submits(tui_env: Settings) -> None:
     [params] = host.pending.values()
     assert params.prompt == "a cat" and params.width == 64
     # previews no faster than the screen redraws them: each one waits for the GPU
-    from sdtui.tui.app import PREVIEW_INTERVAL
+    from sdtui.tui.screens.main import PREVIEW_INTERVAL
 
     assert params.preview_interval == PREVIEW_INTERVAL > 0
     saved = load_form_state()
@@ -426,7 +426,7 @@ async def test_invalid_field_shows_message_and_blocks_generate(tui_env: Settings
     host = FakeHost()
     app = fake_app(tui_env, host=host)
     async with app.run_test(size=(80, 24)) as pilot:
-        app.set_form_field("width", "100")
+        app.main.set_form_field("width", "100")
         await pilot.pause()
         label = app.main.query_one("#width-error")
         assert "multiple of 8" in str(label.render())
@@ -434,7 +434,7 @@ async def test_invalid_field_shows_message_and_blocks_generate(tui_env: Settings
         await pilot.pause()
         assert host.pending == {}
         assert "not generated: width 100" in log_text(app)
-        app.set_form_field("width", "96")
+        app.main.set_form_field("width", "96")
         await pilot.pause()
         assert str(label.render()) == ""
         await pilot.press("ctrl+g")
@@ -459,15 +459,14 @@ async def test_engine_events_drive_status_preview_grid_and_log(
             msg.JobStarted(1, 2, 4),
             msg.Progress(1, 1, 2, 0, 2, its=3.5, eta_s=75),
         ]
-        await pilot.pause(0.2)
         status = app.main.query_one(StatusBar)
+        await wait_for(pilot, lambda: status.line.its == 3.5, 10)
         assert status.line.its == 3.5 and status.line.model == "sdtui-demo"
         assert "1:15" in str(status.render())
         buf = __import__("io").BytesIO()
         Image.new("RGB", (16, 16), "blue").save(buf, "PNG")
         host.events = [msg.Preview(1, 1, buf.getvalue(), 16, 16)]
-        await pilot.pause(0.2)
-        assert "preview" in app.main.query_one("#preview").caption
+        await wait_for(pilot, lambda: "preview" in app.main.preview.caption, 10)
         host.pending.clear()
         host.running_job = None
         host.events = [
@@ -475,12 +474,12 @@ async def test_engine_events_drive_status_preview_grid_and_log(
             msg.JobDone(1, (str(image),), 2.0),
             msg.JobFailed(2, "out of memory: lower the size", "Traceback"),
         ]
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: "job #2 failed" in log_text(app), 10)
         text = log_text(app)
         assert text.count("loaded sdtui-demo") <= 1, "one line per model load"
         assert f"saved {image}" in text and "job #1 done: 1 image in 2.0 s" in text
         assert "job #2 failed: out of memory: lower the size" in text
-        assert app.selected_path == str(image)
+        assert app.main.selected_path == str(image)
 
 
 @run_async
@@ -491,7 +490,7 @@ async def test_remove_queued_job_key(tui_env: Settings) -> None:
         await type_prompt(pilot, "one")
         await pilot.press("ctrl+g", "ctrl+g")
         host.running_job = 1
-        app.refresh_queue()
+        app.main.refresh_queue()
         await pilot.pause()
         assert [e.job_id for e in app.main.query_one(QueueView).entries] == [1, 2]
         await pilot.press("f10", "down", "x")
@@ -505,11 +504,11 @@ async def test_palette_lists_every_action(tui_env: Settings) -> None:
 
     app = fake_app(tui_env)
     async with app.run_test() as pilot:
-        app.selected_path = __file__  # any existing file makes the image actions available
-        app.last_failure = msg.JobFailed(1, "boom", "Traceback")  # makes the detail available
+        app.main.show_images([__file__])  # any existing file makes the image actions available
+        app.main.book.last_failure = msg.JobFailed(1, "boom", "Traceback")  # makes the detail available
         host: FakeHost = app.host  # type: ignore[assignment]
         host.running_job = 7
-        titles = {title for title, _, _ in _commands(app)}
+        titles = {title for title, _, _ in _commands(app.main)}
         assert {a.title for a in ACTIONS} <= titles
         assert "Switch model: demo" in titles and "Memory mode: lowest" in titles
         await pilot.press("ctrl+p")
@@ -552,7 +551,7 @@ async def test_interrupt_and_skip_only_while_busy(tui_env: Settings) -> None:
     host = FakeHost()
     app = fake_app(tui_env, host=host)
     async with app.run_test() as pilot:
-        assert app.check_action("interrupt", ()) is False
+        assert app.main.check_action("interrupt", ()) is False
         host.running_job = 3
         host.pending[3] = object()
         await pilot.press("escape")
@@ -571,11 +570,11 @@ async def test_hires_fix_memory_mode_and_error_detail_on_the_demo_model(
     form = FormState(params=TINY.replace(steps=2, prompt="a hires cube"))
     app = SdtuiApp(engine, tui_env, form_state=form, gpu_interval=None, remember_form=False)
     async with app.run_test(size=(100, 30)) as pilot:
-        app.set_form_field("enable_hr", "1")
-        app.set_form_field("hr_scale", "1.5")
-        app.set_form_field("hr_second_pass_steps", "2")
-        app.set_form_field("hr_upscaler", "Latent")
-        app.set_form_field("clip_skip", "2")
+        app.main.set_form_field("enable_hr", "1")
+        app.main.set_form_field("hr_scale", "1.5")
+        app.main.set_form_field("hr_second_pass_steps", "2")
+        app.main.set_form_field("hr_upscaler", "Latent")
+        app.main.set_form_field("clip_skip", "2")
         await pilot.pause()
         assert "x1.5 Latent" in str(app.main.query_one("#hires").title)
         await pilot.press("ctrl+g")
@@ -587,15 +586,15 @@ async def test_hires_fix_memory_mode_and_error_detail_on_the_demo_model(
         assert info.pairs["Hires upscaler"] == "Latent" and info.pairs["Clip skip"] == "2"
 
         # the memory mode command reaches the engine, which says so in the job log
-        app.set_memory_mode("low")
+        app.main.set_memory_mode("low")
         await wait_for(pilot, lambda: "memory mode set to low" in log_text(app), 30)
         assert app.main.query_one(StatusBar).line.memory_mode == "low"
 
         # a job that fails: the log has the plain message, ctrl+t the traceback
         broken = tmp_path / "broken.png"
         broken.write_bytes(b"not a png at all")
-        app.set_form_field("init_image", str(broken))
-        app.set_form_field("mode", "img2img")
+        app.main.set_form_field("init_image", str(broken))
+        app.main.set_form_field("mode", "img2img")
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: "failed:" in log_text(app), 60)
         assert "Traceback" not in log_text(app)
@@ -603,7 +602,7 @@ async def test_hires_fix_memory_mode_and_error_detail_on_the_demo_model(
         await pilot.pause()
         assert type(app.screen).__name__ == "ErrorDetailScreen"
         detail = app.screen.query_one("#error-detail").text
-        assert app.last_failure is not None and detail == app.last_failure.detail
+        assert app.main.book.last_failure is not None and detail == app.main.book.last_failure.detail
         assert "Traceback" in detail
         await pilot.press("escape")
         await pilot.pause()
@@ -635,13 +634,13 @@ async def test_palette_and_picker_insert_loras_and_embeddings(
 ) -> None:
     app = fake_app(_networks(tui_env, tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.catalog.complete, 10)
-        assert app.catalog.loras == ["shiny_style"] and app.catalog.embeddings == ["easynegative"]
+        await wait_for(pilot, lambda: app.main.catalog.complete, 10)
+        assert app.main.catalog.loras == ["shiny_style"] and app.main.catalog.embeddings == ["easynegative"]
         await type_prompt(pilot, "a cat,")
         await _palette(pilot, "Insert LoRA: shiny")
         prompt = app.main.query_one("#prompt", PromptArea)
         assert prompt.text == "a cat, <lora:shiny_style:1>"
-        assert app.form_state.params.prompt == "a cat, <lora:shiny_style:1>"
+        assert app.main.form_state.params.prompt == "a cat, <lora:shiny_style:1>"
 
         # ctrl+k: the picker, filtered by typing; it inserts where the cursor was
         negative = app.main.query_one("#negative", PromptArea)
@@ -670,8 +669,8 @@ async def test_token_counter_counts_an_embedding_as_its_vectors(tui_env: Setting
     torch.save({"string_to_param": {"*": torch.zeros(8, 768)}, "name": "easynegative"}, emb)
     app = fake_app(tui_env.replace(embeddings_dir=emb.parent))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.catalog.complete, 10)
-        assert app.catalog.embedding_sizes == (("easynegative", 8),)
+        await wait_for(pilot, lambda: app.main.catalog.complete, 10)
+        assert app.main.catalog.embedding_sizes == (("easynegative", 8),)
         negative = app.main.query_one("#negative", PromptArea)
         negative.load_text("blurry, easynegative")
         want = count_tokens("blurry, ").tokens + 8
@@ -712,8 +711,8 @@ async def test_hires_and_more_fields_validate_submit_and_come_back(tui_env: Sett
     app = fake_app(tui_env, host=host, remember_form=True)
     async with app.run_test(size=(80, 24)) as pilot:
         assert app.main.query_one("#hires").collapsed
-        app.set_form_field("enable_hr", "1")
-        app.set_form_field("hr_scale", "9")
+        app.main.set_form_field("enable_hr", "1")
+        app.main.set_form_field("hr_scale", "9")
         await pilot.pause()
         await pilot.press("ctrl+g")
         await pilot.pause()
@@ -723,14 +722,14 @@ async def test_hires_and_more_fields_validate_submit_and_come_back(tui_env: Sett
         assert not app.main.query_one("#hires").collapsed
         assert app.focused is app.main.query_one("#hr_scale")
         assert "between 1 and 4" in str(app.main.query_one("#hr_scale-error").render())
-        app.set_form_field("hr_scale", "1.5")
-        app.set_form_field("clip_skip", "5")
+        app.main.set_form_field("hr_scale", "1.5")
+        app.main.set_form_field("clip_skip", "5")
         await pilot.pause()
         assert "clip skip 5" in str(app.main.query_one("#clip_skip-error").render())
-        app.set_form_field("clip_skip", "2")
-        app.set_form_field("vae", "None")
-        app.set_form_field("subseed", "77")
-        app.set_form_field("subseed_strength", "0.3")
+        app.main.set_form_field("clip_skip", "2")
+        app.main.set_form_field("vae", "None")
+        app.main.set_form_field("subseed", "77")
+        app.main.set_form_field("subseed_strength", "0.3")
         await pilot.press("ctrl+g")
         await pilot.pause()
         [params] = host.pending.values()
@@ -765,6 +764,179 @@ async def test_error_detail_screen_shows_the_traceback(tui_env: Settings) -> Non
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.main
+
+
+# -- the first ten minutes: focus, panes, A1111's words, the demo model --------------------
+
+
+def _contrast(a: Any, b: Any) -> float:
+    """WCAG contrast ratio of two colours (1 to 21)."""
+
+    def luminance(c: Any) -> float:
+        def channel(v: int) -> float:
+            x = v / 255
+            return x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4
+
+        r, g, b = c.rgb
+        return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@run_async
+async def test_the_focused_field_is_marked_plainly_in_every_theme(tui_env: Settings) -> None:
+    from textual.widgets import Label
+
+    app = fake_app(tui_env)
+    async with app.run_test(size=(100, 30)) as pilot:
+        form = app.main.form
+        steps, cfg = form.query_one("#steps"), form.query_one("#cfg_scale")
+        steps.focus()
+        await pilot.pause()
+        label = steps.parent.query(Label).first() if steps.parent else None
+        assert label is not None and str(label.render()) == "Steps"
+        # the ANSI themes draw in the terminal's own palette: its colours decide there
+        themes = sorted(t for t in app.available_themes if not t.startswith("ansi"))
+        assert len(themes) >= 10
+        for name in themes:
+            app.theme = name
+            await pilot.pause()
+            kind, mark = steps.styles.border_left
+            assert kind == "outer", name  # a bar at the field's left...
+            assert cfg.styles.border_left[0] == "blank", name  # ...the other fields: none
+            # ...in a colour that stands out from the form and from the field (WCAG AA)
+            assert _contrast(mark, form.background_colors[1]) >= 4.5, name
+            assert _contrast(mark, steps.background_colors[1]) >= 4.5, name
+            assert label.styles.color == mark and label.styles.text_style.bold, name
+        prompt = app.main.query_one("#prompt", PromptArea)
+        prompt.focus()
+        await pilot.pause()
+        assert prompt.styles.border_left[0] == "outer"
+        assert steps.styles.border_left[0] == "blank"
+
+
+def _pngs(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"0000{i}-{10 + i}.png" for i in range(n)]
+    for i, p in enumerate(paths):
+        Image.new("RGB", (64, 64), (40 * i, 0, 0)).save(p)
+    return paths
+
+
+@run_async
+async def test_each_pane_has_a_key_the_active_one_shows_and_f2_takes_the_grids_pick(
+    tui_env: Settings, tmp_path: Path
+) -> None:
+    host = FakeHost()
+    app = fake_app(tui_env, host=host)
+    paths = _pngs(tmp_path / "out", 3)
+    async with app.run_test(size=(100, 30)) as pilot:
+        main = app.main
+        host.events = [
+            msg.JobStarted(1, 3, 6),
+            *(msg.ImageSaved(1, i, str(p), 10 + i, "") for i, p in enumerate(paths)),
+            msg.JobDone(1, tuple(str(p) for p in paths), 1.0),
+        ]
+        await wait_for(pilot, lambda: len(main.grid.paths) == 3, 10)
+        prompt = main.query_one("#prompt", PromptArea)
+        assert app.focused is prompt and main.prompt_editor.has_class("-active-pane")
+        assert "F1" in str(main.grid.border_title) and "F11" in str(
+            main.prompt_editor.query_one(".prompt-label").render()
+        )
+
+        await pilot.press("f1")  # to the images: arrows now move the grid's cursor
+        assert app.focused is main.grid
+        assert main.grid.has_class("-active-pane") and not main.prompt_editor.has_class("-active-pane")
+        await pilot.press("right")  # "the top middle one"
+        await pilot.pause()
+        assert main.grid.selected_path == str(paths[1])
+        assert paths[1].name in main.preview.caption  # the preview shows the pick
+        await pilot.press("f2")
+        await pilot.pause()
+        state = main.form.state
+        assert state.mode == "img2img" and state.params.init_image == str(paths[1])
+        assert prompt.text == ""  # the arrow did not go to the prompt
+
+        await pilot.press("ctrl+f")  # to the settings
+        assert app.focused is not None and main.form in app.focused.ancestors
+        assert main.form.has_class("-active-pane") and not main.grid.has_class("-active-pane")
+        await pilot.press("f11")  # back to the prompt
+        assert app.focused is prompt and main.prompt_editor.has_class("-active-pane")
+
+
+@run_async
+async def test_f3_img2img_at_2x_makes_one_image_as_in_a1111(tui_env: Settings, tmp_path: Path) -> None:
+    app = fake_app(tui_env)
+    paths = _pngs(tmp_path / "out", 2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        main = app.main
+        main.set_form_field("batch_count", "3")
+        main.set_form_field("batch_size", "6")
+        main.show_images([str(p) for p in paths], select=str(paths[1]))
+        await pilot.press("f3")
+        await pilot.pause()
+        p = main.form.state.params
+        assert (main.form.state.mode, p.init_image, p.width, p.height) == (
+            "img2img", str(paths[1]), 128, 128
+        )
+        assert (p.batch_count, p.batch_size, p.denoising_strength) == (1, 1, 0.75)
+
+
+@run_async
+async def test_batch_count_and_batch_size_are_named_as_in_a1111(tui_env: Settings) -> None:
+    from textual.widgets import Label
+
+    app = fake_app(tui_env)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        row = app.main.form.query_one("#batch_count").parent
+        assert row is not None
+        assert [str(label.render()) for label in row.query(Label)] == ["Batch count", "Batch size"]
+        assert all(app.main.form.query_one(f"#{f}").region.width >= 3 for f in ("batch_count", "batch_size"))
+
+
+@run_async
+async def test_the_demo_model_gets_quick_defaults_and_one_line_saying_what_it_is(
+    tui_env: Settings,
+) -> None:
+    host = FakeHost()
+    stock = FormState(params=GenerationParams(model="demo", seed=42))  # 512x512, 20 steps
+    app = fake_app(tui_env, host=host, form_state=stock)
+    loaded = msg.ModelLoaded("sdtui-demo", "SD1", 0.1, 9_900_000, "/m")
+    async with app.run_test(size=(80, 24)) as pilot:
+        host.events = [loaded]
+        await wait_for(pilot, lambda: "demo model" in log_text(app), 10)
+        raw = app.main.form.raw_values()
+        assert (raw["width"], raw["height"], raw["steps"]) == ("256", "256", "8")
+        [line] = [text for _, text in app.main.job_log.entries if "demo model" in text]
+        assert "noise" in line and str(tui_env.checkpoints) in line and "ctrl+l" in line
+        await type_prompt(pilot, "a cube")
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        [params] = host.pending.values()
+        assert (params.width, params.height, params.steps) == (256, 256, 8)
+        host.events = [loaded]  # loaded again: nothing more is said
+        await pilot.pause(0.3)
+        assert log_text(app).count("demo model") == 1
+
+    # a form the user set keeps its values; the line is still said
+    host2 = FakeHost()
+    app2 = fake_app(tui_env, host=host2)  # 64x64, 2 steps
+    async with app2.run_test(size=(80, 24)) as pilot:
+        host2.events = [loaded]
+        await wait_for(pilot, lambda: "demo model" in log_text(app2), 10)
+        raw = app2.main.form.raw_values()
+        assert (raw["width"], raw["steps"]) == ("64", "2") and "form set" not in log_text(app2)
+
+
+def test_sdtui_demo_starts_with_the_quick_form(tui_env: Settings) -> None:
+    args = argparse.Namespace(demo=True, model=None, graphics=None)
+    p = initial_form(args, tui_env).params
+    assert (p.model, p.width, p.height, p.steps) == ("demo", 256, 256, 8)
+    save_form_state(FormState(params=GenerationParams(model="demo", width=768, steps=30)))
+    p = initial_form(args, tui_env).params
+    assert (p.width, p.steps) == (768, 30)  # what the user chose last time stays
 
 
 # -- snapshots --------------------------------------------------------------------------------
@@ -817,11 +989,11 @@ def test_snapshot_main_160x48(snap_compare: Any, tui_env: Settings) -> None:
 def test_snapshot_hires_section_open_80x24(snap_compare: Any, tui_env: Settings) -> None:
     async def open_hires(pilot: Any) -> None:
         await _steady(pilot)
-        pilot.app.set_form_field("enable_hr", "1")
-        pilot.app.set_form_field("hr_scale", "1.5")
-        pilot.app.form().reveal("hr_scale")
+        pilot.app.main.set_form_field("enable_hr", "1")
+        pilot.app.main.set_form_field("hr_scale", "1.5")
+        pilot.app.main.form.reveal("hr_scale")
         await pilot.pause(0.2)
-        pilot.app.form().scroll_end(animate=False)
+        pilot.app.main.form.scroll_end(animate=False)
         await pilot.pause()
 
     assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=open_hires)

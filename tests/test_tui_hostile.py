@@ -67,7 +67,7 @@ from sdtui.tui import graphics
 from sdtui.tui.app import SdtuiApp
 from sdtui.tui.catalog import Catalog, discover_catalog
 from sdtui.tui.form_state import FormState
-from sdtui.tui.widgets.image_view import ImageGrid, PreviewImage
+from sdtui.tui.widgets.image_view import PreviewImage
 from sdtui.tui.widgets.job_log import JobLog
 from sdtui.tui.widgets.prompt_editor import PromptArea
 from sdtui.tui.widgets.queue_view import QueueView
@@ -287,8 +287,7 @@ async def load_png(pilot: Any, path: Path | str) -> None:
 
 
 def select(app: SdtuiApp, path: Path | str) -> None:
-    app.main.query_one(ImageGrid).set_images([str(path)])
-    app.select_image(str(path))
+    app.main.show_images([str(path)])
 
 
 # -- ctrl+o / F7: bad values, bad files ------------------------------------------------------
@@ -378,8 +377,8 @@ async def test_a_named_pipe_is_never_opened(tui_env: Settings, tmp_path: Path) -
                     await pilot.pause()
             assert "is a named pipe" in log_entries(app)[-1][1]
             # as init image: the form says so and Generate does not submit
-            app.set_form_field("mode", "img2img")
-            app.set_form_field("init_image", str(pipe))
+            app.main.set_form_field("mode", "img2img")
+            app.main.set_form_field("init_image", str(pipe))
             await pilot.pause()
             assert "named pipe" in app.main.query_one(SettingsForm).errors.get("init_image", "")
             await pilot.press("ctrl+g")
@@ -510,7 +509,7 @@ async def test_escape_sequences_in_a_png_never_reach_the_terminal(tui_env: Setti
         prompt = prompt_text(app)
         assert "\x1b" not in prompt and "\x07" not in prompt and "\x9b" not in prompt
         assert "^[]52;c;aGVsbG8=^G" in prompt and "[@click=app.quit]q[/]" in prompt
-        assert "\x1b" not in app.form_state.params.prompt
+        assert "\x1b" not in app.main.form_state.params.prompt
         assert form_values(app)["seed"] == "4242"
         assert not any(_is_control(ch) for _, line in log_entries(app) for ch in line)
         assert_no_leak(app, "main screen after reuse")
@@ -572,7 +571,7 @@ async def test_engine_and_daemon_text_is_shown_not_sent(tui_env: Settings) -> No
             msg.JobQueued(job),
         ]
         await wait_for(pilot, lambda: "queued by" in log_text(app))
-        app.refresh_queue()
+        app.main.refresh_queue()
         await pilot.pause()
         assert app.main.query_one(QueueView).display
         text = assert_no_leak(app, "status bar, log, queue")
@@ -622,14 +621,14 @@ async def test_a_malformed_checkpoint_is_named_and_the_rest_listed(
         remember_form=False,
     )
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.catalog.complete)
+        await wait_for(pilot, lambda: app.main.catalog.complete)
         await pilot.pause()
-        assert "good" in app.model_names and "demo" in app.model_names
-        assert "bad" not in app.model_names and "worse" not in app.model_names
-        assert app.catalog.loras == [f"shiny{TITLE}[bold]"]
+        assert "good" in app.main.model_names and "demo" in app.main.model_names
+        assert "bad" not in app.main.model_names and "worse" not in app.main.model_names
+        assert app.main.catalog.loras == [f"shiny{TITLE}[bold]"]
         lines = [line for _, line in log_entries(app) if "bad.safetensors" in line]
         assert len(lines) == 1 and lines[0].startswith("models/Stable-diffusion/bad.safetensors: ")
-        app.refresh_catalog()  # listed again: said once
+        app.main.refresh_catalog()  # listed again: said once
         await pilot.pause(0.5)
         assert len([1 for _, line in log_entries(app) if "bad.safetensors" in line]) == 1
         # the pickers and the palette show the names as named

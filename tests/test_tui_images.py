@@ -410,6 +410,22 @@ async def test_full_view_shows_infotext_and_browses(tmp_path: Path) -> None:
 
 
 @sync
+async def test_full_view_has_one_caption_line(tmp_path: Path) -> None:
+    """Size, seed, steps and name once, in the title with the keys (there used to be a
+    second caption line under the image, saying it again)."""
+    paths = make_sample_images(tmp_path, 2)
+    app = ImageApp(paths, mode="halfcell", view="full", with_preview=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        rows = ["".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()]
+        captions = [r for r in rows if "seed 1000 · 20 steps" in r]  # the info says "Seed: 1000"
+        assert len(captions) == 1, rows
+        assert "esc close" in captions[0] and "←/→ 1/2" in captions[0]
+        assert paths[0].name in captions[0]
+        assert not app.screen.query_one("#full-image #preview-caption").display
+
+
+@sync
 async def test_full_view_narrow_and_without_infotext(tmp_path: Path) -> None:
     from PIL import Image
 

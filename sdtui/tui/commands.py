@@ -17,12 +17,12 @@ from textual.markup import escape
 from sdtui.safe_text import one_line
 
 if TYPE_CHECKING:
-    from sdtui.tui.app import SdtuiApp
+    from sdtui.tui.screens.main import MainScreen
 
 
 @dataclass(frozen=True)
 class ActionSpec:
-    action: str  # SdtuiApp.action_<action>
+    action: str  # MainScreen.action_<action>
     keys: str  # Textual key names, comma separated; the first is shown in the footer
     label: str  # footer text, short
     title: str  # command palette title
@@ -32,6 +32,13 @@ class ActionSpec:
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec(
+        "focus_images",
+        "f1",
+        "Images",
+        "Go to the images",
+        "move to the image grid: arrows pick the image F2-F7 act on",
+    ),
     ActionSpec(
         "generate",
         "ctrl+g,ctrl+enter",
@@ -118,6 +125,17 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "move to the queue; Delete removes the highlighted job",
     ),
     ActionSpec(
+        "focus_prompt", "f11", "Prompt", "Go to the prompt", "move to the prompt", show=False
+    ),
+    ActionSpec(
+        "focus_settings",
+        "ctrl+f",
+        "Settings",
+        "Go to the settings",
+        "move to the settings form (the field used last)",
+        show=False,
+    ),
+    ActionSpec(
         "restart_engine",
         "f12",
         "Restart",
@@ -154,10 +172,16 @@ MEMORY_MODE_HELP = {
 def bindings() -> list[Binding]:
     return [
         Binding(
-            a.keys, f"app.{a.action}", a.label, show=a.show, priority=a.priority, tooltip=a.help
+            a.keys, a.action, a.label, show=a.show, priority=a.priority, tooltip=a.help
         )
         for a in ACTIONS
     ]
+
+
+def key_of(action: str) -> str:
+    """How the first key of ``action`` is written in a pane's title: ``F1``, ``^f``."""
+    key = next(a.keys for a in ACTIONS if a.action == action).split(",")[0]
+    return "^" + key.removeprefix("ctrl+") if key.startswith("ctrl+") else key.upper()
 
 
 def shown(text: str) -> str:
@@ -166,72 +190,72 @@ def shown(text: str) -> str:
     return escape(one_line(text))
 
 
-def _commands(app: SdtuiApp) -> Iterator[tuple[str, Callable[[], Any], str]]:
-    for title, callback, help_text in _raw_commands(app):
+def _commands(main: MainScreen) -> Iterator[tuple[str, Callable[[], Any], str]]:
+    for title, callback, help_text in _raw_commands(main):
         yield shown(title), callback, shown(help_text)
 
 
-def _raw_commands(app: SdtuiApp) -> Iterator[tuple[str, Callable[[], Any], str]]:
+def _raw_commands(main: MainScreen) -> Iterator[tuple[str, Callable[[], Any], str]]:
     for spec in ACTIONS:
-        if app.check_action(spec.action, ()) is True:
+        if main.check_action(spec.action, ()) is True:
             key = spec.keys.split(",")[0]
-            yield spec.title, getattr(app, f"action_{spec.action}"), f"{spec.help}  [{key}]"
-    for name in app.model_names:
-        yield f"Switch model: {name}", partial(app.switch_model, name), "load this checkpoint now"
-    for name in app.catalog.loras:
+            yield spec.title, getattr(main, f"action_{spec.action}"), f"{spec.help}  [{key}]"
+    for name in main.model_names:
+        yield f"Switch model: {name}", partial(main.switch_model, name), "load this checkpoint now"
+    for name in main.catalog.loras:
         yield (
             f"Insert LoRA: {name}",
-            partial(app.insert_lora, name),
+            partial(main.insert_lora, name),
             f"<lora:{name}:1> at the prompt cursor",
         )
-    for name in app.catalog.embeddings:
+    for name in main.catalog.embeddings:
         yield (
             f"Insert embedding: {name}",
-            partial(app.insert_embedding, name),
+            partial(main.insert_embedding, name),
             "its name at the prompt cursor",
         )
     from sdtui.config import MEMORY_MODES
 
     for mode in MEMORY_MODES:
-        current = " (current)" if mode == app.memory_mode else ""
+        current = " (current)" if mode == main.memory_mode else ""
         yield (
             f"Memory mode: {mode}",
-            partial(app.set_memory_mode, mode),
+            partial(main.set_memory_mode, mode),
             f"{MEMORY_MODE_HELP[mode]}{current}",
         )
     yield (
         "Refresh model lists",
-        app.refresh_catalog,
+        main.refresh_catalog,
         "list checkpoints, upscalers, VAEs, LoRAs and embeddings again",
     )
-    for job_id in app.queued_job_ids():
+    for job_id in main.queued_job_ids():
         yield (
             f"Remove queued job #{job_id}",
-            partial(app.remove_job, job_id),
-            app.job_summary(job_id),
+            partial(main.remove_job, job_id),
+            main.job_summary(job_id),
         )
     for mode in ("txt2img", "img2img", "extras"):
-        yield f"Mode: {mode}", partial(app.set_form_field, "mode", mode), "switch the form's mode"
+        yield f"Mode: {mode}", partial(main.set_form_field, "mode", mode), "switch the form's mode"
     from sdtui.tui.form_state import SIZE_PRESETS
 
     for w, h in SIZE_PRESETS:
-        yield f"Size {w}x{h}", partial(app.set_size, w, h), "set width and height"
+        yield f"Size {w}x{h}", partial(main.set_size, w, h), "set width and height"
 
 
 class SdtuiCommands(Provider):
-    """The command palette's sdtui commands."""
+    """The command palette's sdtui commands (the main screen's ``COMMANDS``)."""
 
     @property
-    def _app(self) -> SdtuiApp:
-        return self.app  # type: ignore[return-value]
+    def _main(self) -> MainScreen:
+        return self.screen  # type: ignore[return-value]
 
     async def discover(self) -> Hits:
-        for title, callback, help_text in _commands(self._app):
+        for title, callback, help_text in _commands(self._main):
             yield DiscoveryHit(title, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for title, callback, help_text in _commands(self._app):
+        for title, callback, help_text in _commands(self._main):
             score = matcher.match(title)
             if score > 0:
                 yield Hit(score, matcher.highlight(title), callback, help=help_text)

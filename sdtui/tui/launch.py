@@ -21,7 +21,7 @@ from typing import Any
 
 from sdtui.config import Settings
 from sdtui.ipc.client import DaemonClient
-from sdtui.tui.form_state import FormState, load_form_state
+from sdtui.tui.form_state import FormState, is_demo_model, load_form_state, with_demo_defaults
 
 EXIT_HANGUP = 129
 
@@ -49,6 +49,8 @@ def initial_form(args: argparse.Namespace, settings: Settings) -> FormState:
         state = state.with_params(model="demo")
     elif state.params.model is None and settings.default_model:
         state = state.with_params(model=settings.default_model)
+    if is_demo_model(state.params.model):
+        state = with_demo_defaults(state)  # seconds an image on a CPU, not minutes
     return state
 
 

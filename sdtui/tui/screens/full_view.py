@@ -125,7 +125,8 @@ class FullViewScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         yield Static("", id="full-title", markup=False)
         with Container(id="full-body"):
-            yield PreviewImage(id="full-image", mode=self._mode, placeholder="")
+            # no caption under the image: the title line says it (one caption line, not two)
+            yield PreviewImage(id="full-image", mode=self._mode, placeholder="", caption=False)
             with VerticalScroll(id="full-info", can_focus=False):
                 yield Static("", id="full-info-text")
 
@@ -142,9 +143,15 @@ class FullViewScreen(ModalScreen[None]):
     def _show(self) -> None:
         path = self.path
         count = len(self._paths)
-        where = f"  {self._index + 1}/{count} · ←/→ browse" if count > 1 else ""
-        self.query_one("#full-title", Static).update(f"{one_line(Path(path).name)}{where} · esc close")
-        self.query_one("#full-image", PreviewImage).show_path(path)
+        image = self.query_one("#full-image", PreviewImage)
+        image.show_path(path)
+        # the keys first (a narrow terminal cuts the end), then the image's caption: size,
+        # seed, steps and name (just the name when it cannot be shown)
+        parts = ["esc close"]
+        if count > 1:
+            parts.append(f"←/→ {self._index + 1}/{count}")
+        parts.append(image.caption or one_line(Path(path).name))
+        self.query_one("#full-title", Static).update(" · ".join(parts))
         self.query_one("#full-info-text", Static).update(infotext_view(path))
         self.query_one("#full-info", VerticalScroll).scroll_home(animate=False)
 

@@ -620,10 +620,10 @@ class ImageGrid(Widget, can_focus=True):
     def shape(self) -> GridShape:
         return self._shape
 
-    def set_images(self, paths: list[str] | list[Path]) -> None:
-        """Show these images (in this order); the cursor stays on the same file if it is
-        still there, else goes to the first."""
-        keep = self.selected_path
+    def set_images(self, paths: list[str] | list[Path], *, select: str | None = None) -> None:
+        """Show these images (in this order) with the cursor on ``select``; without it, the
+        cursor stays on the same file if it is still there, else goes to the first."""
+        keep = select if select is not None else self.selected_path
         self._paths = [os.fspath(p) for p in paths]
         index = self._paths.index(keep) if keep in self._paths else 0
         self.set_reactive(ImageGrid.cursor, index)

@@ -87,6 +87,7 @@ class SettingsForm(VerticalScroll):
     SettingsForm .row { height: 1; margin: 0 0 0 0; }
     SettingsForm .row > Label { width: 10; color: $text-muted; }
     SettingsForm .row > Label.inner { width: auto; padding: 0 1; }
+    SettingsForm .row > Label.wide { width: auto; padding-right: 1; }
     SettingsForm .row Input { width: 1fr; }
     SettingsForm .row Select { width: 1fr; }
     SettingsForm .row Button { width: auto; min-width: 4; margin-left: 1; }
@@ -105,6 +106,17 @@ class SettingsForm(VerticalScroll):
     SettingsForm Collapsible > Contents { padding: 0; }
     SettingsForm CollapsibleTitle { padding: 0; color: $text-muted; }
     SettingsForm CollapsibleTitle:focus { color: $text; }
+    /* the focused field: a bar at its left and its row's name in bold, both in
+       $text-primary, which reads on the background of every built-in theme (a shade alone is
+       lost in many; $accent is pale on the light ones) */
+    SettingsForm .row > Input, SettingsForm .row > Select, SettingsForm .row > Checkbox {
+        border-left: blank !important;
+    }
+    SettingsForm .row > Input:focus, SettingsForm .row > Select:focus,
+    SettingsForm .row > Checkbox:focus {
+        border-left: outer $text-primary !important;
+    }
+    SettingsForm .row:focus-within > Label:first-of-type { color: $text-primary; text-style: bold; }
     """
 
     def __init__(
@@ -193,10 +205,24 @@ class SettingsForm(VerticalScroll):
         yield self._error("width")
         yield self._error("height")
         with Horizontal(classes="row gen"):
-            yield Label("Batches")
-            yield Input(v["batch_count"], id="batch_count", type="integer", compact=True)
-            yield Label("of", classes="inner")
-            yield Input(v["batch_size"], id="batch_size", type="integer", compact=True)
+            # A1111's words: batch count (batches one after another), batch size (images
+            # made together, in one pass)
+            yield Label("Batch count", classes="wide")
+            yield Input(
+                v["batch_count"],
+                id="batch_count",
+                type="integer",
+                compact=True,
+                tooltip="batches, one after another",
+            )
+            yield Label("Batch size", classes="inner")
+            yield Input(
+                v["batch_size"],
+                id="batch_size",
+                type="integer",
+                compact=True,
+                tooltip="Batch size: images made together, in one pass",
+            )
         yield self._error("batch_count")
         yield self._error("batch_size")
         with Horizontal(classes="row i2i"):
@@ -290,7 +316,7 @@ class SettingsForm(VerticalScroll):
                 yield Label("Memory")
                 yield self._select("memory_mode", MEMORY_MODES, v["memory_mode"] or "auto")
         yield Button(
-            "Generate", id="generate", variant="primary", action="app.generate", compact=True
+            "Generate", id="generate", variant="primary", action="screen.generate", compact=True
         )
 
     def on_mount(self) -> None:
