@@ -40,11 +40,17 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler", default_schedule="Karras"),
         SamplerSpec("DDIM", "DDIMScheduler"),
         SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),  # plain PLMS, as SD used
-        # A1111: its own UniPC, variant bh1, order 3, time-uniform from t=1 to 1/N
+        # A1111: its own UniPC, variant bh1, order 3, time-uniform from t=1 to 1/N, ending at
+        # the model's smallest sigma (not 0); diffusers' rounds the timesteps to integers
         SamplerSpec(
             "UniPC",
             "UniPCMultistepScheduler",
-            {"solver_type": "bh1", "solver_order": 3, "timestep_spacing": "linspace"},
+            {
+                "solver_type": "bh1",
+                "solver_order": 3,
+                "timestep_spacing": "linspace",
+                "final_sigmas_type": "sigma_min",
+            },
         ),
     ]
 }

@@ -89,6 +89,36 @@ def test_timestep_samplers_solve_the_ode() -> None:
         a_end, a_start = ac[timesteps[0]], ac[timesteps[-1]]
         exact = x_t * ((a_end * S**2 + 1 - a_end) / (a_start * S**2 + 1 - a_start)) ** 0.5
         assert float((out - exact).abs().max() / exact.abs().max()) < tol
+    # UniPC: from continuous t=1 (the model's last timestep, 999) to t=1/N (timestep 0)
+    def eps_cont(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t may be fractional
+        lo = t.floor().long().clamp(0, 998)
+        w = (t - lo).view(-1, 1, 1, 1)
+        la = 0.5 * ac.log()
+        a = ((la[lo] + w.flatten() * (la[lo + 1] - la[lo])) * 2).exp().view(-1, 1, 1, 1)
+        return x * (1 - a).sqrt() / (a * S**2 + (1 - a))
+
+    # UniPC's own error on A1111's time-uniform grid is first order (its last step, order 1 by
+    # lower_order_final, spans most of the log-SNR range): check it shrinks, and check it
+    # against diffusers' UniPCMultistepScheduler, an independent port of the same algorithm
+    # (bh1, order 3, data prediction), on the integer-rounded version of that grid
+    import diffusers
+
+    a_end, a_start = ac[0], ac[999]
+    exact = x_t * ((a_end * S**2 + 1 - a_end) / (a_start * S**2 + 1 - a_start)) ** 0.5
+    errors = []
+    for steps in (10, 20, 50):
+        out = ksampling.unipc(eps_cont, x_t, torch.arange(steps), ac)
+        errors.append(float((out - exact).abs().max() / exact.abs().max()))
+        ref = diffusers.UniPCMultistepScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, solver_type="bh1",
+            solver_order=3, timestep_spacing="linspace", final_sigmas_type="sigma_min",
+        )
+        ref.set_timesteps(steps)
+        x = x_t.clone()
+        for t in ref.timesteps:
+            x = ref.step(eps_cont(x, t.float().reshape(1)), t, x).prev_sample
+        assert float((x - out).abs().max() / out.abs().max()) < 1e-3, steps
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.025, errors
 
 
 def test_a1111_timesteps_and_model_calls() -> None:
@@ -195,11 +225,14 @@ def _calls(session: Any, params: GenerationParams, out: Path) -> tuple[Any, list
     # 5 steps: timesteps [1, 201, 401, 601, 801]; DDIM runs 4, PLMS calls 601 twice
     ("DDIM", [801, 601, 401, 201]),
     ("PLMS", [801, 601, 601, 401, 201]),
+    # UniPC: len(timesteps) = 5 steps over t = linspace(1, 1/1000, 6); the model sees
+    # (t - 1/1000) * 1000; the last step has no corrector call
+    ("UniPC", [999.0, 799.2, 599.4, 399.6, 199.8]),
 ])
 def test_ddim_and_plms_call_the_model_as_a1111(session: Any, tmp_path: Path, sampler: str, timesteps: list) -> None:
     done, seen = _calls(session, GenerationParams(**TINY, sampler=sampler), tmp_path)
     assert len(done.paths) == 1
-    assert [t for _, t in seen] == timesteps
+    assert [t for _, t in seen] == pytest.approx(timesteps, abs=1e-3)
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.4])
@@ -247,3 +280,29 @@ def test_stochastic_samplers_give_image_i_of_a_batch_alone(session: Any, tmp_pat
     a = np.asarray(Image.open(batch.paths[1]), dtype=int)
     b = np.asarray(Image.open(alone.paths[0]), dtype=int)
     assert np.abs(a - b).max() <= 1
+
+
+def test_img2img_variation_and_composable_infotext_exact(session: Any, tmp_path: Path) -> None:
+    """modules/processing.py create_infotext (A1111 1.9+): Steps, Sampler, Schedule type (the
+    timestep samplers keep p.scheduler, "Automatic"), CFG scale, Seed, Size, Model hash,
+    Model, Variation seed, Variation seed strength, Denoising strength, RNG; the prompt as
+    typed, AND and prompt editing included."""
+    from sdtui.infotext import read_infotext
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(init)
+    prompt = "a [cat:dog:0.5] AND a hat:0.5"
+    params = GenerationParams(
+        **{**TINY, "prompt": prompt, "steps": 4}, negative_prompt="ugly", sampler="DDIM",
+        init_image=str(init), denoising_strength=0.5, subseed=9, subseed_strength=0.3,
+        batch_size=2,
+    )
+    done, _ = run_job(session, params, tmp_path / "out")
+    infos = [read_infotext(p).rpartition(", Version: ")[0] for p in done.paths]
+    assert infos[1] == (
+        f"{prompt}\nNegative prompt: ugly\n"
+        "Steps: 4, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7, Seed: 21, "
+        "Size: 64x64, Model hash: 0123456789, Model: sdtui-demo, Variation seed: 10, "
+        "Variation seed strength: 0.3, Denoising strength: 0.5, RNG: CPU"
+    )
+    assert "Seed: 21," in infos[0] and "Variation seed: 9," in infos[0]

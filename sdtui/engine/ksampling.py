@@ -313,6 +313,119 @@ def plms(model: Model, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod:
     return x
 
 
+class _DiscreteVP:
+    """UniPC's ``NoiseScheduleVP('discrete', alphas_cumprod)``: log alpha on the continuous
+    time t in [1/N, 1], linear between the model's N timesteps (t_k = (k + 1) / N)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        self.log_alphas = 0.5 * alphas_cumprod.float().log()
+        self.n = len(self.log_alphas)
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        pos = t.float() * self.n - 1
+        lo = pos.floor().clamp(0, self.n - 2)
+        w = pos - lo
+        a = self.log_alphas.to(t.device)
+        i = lo.long()
+        return a[i] + w * (a[i + 1] - a[i])
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return self.log_alpha(t).exp()
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return (1 - (2 * self.log_alpha(t)).exp()).sqrt()
+
+    def lam(self, t: torch.Tensor) -> torch.Tensor:
+        la = self.log_alpha(t)
+        return la - 0.5 * (1 - (2 * la).exp()).log()
+
+
+def unipc(
+    model: Model,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    img2img: bool = False,
+    order: int = 3,
+) -> torch.Tensor:
+    """UniPC as A1111 runs it (sd_samplers_timesteps_impl.unipc and its uni_pc.py port of the
+    official code, A1111's defaults): data prediction, variant bh1, multistep of order 3 with
+    lower orders at the start and the end, the corrector on every step but the last,
+    ``len(timesteps)`` steps on a time-uniform grid from t=1 (img2img: the last timestep / N
+    + 1/N) to t=1/N; the model sees timestep ``(t - 1/N) * N``."""
+    ns = _DiscreteVP(alphas_cumprod)
+    n_train = ns.n
+    steps = len(timesteps)
+    if steps < 1:
+        return x
+    order = min(order, steps)
+    t_0 = 1.0 / n_train
+    t_start = float(timesteps[-1]) / n_train + 1.0 / n_train if img2img else 1.0
+    ts = torch.linspace(t_start, t_0, steps + 1)
+
+    def data(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        vec = t.expand(x.shape[0])
+        noise = model(x, (vec - 1.0 / n_train) * n_train)
+        return (x - ns.std(t).to(x) * noise) / ns.alpha(t).to(x)
+
+    def update(
+        x: torch.Tensor, models: list[torch.Tensor], times: list[torch.Tensor], t: torch.Tensor,
+        step_order: int, corrector: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        m0, t0 = models[-1], times[-1]
+        lam0, lam_t = ns.lam(t0), ns.lam(t)
+        h = lam_t - lam0
+        rks, d1s = [], []
+        for i in range(1, step_order):
+            rk = (ns.lam(times[-(i + 1)]) - lam0) / h
+            rks.append(rk)
+            d1s.append((models[-(i + 1)] - m0) / rk)
+        rks.append(torch.ones_like(h))
+        r = torch.stack(rks)
+        hh = -h  # data prediction
+        h_phi_1 = torch.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        b_h = hh  # variant bh1
+        rows, b = [], []
+        factorial = 1
+        for i in range(1, step_order + 1):
+            rows.append(r ** (i - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        big_r, bb = torch.stack(rows), torch.stack(b)
+        d1 = torch.stack(d1s, dim=1) if d1s else None
+        sigma_t, sigma_0, alpha_t = ns.std(t), ns.std(t0), ns.alpha(t)
+        x_lin = (sigma_t / sigma_0).to(x) * x - (alpha_t * h_phi_1).to(x) * m0
+        if d1 is not None:
+            rhos_p = torch.tensor([0.5]) if step_order == 2 else torch.linalg.solve(big_r[:-1, :-1], bb[:-1])
+            pred = torch.einsum("k,bkchw->bchw", rhos_p.to(x), d1)
+        else:
+            pred = torch.zeros_like(x)
+        x_t = x_lin - (alpha_t * b_h).to(x) * pred
+        if not corrector:
+            return x_t, None
+        rhos_c = torch.tensor([0.5]) if step_order == 1 else torch.linalg.solve(big_r, bb)
+        m_t = data(x_t, t)
+        corr = torch.einsum("k,bkchw->bchw", rhos_c[:-1].to(x), d1) if d1 is not None else 0
+        x_t = x_lin - (alpha_t * b_h).to(x) * (corr + rhos_c[-1].to(x) * (m_t - m0))
+        return x_t, m_t
+
+    models = [data(x, ts[0])]
+    times = [ts[0]]
+    for k in range(1, order):  # the first steps at lower orders
+        x, m = update(x, models, times, ts[k], k, corrector=True)
+        models.append(m if m is not None else data(x, ts[k]))
+        times.append(ts[k])
+    for step in range(order, steps + 1):
+        step_order = min(order, steps + 1 - step)  # lower_order_final
+        x, m = update(x, models, times, ts[step], step_order, corrector=step != steps)
+        models, times = models[1:] + [models[-1]], times[1:] + [ts[step]]
+        if step < steps:
+            models[-1] = m if m is not None else data(x, ts[step])
+    return x
+
+
 SIGMA_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "Euler a": euler_ancestral,
     "Euler": euler,
@@ -324,7 +437,7 @@ SIGMA_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "DPM++ SDE": dpmpp_sde,
     "DPM++ 2M SDE": dpmpp_2m_sde,
 }
-TIMESTEP_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"DDIM": ddim, "PLMS": plms}
+TIMESTEP_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"DDIM": ddim, "PLMS": plms, "UniPC": unipc}
 # A1111 options 'brownian_noise': their step noise comes from Brownian trees
 BROWNIAN = frozenset({"DPM++ SDE", "DPM++ 2M SDE"})
 
@@ -333,7 +446,8 @@ def model_calls(sampler: str, steps: int) -> int:
     """How many times ``sampler`` calls the model: over ``steps`` sigma steps (the
     second-order samplers call it twice a step but once on the last, an Euler step to sigma
     0), or over ``steps`` timesteps for DDIM / PLMS (they run one step fewer than the
-    timesteps, and PLMS's first step calls the model twice)."""
+    timesteps, and PLMS's first step calls the model twice) and UniPC (one a timestep: the
+    first prediction, then a corrector call on every step but the last)."""
     if sampler in ("Heun", "DPM2", "DPM2 a", "DPM++ SDE"):
         return max(0, 2 * steps - 1)
     if sampler == "DDIM":

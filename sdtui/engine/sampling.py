@@ -15,8 +15,7 @@ schedulers; to give the same picture for the same seed this does the same
   (DDIM / PLMS: ``timesteps[:t_enc]`` from ``init`` noised to ``timesteps[t_enc]``), as A1111's
   ``sample_img2img``; step noise comes from each image's generator after its first draw
   (``ImageRNG.next``), or from per-image Brownian trees for the SDE samplers.
-- UniPC: A1111 runs its own UniPC port (bh1, order 3); here diffusers'
-  ``UniPCMultistepScheduler`` with those settings, under the same denoiser and noise.
+- UniPC: A1111's own port of it (bh1, order 3, time-uniform grid), a timestep sampler too.
 """
 
 from __future__ import annotations
@@ -169,8 +168,6 @@ class Denoiser:
 
 def model_calls(plan: Plan) -> int:
     name, _ = normalize_sampler(plan.sampler)
-    if name == "UniPC":
-        return plan.run
     if name in ksampling.TIMESTEP_SAMPLERS:  # counted in timesteps: img2img has t_enc of them
         n = len(ksampling.a1111_timesteps(plan.schedule))
         return ksampling.model_calls(name, min(n, plan.run - 1) if plan.img2img else n)
@@ -212,36 +209,7 @@ def sample(
             a = float(denoiser.alphas_cumprod[timesteps[t_enc]])
             x = init * a**0.5 + noise * (1 - a) ** 0.5
             timesteps = timesteps[:t_enc]
-        fn = ksampling.TIMESTEP_SAMPLERS[name]
-        return fn(denoiser.eps, x, timesteps, denoiser.alphas_cumprod)
-    return _unipc(denoiser, plan, noise, generators, init, scheduler_config or {})
-
-
-def _unipc(
-    denoiser: Denoiser,
-    plan: Plan,
-    noise: torch.Tensor,
-    generators: list[torch.Generator],
-    init: torch.Tensor | None,
-    config: dict[str, Any],
-) -> torch.Tensor:
-    from sdtui.engine.samplers import make_scheduler
-
-    scheduler, _ = make_scheduler(config, plan.sampler, plan.schedule_type)
-    scheduler.set_timesteps(plan.schedule, device=denoiser.device)
-    timesteps = scheduler.timesteps
-    if init is None:
-        x = noise * scheduler.init_noise_sigma
-    else:
-        timesteps = timesteps[plan.schedule - plan.run :]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(plan.schedule - plan.run)
-        x = scheduler.add_noise(init, noise, timesteps[:1])
-    for t in timesteps:
-        x_in = scheduler.scale_model_input(x, t)
-        out = denoiser.guided(x_in, t.float().reshape(1).expand(x.shape[0]))
-        step = scheduler.step(out, t, x, return_dict=True)
-        denoised = getattr(step, "pred_original_sample", None)
-        denoiser._called(denoised if denoised is not None else step.prev_sample)
-        x = step.prev_sample.float()
-    return x
+        if name == "UniPC":
+            return ksampling.unipc(denoiser.eps, x, timesteps, denoiser.alphas_cumprod, img2img=init is not None)
+        return ksampling.TIMESTEP_SAMPLERS[name](denoiser.eps, x, timesteps, denoiser.alphas_cumprod)
+    raise ValueError(f"no sampler {plan.sampler!r}")
