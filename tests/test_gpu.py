@@ -291,7 +291,7 @@ def _pane_text(pane: GpuPane) -> str:
     return "\n".join(strip.text for strip in pane.render_lines(Region(0, 0, *pane.size)))
 
 
-async def _wait_for(pilot: Pilot[None], pane: GpuPane, text: str, timeout: float = 10.0) -> str:
+async def _wait_for(pilot: Pilot[None], pane: GpuPane, text: str, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         await pilot.pause(0.02)

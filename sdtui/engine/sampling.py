@@ -140,8 +140,16 @@ class Denoiser:
 
     # -- the two model views ----------------------------------------------------------------
 
+    def _on(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A schedule table on ``t``'s device, moved once (no host sync per model call)."""
+        table = getattr(self, name)
+        if table.device != t.device:
+            table = table.to(t.device)
+            setattr(self, name, table)
+        return table
+
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        return _sigma_to_t(self.log_sigmas, sigma.float().cpu())
+        return _sigma_to_t(self._on("log_sigmas", sigma), sigma.float())
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """k-diffusion's model: the denoised latents at noise level ``sigma`` (per image)."""
@@ -158,8 +166,7 @@ class Denoiser:
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A1111's timestep model: the predicted noise at integer timestep ``t``."""
         out = self.guided(x, t.float())
-        ti = t.long().cpu()
-        a = self.alphas_cumprod[ti].view(-1, 1, 1, 1).to(x)
+        a = self._on("alphas_cumprod", t)[t.long()].view(-1, 1, 1, 1).to(x)
         if self.v:  # CompVisTimestepsVDenoiser.predict_eps_from_z_and_v
             out = a.sqrt() * out + (1 - a).sqrt() * x
         self._called((x - (1 - a).sqrt() * out) / a.sqrt())
@@ -191,7 +198,9 @@ def sample(
     shape = tuple(noise.shape[1:])
     if name in ksampling.SIGMA_SAMPLERS:
         ac = _ldm_alphas_cumprod(scheduler_config or {}, denoiser.alphas_cumprod)
-        sigmas = a1111_sigmas(name, plan.schedule_type, plan.schedule, ac).float().to(device)
+        # on the CPU, as 0-d scalars beside the latents: the samplers' per-step branches
+        # (sigma_next == 0?) then never wait for the GPU
+        sigmas = a1111_sigmas(name, plan.schedule_type, plan.schedule, ac).float()
         tail = sigmas[plan.schedule - plan.run :] if init is not None else sigmas
         x = noise * tail[0] if init is None else init + noise * tail[0]
         if name in ksampling.BROWNIAN:
