@@ -11,19 +11,15 @@ import dataclasses
 import math
 import os
 import re
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import platformdirs
 
 from sdtui.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from sdtui.params import MemoryMode
 
 APP = "sdtui"
 DEVICES = ("auto", "cuda", "cpu")  # and cuda:N, one card of several
@@ -31,13 +27,13 @@ _CUDA_N = re.compile(r"^cuda:\d{1,2}$")
 DEFAULT_IDLE_MINUTES = 30.0
 DEFAULT_MAX_IMAGE_MEGAPIXELS = 64.0  # 8192x8192: a 4x upscale of 2048x2048
 MAX_IMAGE_MEGAPIXELS_LIMIT = 1024.0
+MEMORY_MODES: tuple[str, ...] = get_args(MemoryMode)
+GRAPHICS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
+FAST_PATHS = ("auto", "nocompile", "off")
 
 
 def valid_device(name: str) -> bool:
     return name in DEVICES or bool(_CUDA_N.match(name))
-MEMORY_MODES = ("auto", "normal", "low", "lowest")
-GRAPHICS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
-FAST_PATHS = ("auto", "nocompile", "off")
 
 
 def cache_dir() -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Coroutine
@@ -19,11 +20,13 @@ from PIL import Image
 from sdtui.config import Settings
 from sdtui.infotext import parse_infotext, read_infotext
 from sdtui.ipc import protocol as msg
-from sdtui.params import GenerationParams
-from sdtui.tui import graphics
+from sdtui.params import RESIZE_MODES, GenerationParams
+from sdtui.tui import form_spec, graphics
 from sdtui.tui.app import SdtuiApp
+from sdtui.tui.form_spec import FieldSpec
 from sdtui.tui.form_state import (
     FormState,
+    form_fields,
     from_json,
     load_form_state,
     parse_form,
@@ -416,6 +419,98 @@ def test_parse_form_reports_each_field() -> None:
     assert state.params.cfg_scale == 7.5 and state.params.steps == 20
     _, errors = parse_form({"mode": "img2img", "init_image": "/does/not/exist.png"}, FormState())
     assert "does not exist" in errors["init_image"]
+
+
+# -- the form's one table of fields ------------------------------------------------------------
+
+
+def test_the_form_table_names_real_fields_and_the_keys_a1111_writes() -> None:
+    names = [spec.name for spec in form_spec.FIELDS]
+    assert len(names) == len(set(names))
+    params = {f.name for f in dataclasses.fields(GenerationParams)}
+    own = {f.name for f in dataclasses.fields(FormState)} - {"params"}
+    assert set(names) <= params | own and own <= set(names)
+    # each infotext key is one the writer writes for a job that sets every field
+    job = GenerationParams(
+        steps=21, cfg_scale=6.5, vae="x.safetensors", clip_skip=2, subseed=9,
+        subseed_strength=0.25, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=3,
+    )  # fmt: skip
+    written = job.infotext_pairs(seed=5, model_name="m", model_hash="abc")
+    assert {s.infotext for s in form_spec.FIELDS if s.infotext} <= set(written)
+
+
+# two rows a test adds to the table: an img2img choice and a number in the "More" section
+RESIZE = FieldSpec(
+    "resize_mode", "Resize", "choice", shown="i2i", choices=RESIZE_MODES, closed=True
+)
+PREVIEW = FieldSpec("preview_every", "Preview", "int", section="more", word="preview step")
+
+
+@pytest.fixture
+def two_more_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(form_spec, "FIELDS", (*form_spec.FIELDS, RESIZE, PREVIEW))
+
+
+@pytest.mark.usefixtures("two_more_rows")
+def test_a_row_added_to_the_table_is_parsed_shown_and_remembered(tmp_path: Path) -> None:
+    assert (RESIZE.default, PREVIEW.default) == ("just resize", 1)  # GenerationParams' own
+    typed = {"resize_mode": "crop and resize", "preview_every": "4"}
+    state, errors = parse_form(typed, FormState())
+    assert errors == {}
+    assert (state.params.resize_mode, state.params.preview_every) == ("crop and resize", 4)
+    shown = form_fields(state)
+    assert (shown["resize_mode"], shown["preview_every"]) == ("crop and resize", "4")
+    # a choice outside its closed list keeps the value; a bad number is named in words
+    kept, errors = parse_form({"resize_mode": "stretch", "preview_every": "often"}, state)
+    assert (kept.params.resize_mode, kept.params.preview_every) == ("crop and resize", 4)
+    assert errors == {"preview_every": "preview step 'often' is not a whole number"}
+
+    path = tmp_path / "form.json"
+    assert save_form_state(state, path) == path
+    assert load_form_state(path) == state  # resize_mode and preview_every included
+    # restoring checks the table's choices: a hand-edited value not in them is dropped
+    edited = from_json({"params": {"resize_mode": "stretch", "preview_every": 2}})
+    assert (edited.params.resize_mode, edited.params.preview_every) == ("just resize", 2)
+
+
+@pytest.mark.usefixtures("two_more_rows")
+@run_async
+async def test_a_row_added_to_the_table_is_in_the_form(tui_env: Settings) -> None:
+    from textual.widgets import Collapsible, Label, Select
+
+    app = fake_app(tui_env)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        form = app.main.form
+        resize = form.query_one("#resize_mode", Select)
+        assert resize.value == "just resize"
+        row = resize.parent
+        assert row is not None and "i2i" in row.classes
+        assert [str(label.render()) for label in row.query(Label)] == ["Resize"]
+        assert not row.display  # txt2img: an img2img row is hidden
+        app.main.set_form_field("mode", "img2img")
+        app.main.set_form_field("resize_mode", "resize and fill")
+        app.main.set_form_field("preview_every", "3")
+        await pilot.pause()
+        assert row.display
+        assert form.raw_values()["resize_mode"] == "resize and fill"
+        assert (form.state.params.resize_mode, form.state.params.preview_every) == (
+            "resize and fill",
+            3,
+        )
+        # in its folded section, which unfolds to show the field's problem
+        more = form.query_one("#more", Collapsible)
+        assert form.query_one("#preview_every") in more.query("#preview_every")
+        app.main.set_form_field("preview_every", "x")
+        await pilot.pause()
+        assert "not a whole number" in form.errors["preview_every"]
+        assert form.query_one("#preview_every-error", Label).has_class("shown")
+        form.reveal("preview_every")
+        await pilot.pause()
+        assert not more.collapsed
+        form.load(FormState(params=TINY.replace(resize_mode="crop and resize", preview_every=7)))
+        await pilot.pause()
+        assert (resize.value, form.raw_values()["preview_every"]) == ("crop and resize", "7")
 
 
 # -- validation, queue, keys, palette (fake engine) -----------------------------------------

@@ -234,7 +234,9 @@ def _raw_commands(main: MainScreen) -> Iterator[tuple[str, Callable[[], Any], st
             partial(main.remove_job, job_id),
             main.job_summary(job_id),
         )
-    for mode in ("txt2img", "img2img", "extras"):
+    from sdtui.tui.form_spec import MODES
+
+    for mode in MODES:
         yield f"Mode: {mode}", partial(main.set_form_field, "mode", mode), "switch the form's mode"
     from sdtui.tui.form_state import SIZE_PRESETS
 

@@ -8,9 +8,12 @@ from typing import Any, Protocol
 
 class EngineClient(Protocol):
     pending: dict[int, Any]  # queued and running jobs, in queue order
-    running_job: int | None
-    state: str
 
+    # read-only: the client sets them from the daemon's events, the TUI only reads them
+    @property
+    def running_job(self) -> int | None: ...
+    @property
+    def state(self) -> str: ...
     @property
     def pid(self) -> int | None: ...
     @property

@@ -24,6 +24,7 @@ from typing import Any
 from sdtui.errors import UserError
 from sdtui.params import GenerationParams
 from sdtui.safe_text import one_line
+from sdtui.tui.form_spec import infotext_numbers
 
 # Pillow's own warning threshold (~89 MP): above it a preview would decode hundreds of MB on
 # the UI thread. Pillow refuses twice this (DecompressionBombError) by itself.
@@ -96,7 +97,7 @@ def read_infotext(path: str | os.PathLike[str]) -> str | None:
         raise UserError(problem)
     try:
         with _quiet_pillow():
-            text = infotext.read_infotext(path)
+            text = infotext.read_infotext(os.fspath(path))
     except Exception as e:  # noqa: BLE001 - a bad file is a sentence, never a crash
         raise UserError(describe_failure(path, e)) from None
     if text is not None and not isinstance(text, str):
@@ -121,18 +122,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 # -- an infotext into the form ------------------------------------------------------------------
 
-# infotext key -> the GenerationParams fields it sets, and how its value parses
-_NUMBERS: dict[str, tuple[str, type]] = {
-    "Steps": ("steps", int),
-    "CFG scale": ("cfg_scale", float),
-    "Seed": ("seed", int),
-    "Clip skip": ("clip_skip", int),
-    "Variation seed": ("subseed", int),
-    "Variation seed strength": ("subseed_strength", float),
-    "Hires upscale": ("hr_scale", float),
-    "Hires steps": ("hr_second_pass_steps", int),
-    "Denoising strength": ("denoising_strength", float),
-}
+# infotext key -> the GenerationParams field it sets, and how its value parses
+_NUMBERS = infotext_numbers()
 _HIRES_KEYS = ("Hires upscale", "Hires steps")
 _SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
 _INT = re.compile(r"^\s*[+-]?\d{1,20}\s*$")

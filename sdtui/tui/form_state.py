@@ -1,6 +1,7 @@
 """The form's values: parsing what was typed, checking it, and remembering it between runs.
 
-Pure Python (no textual): the settings form shows what ``parse_form`` finds, the app submits
+Pure Python (no textual). The fields, and how each one's text parses, are the rows of
+``form_spec.FIELDS``. The settings form shows what ``parse_form`` finds, the app submits
 ``FormState.generation_params()`` / ``upscale_params()``, and ``save_form_state`` writes the
 last values as JSON in ``config.state_dir()`` (atomically: a temporary file, then a rename),
 so the next start comes back where the user left off.
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdtui.config import MEMORY_MODES, state_dir
+from sdtui.config import state_dir
 from sdtui.params import GenerationParams, UpscaleParams
+from sdtui.tui import form_spec
+from sdtui.tui.form_spec import FieldSpec
 
-MODES: tuple[str, ...] = ("txt2img", "img2img", "extras")
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
     (768, 768),
@@ -35,38 +37,6 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
 )
 STATE_FILE = "form.json"
 STATE_VERSION = 1
-
-INT_FIELDS = (
-    "steps",
-    "seed",
-    "width",
-    "height",
-    "batch_count",
-    "batch_size",
-    "clip_skip",
-    "subseed",
-    "hr_second_pass_steps",
-)
-FLOAT_FIELDS = (
-    "cfg_scale",
-    "denoising_strength",
-    "subseed_strength",
-    "hr_scale",
-    "hr_denoising_strength",
-)
-TEXT_FIELDS = ("sampler", "schedule_type", "vae", "hr_upscaler")
-BOOL_FIELDS = ("enable_hr",)
-# the GenerationParams fields the form edits (the rest keep their defaults or loaded values)
-FORM_PARAM_FIELDS = INT_FIELDS + FLOAT_FIELDS + TEXT_FIELDS + BOOL_FIELDS + ("model", "init_image")
-# how a field is named in a message
-FIELD_WORDS = {
-    "clip_skip": "clip skip",
-    "subseed": "variation seed",
-    "subseed_strength": "variation strength",
-    "hr_second_pass_steps": "hires steps",
-    "hr_scale": "hires upscale",
-    "hr_denoising_strength": "hires denoise",
-}
 
 
 @dataclass(frozen=True)
@@ -162,66 +132,52 @@ def _text(value: Any) -> str:
 
 def form_fields(state: FormState) -> dict[str, str]:
     """The text each form field shows for ``state``."""
-    p = state.params
-    values = {name: _text(getattr(p, name)) for name in FORM_PARAM_FIELDS}
-    values.update(
-        mode=state.mode,
-        upscaler=state.upscaler,
-        upscale_scale=_text(state.upscale_scale),
-        extras_image=state.extras_image,
-        memory_mode=state.memory_mode or "",
-    )
-    return values
+    return {
+        spec.name: _text(getattr(state.params if spec.on_params else state, spec.name))
+        for spec in form_spec.FIELDS
+    }
+
+
+_KEEP = object()  # the text says nothing: the field keeps its value
+
+
+def _parse(spec: FieldSpec, text: str) -> Any:
+    """The value ``text`` means for ``spec``'s field, or ``_KEEP``; ValueError says why not."""
+    if spec.kind in ("int", "float"):
+        text = text.strip()
+        try:
+            return int(text) if spec.kind == "int" else float(text)
+        except ValueError:
+            what = "a whole number" if spec.kind == "int" else f"a number, e.g. {spec.example}"
+            raise ValueError(f"{spec.message_word} {text!r} is not {what}") from None
+    if spec.kind == "check":
+        return text.strip().lower() in form_spec.TRUE_WORDS
+    if spec.kind == "path":
+        text = text.strip()
+    if not text:
+        return None if spec.optional else (_KEEP if spec.kind == "choice" else "")
+    if spec.closed and text not in spec.choices:
+        return _KEEP
+    return text
 
 
 def parse_form(raw: Mapping[str, str], base: FormState) -> tuple[FormState, dict[str, str]]:
     """Read the fields' text onto ``base``. Returns the new state (a field that does not parse
     keeps its value from ``base``) and every problem, keyed by field."""
     errors: dict[str, str] = {}
-    changes: dict[str, Any] = {}
-    for name in INT_FIELDS:
-        if name in raw:
-            text = raw[name].strip()
-            try:
-                changes[name] = int(text)
-            except ValueError:
-                word = FIELD_WORDS.get(name, name.replace("_", " "))
-                errors[name] = f"{word} {text!r} is not a whole number"
-    for name in FLOAT_FIELDS:
-        if name in raw:
-            text = raw[name].strip()
-            try:
-                changes[name] = float(text)
-            except ValueError:
-                word = FIELD_WORDS.get(name, name.replace("_", " "))
-                errors[name] = f"{word} {text!r} is not a number, e.g. 7 or 0.5"
-    for name in TEXT_FIELDS:
-        if name in raw and raw[name]:
-            changes[name] = raw[name]
-    for name in BOOL_FIELDS:
-        if name in raw:
-            changes[name] = raw[name].strip().lower() in ("1", "true", "on", "yes")
-    if "model" in raw:
-        changes["model"] = raw["model"] or None
-    if "init_image" in raw:
-        changes["init_image"] = raw["init_image"].strip() or None
-    state = base.with_params(**changes)
-    extra: dict[str, Any] = {}
-    if raw.get("mode") in MODES:
-        extra["mode"] = raw["mode"]
-    if raw.get("upscaler"):
-        extra["upscaler"] = raw["upscaler"]
-    if "extras_image" in raw:
-        extra["extras_image"] = raw["extras_image"].strip()
-    if raw.get("memory_mode") in MEMORY_MODES:
-        extra["memory_mode"] = raw["memory_mode"]
-    if "upscale_scale" in raw:
-        text = raw["upscale_scale"].strip()
+    params: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for spec in form_spec.FIELDS:
+        if spec.name not in raw:
+            continue
         try:
-            extra["upscale_scale"] = float(text)
-        except ValueError:
-            errors["upscale_scale"] = f"scale {text!r} is not a number, e.g. 2 or 4"
-    state = state.replace(**extra)
+            value = _parse(spec, raw[spec.name])
+        except ValueError as e:
+            errors[spec.name] = str(e)
+            continue
+        if value is not _KEEP:
+            (params if spec.on_params else own)[spec.name] = value
+    state = base.with_params(**params).replace(**own)
     for name, message in state.errors().items():
         errors.setdefault(name, message)
     return state, errors
@@ -235,50 +191,54 @@ def state_path() -> Path:
 
 
 def to_json(state: FormState) -> dict[str, Any]:
+    data: dict[str, Any] = {"version": STATE_VERSION}
+    for f in dataclasses.fields(FormState):
+        data[f.name] = getattr(state, f.name)
     params = dataclasses.asdict(state.params)
     params.pop("extra", None)
-    return {
-        "version": STATE_VERSION,
-        "mode": state.mode,
-        "params": params,
-        "upscaler": state.upscaler,
-        "upscale_scale": state.upscale_scale,
-        "extras_image": state.extras_image,
-        "memory_mode": state.memory_mode,
-    }
+    data["params"] = params
+    return data
+
+
+def _restored(name: str, default: Any, value: Any) -> Any:
+    """``value`` read from the JSON file for the field ``name``, or ``_KEEP`` when it is not
+    one that field takes."""
+    spec = form_spec.field_spec(name)
+    if spec is not None and spec.closed and value not in spec.choices:
+        return _KEEP
+    if default is None:  # model, init image: a name or None
+        ok = value is None or isinstance(value, str)
+    elif isinstance(value, bool) or isinstance(default, bool):  # JSON's true is no number
+        ok = type(value) is type(default)
+    elif isinstance(default, float):  # 5 is 5.0
+        ok = isinstance(value, int | float)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    return value if ok else _KEEP
 
 
 def from_json(data: Mapping[str, Any]) -> FormState:
     """Tolerant: an unknown or mistyped value falls back to its default."""
-    defaults = GenerationParams()
-    kinds = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(GenerationParams)}
-    changes: dict[str, Any] = {}
+    stock = FormState()
+    known = {f.name for f in dataclasses.fields(GenerationParams)} - {"extra"}
     raw_params = data.get("params")
-    for name, value in (raw_params if isinstance(raw_params, Mapping) else {}).items():
-        if name not in kinds or name == "extra":
-            continue
-        kind = kinds[name]
-        if name in ("model", "init_image"):
-            if value is None or isinstance(value, str):
-                changes[name] = value
-        elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            changes[name] = float(value)
-        elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            changes[name] = value
-    state = FormState(params=defaults.replace(**changes))
-    mode = data.get("mode")
-    if mode in MODES:
-        state = state.replace(mode=mode)
-    if isinstance(data.get("upscaler"), str):
-        state = state.replace(upscaler=data["upscaler"])
-    scale = data.get("upscale_scale")
-    if isinstance(scale, int | float) and not isinstance(scale, bool):
-        state = state.replace(upscale_scale=float(scale))
-    if isinstance(data.get("extras_image"), str):
-        state = state.replace(extras_image=data["extras_image"])
-    if data.get("memory_mode") in MEMORY_MODES:
-        state = state.replace(memory_mode=data["memory_mode"])
-    return state
+    saved = raw_params.items() if isinstance(raw_params, Mapping) else ()
+    params = {
+        name: _restored(name, getattr(stock.params, name), value)
+        for name, value in saved
+        if name in known
+    }
+    own = {
+        f.name: _restored(f.name, getattr(stock, f.name), data[f.name])
+        for f in dataclasses.fields(FormState)
+        if f.name != "params" and f.name in data
+    }
+    return stock.with_params(**_taken(params)).replace(**_taken(own))
+
+
+def _taken(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not _KEEP}
 
 
 def load_form_state(path: Path | None = None) -> FormState | None:

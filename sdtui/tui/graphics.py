@@ -98,7 +98,7 @@ def parse_replies(buffer: str) -> TerminalReplies:
     versions = [parse_xtversion(m.group(0)) for m in _XTVERSION_REPLY.finditer(buffer)]
     named = [v for v in versions if v is not None]
     outer = [v for v in named if v[0].lower() != "tmux"]
-    xtversion = (outer or named or [None])[0]
+    xtversion = next(iter(outer or named), None)
     tgp = any(body.rsplit(";", 1)[-1] == "OK" for body in _TGP_REPLY.findall(buffer))
     sixel = da1 is not None and "4" in da1.group(1).split(";")
     return TerminalReplies(answered=da1 is not None, xtversion=xtversion, sixel=sixel, tgp=tgp)

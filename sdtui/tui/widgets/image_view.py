@@ -137,7 +137,7 @@ def describe(image: PILImage.Image, parameters: str | None) -> str:
 
 def _picture_widget(mode: str, *, classes: str) -> Widget | None:
     cls = graphics.image_widget_class(mode)
-    return None if cls is None else cls(None, classes=classes)  # type: ignore[call-arg]
+    return None if cls is None else cls(classes=classes)
 
 
 def _set_picture(widget: Widget, image: PILImage.Image | None) -> None:

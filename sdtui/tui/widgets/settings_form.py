@@ -1,74 +1,34 @@
 """The settings form: mode, model, sampler, steps, CFG, seed, size, batch, img2img and extras
 fields, then two folded sections: "Hires fix" (txt2img's second pass) and "More" (VAE, clip
-skip, variation seed, memory mode), so the form still fits 80x24. Every edit is parsed and checked at once (``form_state.parse_form``, which uses
-``GenerationParams.field_errors``); the problem shows under its field and FormChanged tells
-the app whether Generate may run."""
+skip, variation seed, memory mode), so the form still fits 80x24. The rows are those of
+``form_spec.FIELDS``, in its order. Every edit is parsed and checked at once
+(``form_state.parse_form``, which uses ``GenerationParams.field_errors``); the problem shows
+under its field and FormChanged tells the app whether Generate may run."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Literal
 
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.css.query import NoMatches
+from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Collapsible, Input, Label, Select
 
-from sdtui.config import MEMORY_MODES
 from sdtui.safe_text import one_line
-from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
-from sdtui.tui.form_state import (
-    MODES,
-    SIZE_PRESETS,
-    FormState,
-    form_fields,
-    parse_form,
-)
+from sdtui.tui import form_spec
+from sdtui.tui.form_spec import MODES, FieldSpec, Section
+from sdtui.tui.form_state import SIZE_PRESETS, FormState, form_fields, parse_form
 from sdtui.tui.messages import FormChanged, RandomSeedRequested, ReuseSeedRequested
 from sdtui.tui.widgets.safe_input import ControlPictures
 
-INPUT_FIELDS = (
-    "steps",
-    "cfg_scale",
-    "seed",
-    "width",
-    "height",
-    "batch_count",
-    "batch_size",
-    "denoising_strength",
-    "init_image",
-    "extras_image",
-    "upscale_scale",
-    "hr_scale",
-    "hr_second_pass_steps",
-    "hr_denoising_strength",
-    "clip_skip",
-    "subseed",
-    "subseed_strength",
-)
-SELECT_FIELDS = (
-    "mode",
-    "model",
-    "sampler",
-    "schedule_type",
-    "upscaler",
-    "hr_upscaler",
-    "vae",
-    "memory_mode",
-)
-CHECKBOX_FIELDS = ("enable_hr",)
-HIRES_FIELDS = (
-    "enable_hr",
-    "hr_scale",
-    "hr_second_pass_steps",
-    "hr_upscaler",
-    "hr_denoising_strength",
-)
-MORE_FIELDS = ("vae", "clip_skip", "subseed", "subseed_strength", "memory_mode")
-# which rows show in which mode
-GEN_ROWS = ("model", "sampler", "schedule_type", "steps", "seed", "size", "batch")
+# the folded sections below the main one, and the CSS classes of each (the modes it shows in)
+FOLDED: dict[Section, str] = {"hires": "gen t2i", "more": "gen"}
+LABEL_WIDTH = 10  # of a row's label (the CSS below); a longer one takes its own width
 
 
 def _preset_label(w: int, h: int) -> str:
@@ -133,10 +93,13 @@ class SettingsForm(VerticalScroll):
         super().__init__(id=id, classes=f"mode-{state.mode}")
         self.state = state
         self.errors: dict[str, str] = {}
-        self._models = list(models)
-        self._upscalers = list(upscalers)
-        self._hires_upscalers = list(hires_upscalers)
-        self._vaes = list(vaes)
+        # the options of the drop-downs whose choices are found on disk
+        self._given: dict[str, list[str]] = {
+            "model": list(models),
+            "upscaler": list(upscalers),
+            "hr_upscaler": list(hires_upscalers),
+            "vae": list(vaes),
+        }
         self._choices: dict[str, list[str]] = {}
         self._posted = False
 
@@ -159,165 +122,67 @@ class SettingsForm(VerticalScroll):
         return Label("", id=f"{name}-error", classes="error", markup=False)
 
     def compose(self) -> ComposeResult:
-        v = form_fields(self.state)
-        with Horizontal(classes="row"):
-            yield Label("Mode")
-            yield self._select("mode", MODES, v["mode"])
-        with Horizontal(classes="row gen"):
-            yield Label("Model")
-            yield self._select("model", self._models, v["model"] or self._models[0])
-        with Horizontal(classes="row gen"):
-            yield Label("Sampler")
-            yield self._select("sampler", SAMPLER_NAMES, v["sampler"])
-        yield self._error("sampler")
-        with Horizontal(classes="row gen"):
-            yield Label("Schedule")
-            yield self._select("schedule_type", SCHEDULE_TYPES, v["schedule_type"])
-        yield self._error("schedule_type")
-        with Horizontal(classes="row gen"):
-            yield Label("Steps")
-            yield Input(v["steps"], id="steps", type="integer", compact=True)
-            yield Label("CFG", classes="inner")
-            yield Input(v["cfg_scale"], id="cfg_scale", type="number", compact=True)
-        yield self._error("steps")
-        yield self._error("cfg_scale")
-        with Horizontal(classes="row gen"):
-            yield Label("Seed")
-            yield Input(v["seed"], id="seed", type="integer", compact=True)
-            yield Button("rnd", id="random-seed", compact=True, tooltip="random seed (-1)")
-            yield Button(
-                "last", id="reuse-seed", compact=True, tooltip="seed of the selected image"
-            )
-        yield self._error("seed")
-        with Horizontal(classes="row gen"):
-            yield Label("Size")
-            yield Input(v["width"], id="width", type="integer", compact=True)
-            yield Label("x", classes="inner")
-            yield Input(v["height"], id="height", type="integer", compact=True)
-        with Horizontal(classes="row gen"):
-            yield Label("Preset")
-            yield Select(
-                [(_preset_label(w, h), f"{w}x{h}") for w, h in SIZE_PRESETS],
-                prompt="custom",
-                id="size_preset",
-                compact=True,
-            )
-        yield self._error("width")
-        yield self._error("height")
-        with Horizontal(classes="row gen"):
-            # A1111's words: batch count (batches one after another), batch size (images
-            # made together, in one pass)
-            yield Label("Batch count", classes="wide")
-            yield Input(
-                v["batch_count"],
-                id="batch_count",
-                type="integer",
-                compact=True,
-                tooltip="batches, one after another",
-            )
-            yield Label("Batch size", classes="inner")
-            yield Input(
-                v["batch_size"],
-                id="batch_size",
-                type="integer",
-                compact=True,
-                tooltip="Batch size: images made together, in one pass",
-            )
-        yield self._error("batch_count")
-        yield self._error("batch_size")
-        with Horizontal(classes="row i2i"):
-            yield Label("Denoise")
-            yield Input(
-                v["denoising_strength"], id="denoising_strength", type="number", compact=True
-            )
-        yield self._error("denoising_strength")
-        with Horizontal(classes="row i2i"):
-            yield Label("Init img")
-            yield Input(
-                v["init_image"],
-                id="init_image",
-                placeholder="path of a PNG",
-                compact=True,
-                highlighter=ControlPictures(),
-            )
-        yield self._error("init_image")
-        with Horizontal(classes="row extras"):
-            yield Label("Image")
-            yield Input(
-                v["extras_image"],
-                id="extras_image",
-                placeholder="path of a PNG",
-                compact=True,
-                highlighter=ControlPictures(),
-            )
-        yield self._error("extras_image")
-        with Horizontal(classes="row extras"):
-            yield Label("Upscaler")
-            yield self._select("upscaler", self._upscalers, v["upscaler"])
-        with Horizontal(classes="row extras"):
-            yield Label("Scale")
-            yield Input(v["upscale_scale"], id="upscale_scale", type="number", compact=True)
-        yield self._error("upscale_scale")
-        p = self.state.params
-        with Collapsible(title=_title(hires_title(self.state)), id="hires", classes="gen t2i -collapsed"):
-            with Horizontal(classes="row"):
-                yield Label("Enable")
-                yield Checkbox(
-                    "second pass, larger",
-                    p.enable_hr,
-                    id="enable_hr",
-                    compact=True,
-                    tooltip="txt2img, then upscale and denoise again (A1111's hires fix)",
-                )
-            with Horizontal(classes="row"):
-                yield Label("Upscale")
-                yield Input(v["hr_scale"], id="hr_scale", type="number", compact=True)
-                yield Label("steps", classes="inner")
-                yield Input(
-                    v["hr_second_pass_steps"],
-                    id="hr_second_pass_steps",
-                    type="integer",
-                    compact=True,
-                    tooltip="0: as many as the first pass",
-                )
-            yield self._error("hr_scale")
-            yield self._error("hr_second_pass_steps")
-            with Horizontal(classes="row"):
-                yield Label("Upscaler")
-                yield self._select("hr_upscaler", self._hires_upscalers, v["hr_upscaler"])
-            with Horizontal(classes="row"):
-                yield Label("Denoise")
-                yield Input(
-                    v["hr_denoising_strength"],
-                    id="hr_denoising_strength",
-                    type="number",
-                    compact=True,
-                )
-            yield self._error("hr_denoising_strength")
-        with Collapsible(title=_title(more_title(self.state)), id="more", classes="gen -collapsed"):
-            with Horizontal(classes="row"):
-                yield Label("VAE")
-                yield self._select("vae", self._vaes, v["vae"])
-            yield self._error("vae")
-            with Horizontal(classes="row"):
-                yield Label("Clip skip")
-                yield Input(v["clip_skip"], id="clip_skip", type="integer", compact=True)
-            yield self._error("clip_skip")
-            with Horizontal(classes="row"):
-                yield Label("Var. seed")
-                yield Input(v["subseed"], id="subseed", type="integer", compact=True)
-                yield Label("str", classes="inner")
-                yield Input(
-                    v["subseed_strength"], id="subseed_strength", type="number", compact=True
-                )
-            yield self._error("subseed")
-            yield self._error("subseed_strength")
-            with Horizontal(classes="row"):
-                yield Label("Memory")
-                yield self._select("memory_mode", MEMORY_MODES, v["memory_mode"] or "auto")
+        values = form_fields(self.state)
+        yield from self._rows("main", values)
+        for section, classes in FOLDED.items():
+            title = _title(section_title(section, self.state))
+            with Collapsible(
+                title=title,  # type: ignore[arg-type]  # a Content is drawn as it is, no markup
+                id=section,
+                classes=f"{classes} -collapsed",
+            ):
+                yield from self._rows(section, values)
         yield Button(
             "Generate", id="generate", variant="primary", action="screen.generate", compact=True
         )
+
+    def _rows(self, section: Section, values: dict[str, str]) -> ComposeResult:
+        """Each row of ``section``: its label and fields, then their error lines."""
+        for row in form_spec.rows(section):
+            first = row[0]
+            with Horizontal(classes="row" if first.shown == "all" else f"row {first.shown}"):
+                for spec in row:
+                    if spec is first:
+                        wide = len(spec.label) >= LABEL_WIDTH
+                        yield Label(spec.label, classes="wide" if wide else "")
+                    else:
+                        yield Label(spec.label, classes="inner")
+                    yield self._field(spec, values[spec.name])
+                # the widgets that edit no field of their own: seed buttons, size presets
+                if first.name == "seed":
+                    yield Button("rnd", id="random-seed", compact=True, tooltip="random seed (-1)")
+                    yield Button(
+                        "last", id="reuse-seed", compact=True, tooltip="seed of the selected image"
+                    )
+            if first.name == "width":
+                with Horizontal(classes="row gen"):
+                    yield Label("Preset")
+                    yield Select(
+                        [(_preset_label(w, h), f"{w}x{h}") for w, h in SIZE_PRESETS],
+                        prompt="custom",
+                        id="size_preset",
+                        compact=True,
+                    )
+            for spec in row:
+                yield self._error(spec.name)
+
+    def _field(self, spec: FieldSpec, value: str) -> Widget:
+        tooltip = spec.tooltip or None
+        if spec.kind == "choice":
+            return self._select(spec.name, spec.choices or self._given[spec.name], value)
+        if spec.kind == "check":
+            return Checkbox(spec.hint, bool(value), id=spec.name, compact=True, tooltip=tooltip)
+        if spec.kind == "path":
+            return Input(
+                value,
+                id=spec.name,
+                placeholder=spec.hint,
+                compact=True,
+                highlighter=ControlPictures(),
+                tooltip=tooltip,
+            )
+        number: Literal["integer", "number"] = "integer" if spec.kind == "int" else "number"
+        return Input(value, id=spec.name, type=number, compact=True, tooltip=tooltip)
 
     def on_mount(self) -> None:
         self._sync_preset()
@@ -327,37 +192,41 @@ class SettingsForm(VerticalScroll):
 
     def raw_values(self) -> dict[str, str]:
         raw: dict[str, str] = {}
-        for name in INPUT_FIELDS:
-            raw[name] = self.query_one(f"#{name}", Input).value
-        for name in SELECT_FIELDS:
-            value = self.query_one(f"#{name}", Select).value
-            raw[name] = value if isinstance(value, str) else ""
-        for name in CHECKBOX_FIELDS:
-            raw[name] = "1" if self.query_one(f"#{name}", Checkbox).value else ""
-        if raw["model"] == "":
-            raw.pop("model")
+        for spec in form_spec.FIELDS:
+            if spec.kind == "choice":
+                value = self.query_one(f"#{spec.name}", Select).value
+                raw[spec.name] = value if isinstance(value, str) else ""
+            elif spec.kind == "check":
+                raw[spec.name] = "1" if self.query_one(f"#{spec.name}", Checkbox).value else ""
+            else:
+                raw[spec.name] = self.query_one(f"#{spec.name}", Input).value
+            if spec.optional and spec.kind == "choice" and not raw[spec.name]:
+                del raw[spec.name]  # no model picked: keep the one the state names
         return raw
 
     def load(self, state: FormState) -> None:
         """Show ``state`` in every field (the prompts live in the prompt editor)."""
         self.state = state
         values = form_fields(state)
-        for name in INPUT_FIELDS:
-            self.query_one(f"#{name}", Input).value = values[name]
-        for name in SELECT_FIELDS:
-            self.set_choice(name, values[name])
-        for name in CHECKBOX_FIELDS:
-            self.query_one(f"#{name}", Checkbox).value = bool(values[name])
+        for spec in form_spec.FIELDS:
+            self._show(spec, values[spec.name])
         self._reparse()
 
     def set_field(self, name: str, text: str) -> None:
-        if name in SELECT_FIELDS:
-            self.set_choice(name, text)
-        elif name in CHECKBOX_FIELDS:
-            self.query_one(f"#{name}", Checkbox).value = text.strip().lower() in ("1", "true", "on")
-        else:
-            self.query_one(f"#{name}", Input).value = text
+        spec = form_spec.field_spec(name)
+        if spec is None:
+            raise KeyError(f"the form has no field {name!r}")
+        self._show(spec, text)
         self._reparse()
+
+    def _show(self, spec: FieldSpec, text: str) -> None:
+        if spec.kind == "choice":
+            self.set_choice(spec.name, text)
+        elif spec.kind == "check":
+            value = text.strip().lower() in form_spec.TRUE_WORDS
+            self.query_one(f"#{spec.name}", Checkbox).value = value
+        else:
+            self.query_one(f"#{spec.name}", Input).value = text
 
     def set_choice(self, name: str, value: str) -> None:
         select = self.query_one(f"#{name}", Select)
@@ -386,9 +255,9 @@ class SettingsForm(VerticalScroll):
 
     def reveal(self, name: str) -> None:
         """Unfold the section holding field ``name`` (to show its problem) and focus it."""
-        for section, fields in (("#hires", HIRES_FIELDS), ("#more", MORE_FIELDS)):
-            if name in fields:
-                self.query_one(section, Collapsible).collapsed = False
+        spec = form_spec.field_spec(name)
+        if spec is not None and spec.section in FOLDED:
+            self.query_one(f"#{spec.section}", Collapsible).collapsed = False
         with contextlib.suppress(NoMatches):
             widget = self.query_one(f"#{name}")
             self.call_after_refresh(widget.focus)
@@ -440,8 +309,9 @@ class SettingsForm(VerticalScroll):
         self._posted = True
         self.state = state
         self.show_errors(errors)
-        self.query_one("#hires", Collapsible).title = _title(hires_title(state))
-        self.query_one("#more", Collapsible).title = _title(more_title(state))
+        for section in FOLDED:
+            title = _title(section_title(section, state))
+            self.query_one(f"#{section}", Collapsible).title = title  # type: ignore[assignment]
         self.post_message(FormChanged(state, errors))
 
     def show_errors(self, errors: dict[str, str]) -> None:
@@ -459,6 +329,11 @@ class SettingsForm(VerticalScroll):
 def _title(text: str) -> Content:
     """A section title holds names from a PNG (VAE, upscaler): no markup, no escapes."""
     return Content(one_line(text))
+
+
+def section_title(section: Section, state: FormState) -> str:
+    """A folded section's title: a summary of its values, read without unfolding it."""
+    return hires_title(state) if section == "hires" else more_title(state)
 
 
 def hires_title(state: FormState) -> str:
