@@ -6,8 +6,8 @@ of weights, and the same function serves a loaded ``.ckpt`` state dict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 UNET = "model.diffusion_model."
 
@@ -18,10 +18,30 @@ class ModelFamily:
     config: str  # name of the bundled diffusers config folder (sdtui/engine/assets/configs/)
     inpainting: bool = False
     v_prediction: bool | None = None  # None: not decidable from the weights alone
+    zero_terminal_snr: bool = False  # trained with a zero-terminal-SNR noise schedule
 
     @property
     def label(self) -> str:
-        return self.family + (" inpainting" if self.inpainting else "")
+        label = self.family + (" inpainting" if self.inpainting else "")
+        if self.family == "SDXL" and self.v_prediction:  # SD2's v models are its standard
+            label += " v-pred"
+        return label + (" ztsnr" if self.zero_terminal_snr else "")
+
+
+# SDXL fine-tunes trained for v-prediction (NoobAI-XL v-pred and its merges, ...) say so with
+# empty marker tensors: "v_pred", and "ztsnr" for a zero-terminal-SNR schedule (diffusers does
+# not read them; Forge and reForge do)
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
+
+
+def with_markers(family: ModelFamily, keys: Iterable[str]) -> ModelFamily:
+    """``family`` with what an SDXL checkpoint's marker tensors say."""
+    if family.family != "SDXL":
+        return family
+    names = set(keys)
+    v = True if V_PRED_KEY in names else family.v_prediction
+    return replace(family, v_prediction=v, zero_terminal_snr=ZTSNR_KEY in names)
 
 
 class UnknownArchitectureError(ValueError):
@@ -73,4 +93,4 @@ def detect_family(shapes: Mapping[str, Sequence[int]]) -> ModelFamily:
             f"unknown {family}-like architecture (UNet width {base_channels}, text width "
             f"{context}): sdtui runs SD 1.x, SD 2.x and SDXL base checkpoints"
         )
-    return ModelFamily(family=family, config=config, inpainting=in_channels == 9)
+    return with_markers(ModelFamily(family=family, config=config, inpainting=in_channels == 9), shapes)

@@ -713,3 +713,100 @@ def test_text_encoder_that_does_not_load_is_an_error_not_noise(demo_model, tmp_p
     save_file(state, path)
     with pytest.raises(UserError, match=r"text encoder weights of odd.safetensors did not load"):
         load_pipeline(path)
+
+
+# --- SDXL v-prediction fine-tunes (NoobAI-XL v-pred and others) ---------------------------------
+
+
+def _sdxl_shapes(**extra: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The names and shapes detect_family reads, at real SDXL base widths."""
+    return {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+        "conditioner.embedders.1.model.token_embedding.weight": (49408, 1280),
+        **extra,
+    }
+
+
+def test_sdxl_v_pred_and_ztsnr_markers_are_detected_and_listed() -> None:
+    plain = detect_family(_sdxl_shapes())
+    assert (plain.v_prediction, plain.zero_terminal_snr, plain.label) == (None, False, "SDXL")
+    vpred = detect_family(_sdxl_shapes(v_pred=(0,)))
+    assert (vpred.v_prediction, vpred.zero_terminal_snr, vpred.label) == (True, False, "SDXL v-pred")
+    both = detect_family(_sdxl_shapes(v_pred=(0,), ztsnr=(0,)))
+    assert both.label == "SDXL v-pred ztsnr" and both.config == "sdxl-base"
+    # Pony and Illustrious carry no markers: plain SDXL
+    assert detect_family(_sdxl_shapes()).family == "SDXL"
+
+
+def test_zero_terminal_snr_is_a1111s_schedule() -> None:
+    from sdtui.engine.samplers import ZTSNR_LAST_ALPHA_BAR, _ldm_alphas_cumprod, a1111_sigmas
+
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    base = _ldm_alphas_cumprod(config, torch.zeros(1000))
+    ac = _ldm_alphas_cumprod({**config, "rescale_betas_zero_snr": True}, torch.zeros(1000))
+    # A1111 rescale_zero_terminal_snr_abar: the first alpha bar kept, the last 4.897e-08,
+    # sqrt(alpha bar) an affine map of the old one in between
+    assert float(ac[0]) == pytest.approx(float(base[0]), rel=1e-12)
+    assert float(ac[-1]) == ZTSNR_LAST_ALPHA_BAR
+    s, s0 = ac[1:-1].sqrt(), base[1:-1].sqrt()
+    slope = (s[1:] - s[:-1]) / (s0[1:] - s0[:-1])
+    assert torch.allclose(slope, slope[0].expand_as(slope), rtol=1e-6)
+    sigmas = a1111_sigmas("Euler", "Normal", 10, ac)
+    assert float(sigmas[0]) == pytest.approx(((1 - ZTSNR_LAST_ALPHA_BAR) / ZTSNR_LAST_ALPHA_BAR) ** 0.5, rel=1e-9)
+    assert float(sigmas[-2]) == pytest.approx(0.0292, abs=1e-4)  # the low end is the model's own
+
+
+def test_sdxl_v_pred_ztsnr_single_file_loads_with_its_schedule(tmp_path, monkeypatch) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from sdtui.engine import models
+    from sdtui.engine.convert import stable_diffusion_to_ldm
+    from sdtui.model_family import ModelFamily, with_markers
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 48,
+        cross_attention_dim=32 + 48,
+    )
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir("sdtui-demo") / "vae"))
+    te1 = CLIPTextModel(_tiny_text_config("quick_gelu"))
+    te2 = CLIPTextModelWithProjection(_tiny_text_config("gelu", hidden=48))
+    folder = _tiny_config_folder(
+        tmp_path, "sdxl-base", {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2}
+    )
+    path = tmp_path / "tiny-xl-vpred.safetensors"
+    state = stable_diffusion_to_ldm(unet, vae, te1, te2)
+    state.update(v_pred=torch.tensor([]), ztsnr=torch.tensor([]))  # NoobAI's empty markers
+    save_file(state, path)
+    # the tiny widths are not a real SDXL's: the classifier's width check is bypassed, the
+    # markers are read by the same function detect_family uses
+    monkeypatch.setattr(models, "detect_family", lambda shapes: with_markers(ModelFamily("SDXL", "sdxl-base"), shapes))
+    monkeypatch.setattr(models, "config_dir", lambda name: folder)
+
+    loaded = load_pipeline(path)
+    assert loaded.prediction_type == "v_prediction"
+    assert loaded.family.label == "SDXL v-pred ztsnr"
+    assert loaded.pipe.scheduler.config.rescale_betas_zero_snr is True
+    # A1111's sampling over it: sigmas from ~4519 down, v-prediction scalings, a finite result
+    from sdtui.engine.conditioning import encode_job_conds
+    from sdtui.engine.sampling import Denoiser, Plan, sample
+
+    pipe = loaded.pipe
+    conds = encode_job_conds(pipe, PROMPT, "", 3, device="cpu")
+    config = dict(pipe.scheduler.config)
+    denoiser = Denoiser(
+        pipe.unet, conds, 5.0, scheduler_config=config, alphas_cumprod=pipe.scheduler.alphas_cumprod,
+        device=torch.device("cpu"), size=(64, 64),
+    )
+    assert denoiser.v and float(denoiser.alphas_cumprod[-1]) == pytest.approx(4.8973451890853435e-08)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 4, 8, 8, generator=gen)
+    out = sample(denoiser, Plan("Euler a", "Automatic", 3, 3, 5.0, 64, 64), noise, [gen], None, config)
+    assert torch.isfinite(out).all()

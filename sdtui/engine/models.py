@@ -611,6 +611,8 @@ def _settle_prediction_type(path: Path, pipe: Any, family: ModelFamily) -> tuple
     """v-prediction is not in the weights: a yaml beside the file decides, else for SD2 the
     UNet is asked (A1111's test); SD 1.x and SDXL base are epsilon."""
     v = yaml_v_prediction(path)
+    if v is None and family.v_prediction:  # an SDXL v-pred marker tensor
+        v = True
     if v is None and family.family == "SD2" and not family.inpainting:
         v = unet_predicts_v(pipe.unet)
         log.info("%s: UNet test says %s", path.name, "v-prediction" if v else "epsilon")
@@ -623,6 +625,10 @@ def _settle_prediction_type(path: Path, pipe: Any, family: ModelFamily) -> tuple
         family = dataclasses.replace(family, config=name)
     elif v:
         pipe.scheduler = _scheduler_from(config_dir(family.config), "v_prediction")
+    if family.zero_terminal_snr:
+        # the sampler rescales alphas_cumprod from this flag as A1111's "Zero Terminal SNR"
+        # noise schedule does (sdtui.engine.samplers._ldm_alphas_cumprod)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)
     return pipe, dataclasses.replace(family, v_prediction=bool(v))
 
 

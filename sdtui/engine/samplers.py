@@ -98,13 +98,32 @@ def a1111_sigmas(
 
 def _ldm_alphas_cumprod(config: dict[str, Any], fallback: torch.Tensor) -> torch.Tensor:
     """alphas_cumprod as SD's LDM builds it (float64 betas, then cumprod) for the
-    scaled_linear schedule; otherwise the scheduler's own."""
+    scaled_linear schedule; otherwise the scheduler's own. With ``rescale_betas_zero_snr``
+    (a zero-terminal-SNR checkpoint) A1111's "Zero Terminal SNR" noise schedule on top."""
     if config.get("beta_schedule") == "scaled_linear" and not config.get("trained_betas"):
         n = int(config.get("num_train_timesteps", 1000))
         b0, b1 = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
         betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
-        return torch.cumprod(1 - betas, dim=0)
-    return torch.as_tensor(fallback, dtype=torch.float64)
+        ac = torch.cumprod(1 - betas, dim=0)
+    else:
+        ac = torch.as_tensor(fallback, dtype=torch.float64)
+    return zero_terminal_snr(ac) if config.get("rescale_betas_zero_snr") else ac
+
+
+# A1111 modules/sd_models.py rescale_zero_terminal_snr_abar: the last alpha bar is not 0 (the
+# sigma would be infinite) but this, sigma_max ~ 4519
+ZTSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's ``rescale_zero_terminal_snr_abar``: shift sqrt(alpha bar) so the last is 0,
+    scale it so the first keeps its value, then the last alpha bar set to a tiny number."""
+    s = alphas_cumprod.double().sqrt()
+    first, last = s[0].clone(), s[-1].clone()
+    s = (s - last) * (first / (first - last))
+    out = s**2
+    out[-1] = ZTSNR_LAST_ALPHA_BAR
+    return out
 
 
 class _A1111Sigmas:
