@@ -21,6 +21,7 @@ from sdtui.errors import UserError
 from sdtui.params import RESIZE_MODES, GenerationParams, ParamError, UpscaleParams, parse_size
 from sdtui.safe_text import json_dumps, one_line, visible
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from sdtui.units import format_bytes, format_uptime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 QUIET, NORMAL, VERBOSE = -1, 0, 1  # -q, neither, -v
@@ -498,10 +499,10 @@ def follow_job(
 def _job_stats(done: Any) -> str:
     parts = [f"job #{done.job_id} took {done.seconds:.2f} s"]
     if done.peak_vram_allocated is not None:
-        parts.append(f"peak VRAM {_human(done.peak_vram_allocated)} allocated, "
-                     f"{_human(done.peak_vram_reserved or 0)} reserved")
+        parts.append(f"peak VRAM {format_bytes(done.peak_vram_allocated)} allocated, "
+                     f"{format_bytes(done.peak_vram_reserved or 0)} reserved")
     if done.rss is not None:
-        parts.append(f"RSS {_human(done.rss)}")
+        parts.append(f"RSS {format_bytes(done.rss)}")
     parts += [f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}" for k, v in sorted(done.stats.items())]
     return ", ".join(parts)
 
@@ -807,17 +808,10 @@ def write_atomic(source: Path, dest: Path) -> None:
 # -- models, info, upscale, gpu ------------------------------------------------------------
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     from sdtui.extra_networks_index import embedding_vectors, list_embeddings, list_loras, list_vaes
-    from sdtui.model_index import cached_model_hash, discover_models, model_hash, old_model_hash
+    from sdtui.hashes import cached_model_hash, model_hash, old_model_hash
+    from sdtui.model_index import discover_models
     from sdtui.upscalers import list_upscalers
 
     settings = settings_from(args)
@@ -869,7 +863,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         for name, r in zip(names, rows, strict=True):
             fam = one_line(r["family"] or "?")
             print(
-                f"{name:<{w}}  {fam:<15} {_human(r['size_bytes']):>9}  "
+                f"{name:<{w}}  {fam:<15} {format_bytes(r['size_bytes']):>9}  "
                 f"{one_line(r['hash'] or '-'):<10}  {one_line(r['old_hash'] or '-')}"
             )
             if r["error"]:
@@ -1118,8 +1112,6 @@ def _stored_jobs(queue_path: Path) -> list[Any]:
 
 
 def format_daemon_state(state: Any) -> str:
-    from sdtui.units import format_uptime
-
     lines = [
         f"engine daemon: pid {state.pid}, sdtui {state.version}, up {format_uptime(time.time() - state.started_at)}",
         f"socket:  {state.address}",
@@ -1217,13 +1209,13 @@ def _queue_without_daemon(client: Any, args: argparse.Namespace) -> int:
 
 
 def _value_lists() -> dict[str, tuple[str, ...]]:
-    from sdtui.extra_networks_index import HIRES_LATENT_UPSCALERS
+    from sdtui.upscalers import LANCZOS, LATENT_UPSCALE_MODES, NEAREST
 
     return {
         "sampler": SAMPLER_NAMES,
         "schedule": SCHEDULE_TYPES,
-        "hires_upscaler": (*HIRES_LATENT_UPSCALERS, "Lanczos", "Nearest"),
-        "upscaler": ("Lanczos", "Nearest"),
+        "hires_upscaler": (*LATENT_UPSCALE_MODES, LANCZOS, NEAREST),
+        "upscaler": (LANCZOS, NEAREST),
         "device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1"),
     }
 

@@ -41,6 +41,8 @@ from sdtui.model_index import (
     stub_state,
 )
 from sdtui.safetensors_header import read_safetensors_shapes, safetensors_metadata
+from sdtui.upscalers import LATENT_UPSCALE_MODES
+from sdtui.upscalers import hires_upscaler_choices as hires_upscaler_choices  # the TUI's catalog
 
 LORA_FOLDERS: tuple[str, ...] = ("Lora", "LyCORIS")
 LORA_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".ckpt")
@@ -49,15 +51,9 @@ VAE_FOLDER = "VAE"
 VAE_FILE_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".ckpt", ".bin")
 AUTOMATIC = "Automatic"
 NO_VAE = "None"
-# hires fix upscalers that resize latents, in A1111's order (sdtui.engine.hires applies them)
-HIRES_LATENT_UPSCALERS: tuple[str, ...] = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
+# hires fix upscalers that resize latents, in A1111's order: the names of the one table,
+# sdtui.upscalers.LATENT_UPSCALE_MODES (kept here for the TUI's catalog)
+HIRES_LATENT_UPSCALERS: tuple[str, ...] = tuple(LATENT_UPSCALE_MODES)
 
 _RE_HASH = re.compile(r"[0-9a-f]{12,64}")
 
@@ -185,18 +181,6 @@ VAE_CHOICES_FIXED: tuple[str, ...] = (AUTOMATIC, NO_VAE)
 def vae_choices(models_dir: Path | str) -> list[str]:
     """What a VAE picker offers: "Automatic", "None", then every VAE file's name."""
     return [*VAE_CHOICES_FIXED, *(e.name for e in list_vaes(models_dir))]
-
-
-def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
-    """What a hires-fix upscaler picker offers, in A1111's order: the latent modes, "None",
-    "Lanczos", "Nearest", then every upscaler model found."""
-    from sdtui.upscalers import list_upscalers
-
-    return [
-        *HIRES_LATENT_UPSCALERS,
-        NO_VAE,
-        *(e.name for e in list_upscalers(Path(models_dir).expanduser())),
-    ]
 
 
 # -- resolving -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdtui.errors import UserError
+from sdtui.units import format_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -108,14 +109,6 @@ def next_sequence_number(folder: Path, basename: str = "") -> int:
         if head.isascii() and head.isdigit():
             result = max(result, int(head))
     return result + 1
-
-
-def _human(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -269,10 +262,10 @@ class OutputLayout:
     def _write_error(self, e: OSError, folder: Path, target: Path | None, size: int) -> UserError:
         if e.errno in _DISK_FULL:
             free = _free_bytes(folder)
-            left = f", {_human(free)} left" if free is not None else ""
+            left = f", {format_bytes(free)} left" if free is not None else ""
             name = target.name if target is not None else "an image"
             return UserError(
-                f"disk full: saving {name} in {folder} needs {_human(size)} free{left}; "
+                f"disk full: saving {name} in {folder} needs {format_bytes(size)} free{left}; "
                 "free some space, or pass --outputs-dir with a folder on another disk",
                 detail=repr(e),
             )

@@ -5,6 +5,10 @@ every model file under the A1111 upscaler folders (``models/ESRGAN``, ``models/R
 ``models/DAT``, ``models/SwinIR``, ``models/HAT``). The engine (``sdtui.engine.upscale``)
 loads the files with spandrel; this module only names and finds them, so the UI can show the
 list without importing torch.
+
+The hires fix's upscalers are named here too (``hires_upscaler_choices``): the "Latent ..."
+modes, which resize the first pass's latents (``LATENT_UPSCALE_MODES``, applied by
+``sdtui.engine.hires``), "None" (Lanczos), and every upscaler above.
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ REALESRGAN_NAMES: dict[str, str] = {
 }
 
 FACE_FOLDERS: tuple[str, ...] = ("GFPGAN", "Codeformer", "CodeFormer")
+
+# hires fix upscalers that resize latents, in A1111's order: name -> (``F.interpolate`` mode,
+# antialias), as A1111's shared.latent_upscale_modes
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+NONE_UPSCALER = "None"  # the hires fix's "None": the images are resized with Lanczos
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,41 @@ def _same(a: Path, b: Path) -> bool:
 
 def _names(entries: list[UpscalerEntry]) -> str:
     return one_line(", ".join(f'"{e.name}"' for e in entries))
+
+
+# -- the hires fix's upscalers ----------------------------------------------------------------
+
+
+def latent_mode(name: str) -> tuple[str, bool] | None:
+    """(interpolate mode, antialias) for a "Latent ..." upscaler name (any case), else None."""
+    low = name.strip().lower()
+    for key, value in LATENT_UPSCALE_MODES.items():
+        if key.lower() == low:
+            return value
+    return None
+
+
+def hires_image_upscaler(name: str) -> str:
+    """The Extras upscaler a hires upscaler that is not a latent mode names ("None": Lanczos)."""
+    return LANCZOS if name.strip().lower() == NONE_UPSCALER.lower() else name
+
+
+def check_hires_upscaler(name: str, models_dir: Path | str) -> None:
+    """Raise UserError (listing the choices) for a hires upscaler name that does not exist."""
+    if latent_mode(name) is not None:
+        return
+    models = Path(models_dir)
+    resolve_upscaler(hires_image_upscaler(name), list_upscalers(models), models_dir=models)
+
+
+def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
+    """What a hires-fix upscaler picker offers, in A1111's order: the latent modes, "None",
+    "Lanczos", "Nearest", then every upscaler model found."""
+    return [
+        *LATENT_UPSCALE_MODES,
+        NONE_UPSCALER,
+        *(e.name for e in list_upscalers(Path(models_dir).expanduser())),
+    ]
 
 
 def face_restoration_status(models_dir: Path) -> str:

@@ -18,13 +18,14 @@ def demo_session(path: Path, settings: Any = None) -> Any:
     loaded.name = "sdtui-demo"
     session = ModelSession.create(loaded, "cpu")
     if settings is not None:
-        session.extra["settings"] = settings
+        session.settings = settings
     return session
 
 
 def run_job(session: Any, params: GenerationParams, out: Path, control: Any = None) -> tuple[Any, list]:
     """Run one job into the outputs folder ``out``; returns (JobDone, every event)."""
-    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.engine.generate import run_generation
+    from sdtui.engine.job import JobContext, JobControl
     from sdtui.outputs import OutputLayout
 
     events: list = []

@@ -47,7 +47,7 @@ def _a1111_slerp(val, low, high):
 
 @pytest.mark.parametrize("strength", [0.05, 0.3, 0.5, 0.9, 1.0])
 def test_slerp_matches_a1111(strength):
-    from sdtui.engine.generate import slerp
+    from sdtui.engine.latents import slerp
 
     shape = (4, 8, 8)  # one image's (C, H, W) noise, as ImageRNG.first() slerps it
     low = torch.randn(shape, generator=torch.Generator().manual_seed(1))
@@ -56,7 +56,7 @@ def test_slerp_matches_a1111(strength):
 
 
 def test_slerp_near_parallel_edge_case_is_a1111s_lerp():
-    from sdtui.engine.generate import slerp
+    from sdtui.engine.latents import slerp
 
     # modules/rng.py slerp: ``if dot.mean() > 0.9995: return low * val + high * (1 - val)``
     # (note: low weighted by val). low and 2*low are parallel: 0.25*a + 0.75*2a = 1.75a
@@ -65,7 +65,7 @@ def test_slerp_near_parallel_edge_case_is_a1111s_lerp():
 
 
 def test_variation_noise_is_a1111s_image_rng_first():
-    from sdtui.engine.generate import make_noise
+    from sdtui.engine.latents import make_noise
 
     # modules/rng.py ImageRNG.first(): subnoise = randn(subseed, noise_shape) (global torch
     # seeded with the subseed), noise = randn(seed, shape, generator=create_generator(seed)),
@@ -162,7 +162,7 @@ def _a1111_hires_steps(hr_steps: int, first_steps: int, denoise: float) -> tuple
     ],
 )
 def test_hires_schedule_is_a1111s(hr_steps, first_steps, denoise, schedule, run):
-    from sdtui.engine.hires import hires_schedule, hires_steps
+    from sdtui.steps import hires_schedule, hires_steps
 
     p = GenerationParams(
         steps=first_steps, enable_hr=True, hr_second_pass_steps=hr_steps,
@@ -277,7 +277,7 @@ def _a1111_img2img_steps(steps: int, denoise: float) -> tuple[int, int]:
 
 @pytest.mark.parametrize("steps, denoise", [(20, 0.75), (20, 1.0), (20, 0.0), (10, 0.5), (7, 0.3)])
 def test_img2img_schedule_is_a1111s(steps, denoise):
-    from sdtui.engine.hires import img2img_schedule
+    from sdtui.steps import img2img_schedule
 
     assert img2img_schedule(GenerationParams(steps=steps, denoising_strength=denoise, init_image="x")) == (
         _a1111_img2img_steps(steps, denoise)

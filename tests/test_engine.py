@@ -149,7 +149,8 @@ def _gradient(path: Path, size=(64, 64)) -> Path:
 
 
 def test_lower_denoise_changes_the_init_image_less(session, tmp_path):
-    from sdtui.engine.generate import JobContext, JobControl, decode_latents, encode_images
+    from sdtui.engine.job import JobContext, JobControl
+    from sdtui.engine.latents import decode_latents, encode_images
 
     init = _gradient(tmp_path / "init.png")
     # the demo's VAE has random weights: compare with the init image as it comes back
@@ -204,7 +205,7 @@ def test_previews_are_capped_per_second_when_asked(session, tmp_path):
 
 
 def test_cancel_from_the_step_callback_keeps_finished_images(session, tmp_path):
-    from sdtui.engine.generate import JobControl
+    from sdtui.engine.job import JobControl
 
     control = JobControl()
     params = GenerationParams(**TINY, seed=1, batch_count=3)
@@ -215,7 +216,8 @@ def test_cancel_from_the_step_callback_keeps_finished_images(session, tmp_path):
         if isinstance(e, msg.ImageSaved):
             control.cancel.set()
 
-    from sdtui.engine.generate import JobContext, run_generation
+    from sdtui.engine.generate import run_generation
+    from sdtui.engine.job import JobContext
     from sdtui.outputs import OutputLayout
 
     ctx = JobContext(1, emit, control, OutputLayout(tmp_path), "sdtui-demo", None, "SD1")
@@ -228,7 +230,8 @@ def test_cancel_from_the_step_callback_keeps_finished_images(session, tmp_path):
 
 
 def test_a_restarted_job_makes_only_the_missing_images_with_their_seeds(session, tmp_path):
-    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.engine.generate import run_generation
+    from sdtui.engine.job import JobContext, JobControl
     from sdtui.outputs import OutputLayout
 
     params = GenerationParams(**TINY, seed=40, batch_size=2, batch_count=2)

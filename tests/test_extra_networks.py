@@ -394,13 +394,13 @@ def test_embeddings_change_only_prompts_that_name_them(session, embeddings, fold
     }
     empty = folders.embeddings.parent / "no-embeddings"
     empty.mkdir(exist_ok=True)
-    session.extra["settings"] = folders.replace(embeddings_dir=empty)
+    session.settings = folders.replace(embeddings_dir=empty)
     try:
         plain_glowing = image(session, tmp_path / "2", prompt=PROMPT + ", glowing")[0]
         plain_glowy = image(session, tmp_path / "3", prompt=PROMPT + ", glowy")[0]
         plain_negative = image(session, tmp_path / "4", negative_prompt="glowy")[0]
     finally:
-        session.extra["settings"] = folders
+        session.settings = folders
     assert np.array_equal(with_folder["plain"], plain_glowing), "unnamed embeddings changed it"
     assert np.abs(with_folder["glowy"] - plain_glowy).mean() > 1
     assert np.abs(with_folder["negative"] - plain_negative).mean() > 1
@@ -421,7 +421,7 @@ def test_embeddings_and_loras_together_and_weights_restored(
     _, pairs = image(session, tmp_path, prompt="mystyle glowy <lora:styleA:0.5>")
     assert pairs["TI hashes"].count(": ") == 2
     assert pairs["Lora hashes"].startswith("styleA: ")
-    assert "text_pipe" not in session.extra
+    assert session.text_pipe is None
     assert_same_weights(session, before)
 
 

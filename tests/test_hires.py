@@ -90,7 +90,8 @@ def test_strength_zero_only_upscales(session, tmp_path):
 
 
 def test_unknown_upscaler_fails_before_sampling(session, tmp_path):
-    from sdtui.engine.generate import JobContext, JobControl, run_generation
+    from sdtui.engine.generate import run_generation
+    from sdtui.engine.job import JobContext, JobControl
     from sdtui.outputs import OutputLayout
 
     events: list = []
@@ -103,15 +104,21 @@ def test_unknown_upscaler_fails_before_sampling(session, tmp_path):
 
 
 def test_hires_upscaler_choices(tmp_path):
-    from sdtui.engine.hires import hires_upscaler_choices
+    from sdtui.extra_networks_index import hires_upscaler_choices as catalogs
+    from sdtui.upscalers import hires_upscaler_choices
 
     choices = hires_upscaler_choices(tmp_path)
     assert choices[:2] == ["Latent", "Latent (antialiased)"]
     assert "None" in choices and "Lanczos" in choices
+    assert catalogs is hires_upscaler_choices  # the TUI's catalog reads the same list
 
 
-def test_latent_upscaler_names_agree_with_the_pure_python_list():
-    from sdtui.engine.hires import LATENT_UPSCALE_MODES
+def test_latent_upscaler_names_have_one_home():
+    """sdtui.upscalers holds A1111's latent modes once; the TUI's list is its names."""
     from sdtui.extra_networks_index import HIRES_LATENT_UPSCALERS
+    from sdtui.upscalers import LATENT_UPSCALE_MODES, latent_mode
 
-    assert tuple(LATENT_UPSCALE_MODES) == HIRES_LATENT_UPSCALERS
+    assert HIRES_LATENT_UPSCALERS == tuple(LATENT_UPSCALE_MODES)
+    assert HIRES_LATENT_UPSCALERS[0] == "Latent" and len(HIRES_LATENT_UPSCALERS) == 6
+    assert latent_mode(" latent (Bicubic Antialiased) ") == ("bicubic", True)
+    assert latent_mode("Lanczos") is None

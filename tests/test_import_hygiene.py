@@ -39,6 +39,9 @@ ENGINE_MODULES = (
     "sdtui.engine.upscale",
     "sdtui.engine.models",
 )
+# torch-free although the engine uses them: the step arithmetic and upscaler names (the UI and
+# the CLI count and list with them), and what the worker imports before torch loads
+TORCH_FREE_MODULES = ("sdtui.steps", "sdtui.upscalers", "sdtui.engine.job", "sdtui.engine.worker")
 
 
 def _imports(module: str, forbidden: tuple[str, ...]) -> list[str]:
@@ -87,6 +90,67 @@ def test_engine_never_imports_textual(module: str) -> None:
 @pytest.mark.parametrize("module", DAEMON_MODULES)
 def test_the_daemon_imports_neither_torch_nor_textual(module: str) -> None:
     assert _imports(module, HEAVY + UI) == []
+
+
+@pytest.mark.parametrize("module", TORCH_FREE_MODULES)
+def test_torch_free_modules_import_no_torch(module: str) -> None:
+    assert _imports(module, HEAVY + UI) == []
+
+
+def _import_cycles(modules: set[str], imports: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each is a cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in imports[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for m in sorted(modules):
+        if m not in index:
+            visit(m)
+    return cycles
+
+
+def test_no_import_cycle_in_the_engine_or_the_torch_free_core() -> None:
+    """Issue 14, "Cycles": no module of the engine or of the core reaches itself through its
+    imports, in-function imports included (grimp reads them all, as import-linter does).
+    The TUI and the CLI are left out for now (their own cycles are theirs to break)."""
+    import grimp
+
+    graph = grimp.build_graph("sdtui", cache_dir=None)
+    modules = {
+        m for m in graph.modules if not m.startswith(("sdtui.tui", "sdtui.cli"))
+    }
+    imports = {m: graph.find_modules_directly_imported_by(m) & modules for m in modules}
+    cycles = _import_cycles(modules, imports)
+    detail = [
+        f"{a} -> {b} (line {', '.join(str(d['line_number']) for d in graph.get_import_details(importer=a, imported=b))})"
+        for cycle in cycles
+        for a in cycle
+        for b in sorted(imports[a] & set(cycle))
+    ]
+    assert cycles == [], "import cycles:\n" + "\n".join(detail)
 
 
 def test_the_static_import_contract_holds() -> None:

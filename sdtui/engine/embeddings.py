@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from sdtui.engine.models import _read_pickled, read_checkpoint
 from sdtui.errors import UserError
 from sdtui.extra_networks_index import EmbeddingEntry, embedding_hash
-from sdtui.model_index import shown
 from sdtui.prompt_syntax import parse_prompt_attention, strip_extra_networks
+from sdtui.regular_files import shown
 from sdtui.tokens import NameTable, name_table, scan_names, substitute_names
 
 Log = Callable[[str], None]
@@ -83,12 +84,8 @@ def load_embedding(entry: EmbeddingEntry) -> Embedding:
     suffix = path.suffix.lower()
     data: Any
     if suffix == ".safetensors":
-        from sdtui.engine.models import read_checkpoint
-
         data = read_checkpoint(path)
     else:
-        from sdtui.engine.models import _read_pickled
-
         data = _read_pickled(path, "embedding")
     if not isinstance(data, dict):
         raise UserError(f"{shown(path.name)} is not an embedding file (it holds no dictionary)")

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from sdtui.config import Settings
 from sdtui.engine.embeddings import (
     Embedding,
     find_used,
@@ -21,6 +20,7 @@ from sdtui.engine.embeddings import (
     text_pipe_with_embeddings,
     ti_hashes,
 )
+from sdtui.engine.job import JobContext, job_settings
 from sdtui.engine.lora import LoraRequest, apply_plan, build_module_index, plan_patches
 from sdtui.engine.vae import swap_vae
 from sdtui.extra_networks_index import (
@@ -39,20 +39,7 @@ from sdtui.extra_networks_index import (
 )
 from sdtui.params import GenerationParams
 from sdtui.prompt_syntax import extract_lora_tags
-
-TEXT_PIPE = "text_pipe"  # session.extra key: the conditioning pipeline while embeddings apply
-
-
-def job_settings(session: Any, ctx: Any) -> Settings:
-    """The folders a job reads: ``ctx.settings``, else ``session.extra["settings"]`` (the
-    engine sets it), else the settings file and environment."""
-    settings = getattr(ctx, "settings", None) or session.extra.get("settings")
-    if settings is None:
-        from sdtui.config import load_settings
-
-        settings = load_settings()
-        session.extra["settings"] = settings
-    return settings
+from sdtui.upscalers import check_hires_upscaler
 
 
 def pick_vae(choice: str, checkpoint: Any, models_dir: Any) -> VaeEntry | None:
@@ -78,7 +65,10 @@ def _cached_embedding(
 
 
 @contextmanager
-def job_extras(session: Any, p: GenerationParams, ctx: Any) -> Iterator[dict[str, object]]:
+def job_extras(session: Any, p: GenerationParams, ctx: JobContext) -> Iterator[dict[str, object]]:
+    """Apply ``p``'s VAE, LoRAs and embeddings to the ModelSession ``session`` (which keeps
+    their caches: ``vae_cache``, ``lora_index``, ``embeddings``; and ``text_pipe`` while the
+    embeddings apply); yields the infotext pairs."""
     settings = job_settings(session, ctx)
     pipe = session.txt2img
 
@@ -88,14 +78,12 @@ def job_extras(session: Any, p: GenerationParams, ctx: Any) -> Iterator[dict[str
     pairs: dict[str, object] = {}
     with ExitStack() as undo:
         if p.enable_hr and p.init_image is None:
-            from sdtui.engine.hires import check_upscaler
-
-            check_upscaler(p.hr_upscaler, settings.models)  # fail before the first pass
+            check_hires_upscaler(p.hr_upscaler, settings.models)  # fail before the first pass
 
         # VAE
         vae = pick_vae(p.vae, getattr(session, "path", None), settings.models)
         if vae is not None:
-            swapped = swap_vae(pipe.vae, vae.path, session.extra)
+            swapped = swap_vae(pipe.vae, vae.path, session.vae_cache)
             undo.callback(swapped.restore)
             pairs["VAE hash"] = vae_hash(vae.path)
             pairs["VAE"] = vae.name
@@ -109,10 +97,10 @@ def job_extras(session: Any, p: GenerationParams, ctx: Any) -> Iterator[dict[str
                 entry = resolve_lora(tag.name, entries, settings.models)
                 unet = tag.weight if tag.unet_weight is None else tag.unet_weight
                 requests.append(LoraRequest(tag.name, entry.path, tag.weight, unet))
-            cached = session.extra.get("lora_index")
+            cached = session.lora_index
             if cached is None or cached[0] is not pipe.unet:
                 cached = (pipe.unet, build_module_index(pipe))
-                session.extra["lora_index"] = cached
+                session.lora_index = cached
             plan = plan_patches(requests, cached[1], warn)
             applied = apply_plan(plan)
             undo.callback(applied.restore)
@@ -123,12 +111,11 @@ def job_extras(session: Any, p: GenerationParams, ctx: Any) -> Iterator[dict[str
         embedding_entries = list_embeddings(settings.embeddings)
         used = find_used(pipe.tokenizer, embedding_entries, p.prompt, p.negative_prompt)
         if used:
-            cache = session.extra.setdefault("embeddings", {})
-            loaded = [_cached_embedding(cache, e) for e in used]
+            loaded = [_cached_embedding(session.embeddings, e) for e in used]
             text_pipe, fitting = text_pipe_with_embeddings(pipe, loaded, warn)
             if text_pipe is not None:
-                session.extra[TEXT_PIPE] = text_pipe
-                undo.callback(session.extra.pop, TEXT_PIPE, None)
+                session.text_pipe = text_pipe
+                undo.callback(setattr, session, "text_pipe", None)
                 pairs["TI hashes"] = hashes_value(ti_hashes(fitting))
 
         yield pairs

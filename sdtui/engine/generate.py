@@ -1,60 +1,51 @@
-"""One txt2img / img2img job, top to bottom: seeds, scheduler, conditioning, sampling with
-progress and previews, decode, save with infotext, grid."""
+"""One txt2img / img2img job, top to bottom: seeds, conditioning, sampling with progress and
+previews, decode, save with infotext, grid.
+
+The parts live beside it, each imported from here and none importing this module:
+``sdtui.engine.job`` (context, control, JobCancelled / BatchSkipped), ``sdtui.engine.latents``
+(noise, VAE decode / encode), ``sdtui.engine.plans`` (each pass's sampling plan and denoiser,
+from ``sdtui.steps``), ``sdtui.engine.hires`` (the second pass, reached through the session).
+"""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdtui.engine import preview as preview_mod
+from sdtui.engine import sampling
+from sdtui.engine.conditioning import JobConds, encode_job_conds, schedule_steps
+from sdtui.engine.hires import hires_noise
+from sdtui.engine.job import BatchSkipped, JobCancelled, JobContext, JobControl
+from sdtui.engine.latents import decode_latents, encode_images, make_noise
 from sdtui.engine.memory import MemoryLadder
+from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
 from sdtui.engine.samplers import make_scheduler
+from sdtui.image_files import open_image_file
 from sdtui.infotext import format_infotext
 from sdtui.ipc import protocol as msg
-from sdtui.outputs import OutputLayout
 from sdtui.params import GenerationParams
 from sdtui.samplers import normalize_sampler
 
-
-class JobCancelled(Exception):
-    """Raised from the step callback: stop now, keep what is saved."""
-
-
-class BatchSkipped(Exception):
-    """Raised from the step callback: drop the current batch, go on with the next."""
-
-
-@dataclass
-class JobControl:
-    """Flags the engine's command thread sets while a job runs."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    skip: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class JobContext:
-    job_id: int
-    emit: Callable[[Any], None]
-    control: JobControl
-    layout: OutputLayout
-    model_name: str | None = None
-    model_hash: str | None = None
-    family: str = "SD1"
-    memory_mode: str = "normal"  # the engine's placement: the ladder climbs from here
-    vae_fp32: bool = False  # set after a NaN decode: the rest of the job decodes in fp32
-    settings: Any = None  # the submitter's folders (LoRAs, VAEs, upscalers); None: the engine's
-    # images a restarted job saved before (index -> path): they are not made again
-    done: dict[int, str] = field(default_factory=dict)
-
-    def log(self, text: str, level: str = "info") -> None:
-        self.emit(msg.Log(level, text, self.job_id))
+# generate's own names, and the ones tests and bench/ have imported from here since before the
+# split (each has its one home above)
+__all__ = [
+    "JobContext",
+    "JobControl",
+    "StepReporter",
+    "decode_latents",
+    "encode_images",
+    "image_seeds",
+    "job_conds",
+    "load_init_image",
+    "make_denoiser",
+    "make_noise",
+    "resize_image",
+    "run_generation",
+]
 
 
 def load_init_image(
@@ -62,8 +53,6 @@ def load_init_image(
 ) -> Image.Image:
     """The init image, decoded and resized; more than ``megapixels`` (the settings'
     ``max_image_megapixels``) is refused before it is decoded."""
-    from sdtui.image_files import open_image_file
-
     with open_image_file(path, "init image", megapixels) as im:
         image = ImageOps.exif_transpose(im).convert("RGB")
     return resize_image(image, width, height, resize_mode)
@@ -91,33 +80,6 @@ def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Imag
     canvas = resized.resize((width, height), Image.LANCZOS)  # a blurred stretch as the fill
     canvas.paste(resized, ((width - fw) // 2, (height - fh) // 2))
     return canvas
-
-
-def make_noise(seed: int, shape: tuple[int, ...], subseed: int | None, strength: float) -> torch.Tensor:
-    """Initial noise for one image from its own CPU generator (A1111's "RNG: CPU"), with
-    A1111's variation seed (modules/rng.py ``ImageRNG.first``): noise from the seed,
-    subnoise from the subseed, ``slerp(subseed_strength, noise, subnoise)``."""
-    noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
-    if subseed is not None and strength != 0:
-        other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed))
-        noise = slerp(strength, noise, other)
-    return noise
-
-
-def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """A1111's modules/rng.py ``slerp``, line for line: norms over ``dim=1`` of one image's
-    (C, H, W) noise, and its "lerp" when the noises are nearly parallel (which weights
-    ``low`` by ``val``, as A1111 does)."""
-    low_norm = low / torch.norm(low, dim=1, keepdim=True)
-    high_norm = high / torch.norm(high, dim=1, keepdim=True)
-    dot = (low_norm * high_norm).sum(1)
-    if dot.mean() > 0.9995:
-        return low * val + high * (1 - val)
-    omega = torch.acos(dot)
-    so = torch.sin(omega)
-    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (
-        torch.sin(val * omega) / so
-    ).unsqueeze(1) * high
 
 
 def image_seeds(p: GenerationParams, indices: list[int]) -> tuple[list[int], list[int]]:
@@ -189,68 +151,11 @@ class StepReporter:
         # the GPU's queued work, so the wait belongs to the steps; start-to-start is wall time
 
 
-def decode_latents(pipe: Any, latents: torch.Tensor, ctx: JobContext) -> list[Image.Image]:
-    """Latents to images. An fp16 SDXL VAE whose config says ``force_upcast`` decodes in fp32,
-    as diffusers' SDXL pipeline does (SD1/SD2 configs carry the flag by default, and diffusers
-    ignores it there); any other reduced-precision decode that gives NaN runs again in fp32
-    (A1111's fix), and the rest of the job then decodes in fp32 directly."""
-    vae = pipe.vae
-    scaled = latents / vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift:
-        scaled = scaled + shift
-    own = vae.dtype
-    force = own == torch.float16 and ctx.family == "SDXL" and bool(getattr(vae.config, "force_upcast", False))
-    upcast = own != torch.float32 and (force or ctx.vae_fp32)
-    image = _vae_decode(pipe, scaled, torch.float32 if upcast else own)
-    if not upcast and own != torch.float32 and torch.isnan(image).any():
-        ctx.log(
-            f"the VAE gave NaN in {str(own).removeprefix('torch.')}: decoding again in fp32 "
-            "(and for the rest of this job)",
-            "warning",
-        )
-        ctx.vae_fp32 = True
-        image = _vae_decode(pipe, scaled, torch.float32)
-    if torch.isnan(image).any():
-        ctx.log("the VAE gave NaN even in fp32: the image is black; try another VAE", "warning")
-        image = torch.nan_to_num(image)
-    return pipe.image_processor.postprocess(image.float(), output_type="pil")
-
-
-def _vae_decode(pipe: Any, scaled: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """One decode in ``dtype``; the VAE goes back to its own dtype even when this raises."""
-    vae = pipe.vae
-    own = vae.dtype
-    # with model offload the VAE sits on the CPU until its hook moves it: aim at the GPU
-    device = getattr(pipe, "_execution_device", None) or scaled.device
-    try:
-        if dtype != own:
-            vae.to(dtype)
-        with torch.no_grad():
-            return vae.decode(scaled.to(device, dtype), return_dict=False)[0]
-    finally:
-        if vae.dtype != own:
-            vae.to(own)
-
-
-def first_pass_plan(p: GenerationParams) -> Any:
-    """The first pass's sampling plan: txt2img runs all ``p.steps``; img2img A1111's
-    ``t_enc + 1`` of them (hires.img2img_schedule)."""
-    from sdtui.engine.hires import img2img_schedule
-    from sdtui.engine.sampling import Plan
-
-    img2img = p.init_image is not None
-    schedule, run = img2img_schedule(p) if img2img else (p.steps, p.steps)
-    return Plan(p.sampler, p.schedule_type, schedule, run, p.cfg_scale, p.width, p.height, img2img)
-
-
-def job_conds(pipes: Any, p: GenerationParams, *, hires: bool = False) -> Any:
-    """The job's conditioning (sdtui.engine.conditioning.JobConds) for the first pass, or for
-    the hires pass with A1111's hires schedule."""
-    from sdtui.engine.conditioning import encode_job_conds, schedule_steps
-
+def job_conds(pipes: Any, p: GenerationParams, *, hires: bool = False) -> JobConds:
+    """The job's conditioning for the first pass, or for the hires pass with A1111's hires
+    schedule."""
     # while a job's embeddings apply, job_scope puts a wrapped text pipeline there
-    pipe = getattr(pipes, "extra", {}).get("text_pipe") or pipes.txt2img
+    pipe = getattr(pipes, "text_pipe", None) or pipes.txt2img
     base = schedule_steps(p.steps, p.sampler)
     hires_steps = schedule_steps(p.hr_second_pass_steps or p.steps, p.sampler) if hires else None
     return encode_job_conds(
@@ -259,50 +164,12 @@ def job_conds(pipes: Any, p: GenerationParams, *, hires: bool = False) -> Any:
     )
 
 
-def make_denoiser(pipes: Any, pipe: Any, conds: Any, plan: Any, reporter: Any) -> Any:
-    from sdtui.engine.sampling import Denoiser, model_calls
-
-    device = getattr(pipe, "_execution_device", None) or torch.device(pipes.device)
-    return Denoiser(
-        pipe.unet,
-        conds,
-        plan.cfg_scale,
-        scheduler_config=pipes.scheduler_config,
-        alphas_cumprod=pipe.scheduler.alphas_cumprod,
-        device=torch.device(device),
-        size=(plan.height, plan.width),
-        on_call=reporter,
-        calls=model_calls(plan),
-    )
-
-
-@torch.no_grad()
-def encode_images(pipe: Any, images: list[Image.Image], seeds: list[int]) -> torch.Tensor:
-    """Images -> scaled latents, one posterior sample per image from a generator of its own
-    seed (A1111 samples the VAE posterior too, from the global RNG; this keeps an image of a
-    batch the same alone, and leaves the image's noise generator untouched)."""
-    vae = pipe.vae
-    device = getattr(pipe, "_execution_device", None) or vae.device
-    x = pipe.image_processor.preprocess(images).to(device, vae.dtype)
-    dist = vae.encode(x).latent_dist
-    mean, std = dist.mean.float(), dist.std.float()
-    eps = torch.stack(
-        [torch.randn(mean.shape[1:], generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
-    ).to(mean.device)
-    latents = mean + std * eps
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
-
-
 def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobContext) -> msg.JobDone:
     """Run one job; emits JobStarted, Progress, Preview, ImageSaved; returns JobDone.
 
     Sampling is A1111's (sdtui.engine.sampling) over the loaded pipeline's UNet; ``pipes``
     gives the components. Raises JobCancelled only after the images done so far are saved.
     """
-    from sdtui.engine import sampling
-    from sdtui.engine.hires import hires_noise, hires_plan
-
     t_start = time.perf_counter()
     p = params.validated().with_seeds()
     img2img = p.init_image is not None

@@ -24,8 +24,11 @@ and so what this does:
   and ``sd_samplers_kdiffusion.sample_img2img`` samples ``sigmas[steps - t_enc - 1:]`` of a
   ``steps``-long schedule: ``requested_steps`` steps from index ``schedule - requested``.
   Here the img2img pipeline gets ``num_inference_steps`` = that schedule and a strength
-  with ``int(schedule * strength) == requested`` (see ``hires_schedule``). Strength 0 keeps
-  the upscaled result without a second pass.
+  with ``int(schedule * strength) == requested`` (see ``sdtui.steps.hires_schedule``).
+  Strength 0 keeps the upscaled result without a second pass.
+
+The step and size arithmetic is ``sdtui.steps`` (no torch), the upscaler names
+``sdtui.upscalers`` (``LATENT_UPSCALE_MODES``, ``check_hires_upscaler``).
 """
 
 from __future__ import annotations
@@ -38,90 +41,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sdtui.params import GenerationParams
-
-# the names are sdtui.extra_networks_index.HIRES_LATENT_UPSCALERS, in the same order
-LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
-NONE_UPSCALER = "None"
-
-
-def latent_mode(name: str) -> tuple[str, bool] | None:
-    """(interpolate mode, antialias) for a "Latent ..." upscaler name, else None."""
-    low = name.strip().lower()
-    for key, value in LATENT_UPSCALE_MODES.items():
-        if key.lower() == low:
-            return value
-    return None
-
-
-def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
-    """See ``sdtui.extra_networks_index.hires_upscaler_choices`` (no torch there)."""
-    from sdtui.extra_networks_index import hires_upscaler_choices as choices
-
-    return choices(models_dir)
-
-
-def _image_upscaler(name: str) -> str:
-    return "Lanczos" if name.strip().lower() == NONE_UPSCALER.lower() else name
-
-
-def check_upscaler(name: str, models_dir: Path | str) -> None:
-    """Raise UserError (listing the choices) for an upscaler name that does not exist."""
-    if latent_mode(name) is not None:
-        return
-    from sdtui.upscalers import list_upscalers, resolve_upscaler
-
-    models = Path(models_dir)
-    resolve_upscaler(_image_upscaler(name), list_upscalers(models), models_dir=models)
-
-
-def hires_size(p: GenerationParams, multiple: int = 8) -> tuple[int, int]:
-    """(width, height) of the hires result."""
-    w = max(multiple, int(p.width * p.hr_scale) // multiple * multiple)
-    h = max(multiple, int(p.height * p.hr_scale) // multiple * multiple)
-    return w, h
-
-
-def hires_schedule(p: GenerationParams) -> tuple[int, int]:
-    """(schedule length, steps run) of the second pass, as A1111's
-    ``sd_samplers_common.setup_img2img_steps(p, steps)`` with ``steps`` given (the hires pass
-    always gives it): ``int(requested / min(denoise, 0.999))`` and ``requested``; (0, 0) for
-    no second pass (hires off, img2img, or denoising strength 0)."""
-    if not p.enable_hr or p.init_image or p.hr_denoising_strength <= 0:
-        return 0, 0
-    requested = p.hr_second_pass_steps or p.steps
-    if requested < 1:
-        return 0, 0
-    schedule = int(requested / min(p.hr_denoising_strength, 0.999))
-    return max(schedule, requested), requested
-
-
-def img2img_schedule(p: GenerationParams) -> tuple[int, int]:
-    """(schedule length, steps run) of img2img, as A1111's default
-    ``sd_samplers_common.setup_img2img_steps(p)`` (``img2img_fix_steps`` off, no ``steps``
-    given)::
-
-        steps = p.steps
-        t_enc = int(min(p.denoising_strength, 0.999) * steps)
-
-    and ``sd_samplers_kdiffusion.sample_img2img`` samples ``sigmas[steps - t_enc - 1:]``:
-    ``t_enc + 1`` steps (20 steps at 0.75: 16, from index 4), where diffusers alone would
-    run ``int(steps * strength)`` = 15."""
-    t_enc = int(min(max(p.denoising_strength, 0.0), 0.999) * p.steps)
-    return p.steps, min(p.steps, t_enc + 1)
-
-
-def hires_steps(p: GenerationParams) -> int:
-    """How many steps the second pass runs (0: none): exactly the Hires steps asked
-    (0 = the first pass's steps), as A1111."""
-    return hires_schedule(p)[1]
+from sdtui.engine import sampling
+from sdtui.engine.job import JobContext, job_settings
+from sdtui.engine.latents import decode_latents, encode_images, make_noise
+from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
+from sdtui.engine.upscale import upscale_pil
+from sdtui.params import GenerationParams, UpscaleParams
+from sdtui.steps import hires_size
+from sdtui.upscalers import hires_image_upscaler, latent_mode
 
 
 def _upscale_latents(
@@ -135,22 +62,9 @@ def _upscale_latents(
     return out.to(latents.dtype)
 
 
-def hires_plan(p: GenerationParams, multiple: int = 8) -> Any:
-    """The hires pass's sampling plan (sdtui.engine.sampling.Plan), None without one."""
-    from sdtui.engine.sampling import Plan
-
-    schedule, run = hires_schedule(p)
-    if run < 1:
-        return None
-    width, height = hires_size(p, multiple)
-    return Plan(p.sampler, p.schedule_type, schedule, run, p.cfg_scale, width, height, img2img=True)
-
-
 def hires_noise(p: GenerationParams, seeds: list[int], subseeds: list[int], channels: int, factor: int = 8) -> torch.Tensor | None:
     """The hires pass's noise: A1111's ``sample_hr_pass`` makes a new ``ImageRNG`` at the
     hires size from the same seeds (and variation), and takes its first draw."""
-    from sdtui.engine.generate import make_noise
-
     if hires_plan(p, factor) is None:
         return None
     width, height = hires_size(p, factor)
@@ -169,14 +83,11 @@ def run_hires_fix(
     generators: list[torch.Generator],
     conds: Any,
     reporter: Any,
-    ctx: Any,
+    ctx: JobContext,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Upscale the first pass's ``latents`` and run the second pass; latents at the new size.
     ``noise``: the pass's first draw per image (``hires_noise``)."""
-    from sdtui.engine import sampling
-    from sdtui.engine.generate import decode_latents, encode_images, first_pass_plan, make_denoiser
-
     factor = int(session.vae_scale)
     width, height = hires_size(p, factor)
     latent_size = (height // factor, width // factor)
@@ -188,14 +99,10 @@ def run_hires_fix(
     if mode is not None:
         image = _upscale_latents(latents, latent_size, mode)
     else:
-        from sdtui.engine.extra_networks import job_settings
-        from sdtui.engine.upscale import upscale_pil
-        from sdtui.params import UpscaleParams
-
         models_dir = Path(job_settings(session, ctx).models)
         up = UpscaleParams(
             image="",
-            upscaler=_image_upscaler(p.hr_upscaler),
+            upscaler=hires_image_upscaler(p.hr_upscaler),
             target_width=width,
             target_height=height,
         )

@@ -34,8 +34,12 @@ from typing import Any
 
 import torch
 
+from sdtui.engine.convert import unet_to_ldm
+from sdtui.engine.fastpath import FusedPart
+from sdtui.engine.models import read_checkpoint
 from sdtui.errors import UserError
-from sdtui.model_index import shown
+from sdtui.regular_files import shown
+from sdtui.safetensors_header import safetensors_metadata
 
 Log = Callable[[str], None]
 
@@ -93,9 +97,6 @@ def _underscored(name: str) -> str:
 def build_module_index(pipe: Any) -> ModuleIndex:
     """Names for every patchable layer: kohya (diffusers and LDM UNet spellings, ``lora_te*``)
     and dotted diffusers names (``unet.down_blocks...``, ``text_encoder.text_model...``)."""
-    from sdtui.engine.convert import unet_to_ldm
-    from sdtui.engine.fastpath import FusedPart
-
     index = ModuleIndex()
     unet = pipe.unet
     # the fast path's fused to_qkv is reached through its to_q/to_k/to_v views, by their names
@@ -137,15 +138,10 @@ def build_module_index(pipe: Any) -> ModuleIndex:
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, safetensors metadata) of a LoRA file, read safely."""
-    from sdtui.engine.models import read_checkpoint
-    from sdtui.model_index import read_safetensors_header
-
     tensors = read_checkpoint(path)
     metadata: dict[str, str] = {}
     if path.suffix.lower() == ".safetensors":
-        meta = read_safetensors_header(path).get("__metadata__")
-        if isinstance(meta, dict):
-            metadata = {str(k): str(v) for k, v in meta.items()}
+        metadata = {str(k): str(v) for k, v in safetensors_metadata(path).items()}
     return tensors, metadata
 
 

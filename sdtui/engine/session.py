@@ -11,6 +11,14 @@ from typing import Any
 
 import torch
 
+from sdtui.config import Settings
+from sdtui.engine.embeddings import Embedding
+from sdtui.engine.extra_networks import job_extras
+from sdtui.engine.fastpath import FastPathState
+from sdtui.engine.hires import run_hires_fix
+from sdtui.engine.lora import ModuleIndex
+from sdtui.engine.models import free_pipeline
+from sdtui.engine.vae import VaeCache
 from sdtui.params import GenerationParams
 
 
@@ -32,7 +40,16 @@ class ModelSession:
     img2img: Any
     scheduler_config: dict[str, Any]
     model_hash: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # the engine's folders (flags like --models-dir reach LoRA/VAE lookup); a job's own win
+    settings: Settings | None = None
+    fast_path: FastPathState | None = None  # set by the worker when it applies the fast path
+    # while a job's embeddings apply: the conditioning pipeline that knows them
+    text_pipe: Any = None
+    # caches kept between jobs: the checkpoint's own VAE and the last VAE file; the LoRA
+    # module index of a UNet (unet, index); loaded embeddings by (path, size, mtime)
+    vae_cache: VaeCache = field(default_factory=VaeCache)
+    lora_index: tuple[Any, ModuleIndex] | None = None
+    embeddings: dict[tuple[str, int, int], Embedding] = field(default_factory=dict)
 
     @classmethod
     def create(cls, loaded: Any, device: str) -> ModelSession:
@@ -81,8 +98,6 @@ class ModelSession:
     def job_scope(self, p: GenerationParams, ctx: Any) -> Iterator[dict[str, object]]:
         """Apply what a job asks for beyond the checkpoint (LoRAs, embeddings, VAE) for this job
         only; yields the infotext pairs that record them."""
-        from sdtui.engine.extra_networks import job_extras
-
         with job_extras(self, p, ctx) as pairs:
             yield pairs
 
@@ -97,18 +112,16 @@ class ModelSession:
         noise: Any = None,
     ) -> Any:
         """Second pass of A1111's hires fix on the first pass's latents."""
-        from sdtui.engine.hires import run_hires_fix
-
         return run_hires_fix(self, p, latents, generators, conds, reporter, ctx, noise)
 
     def close(self) -> None:
         """Drop every reference to the weights and give the memory back, even where a stray
         reference to a module survives (its tensors go to the meta device)."""
-        from sdtui.engine.models import free_pipeline
-
         if self.loaded is not None:
             free_pipeline(self.loaded)
-        self.extra.clear()
+        self.settings = self.fast_path = self.text_pipe = self.lora_index = None
+        self.vae_cache = VaeCache()
+        self.embeddings = {}
         self.txt2img = self.img2img = self.loaded = None
         gc.collect()
         if torch.cuda.is_available():

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from sdtui.engine.lora import param_storage
+from sdtui.engine.models import read_checkpoint
 from sdtui.errors import UserError
-from sdtui.model_index import shown
+from sdtui.regular_files import shown
 
 _PREFIXES = ("first_stage_model.", "vae.")
 _IGNORED = ("model_ema.", "loss.")
@@ -36,8 +38,6 @@ def _strip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def vae_state_dict(path: Path, vae: Any) -> dict[str, torch.Tensor]:
     """The file's weights in the diffusers names of ``vae``, checked to cover all of it."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    from sdtui.engine.models import read_checkpoint
 
     raw = _strip(read_checkpoint(path))
     if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in raw):
@@ -74,8 +74,6 @@ def vae_state_dict(path: Path, vae: Any) -> dict[str, torch.Tensor]:
 
 def _storages(vae: Any) -> dict[str, torch.Tensor]:
     """State-dict name -> the tensor that really holds it (see lora.param_storage)."""
-    from sdtui.engine.lora import param_storage
-
     out: dict[str, torch.Tensor] = {}
     for key in vae.state_dict(keep_vars=True):
         module_name, _, leaf = key.rpartition(".")
@@ -98,24 +96,34 @@ class SwappedVae:
         _write(self.vae, self.base)
 
 
-def base_weights(vae: Any, cache: dict[str, Any]) -> dict[str, torch.Tensor]:
+@dataclass
+class VaeCache:
+    """What swapping VAEs keeps between jobs of one loaded model (``ModelSession.vae_cache``)."""
+
+    # (the model's VAE module, its own weights on the CPU): saved once per loaded model
+    base: tuple[Any, dict[str, torch.Tensor]] | None = None
+    # (the last VAE file's identity: path, size, mtime; its weights in the model's names)
+    file: tuple[tuple[str, int, int], dict[str, torch.Tensor]] | None = None
+
+
+def base_weights(vae: Any, cache: VaeCache) -> dict[str, torch.Tensor]:
     """The checkpoint's own VAE weights on the CPU, saved once per loaded model."""
-    saved = cache.get("vae_base")
+    saved = cache.base
     if saved is None or saved[0] is not vae:
         weights = {k: t.to("cpu", copy=True) for k, t in _storages(vae).items()}
         saved = (vae, weights)
-        cache["vae_base"] = saved
+        cache.base = saved
     return saved[1]
 
 
-def swap_vae(vae: Any, path: Path, cache: dict[str, Any]) -> SwappedVae:
+def swap_vae(vae: Any, path: Path, cache: VaeCache) -> SwappedVae:
     """Write the VAE file's weights into ``vae``; the result writes the model's own back."""
     base = base_weights(vae, cache)
     key = _identity(path)
-    loaded = cache.get("vae_file")
+    loaded = cache.file
     if loaded is None or loaded[0] != key:
         loaded = (key, vae_state_dict(path, vae))
-        cache["vae_file"] = loaded
+        cache.file = loaded
     swapped = SwappedVae(vae, base)
     try:
         _write(vae, loaded[1])

@@ -6,7 +6,11 @@ talks to it over a pipe. The worker holds the only other end of that pipe, so wh
 daemon dies (``kill -9``, an OOM kill) the worker's read ends at once: it stops the running
 job at the next step (the images it saved are recorded in the queue file, so the next
 daemon resumes after them) and exits. This module is imported by the daemon's spawn shim
-too, so torch and diffusers are imported inside the functions only.
+too, so torch and diffusers are imported inside the functions only (``sdtui.engine.job``,
+imported at the top, has no torch).
+
+It starts on every platform: the POSIX-only names it uses (``signal.SIGHUP``, ``os.nice``)
+are looked up, never assumed.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ import time
 import traceback
 from typing import Any
 
-from sdtui.config import Settings
+from sdtui.config import MEMORY_MODES, Settings, cache_dir
+from sdtui.engine.job import JobContext, JobControl
 from sdtui.errors import UserError
+from sdtui.hashes import model_hash
 from sdtui.ipc import protocol as msg
-from sdtui.ipc.protocol import EngineOptions
+from sdtui.ipc.protocol import EngineOptions, EngineState, LogLevel
+from sdtui.jobstore import record_saved_image
+from sdtui.model_index import discover_models, resolve_model
+from sdtui.outputs import OutputLayout
+from sdtui.units import format_bytes
 
 __all__ = ["Engine", "EngineOptions", "engine_main"]
 
@@ -90,8 +100,6 @@ def prepare_environment() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # torch.compile's caches (FX graphs, kernels, autotuning) in our cache folder, not in /tmp:
     # they survive a reboot, so a later start compiles the fast path from cache in seconds
-    from sdtui.config import cache_dir
-
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
 
 
@@ -127,7 +135,7 @@ class Engine:
         self.current_job: int | None = None
         self.session: Any = None
         self.device = "cpu"
-        self._control: Any = None
+        self._control: JobControl | None = None
         self.memory_mode = settings.memory_mode  # what the user asked for (SetMemoryMode changes it)
         self.placement = "normal"  # the mode in force for the loaded model
         # the previous model, parked in CPU RAM so switching back takes a second (at most one)
@@ -227,13 +235,11 @@ class Engine:
         if self.options.preload and not self.stopping:
             self.ensure_model(self.options.preload_model)
 
-    def _status(self, state: str, detail: str = "") -> None:
+    def _status(self, state: EngineState, detail: str = "") -> None:
         model = self.session.name if self.session else None
         self.emit(msg.EngineStatus(state, detail, self.device, model, os.getpid(), self.options.worker))
 
     def _run(self, cmd: Any) -> None:
-        from sdtui.engine.generate import JobControl
-
         job_id = getattr(cmd, "job_id", None)
         control = JobControl()
         with self.cond:
@@ -271,8 +277,6 @@ class Engine:
     def resolve_model(self, query: str | None, settings: Settings | None = None) -> tuple[str, Any]:
         """(display name, path) of the model to use, found in ``settings``' folders (a job's
         submitter's; the worker's own by default)."""
-        from sdtui.model_index import discover_models, resolve_model
-
         settings = settings or self.settings
         if query is None:
             query = settings.default_model
@@ -367,7 +371,6 @@ class Engine:
         return session
 
     def _load(self, name: str, path: Any) -> Any:
-        from sdtui.engine.memory import format_size
         from sdtui.engine.models import default_dtype, load_pipeline
         from sdtui.engine.session import ModelSession
 
@@ -380,13 +383,13 @@ class Engine:
         self.placement, why = self._place(loaded.pipe)
         loaded.device = self.device
         self.session = ModelSession.create(loaded, self.device)
-        self.session.extra["settings"] = self.settings  # flags like --models-dir reach LoRA/VAE lookup
+        self.session.settings = self.settings  # flags like --models-dir reach LoRA/VAE lookup
         if self.placement == "normal":
             self._fast_path(loaded)
         if self.faults:
             self.faults.install(loaded.pipe)
         seconds = time.perf_counter() - t0
-        size = format_size(int(loaded.size_bytes))
+        size = format_bytes(int(loaded.size_bytes))
         self.emit(
             msg.Log(
                 "info",
@@ -419,7 +422,7 @@ class Engine:
         from sdtui.engine.fastpath import apply_fast_path, warm_up
 
         state = apply_fast_path(loaded.pipe, self.device, self.settings.fast_path, self._log)
-        self.session.extra["fast_path"] = state
+        self.session.fast_path = state
         if state.compiling:
             size = 1024 if loaded.family.family == "SDXL" else 512
             self._status("loading", "compiling the UNet (first load only)")
@@ -449,12 +452,11 @@ class Engine:
         self._said_cpu_mode = True  # once per engine: every job would repeat it otherwise
         self._log(f"running on the CPU: memory mode {self.memory_mode} has no effect (runs as normal)")
 
-    def _log(self, text: str, level: str = "info") -> None:
+    def _log(self, text: str, level: LogLevel = "info") -> None:
         self.emit(msg.Log(level, text))
 
     def set_memory_mode(self, mode: str) -> None:
         """Change the memory mode now; the loaded model moves (or reloads, for lowest)."""
-        from sdtui.config import MEMORY_MODES
         from sdtui.engine import memory
 
         if mode not in MEMORY_MODES:
@@ -494,8 +496,6 @@ class Engine:
     def _recording(self, job_id: int, saved: list[str]) -> Any:
         """An emit that records each saved image in the queue file before passing it on:
         a job that restarts resumes after it."""
-        from sdtui.jobstore import record_saved_image
-
         def emit(event: Any) -> None:
             if isinstance(event, msg.ImageSaved):
                 if not event.is_grid:
@@ -509,12 +509,10 @@ class Engine:
 
         return emit
 
-    def _generate(self, cmd: msg.SubmitGenerate, control: Any) -> None:
+    def _generate(self, cmd: msg.SubmitGenerate, control: JobControl) -> None:
         from sdtui.engine.fastpath import compile_work, recompile_note
-        from sdtui.engine.generate import JobContext, run_generation
+        from sdtui.engine.generate import run_generation
         from sdtui.engine.memory import free_caches, job_memory
-        from sdtui.model_index import model_hash
-        from sdtui.outputs import OutputLayout
 
         settings = cmd.settings or self.settings
         session = self.ensure_model(cmd.params.model, settings)
@@ -534,7 +532,7 @@ class Engine:
             settings=settings,
             done=dict(cmd.done),
         )
-        fast = session.extra.get("fast_path")
+        fast = session.fast_path
         compiled_before = compile_work() if fast is not None and fast.compiling else (0, 0.0)
         try:
             with job_memory(self.device) as acct:
@@ -560,7 +558,7 @@ class Engine:
         """A torch.compile failure mid-job (e.g. at a new size): back to eager, run again."""
         from sdtui.engine.fastpath import is_compile_error, undo_compile
 
-        state = session.extra.get("fast_path")
+        state = session.fast_path
         if state is None or not state.compiling or not is_compile_error(e):
             return False
         undo_compile(state, f"torch.compile failed: {type(e).__name__}; running without it")
