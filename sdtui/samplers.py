@@ -1,57 +1,40 @@
 """A1111 sampler and schedule-type names (pure data, shared by the UI, the CLI and the engine).
 
-The engine turns a name into a diffusers scheduler in ``sdtui.engine.samplers``; everything
-that only needs the names (the form, argument checks, infotext) imports this module, which
-needs no torch.
+The engine runs A1111's algorithm of each name (``sdtui.engine.ksampling``); everything that
+only needs the names (the form, argument checks, infotext) imports this module, which needs
+no torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: str  # the name A1111 shows
-    scheduler_class: str  # diffusers class name
-    options: dict[str, object] = field(default_factory=dict)
+    name: str  # the name A1111 shows (the engine runs A1111's algorithm of that name)
     # what A1111's "Automatic" picks for this sampler: samplers_k_diffusion's 'scheduler'
     # option (sd_samplers_kdiffusion.py, A1111 >= 1.9); none there means model.get_sigmas(n),
-    # which is the "Normal" schedule here
+    # which is the "Normal" schedule here. DDIM, PLMS and UniPC take A1111's own timesteps
+    # whatever the schedule type says.
     default_schedule: str = "Normal"
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
-        SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler"),
-        SamplerSpec("Euler", "EulerDiscreteScheduler"),
-        SamplerSpec("LMS", "LMSDiscreteScheduler"),
-        SamplerSpec("Heun", "HeunDiscreteScheduler"),
-        SamplerSpec("DPM2", "KDPM2DiscreteScheduler", default_schedule="Karras"),
-        SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", default_schedule="Karras"),
-        SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", default_schedule="Karras"),
-        SamplerSpec(
-            "DPM++ 2M SDE",
-            "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++"},
-            default_schedule="Exponential",
-        ),
-        SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler", default_schedule="Karras"),
-        SamplerSpec("DDIM", "DDIMScheduler"),
-        SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),  # plain PLMS, as SD used
-        # A1111: its own UniPC, variant bh1, order 3, time-uniform from t=1 to 1/N, ending at
-        # the model's smallest sigma (not 0); diffusers' rounds the timesteps to integers
-        SamplerSpec(
-            "UniPC",
-            "UniPCMultistepScheduler",
-            {
-                "solver_type": "bh1",
-                "solver_order": 3,
-                "timestep_spacing": "linspace",
-                "final_sigmas_type": "sigma_min",
-            },
-        ),
+        SamplerSpec("Euler a"),
+        SamplerSpec("Euler"),
+        SamplerSpec("LMS"),
+        SamplerSpec("Heun"),
+        SamplerSpec("DPM2", default_schedule="Karras"),
+        SamplerSpec("DPM2 a", default_schedule="Karras"),
+        SamplerSpec("DPM++ 2M", default_schedule="Karras"),
+        SamplerSpec("DPM++ 2M SDE", default_schedule="Exponential"),
+        SamplerSpec("DPM++ SDE", default_schedule="Karras"),
+        SamplerSpec("DDIM"),
+        SamplerSpec("PLMS"),
+        SamplerSpec("UniPC"),
     ]
 }
 

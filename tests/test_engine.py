@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from engine_helpers import demo_session, run_job
 from PIL import Image
 
@@ -92,22 +94,26 @@ def test_old_sampler_names_carry_their_schedule(session, tmp_path):
     assert (pairs["Sampler"], pairs["Schedule type"]) == ("DPM++ 2M", "Karras")
 
 
-def test_scheduler_keeps_the_checkpoint_prediction_type_and_betas():
-    from sdtui.engine.samplers import make_scheduler
+def test_sampling_keeps_the_checkpoint_prediction_type_and_betas():
+    from sdtui.engine.samplers import _ldm_alphas_cumprod
+    from sdtui.engine.sampling import Denoiser
 
     base = {
         "_class_name": "DDIMScheduler",
         "beta_start": 0.00085,
-        "beta_end": 0.012,
+        "beta_end": 0.02,
         "beta_schedule": "scaled_linear",
         "num_train_timesteps": 1000,
         "prediction_type": "v_prediction",
         "steps_offset": 1,
     }
-    for name in SAMPLER_NAMES:
-        sched, _ = make_scheduler(base, name)
-        assert sched.config.prediction_type == "v_prediction", name
-        assert sched.config.beta_end == 0.012, name
+    unet = types.SimpleNamespace(dtype=torch.float32, config=types.SimpleNamespace(addition_embed_type=None))
+    d = Denoiser(unet, None, 7.0, scheduler_config=base, alphas_cumprod=torch.zeros(1000),
+                 device=torch.device("cpu"), size=(64, 64))
+    assert d.v
+    torch.testing.assert_close(d.alphas_cumprod, _ldm_alphas_cumprod(base, torch.zeros(1000)).float())
+    betas = 1 - d.alphas_cumprod[-1] / d.alphas_cumprod[-2]
+    assert float(betas) == pytest.approx(0.02, rel=1e-3)  # the checkpoint's beta_end
 
 
 def test_infotext_of_a_generated_image_parses_back_to_the_same_params(session, tmp_path):

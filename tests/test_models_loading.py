@@ -810,3 +810,9 @@ def test_sdxl_v_pred_ztsnr_single_file_loads_with_its_schedule(tmp_path, monkeyp
     noise = torch.randn(1, 4, 8, 8, generator=gen)
     out = sample(denoiser, Plan("Euler a", "Automatic", 3, 3, 5.0, 64, 64), noise, [gen], None, config)
     assert torch.isfinite(out).all()
+    # and the infotext says so, as A1111's apply_alpha_schedule_override does
+    from sdtui.engine.session import ModelSession
+    from sdtui.params import GenerationParams
+
+    pairs = ModelSession.create(loaded, "cpu").extra_infotext(GenerationParams())
+    assert pairs == {"RNG": "CPU", "Noise Schedule": "Zero Terminal SNR"}

@@ -23,7 +23,6 @@ from sdtui.engine.job import BatchSkipped, JobCancelled, JobContext, JobControl
 from sdtui.engine.latents import decode_latents, encode_images, make_noise
 from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
-from sdtui.engine.samplers import make_scheduler
 from sdtui.image_files import open_image_file
 from sdtui.infotext import format_infotext
 from sdtui.ipc import protocol as msg
@@ -174,9 +173,9 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     p = params.validated().with_seeds()
     img2img = p.init_image is not None
     pipe = pipes.txt2img
-    if normalize_sampler(p.sampler)[0] == "UniPC":  # the one sampler still a diffusers scheduler
-        for w in make_scheduler(pipes.scheduler_config, p.sampler, p.schedule_type)[1]:
-            ctx.log(w, "warning")
+    name, schedule = normalize_sampler(p.sampler, p.schedule_type)
+    if name in ("DDIM", "PLMS", "UniPC") and schedule != "Automatic":
+        ctx.log(f"{name} runs A1111's own timesteps: the {schedule} schedule does not apply (as in A1111)")
     limit = getattr(ctx.settings, "max_image_megapixels", None)
     init = load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
     kind = "img2img" if img2img else "txt2img"

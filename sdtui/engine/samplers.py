@@ -1,36 +1,18 @@
-"""A1111 sampler name + schedule type -> a diffusers scheduler built from the checkpoint's own
-scheduler config, so prediction type and betas carry over.
-
-The k-diffusion family (Euler a, Euler, LMS, Heun, DPM2, DPM2 a) runs A1111's own sigma
-sequence (``a1111_sigmas``): A1111 samples them with k-diffusion, whose sigmas come from the
-model's alphas_cumprod, not from diffusers' "leading" timestep spacing. The scheduler is a small
-subclass of the diffusers one whose ``set_timesteps(n)`` puts those sigmas in, so the pipelines
-(txt2img, img2img's ``strength`` tail, the hires pass) run them with no change on their side.
+"""A1111's noise schedules: the sigmas its k-diffusion samplers run for each schedule type,
+from the model's own alphas_cumprod (sdtui.engine.sampling runs them; no diffusers scheduler
+is involved).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
-import diffusers
 import torch
 
-from sdtui.samplers import SAMPLERS, normalize_sampler, resolve_schedule
+from sdtui.samplers import normalize_sampler, resolve_schedule
 
-_SCHEDULE_OPTION = {
-    "Karras": {"use_karras_sigmas": True},
-    "Exponential": {"use_exponential_sigmas": True},
-    "SGM Uniform": {"timestep_spacing": "trailing"},
-    "Normal": {},
-}
-# Keys a previous sampler may have left in a config and that must not leak into the next one.
-_RESET = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
-
-# A1111 sd_samplers_kdiffusion.samplers_k_diffusion: the samplers run by k-diffusion with
-# sigmas from KDiffusionSampler.get_sigmas, and those with 'discard_next_to_last_sigma'.
-K_DIFFUSION_SAMPLERS = ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a")
+# A1111 sd_samplers_kdiffusion.samplers_k_diffusion: those with 'discard_next_to_last_sigma'
 DISCARD_NEXT_TO_LAST_SIGMA = ("DPM2", "DPM2 a")
 
 
@@ -124,83 +106,3 @@ def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     out = s**2
     out[-1] = ZTSNR_LAST_ALPHA_BAR
     return out
-
-
-class _A1111Sigmas:
-    """Mixin: ``set_timesteps(n)`` runs A1111's sigmas. The diffusers class's own
-    exponential-sigmas branch carries them (``_convert_to_exponential`` returns them), so its
-    interleaving (Heun, DPM2) and sigma -> timestep code stay the library's."""
-
-    _a1111_sampler = "Euler"
-    _a1111_schedule = "Normal"
-
-    def a1111_sigmas(self, steps: int) -> torch.Tensor:
-        ac = _ldm_alphas_cumprod(dict(self.config), self.alphas_cumprod)
-        return a1111_sigmas(self._a1111_sampler, self._a1111_schedule, steps, ac)
-
-    def set_timesteps(self, num_inference_steps=None, device=None, *args, **kwargs):
-        if kwargs.get("timesteps") is not None or kwargs.get("sigmas") is not None:
-            raise ValueError("A1111 schedulers set their own sigmas: pass num_inference_steps")
-        self._a1111_steps = int(num_inference_steps)
-        super().set_timesteps(num_inference_steps, device, *args, **kwargs)
-
-    def _convert_to_exponential(self, in_sigmas, num_inference_steps=None):
-        return self.a1111_sigmas(self._a1111_steps)[:-1].numpy()
-
-
-class _A1111EulerAncestral(_A1111Sigmas):
-    """EulerAncestralDiscreteScheduler has no sigma options: replace what it set."""
-
-    def set_timesteps(self, num_inference_steps=None, device=None, *args, **kwargs):
-        super().set_timesteps(num_inference_steps, device, *args, **kwargs)
-        sigmas = self.a1111_sigmas(self._a1111_steps)
-        ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64)
-        t = _sigma_to_t(_model_sigmas(ac).log(), sigmas[:-1])
-        self.sigmas = sigmas.to(torch.float32)  # on the CPU, as diffusers keeps them
-        self.timesteps = t.to(dtype=torch.float32, device=device)
-        self._step_index = None
-        self._begin_index = None
-
-
-_SUBCLASSES: dict[tuple[str, str, str], type] = {}
-
-
-def _a1111_class(cls: type, sampler: str, schedule: str) -> type:
-    key = (cls.__name__, sampler, schedule)
-    if key not in _SUBCLASSES:
-        mixin = _A1111EulerAncestral if sampler == "Euler a" else _A1111Sigmas
-        _SUBCLASSES[key] = type(
-            cls.__name__,  # the library's name: config files and logs read as before
-            (mixin, cls),
-            {"_a1111_sampler": sampler, "_a1111_schedule": schedule, "__module__": __name__},
-        )
-    return _SUBCLASSES[key]
-
-
-def make_scheduler(
-    base_config: dict[str, Any], sampler: str, schedule_type: str = "Automatic"
-) -> tuple[Any, list[str]]:
-    """Return (scheduler, warnings). ``base_config`` is the checkpoint's scheduler config."""
-    name, _ = normalize_sampler(sampler, schedule_type)
-    spec = SAMPLERS[name]
-    cls = getattr(diffusers, spec.scheduler_class)
-    schedule = resolve_schedule(name, schedule_type)
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    options: dict[str, Any] = {k: v for k, v in _RESET.items() if k in accepted}
-    options.update(spec.options)
-    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    warnings: list[str] = []
-    if name in K_DIFFUSION_SAMPLERS:
-        # A1111's sigmas for every schedule; "linspace" only so that init_noise_sigma is
-        # sigmas[0] (k-diffusion: x = noise * sigmas[0]), the timesteps are replaced.
-        options["timestep_spacing"] = "linspace"
-        if "use_exponential_sigmas" in accepted:
-            options["use_exponential_sigmas"] = True  # carries a1111_sigmas (_A1111Sigmas)
-        return _a1111_class(cls, name, schedule).from_config(config, **options), warnings
-    for key, value in _SCHEDULE_OPTION[schedule].items():
-        if key in accepted:
-            options[key] = value
-        else:
-            warnings.append(f"{name} has no {schedule} schedule here; using its normal schedule")
-    # A1111's "leading" spacing with steps_offset is the SD default; keep what the model says.
-    return cls.from_config(config, **options), warnings
