@@ -20,6 +20,7 @@ import platformdirs
 
 from sdtui.errors import UserError
 from sdtui.params import MemoryMode
+from sdtui.styles import default_styles_path
 
 APP = "sdtui"
 DEVICES = ("auto", "cuda", "cpu")  # and cuda:N, one card of several
@@ -103,6 +104,13 @@ class Settings:
     @property
     def checkpoints(self) -> Path:
         return self.models / "Stable-diffusion"
+
+    @property
+    def styles_file(self) -> Path:
+        """The prompt styles: A1111's ``styles.csv`` in its folder (its default, with no
+        ``--styles-file`` and no ``--data-dir``), else sdtui's own beside its models/ and
+        outputs/ (SDTUI_HOME). A separate models or outputs folder does not move it."""
+        return default_styles_path(self.root)
 
     def ensure_folders(self) -> None:
         """Create the A1111 model folders so a user sees where files go."""

@@ -24,6 +24,7 @@ def test_defaults_use_the_a1111_layout_under_sdtui_home(tmp_path):
     assert s.checkpoints == tmp_path / "home" / "models" / "Stable-diffusion"
     assert s.outputs == tmp_path / "home" / "outputs"
     assert s.embeddings == tmp_path / "home" / "embeddings"
+    assert s.styles_file == tmp_path / "home" / "styles.csv"
     assert (s.device, s.memory_mode, s.graphics, s.fast_path) == ("auto", "auto", "auto", "auto")
 
 
@@ -36,6 +37,10 @@ def test_an_a1111_install_supplies_models_embeddings_and_outputs(tmp_path):
     # a separate outputs folder still wins
     s2 = load_settings(tmp_path / "none.toml", a1111_dir=webui, outputs_dir=tmp_path / "out")
     assert s2.outputs == tmp_path / "out" and s2.models == webui / "models"
+    # A1111's styles.csv sits in the webui folder (its data dir), whatever moves the outputs
+    assert s.styles_file == s2.styles_file == webui / "styles.csv"
+    s3 = load_settings(tmp_path / "none.toml", models_dir=tmp_path / "m")
+    assert s3.styles_file == tmp_path / "home" / "styles.csv"
 
 
 def test_file_then_environment_then_flags(tmp_path, monkeypatch):

@@ -428,7 +428,8 @@ def test_the_form_table_names_real_fields_and_the_keys_a1111_writes() -> None:
     names = [spec.name for spec in form_spec.FIELDS]
     assert len(names) == len(set(names))
     params = {f.name for f in dataclasses.fields(GenerationParams)}
-    own = {f.name for f in dataclasses.fields(FormState)} - {"params"}
+    # the styles are chosen in the prompt area (alt+s), as the prompts are typed there
+    own = {f.name for f in dataclasses.fields(FormState)} - {"params", "styles"}
     assert set(names) <= params | own and own <= set(names)
     # each infotext key is one the writer writes for a job that sets every field
     job = GenerationParams(

@@ -1,7 +1,7 @@
 """Every action of the main screen, once: its key (shown in the footer) and its command in
 the command palette (ctrl+p). Plus commands that name a thing: switch to a model, remove a
-queued job, pick a mode or a size preset, insert a LoRA or an embedding, set the memory
-mode."""
+queued job, pick a mode or a size preset, insert a LoRA or an embedding, turn a style on or
+off or delete it, set the memory mode."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ class ActionSpec:
     help: str
     priority: bool = True  # work while a text field has focus
     show: bool = True  # in the footer (it is full at 80 columns: newer keys are palette-only)
+
+    @property
+    def key(self) -> str:
+        """The key shown for it ("" for a command with no key: palette only)."""
+        return self.keys.split(",")[0]
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
@@ -151,6 +156,31 @@ ACTIONS: tuple[ActionSpec, ...] = (
         show=False,
     ),
     ActionSpec(
+        "styles",
+        "alt+s",
+        "Styles",
+        "Styles…",
+        "pick A1111 styles (styles.csv) to add to the prompts on generate; type to filter, "
+        "space turns one on or off",
+        show=False,
+    ),
+    ActionSpec(
+        "apply_styles",
+        "",
+        "Apply styles",
+        "Apply styles to the prompt",
+        "write the chosen styles into the prompt boxes and unchoose them (A1111's button)",
+        show=False,
+    ),
+    ActionSpec(
+        "save_style",
+        "",
+        "Save style",
+        "Save the prompt as a style…",
+        "save the prompt and negative prompt in styles.csv under a name you give",
+        show=False,
+    ),
+    ActionSpec(
         "show_error",
         "ctrl+t",
         "Error",
@@ -175,12 +205,15 @@ def bindings() -> list[Binding]:
             a.keys, a.action, a.label, show=a.show, priority=a.priority, tooltip=a.help
         )
         for a in ACTIONS
+        if a.keys
     ]
 
 
 def key_of(action: str) -> str:
     """How the first key of ``action`` is written in a pane's title: ``F1``, ``^f``."""
-    key = next(a.keys for a in ACTIONS if a.action == action).split(",")[0]
+    key = next(a.key for a in ACTIONS if a.action == action)
+    if key.startswith("alt+"):
+        return key
     return "^" + key.removeprefix("ctrl+") if key.startswith("ctrl+") else key.upper()
 
 
@@ -198,8 +231,8 @@ def _commands(main: MainScreen) -> Iterator[tuple[str, Callable[[], Any], str]]:
 def _raw_commands(main: MainScreen) -> Iterator[tuple[str, Callable[[], Any], str]]:
     for spec in ACTIONS:
         if main.check_action(spec.action, ()) is True:
-            key = spec.keys.split(",")[0]
-            yield spec.title, getattr(main, f"action_{spec.action}"), f"{spec.help}  [{key}]"
+            key = f"  [{spec.key}]" if spec.key else ""
+            yield spec.title, getattr(main, f"action_{spec.action}"), f"{spec.help}{key}"
     for name in main.model_names:
         yield f"Switch model: {name}", partial(main.switch_model, name), "load this checkpoint now"
     for name in main.catalog.loras:
@@ -213,6 +246,21 @@ def _raw_commands(main: MainScreen) -> Iterator[tuple[str, Callable[[], Any], st
             f"Insert embedding: {name}",
             partial(main.insert_embedding, name),
             "its name at the prompt cursor",
+        )
+    chosen = main.form_state.styles
+    for name, style in main.style_book.styles.items():
+        on = name in chosen
+        yield (
+            f"Style: {name}{' (on)' if on else ''}",
+            partial(main.toggle_style, name),
+            ("turn it off: " if on else "add to the prompts on generate: ")
+            + (style.prompt or style.negative_prompt or "(empty)"),
+        )
+    for name in main.style_book.styles:
+        yield (
+            f"Delete style: {name}",
+            partial(main.ask_delete_style, name),
+            f"take it out of {main.style_book.path} (asks first)",
         )
     from sdtui.config import MEMORY_MODES
 

@@ -48,6 +48,9 @@ class FormState:
     extras_image: str = ""
     # None: the settings' memory mode; set once the user picks one in the TUI
     memory_mode: str | None = None
+    # A1111's styles (styles.csv), applied in this order to the prompts on Generate; the
+    # prompt boxes keep what was typed
+    styles: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> FormState:
         return dataclasses.replace(self, **changes)
@@ -194,6 +197,7 @@ def to_json(state: FormState) -> dict[str, Any]:
     data: dict[str, Any] = {"version": STATE_VERSION}
     for f in dataclasses.fields(FormState):
         data[f.name] = getattr(state, f.name)
+    data["styles"] = list(state.styles)
     params = dataclasses.asdict(state.params)
     params.pop("extra", None)
     data["params"] = params
@@ -232,9 +236,17 @@ def from_json(data: Mapping[str, Any]) -> FormState:
     own = {
         f.name: _restored(f.name, getattr(stock, f.name), data[f.name])
         for f in dataclasses.fields(FormState)
-        if f.name != "params" and f.name in data
+        if f.name not in ("params", "styles") and f.name in data
     }
+    own["styles"] = _style_names(data.get("styles"))
     return stock.with_params(**_taken(params)).replace(**_taken(own))
+
+
+def _style_names(value: Any) -> Any:
+    """The style names a JSON list holds (one name once, in order), or ``_KEEP``."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        return _KEEP
+    return tuple(dict.fromkeys(value))
 
 
 def _taken(values: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from sdtui.config import Settings
 from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
 from sdtui.jobstore import job_summary as summarize_job
-from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, ParamError
+from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError
+from sdtui.styles import PromptStyle, StyleError, UnknownStyleError, check_style_name
 from sdtui.tui import messages as m
 from sdtui.tui.catalog import Catalog
 from sdtui.tui.commands import SdtuiCommands, bindings, key_of, shown
@@ -41,11 +42,14 @@ from sdtui.tui.engine_client import EngineClient
 from sdtui.tui.files import file_problem, image_size, params_from_file, seed_from_file, show
 from sdtui.tui.form_state import FormState, is_demo_model, save_form_state, with_demo_defaults
 from sdtui.tui.jobs import JobBook, JobInfo
+from sdtui.tui.screens.ask import AskTextScreen, ConfirmScreen
 from sdtui.tui.screens.error_detail import ErrorDetailScreen
 from sdtui.tui.screens.full_view import FullViewScreen
 from sdtui.tui.screens.history import HistoryScreen
 from sdtui.tui.screens.networks import NetworkPickerScreen, network_text
 from sdtui.tui.screens.path_prompt import PathPromptScreen
+from sdtui.tui.screens.styles import StylePickerScreen, style_line
+from sdtui.tui.style_book import StyleBook
 from sdtui.tui.widgets.gpu_pane import GpuPane
 from sdtui.tui.widgets.image_view import ImageGrid, PreviewImage
 from sdtui.tui.widgets.job_log import JobLog
@@ -136,6 +140,7 @@ class MainScreen(Screen[None]):
         self._demo_said = False
         self._last_form_field: Widget | None = None
         self._catalog_problems: set[str] = set()  # said in the job log already
+        self.style_book = StyleBook(settings.styles_file)
 
     # -- the widgets -----------------------------------------------------------------------
 
@@ -225,6 +230,7 @@ class MainScreen(Screen[None]):
         # listing models, upscalers, VAEs, LoRAs walks folders and reads headers: after the
         # first frame, in a thread
         self.call_after_refresh(self._find_catalog)
+        self.call_after_refresh(self.refresh_styles)
         if self._graphics_note:
             self.log_line("info", self._graphics_note)
         self.status_bar.update_line(state=self.engine_state, memory_mode=self.memory_mode)
@@ -460,7 +466,9 @@ class MainScreen(Screen[None]):
     def on_form_changed(self, message: m.FormChanged) -> None:
         prompt = self.form_state.params.prompt
         negative = self.form_state.params.negative_prompt
-        self.form_state = message.state.with_params(prompt=prompt, negative_prompt=negative)
+        self.form_state = message.state.with_params(
+            prompt=prompt, negative_prompt=negative
+        ).replace(styles=self.form_state.styles)
         self.form_errors = message.errors
         mode = message.state.memory_mode
         if mode and mode != self.memory_mode:
@@ -570,6 +578,7 @@ class MainScreen(Screen[None]):
         self.form_state = state
         self.prompt_editor.set_texts(state.params.prompt, state.params.negative_prompt)
         self.form.load(state)
+        self.show_styles()
 
     def set_form_field(self, name: str, value: str) -> None:
         self.form.set_field(name, value)
@@ -608,7 +617,7 @@ class MainScreen(Screen[None]):
         state = self.form.state.with_params(
             prompt=self.form_state.params.prompt,
             negative_prompt=self.form_state.params.negative_prompt,
-        )
+        ).replace(styles=self.form_state.styles)
         self.form_state = state
         errors = state.errors()
         if errors:
@@ -627,8 +636,17 @@ class MainScreen(Screen[None]):
                 gen = state.generation_params().replace(
                     preview_every=self.settings.preview_every, preview_interval=PREVIEW_INTERVAL
                 )
+                gen = self._styled(gen, state.styles)
                 job_id = self.host.submit(gen)
                 info = JobInfo(gen.mode, summarize_job("generate", gen), gen.images_total, gen.steps)
+        except UnknownStyleError as e:
+            self.log_line(
+                "error",
+                f"not generated: {e.message} ({self.style_book.path}); turn "
+                f"{'it' if len(e.names) == 1 else 'them'} off in the styles picker "
+                f"({key_of('styles')})",
+            )
+            return
         except (ParamError, UserError) as e:
             self.log_line("error", f"not generated: {e}")
             return
@@ -755,6 +773,13 @@ class MainScreen(Screen[None]):
             self.log_line("error", message)
             self.notify(message, severity="error")
             return
+        # A1111 ("Styles array", its default "Apply if any"): styles whose text the prompts
+        # end with are chosen and their text taken out; none found: the choice stays
+        self.refresh_styles()
+        found, prompt, negative = self.style_book.extract(params.prompt, params.negative_prompt)
+        styles = tuple(found) if found else self.form_state.styles
+        if found:
+            params = params.replace(prompt=prompt, negative_prompt=negative)
         # the prompt editor shows what the file holds, control characters as ^[
         params = params.replace(
             prompt=drawable(params.prompt), negative_prompt=drawable(params.negative_prompt)
@@ -766,8 +791,18 @@ class MainScreen(Screen[None]):
         mode = self.form_state.mode if self.form_state.mode != "extras" else "txt2img"
         keep_init = self.form_state.params.init_image
         self.apply_form(
-            self.form_state.replace(mode=mode, params=params.replace(init_image=keep_init))
+            self.form_state.replace(
+                mode=mode, params=params.replace(init_image=keep_init), styles=styles
+            )
         )
+        if found:
+            self.log_line(
+                "info",
+                f"styles in {show(path)}'s prompt: {style_line(found)}; chosen, and their text "
+                "taken out of the prompt (\"Apply styles to the prompt\" puts it back)",
+            )
+        elif styles:
+            note += f" (styles still chosen, added on generate: {style_line(styles)})"
         if problems:
             kept = "; ".join(problems)
             self.log_line(
@@ -845,6 +880,167 @@ class MainScreen(Screen[None]):
         result = area.insert(text, (row, col))
         area.cursor_location = result.end_location
         area.focus()
+
+    # -- styles (A1111's styles.csv) ---------------------------------------------------------
+
+    def refresh_styles(self) -> None:
+        """Read the styles file if it changed; a file that cannot be read is said once."""
+        problem = self.style_book.refresh()
+        if problem:
+            self.log_line("warning", f"styles not loaded: {problem}")
+        self.show_styles()
+
+    @_while_shown
+    def show_styles(self) -> None:
+        """The chosen styles in the prompt area, and the token counters counting them."""
+        names = self.form_state.styles
+        unknown = self.style_book.unknown(names) if not self.style_book.problem else []
+        line = style_line(names, unknown)
+        self.prompt_editor.show_styles(
+            f"Styles {key_of('styles')}: {line}" if names else "", *self.style_book.texts(names)
+        )
+
+    def choose_styles(self, names: tuple[str, ...]) -> None:
+        names = tuple(dict.fromkeys(names))
+        self.form_state = self.form_state.replace(styles=names)
+        self.form.state = self.form.state.replace(styles=names)
+        self.show_styles()
+
+    def toggle_style(self, name: str) -> None:
+        chosen = self.form_state.styles
+        self.choose_styles(
+            tuple(n for n in chosen if n != name) if name in chosen else (*chosen, name)
+        )
+
+    def _styled(self, gen: GenerationParams, names: tuple[str, ...]) -> GenerationParams:
+        """``gen`` with the chosen styles applied to its prompts (what A1111 sends to the
+        model and writes in the infotext)."""
+        if not names:
+            return gen
+        self.refresh_styles()
+        prompt, negative = self.style_book.merged(names, gen.prompt, gen.negative_prompt)
+        return gen.replace(prompt=prompt, negative_prompt=negative)
+
+    def action_styles(self) -> None:
+        self.refresh_styles()
+
+        def chosen(names: tuple[str, ...] | None) -> None:
+            if names is not None:
+                self.choose_styles(names)
+
+        self.app.push_screen(
+            StylePickerScreen(
+                self.style_book,
+                self.form_state.styles,
+                save=lambda after: self.action_save_style(after=after),
+                delete=lambda name, after: self.ask_delete_style(name, after=after),
+            ),
+            chosen,
+        )
+
+    def action_apply_styles(self) -> None:
+        """A1111's "Apply styles to the prompt": the chosen styles are written into the
+        prompt boxes and unchosen (ctrl+z in a box takes its text back)."""
+        names = self.form_state.styles
+        if not names:
+            self.notify(f"No style chosen: {key_of('styles')} picks some.", severity="warning")
+            return
+        p = self.form_state.params
+        self.refresh_styles()
+        try:
+            prompt, negative = self.style_book.merged(names, p.prompt, p.negative_prompt)
+        except StyleError as e:
+            self.log_line("error", f"styles not applied: {e.message}")
+            return
+        self.prompt_editor.replace_texts(prompt, negative)
+        self.form_state = self.form_state.with_params(prompt=prompt, negative_prompt=negative)
+        self.choose_styles(())
+        self.log_line("info", f"styles applied to the prompt: {style_line(names)}")
+
+    def action_save_style(self, after: Callable[[], None] | None = None) -> None:
+        """Save the prompt and negative prompt as a style: asks a name, and before replacing
+        a style of that name."""
+        p = self.form_state.params
+        if not p.prompt.strip() and not p.negative_prompt.strip():
+            self.notify(
+                "The prompt and negative prompt are empty: type the style's text first.",
+                severity="warning",
+            )
+            return
+        book = self.style_book
+        self.refresh_styles()
+        if book.problem:
+            self.log_line("error", f"style not saved: {book.problem}")
+            return
+
+        def valid(name: str) -> str | None:
+            try:
+                check_style_name(name)
+            except StyleError as e:
+                return e.message
+            return None
+
+        def write(name: str) -> None:
+            try:
+                book.save(PromptStyle(name, p.prompt, p.negative_prompt))
+            except UserError as e:
+                self.log_line("error", f"style not saved: {e.message}")
+                return
+            self.log_line("ok", f"style {name!r} saved in {book.path}")
+            self.show_styles()
+            if after is not None:
+                after()
+
+        def named(name: str | None) -> None:
+            if not name:
+                return
+            if name not in book.styles:
+                write(name)
+                return
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    write(name)
+
+            self.app.push_screen(
+                ConfirmScreen(
+                    f"A style named {name!r} is in {book.path}: replace its prompts with these?",
+                    yes="replace it",
+                ),
+                confirmed,
+            )
+
+        self.app.push_screen(
+            AskTextScreen(
+                "Save the prompt and negative prompt as a style named:",
+                placeholder="a name, e.g. Cinematic",
+                check=valid,
+            ),
+            named,
+        )
+
+    def ask_delete_style(self, name: str, after: Callable[[], None] | None = None) -> None:
+        """Delete the style ``name`` from the styles file, after asking."""
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                self.style_book.delete(name)
+            except UserError as e:
+                self.log_line("error", f"style not deleted: {e.message}")
+                return
+            self.log_line("ok", f"style {name!r} deleted from {self.style_book.path}")
+            if name in self.form_state.styles:
+                self.choose_styles(tuple(n for n in self.form_state.styles if n != name))
+            self.show_styles()
+            if after is not None:
+                after()
+
+        self.app.push_screen(
+            ConfirmScreen(f"Delete the style {name!r} from {self.style_book.path}?", yes="delete it"),
+            confirmed,
+        )
 
     def action_show_error(self) -> None:
         failure = self.book.last_failure

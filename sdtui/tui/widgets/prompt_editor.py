@@ -1,8 +1,10 @@
-"""Prompt and negative prompt: multi-line, A1111 syntax coloured, with token counters."""
+"""Prompt and negative prompt: multi-line, A1111 syntax coloured, with token counters; under
+them, one line naming the chosen styles (shown only when there are some)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from rich.style import Style
 from textual import on, work
@@ -13,6 +15,7 @@ from textual.widgets.text_area import Edit, EditResult, TextAreaTheme
 
 from sdtui.prompt_syntax import highlight_spans
 from sdtui.safe_text import has_controls, visible
+from sdtui.styles import apply_styles_to_prompt
 from sdtui.tokens import count_tokens
 from sdtui.tui.messages import PromptChanged
 from sdtui.tui.widgets.text_line import TextLine
@@ -111,6 +114,8 @@ class PromptEditor(Vertical):
     PromptEditor .prompt-label { width: 1fr; color: $text-muted; }
     PromptEditor .token-count { width: 9; text-align: right; color: $text-muted; }
     PromptEditor .token-count.over { color: $warning; }
+    PromptEditor #styles-line { height: 1; color: $text-accent; display: none; }
+    PromptEditor #styles-line.-on { display: block; }
     """
 
     def __init__(
@@ -121,6 +126,9 @@ class PromptEditor(Vertical):
         self._key = key  # the key that moves here, shown after "Prompt"
         # (name, vectors) of the embeddings on disk: each counts as its vectors, as in A1111
         self._embedding_sizes: tuple[tuple[str, int], ...] = ()
+        # the chosen styles' texts: the counters count the prompts as they will be sent, as
+        # A1111's do
+        self._style_texts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def set_embedding_sizes(self, sizes: tuple[tuple[str, int], ...]) -> None:
         if sizes != self._embedding_sizes:
@@ -136,6 +144,7 @@ class PromptEditor(Vertical):
             yield Label("Negative prompt", classes="prompt-label")
             yield TextLine("", id="negative-tokens", classes="token-count")
         yield PromptArea(self._initial[1], id="negative")
+        yield TextLine("", id="styles-line")
 
     def on_mount(self) -> None:
         self._count(*self.texts)
@@ -151,6 +160,26 @@ class PromptEditor(Vertical):
         self.query_one("#prompt", PromptArea).load_text(prompt)
         self.query_one("#negative", PromptArea).load_text(negative_prompt)
 
+    def replace_texts(self, prompt: str, negative_prompt: str) -> None:
+        """As ``set_texts``, as an edit: ctrl+z in a box takes its old text back."""
+        for area_id, text in (("#prompt", prompt), ("#negative", negative_prompt)):
+            area = self.query_one(area_id, PromptArea)
+            if area.text != text:
+                area.replace(text, (0, 0), area.document.end)
+
+    def show_styles(
+        self, line: str, prompts: Sequence[str] = (), negatives: Sequence[str] = ()
+    ) -> None:
+        """``line`` under the prompts (none: the line is hidden); the counters count the
+        prompts with these style texts applied."""
+        label = self.query_one("#styles-line", TextLine)
+        label.update(line)
+        label.set_class(bool(line), "-on")
+        texts = (tuple(prompts), tuple(negatives))
+        if texts != self._style_texts:
+            self._style_texts = texts
+            self._count(*self.texts)
+
     @on(TextArea.Changed)
     def _changed(self, event: TextArea.Changed) -> None:
         event.stop()
@@ -162,6 +191,9 @@ class PromptEditor(Vertical):
     def _count(self, prompt: str, negative: str) -> None:
         # the tokenizer takes ~0.1 s to build the first time: never on the UI thread
         sizes = self._embedding_sizes
+        style_prompts, style_negatives = self._style_texts
+        prompt = apply_styles_to_prompt(prompt, style_prompts)
+        negative = apply_styles_to_prompt(negative, style_negatives)
         counts = (count_tokens(prompt, sizes), count_tokens(negative, sizes))
         self.app.call_from_thread(self._show_counts, *counts)
 
