@@ -25,6 +25,8 @@ except ImportError:  # a dependency, but a broken install must not take the UI d
     pynvml = None  # type: ignore[assignment]
 
 __all__ = [
+    "APPLE_GPU_MESSAGE",
+    "apple_silicon",
     "NO_DRIVER_MESSAGE",
     "GpuProcess",
     "GpuReading",
@@ -43,6 +45,16 @@ __all__ = [
 ]
 
 NO_DRIVER_MESSAGE = "no NVIDIA driver found (NVML library not loadable): running on the CPU"
+# macOS has no NVML: on Apple silicon the GPU (Metal, torch's "mps") shares the RAM, so the
+# host's RAM bar is its memory, and the engine reports torch's own MPS figures with each step
+APPLE_GPU_MESSAGE = "Apple silicon GPU (Metal): unified memory, shared with the RAM below"
+
+
+def apple_silicon(platform: str | None = None, machine: str | None = None) -> bool:
+    import platform as _platform
+    import sys
+
+    return (platform or sys.platform) == "darwin" and (machine or _platform.machine()) == "arm64"
 
 _BAR_EIGHTHS = " ▏▎▍▌▋▊▉"
 _SPARK_LEVELS = "▁▂▃▄▅▆▇█"
@@ -227,6 +239,9 @@ class GpuSampler:
         if self._initialised:
             return
         self._initialised = True
+        if apple_silicon():
+            self._driver_error = APPLE_GPU_MESSAGE
+            return
         if pynvml is None:
             self._driver_error = (
                 "nvidia-ml-py is not installed (pip install nvidia-ml-py): running on the CPU"

@@ -390,3 +390,20 @@ def test_snapshot_wide(snap_compare: Any) -> None:
 def test_snapshot_no_driver(snap_compare: Any) -> None:
     app = GpuPaneApp(preload=[NO_DRIVER])
     assert snap_compare(app, terminal_size=(80, 24))
+
+
+# --------------------------------------------------------------------------- Apple silicon
+
+
+def test_apple_silicon_is_recognised_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gpu.apple_silicon("darwin", "arm64")
+    assert not gpu.apple_silicon("darwin", "x86_64")  # an Intel Mac has no MPS-capable GPU here
+    assert not gpu.apple_silicon("linux", "arm64")
+    monkeypatch.setattr(gpu, "apple_silicon", lambda: True)
+    with gpu.GpuSampler() as sampler:
+        snap = sampler.sample()
+    assert snap.gpus == () and snap.driver_error == gpu.APPLE_GPU_MESSAGE
+    text = "\n".join(line.plain for line in pane_lines(snap, {}, 38))
+    # what macOS can tell: the Metal GPU, its memory being the host's RAM bar
+    assert "Apple GPU (Metal)" in text and "unified memory" in text and "RAM" in text
+    assert "NVIDIA" not in text

@@ -124,6 +124,8 @@ class StepReporter:
         vram_a = vram_r = None
         if torch.cuda.is_available():
             vram_a, vram_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        elif torch.backends.mps.is_available():  # Apple silicon: what Metal holds for torch
+            vram_a, vram_r = torch.mps.current_allocated_memory(), torch.mps.driver_allocated_memory()
         self.ctx.emit(
             msg.Progress(
                 job_id=self.ctx.job_id,

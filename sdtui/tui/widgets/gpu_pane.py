@@ -15,6 +15,7 @@ from textual.widget import Widget
 from textual.worker import get_current_worker
 
 from sdtui.gpu import (
+    APPLE_GPU_MESSAGE,
     NO_DRIVER_MESSAGE,
     GpuReading,
     GpuSampler,
@@ -182,6 +183,9 @@ def pane_lines(
     elif snapshot.driver_error is not None:
         if snapshot.driver_error == NO_DRIVER_MESSAGE:
             lines = [Content.styled("no NVIDIA driver — running on CPU", "bold $warning")]
+        elif snapshot.driver_error == APPLE_GPU_MESSAGE:
+            lines = [Content.styled("Apple GPU (Metal)", "bold")]
+            lines += [Content.styled("unified memory: the RAM below", "$text-muted")]
         else:
             lines = [Content.styled("NVIDIA driver unusable — running on CPU", "bold $warning")]
             lines += [
