@@ -306,3 +306,29 @@ def test_img2img_variation_and_composable_infotext_exact(session: Any, tmp_path:
         "Variation seed strength: 0.3, Denoising strength: 0.5, RNG: CPU"
     )
     assert "Seed: 21," in infos[0] and "Variation seed: 9," in infos[0]
+
+
+def test_prompt_editing_switches_inside_the_hires_pass(session: Any, tmp_path: Path) -> None:
+    """A1111 (prompt_parser with hires_steps): ``[cat:dog:1.5]`` is "cat" through the first
+    pass and switches halfway through the hires pass (1.5 - 1.0 of its steps)."""
+    from sdtui.engine.conditioning import encode_prompts
+
+    pipe = session.txt2img
+    states: list = []
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: states.append(kwargs["encoder_hidden_states"][0].clone()),
+        with_kwargs=True,
+    )
+    try:
+        params = GenerationParams(
+            **{**TINY, "prompt": "[cat:dog:1.5]", "steps": 2}, sampler="Euler", enable_hr=True,
+            hr_scale=1.0, hr_second_pass_steps=4, hr_denoising_strength=0.5,
+        )
+        done, _ = run_job(session, params, tmp_path)
+    finally:
+        handle.remove()
+    assert len(done.paths) == 1 and len(states) == 2 + 4
+    want = {t: encode_prompts(pipe, t, "", device="cpu")["prompt_embeds"][0] for t in ("cat", "dog")}
+    seen = ["cat" if torch.allclose(z, want["cat"], atol=1e-5) else "dog" if torch.allclose(z, want["dog"], atol=1e-5) else "?" for z in states]
+    # first pass: 2 calls of "cat"; hires pass: schedule [[2, cat], [4, dog]] over calls 0..3
+    assert seen == ["cat", "cat", "cat", "cat", "cat", "dog"]
