@@ -67,6 +67,44 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a name from `sdtui models`, or a path", default=argparse.SUPPRESS)
 
 
+def _axis_labels() -> tuple[str, ...]:
+    from sdtui.xyz import AXIS_TYPES  # PIL, no torch
+
+    return tuple(label for label in AXIS_TYPES if label != "Nothing")
+
+
+def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> None:
+    """What `generate` and `xyz` both take: the prompt and every generation parameter."""
+    g.add_argument("prompt")
+    g.add_argument("-N", "--negative", default="", help="negative prompt")
+    g.add_argument("--style", action="append", default=[], metavar="NAME",
+                   help="apply a prompt style from styles.csv (A1111's) to the prompt and negative; "
+                   "repeat it for several, applied in order (`sdtui styles` lists them)")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+    g.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i (with a variation strength: the variation seed +i, as A1111)")
+    g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    if batches:
+        g.add_argument("--batch-size", type=int, default=1, help="images per batch")
+        g.add_argument("-n", "--batch-count", type=int, default=1, help="batches, one after another")
+    g.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too)")
+    g.add_argument("--schedule", default="Automatic", help=f"schedule type: {', '.join(SCHEDULE_TYPES)}")
+    g.add_argument("--init-image", help="img2img: start from this image")
+    g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize")
+    g.add_argument("--clip-skip", type=int, default=1)
+    g.add_argument("--variation-seed", type=int, default=-1)
+    g.add_argument("--variation-strength", type=float, default=0.0)
+    g.add_argument("--hires", type=float, default=None, metavar="SCALE", help="hires fix: upscale by SCALE and run a second pass")
+    g.add_argument("--hires-steps", type=int, default=0)
+    g.add_argument("--hires-denoise", type=float, default=0.7)
+    g.add_argument("--hires-upscaler", default="Latent")
+    g.add_argument("--vae", default="Automatic", help="a VAE from models/VAE, or Automatic")
+    g.add_argument("--preview-every", type=int, default=0, help="send a live preview every N steps (0 = off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdtui",
@@ -107,36 +145,44 @@ def build_parser() -> argparse.ArgumentParser:
     _folder_flags(q)
 
     g = sub.add_parser("generate", help="txt2img / img2img without the UI", description="Generate images headless.")
-    g.add_argument("prompt")
-    g.add_argument("-N", "--negative", default="", help="negative prompt")
-    g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
-    g.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i (with a variation strength: the variation seed +i, as A1111)")
-    g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
-    g.add_argument("--width", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--batch-size", type=int, default=1, help="images per batch")
-    g.add_argument("-n", "--batch-count", type=int, default=1, help="batches, one after another")
-    g.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too)")
-    g.add_argument("--schedule", default="Automatic", help=f"schedule type: {', '.join(SCHEDULE_TYPES)}")
-    g.add_argument("--init-image", help="img2img: start from this image")
-    g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")
-    g.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize")
-    g.add_argument("--clip-skip", type=int, default=1)
-    g.add_argument("--variation-seed", type=int, default=-1)
-    g.add_argument("--variation-strength", type=float, default=0.0)
-    g.add_argument("--hires", type=float, default=None, metavar="SCALE", help="hires fix: upscale by SCALE and run a second pass")
-    g.add_argument("--hires-steps", type=int, default=0)
-    g.add_argument("--hires-denoise", type=float, default=0.7)
-    g.add_argument("--hires-upscaler", default="Latent")
-    g.add_argument("--vae", default="Automatic", help="a VAE from models/VAE, or Automatic")
-    g.add_argument("--preview-every", type=int, default=0, help="send a live preview every N steps (0 = off)")
+    _generation_flags(g)
     g.add_argument("-o", "--output", metavar="FILE", help="also write the image to FILE (a .png, replaced if it exists; the "
                    "copy in outputs/ stays); several images need {n} in the name: cat-{n}.png")
     g.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
     g.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
     _folder_flags(g)
     _model_flags(g)
+
+    x = sub.add_parser("xyz", help="X/Y/Z plot: one image per combination of axis values, and the labelled grid",
+                       description=(
+        "A1111's X/Y/Z plot: one image for each combination of the X, Y and Z values (every "
+        "other option as for generate), each saved as a normal image, then the labelled grid "
+        "in txt2img-grids (img2img-grids) as xyz_grid-NNNN.png, whose path is printed. "
+        "Axis types are A1111's labels: " + ", ".join(_axis_labels()) + "."))
+    _generation_flags(x, batches=False)
+    ax = x.add_argument_group("axes")
+    for letter in "xyz":
+        up = letter.upper()
+        ax.add_argument(f"--{letter}-type", metavar="TYPE", default=None,
+                        help=f"the {up} axis: an A1111 axis type, e.g. Steps, \"CFG Scale\", Sampler, \"Prompt S/R\"")
+        ax.add_argument(f"--{letter}-values", metavar="VALUES", default=None,
+                        help=f"the {up} values, comma-separated (CSV quotes), numbers as ranges too: "
+                        "1-5, 1-10 (+2), 5-15 [3]")
+    ax.add_argument("--vary-seeds", metavar="AXES", default="",
+                    help="A1111's 'Vary seeds for X/Y/Z': the seed moves on along these axes (x, y, z, or xy, xyz, ...)")
+    ax.add_argument("--keep-random-seeds", action="store_true",
+                    help="A1111's 'Keep -1 for seeds': a seed of -1 stays random in every cell")
+    ax.add_argument("--no-legend", action="store_true", help="draw the grid without its labels")
+    ax.add_argument("--margin", type=int, default=0, help="grid margins in pixels, 0 to 500")
+    x.add_argument("-o", "--output", metavar="FILE", help="also write the grid to FILE (a .png, replaced if it exists)")
+    x.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
+    x.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
+    _folder_flags(x)
+    _model_flags(x)
+
+    st = sub.add_parser("styles", help="list the prompt styles (A1111's styles.csv): name, prompt, negative")
+    st.add_argument("--json", action="store_true")
+    _folder_flags(st)
 
     m = sub.add_parser("models", help="list checkpoints: name, family, size, hash")
     m.add_argument("--json", action="store_true")
@@ -252,6 +298,8 @@ def _main(argv: list[str] | None) -> int:
             "gpu": cmd_gpu,
             "daemon": cmd_daemon,
             "queue": cmd_queue,
+            "xyz": cmd_xyz,
+            "styles": cmd_styles,
         }[args.command]
         return handler(args)
     except ParamError as e:
@@ -265,7 +313,9 @@ def _main(argv: list[str] | None) -> int:
 # -- generate -------------------------------------------------------------------------------
 
 
-def params_from(args: argparse.Namespace) -> GenerationParams:
+def params_from(args: argparse.Namespace, settings: Settings | None = None) -> GenerationParams:
+    """The job's params from the flags, with the --style styles applied to the prompts (as
+    A1111 applies them before the job: the infotext has the merged prompt)."""
     width, height = 512, 512
     if args.size:
         width, height = parse_size(args.size)
@@ -274,9 +324,13 @@ def params_from(args: argparse.Namespace) -> GenerationParams:
     model = args.model
     if args.demo and not model:
         model = "demo"
+    prompt, negative = args.prompt, args.negative
+    names = list(getattr(args, "style", None) or [])
+    if names:
+        prompt, negative = apply_cli_styles(names, settings or settings_from(args), prompt, negative)
     return GenerationParams(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
+        prompt=prompt,
+        negative_prompt=negative,
         steps=args.steps,
         sampler=args.sampler,
         schedule_type=args.schedule,
@@ -284,8 +338,8 @@ def params_from(args: argparse.Namespace) -> GenerationParams:
         seed=args.seed,
         width=width,
         height=height,
-        batch_size=args.batch_size,
-        batch_count=args.batch_count,
+        batch_size=getattr(args, "batch_size", 1),
+        batch_count=getattr(args, "batch_count", 1),
         init_image=args.init_image,
         denoising_strength=args.denoise,
         resize_mode=args.resize_mode,
@@ -301,6 +355,72 @@ def params_from(args: argparse.Namespace) -> GenerationParams:
         hr_upscaler=args.hires_upscaler,
         preview_every=args.preview_every,
     ).validated()
+
+
+# -- styles ---------------------------------------------------------------------------------
+
+MAX_NAMES_SAID = 30  # an unknown style's message lists at most this many of the known ones
+
+
+def styles_path(settings: Settings) -> Path:
+    """The styles file: A1111's ``styles.csv`` in its folder when --a1111-dir is set, else
+    ``styles.csv`` in sdtui's home (beside models/ and outputs/)."""
+    from sdtui.styles import default_styles_path
+
+    path = getattr(settings, "styles_file", None)  # the settings' own, when they name one
+    return Path(path) if path else default_styles_path(settings.root)
+
+
+def apply_cli_styles(
+    names: list[str], settings: Settings, prompt: str, negative: str
+) -> tuple[str, str]:
+    """(prompt, negative) with the named styles applied in order; an unknown name is one
+    ParamError that lists the styles there are, or says where the file is looked for."""
+    from sdtui.styles import UnknownStyleError, apply_styles, read_styles
+
+    path = styles_path(settings)
+    styles = read_styles(path)
+    try:
+        return apply_styles(styles, names, prompt, negative)
+    except UnknownStyleError as e:
+        unknown = ", ".join(repr(one_line(n)) for n in e.names)
+        what = "unknown style" + ("s" if len(e.names) > 1 else "")
+        if not styles:
+            where = "is no styles file at" if not path.exists() else "are no styles in"
+            raise ParamError(
+                "style",
+                f"{what} {unknown}: there {where} {path} (A1111's styles.csv; with --a1111-dir, "
+                "the one in that folder)",
+            ) from None
+        known = [one_line(n) for n in styles]
+        listed = ", ".join(known[:MAX_NAMES_SAID])
+        if len(known) > MAX_NAMES_SAID:
+            listed += f" and {len(known) - MAX_NAMES_SAID} more (`sdtui styles` lists them)"
+        raise ParamError("style", f"{what} {unknown}: {path} holds {listed}") from None
+
+
+def cmd_styles(args: argparse.Namespace) -> int:
+    from sdtui.styles import read_styles
+
+    path = styles_path(settings_from(args))
+    styles = read_styles(path)
+    if args.json:
+        rows = [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
+        print(json_dumps({"path": str(path), "styles": rows}, indent=2))
+        return EXIT_OK
+    if not styles:
+        where = "no styles file at" if not path.exists() else "no styles in"
+        print(f"sdtui: {where} {path}: A1111's styles.csv (name,prompt,negative_prompt) goes there")
+        return EXIT_OK
+    names = [one_line(n) for n in styles]
+    prompts = [one_line(s.prompt) for s in styles.values()]
+    w = max(4, *(len(n) for n in names))
+    pw = min(60, max(6, *(len(p) for p in prompts)))
+    print(f"{'NAME':<{w}}  {'PROMPT':<{pw}}  NEGATIVE")
+    for name, prompt, style in zip(names, prompts, styles.values(), strict=True):
+        print(f"{name:<{w}}  {prompt:<{pw}}  {one_line(style.negative_prompt)}".rstrip())
+    print(f"\n{len(names)} style{'s' if len(names) != 1 else ''} in {path}")
+    return EXIT_OK
 
 
 def _check_init_image(path: str | None, settings: Settings) -> None:
@@ -367,13 +487,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from sdtui.ipc import protocol as msg
 
     level = getattr(args, "level", NORMAL)
-    params = params_from(args)
+    settings = settings_from(args)
+    params = params_from(args, settings)
     if args.detach and getattr(args, "no_daemon", False):
         raise ParamError("detach", "--detach needs the daemon: leave out --no-daemon")
     output = None
     if args.output is not None:
         output = OutputFile.check(args.output, params.batch_size * params.batch_count, args.detach)
-    settings = settings_from(args)
     _check_init_image(params.init_image, settings)
     _check_outputs(settings)
     if params.model in ("demo", "sdtui-demo") and not args.json and level > QUIET:
@@ -427,6 +547,129 @@ def _say_queued(client: Any, job_id: int) -> None:
             "(ctrl+c cancels it; `sdtui queue` lists them)",
             file=sys.stderr,
         )
+
+
+# -- xyz ------------------------------------------------------------------------------------
+
+
+def xyz_params_from(args: argparse.Namespace, base: GenerationParams) -> Any:
+    """The plot the flags describe (not checked yet: see sdtui.xyz.prepare_xyz)."""
+    from sdtui.params import NO_AXIS, XYZParams
+
+    axes: list[tuple[str, str]] = []
+    for letter in "xyz":
+        kind = getattr(args, f"{letter}_type")
+        text = getattr(args, f"{letter}_values")
+        if kind is None:
+            if text is not None:
+                raise ParamError(f"{letter}_type", f"--{letter}-values needs --{letter}-type: say what "
+                                 f"the values are, e.g. --{letter}-type Steps")
+            axes.append(NO_AXIS)
+            continue
+        if text is None and " ".join(kind.split()).casefold() != "nothing":
+            raise ParamError(f"{letter}_values", f"--{letter}-type {one_line(kind)} needs --{letter}-values, "
+                             f"e.g. --{letter}-values \"10,20,30\"")
+        axes.append((kind, text or ""))
+    if all(kind == NO_AXIS[0] or " ".join(kind.split()).casefold() == "nothing" for kind, _ in axes):
+        raise ParamError("x_type", "an X/Y/Z plot needs an axis: give --x-type and --x-values "
+                         "(e.g. --x-type Steps --x-values \"10,20,30\")")
+    vary = args.vary_seeds.replace(",", "").replace(" ", "").lower()
+    if any(c not in "xyz" for c in vary):
+        raise ParamError("vary_seeds", f"--vary-seeds {one_line(args.vary_seeds)}: name the axes "
+                         "whose seeds vary, as x, y, z or several (xy)")
+    return XYZParams(
+        base=base,
+        x=axes[0],
+        y=axes[1],
+        z=axes[2],
+        vary_seeds=("x" in vary, "y" in vary, "z" in vary),
+        no_fixed_seeds=bool(args.keep_random_seeds),
+        draw_legend=not args.no_legend,
+        margin=args.margin,
+    )
+
+
+def _check_checkpoint_axes(plot: Any, settings: Settings) -> None:
+    """A Checkpoint name axis names models that exist (A1111's confirm_checkpoints)."""
+    from sdtui.model_index import discover_models, resolve_model
+
+    entries = None
+    for letter, axis in (("X", plot.x), ("Y", plot.y), ("Z", plot.z)):
+        if axis.type.label != "Checkpoint name":
+            continue
+        if entries is None:
+            entries = discover_models(settings.models)
+        for value in axis.values:
+            if str(value).strip().lower() in ("demo", "sdtui-demo"):
+                continue
+            try:
+                resolve_model(str(value), entries)
+            except UserError as e:
+                raise ParamError(f"{letter.lower()}_values", f"{letter} axis: {e.message}") from None
+
+
+def prepare_xyz_job(args: argparse.Namespace, settings: Settings) -> Any:
+    """The plot, every problem said in one line before anything runs: the base params, an
+    axis type or value, a Prompt S/R term not in the prompt, a cell out of range, a grid too
+    large, a checkpoint that is not there."""
+    from sdtui.xyz import XYZError, plot_of, prepare_xyz
+
+    params = xyz_params_from(args, params_from(args, settings))
+    try:
+        params = prepare_xyz(params)
+        _check_checkpoint_axes(plot_of(params), settings)
+    except XYZError as e:
+        raise ParamError("xyz", e.message) from None
+    return params
+
+
+def cmd_xyz(args: argparse.Namespace) -> int:
+    from sdtui.ipc import protocol as msg
+    from sdtui.xyz import cell_count
+
+    level = getattr(args, "level", NORMAL)
+    settings = settings_from(args)
+    params = prepare_xyz_job(args, settings)
+    if args.detach and getattr(args, "no_daemon", False):
+        raise ParamError("detach", "--detach needs the daemon: leave out --no-daemon")
+    output = None
+    if args.output is not None:
+        output = OutputFile.check(args.output, 1, args.detach, grid=True)
+    _check_init_image(params.base.init_image, settings)
+    _check_outputs(settings)
+    if params.base.model in ("demo", "sdtui-demo") and not args.json and level > QUIET:
+        print(
+            "sdtui: using the built-in demo model: tiny random weights, so its images are noise. "
+            f"For real images put a checkpoint in {settings.checkpoints} or pass --a1111-dir.",
+            file=sys.stderr,
+        )
+    client = engine_client(args, settings, "sdtui xyz")
+    try:
+        job_id = client.submit_xyz(params)
+    except BaseException:
+        release(client)
+        raise
+    if args.detach:
+        release(client)
+        print(job_id)
+        return EXIT_OK
+    _debug_attached(client, job_id, level)
+    if level > QUIET:
+        _say_queued(client, job_id)
+    note = daemon_note(client)
+    display = JobDisplay("xyz", job_id, level, live=_live_progress(args.json, level))
+    final = follow_job(client, job_id, args.json, display, output)
+    if not isinstance(final, msg.JobFailed) and not args.json and level > QUIET:
+        n = cell_count(params)
+        made = len(final.paths)
+        grid = "" if display.grid_path else "; no grid was saved"
+        print(f"sdtui: X/Y/Z plot: {made} of {n} cell{'s' if n != 1 else ''} in {final.seconds:.1f} s{grid}",
+              file=sys.stderr)
+    if note and not args.json and level > QUIET:
+        print(note, file=sys.stderr)
+    if isinstance(final, msg.JobFailed) or (output is not None and output.failed):
+        return EXIT_FAILED
+    return EXIT_CANCELLED if final.cancelled else EXIT_OK
 
 
 def follow_job(
@@ -593,6 +836,7 @@ class JobDisplay:
         self._task: Any = None
         self._stepping = False  # Progress events have come: the bar is determinate
         self._saved = 0
+        self.grid_path: str | None = None  # the grid an X/Y/Z plot saved
 
     # -- the rich display
 
@@ -642,11 +886,11 @@ class JobDisplay:
         unit = "tiles" if self.kind == "upscale" else "steps"
         if not self.live:
             if self.level >= VERBOSE and p.step >= p.steps:  # plain: one line per batch
-                batch = f"batch {p.batch_index + 1}/{p.batch_count}: " if p.batch_count > 1 else ""
+                batch = f"{self._part} {p.batch_index + 1}/{p.batch_count}: " if p.batch_count > 1 else ""
                 self.say(f"sdtui: {batch}{p.step}/{p.steps} {unit}, {p.its:.2f} it/s, ETA {_eta(p.eta_s)}")
             return
         steps = max(1, p.steps)
-        what = f"batch {p.batch_index + 1}/{p.batch_count}" if p.batch_count > 1 else self.kind
+        what = f"{self._part} {p.batch_index + 1}/{p.batch_count}" if p.batch_count > 1 else self.kind
         self._show(what)
         self._stepping = True
         self._progress.update(
@@ -656,6 +900,11 @@ class JobDisplay:
             detail=f"{p.step}/{p.steps} {unit}  {p.its:.2f} it/s  ETA {_eta(p.eta_s)}",
         )
         self._progress.refresh()  # every step the engine reports, as the old bar did
+
+    @property
+    def _part(self) -> str:
+        """What a Progress event's batch is: an X/Y/Z plot's are its cells."""
+        return "cell" if self.kind == "xyz" else "batch"
 
     def close(self) -> None:
         if self._progress is not None:
@@ -681,6 +930,15 @@ class JobDisplay:
     # -- events
 
     def saved(self, e: Any, written: Path | None = None) -> None:
+        if self.kind == "xyz":  # stdout has the grid; a cell is said with -v
+            if e.is_grid:
+                self.grid_path = e.path
+                self.out(str(written) if written is not None else e.path)
+            elif self.level >= VERBOSE:
+                self.say(f"sdtui: cell {e.index}: {one_line(e.path)}")
+            if written is not None and self.level >= VERBOSE:
+                self.say(f"sdtui: debug: wrote {one_line(str(written))} (a copy of {one_line(e.path)})")
+            return
         self.out(str(written) if written is not None else e.path)
         if written is not None and self.level >= VERBOSE:
             self.say(f"sdtui: debug: wrote {one_line(str(written))} (a copy of {one_line(e.path)})")
@@ -716,15 +974,16 @@ class OutputFile:
     in the same folder, then os.replace); the A1111-layout copy in outputs/ stays. ``{n}`` in
     the name is the image's index in the job (0-based: its seed is the job's seed + n)."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, *, grid: bool = False) -> None:
         self.pattern = pattern
+        self.grid = grid  # an X/Y/Z plot: the grid is written, not the cells
         self.failed = False
 
     def path(self, index: int) -> Path:
         return Path(self.pattern.replace("{n}", str(index))).expanduser()
 
     @classmethod
-    def check(cls, value: str, images: int, detach: bool) -> OutputFile:
+    def check(cls, value: str, images: int, detach: bool, *, grid: bool = False) -> OutputFile:
         """Refuse what cannot work before any image is made: one clear sentence each."""
         shown = one_line(value)
         if detach:
@@ -765,13 +1024,14 @@ class OutputFile:
         except OSError as e:
             raise UserError(f"cannot write to {one_line(str(folder))} ({e.strerror or e}): give "
                             "another --output or fix the folder's permissions") from None
-        return cls(value)
+        return cls(value, grid=grid)
 
     def write(self, e: Any, display: JobDisplay) -> Path | None:
-        """Copy a saved image to its --output file; None for a grid (never written there)."""
-        if e.is_grid or e.index < 0:
+        """Copy a saved image to its --output file; None for a grid (never written there),
+        and, for an X/Y/Z plot, for each cell (its grid is what is written)."""
+        if self.grid != (e.is_grid or e.index < 0):
             return None
-        dest = self.path(e.index)
+        dest = self.path(max(0, e.index))
         try:
             write_atomic(Path(e.path), dest)
         except OSError as err:
@@ -1217,6 +1477,7 @@ def _value_lists() -> dict[str, tuple[str, ...]]:
         "hires_upscaler": (*LATENT_UPSCALE_MODES, LANCZOS, NEAREST),
         "upscaler": (LANCZOS, NEAREST),
         "device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1"),
+        "axis_type": _axis_labels(),
     }
 
 
@@ -1226,6 +1487,8 @@ def _value_kind(action: argparse.Action, lists: dict[str, tuple[str, ...]]) -> s
     dest = action.dest
     if dest in ("upscaler", "upscaler_2"):
         return "upscaler"
+    if dest in ("x_type", "y_type", "z_type"):
+        return "axis_type"
     if dest in lists:
         return dest
     if action.choices:

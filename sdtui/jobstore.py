@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdtui.errors import UserError
-from sdtui.params import GenerationParams, UpscaleParams
+from sdtui.params import GenerationParams, UpscaleParams, XYZParams
 
 SCHEMA_VERSION = 1
 QUEUE_FILE = "queue.sqlite3"
-JobKind = Literal["generate", "upscale"]
+JobKind = Literal["generate", "upscale", "xyz"]  # xyz: an X/Y/Z plot (XYZParams)
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JobParams = GenerationParams | UpscaleParams | XYZParams
 ACTIVE: tuple[JobState, ...] = ("queued", "running")
 FINISHED: tuple[JobState, ...] = ("done", "failed", "cancelled")
 GRID_INDEX = -1  # the index a job's grid image is recorded under
@@ -79,7 +80,7 @@ class JobRecord:
     id: int
     kind: JobKind
     state: JobState
-    params: GenerationParams | UpscaleParams
+    params: JobParams
     folders: dict[str, str]
     summary: str
     images_total: int
@@ -98,13 +99,17 @@ class JobRecord:
 # -- params as JSON (never pickle: the file outlives the code that wrote it) ------------------
 
 
-def params_to_json(params: GenerationParams | UpscaleParams) -> str:
+def params_to_json(params: JobParams) -> str:
     return json.dumps(dataclasses.asdict(params), sort_keys=True)
 
 
-def params_from_json(kind: str, text: str) -> GenerationParams | UpscaleParams:
-    cls: Any = GenerationParams if kind == "generate" else UpscaleParams
+def params_from_json(kind: str, text: str) -> JobParams:
     data = json.loads(text)
+    if kind == "xyz":
+        if not isinstance(data, dict):
+            raise ValueError("the X/Y/Z plot's parameters are not an object")
+        return XYZParams.from_dict(data)
+    cls: Any = GenerationParams if kind == "generate" else UpscaleParams
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -112,8 +117,15 @@ def params_from_json(kind: str, text: str) -> GenerationParams | UpscaleParams:
     return cls(**data)
 
 
-def job_summary(kind: str, params: GenerationParams | UpscaleParams) -> str:
-    """One line for queue listings and the job log."""
+def job_summary(kind: str, params: JobParams) -> str:
+    """One line for queue listings and the job log (the first word is the kind of image:
+    txt2img, img2img or extras)."""
+    if isinstance(params, XYZParams):
+        base = params.base
+        axes = " x ".join(label for label, _ in params.axes if label != "Nothing") or "Nothing"
+        prompt = " ".join(base.prompt.split())
+        prompt = prompt if len(prompt) <= 24 else prompt[:23] + "…"
+        return f'{base.mode} X/Y/Z plot {axes}: {base.width}x{base.height} {base.steps} steps "{prompt}"'
     if isinstance(params, UpscaleParams):
         size = (
             f"to {params.target_width}x{params.target_height}"
@@ -127,7 +139,11 @@ def job_summary(kind: str, params: GenerationParams | UpscaleParams) -> str:
     return f'{params.mode} {params.width}x{params.height}{count} {params.steps} steps "{prompt}"'
 
 
-def images_total(params: GenerationParams | UpscaleParams) -> int:
+def images_total(params: JobParams) -> int:
+    if isinstance(params, XYZParams):
+        from sdtui.xyz import cell_count  # the grid's cells: PIL, no torch
+
+        return cell_count(params)
     return params.images_total if isinstance(params, GenerationParams) else 1
 
 
@@ -223,7 +239,7 @@ class JobStore:
     def add_job(
         self,
         kind: JobKind,
-        params: GenerationParams | UpscaleParams,
+        params: JobParams,
         folders: dict[str, str],
         submitted_by: str,
     ) -> JobRecord:

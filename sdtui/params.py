@@ -381,6 +381,96 @@ class UpscaleParams:
         return pairs
 
 
+# an X/Y/Z plot's axes, in the order A1111 lists them
+XYZ_AXES: tuple[str, str, str] = ("X", "Y", "Z")
+NO_AXIS: tuple[str, str] = ("Nothing", "")
+MAX_XYZ_MARGIN = 500  # A1111's "Grid margins (px)" slider
+
+
+@dataclass(frozen=True)
+class XYZParams:
+    """An X/Y/Z plot job (A1111's ``scripts/xyz_grid.py``): one image per combination of an
+    X, a Y and a Z value, made from ``base``, then the labelled grid.
+
+    Each axis is (A1111's axis type label, the text typed for it): ``("Steps", "10-30
+    (+10)")``; ``("Nothing", "")`` is no axis. This class holds the words only: sdtui.xyz
+    parses and checks them (``prepare_xyz``), and it imports this module, not the reverse."""
+
+    base: GenerationParams = field(default_factory=GenerationParams)
+    x: tuple[str, str] = NO_AXIS
+    y: tuple[str, str] = NO_AXIS
+    z: tuple[str, str] = NO_AXIS
+    # A1111 "Vary seeds for X/Y/Z": the seed moves on along that axis (seed + ix, ...)
+    vary_seeds: tuple[bool, bool, bool] = (False, False, False)
+    # A1111 "Keep -1 for seeds": no seed is fixed, each cell draws its own
+    no_fixed_seeds: bool = False
+    draw_legend: bool = True  # A1111 "Draw legend"
+    margin: int = 0  # A1111 "Grid margins (px)"
+    # the seeds drawn for -1 on a Seed / Var. seed axis, ", "-joined ("" for none): fixed
+    # when the job is queued, so a job that restarts makes the same cells
+    fixed_values: tuple[str, str, str] = ("", "", "")
+
+    @property
+    def axes(self) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str]]:
+        return self.x, self.y, self.z
+
+    @property
+    def model(self) -> str | None:
+        """The base model (a Checkpoint name axis changes it per cell)."""
+        return self.base.model
+
+    @property
+    def mode(self) -> str:
+        return self.base.mode
+
+    def replace(self, **changes: Any) -> XYZParams:
+        return dataclasses.replace(self, **changes)
+
+    def field_errors(self) -> dict[str, str]:
+        """The base params' problems, and the plot's own that need no parsing."""
+        errors = self.base.field_errors()
+        if self.base.batch_size != 1 or self.base.batch_count != 1:
+            errors["batch_size"] = (
+                "an X/Y/Z plot makes one image per cell (A1111 takes each cell's first "
+                "image): leave the batch size and batch count at 1"
+            )
+        if not isinstance(self.margin, int) or not 0 <= self.margin <= MAX_XYZ_MARGIN:
+            errors["margin"] = f"grid margin {self.margin} is out of range: use 0 to {MAX_XYZ_MARGIN} pixels"
+        return errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> XYZParams:
+        """From :meth:`to_dict` (or its JSON): a field this version does not know is a
+        ValueError, never a guess."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"fields this sdtui does not know: {', '.join(unknown)}")
+        base = dict(data.get("base") or {})
+        base_known = {f.name for f in dataclasses.fields(GenerationParams)}
+        unknown = sorted(set(base) - base_known)
+        if unknown:
+            raise ValueError(f"fields this sdtui does not know: {', '.join(unknown)}")
+        changes: dict[str, Any] = {"base": GenerationParams(**base)}
+        for name in ("x", "y", "z"):
+            if name in data:
+                label, text = data[name]
+                changes[name] = (str(label), str(text))
+        if "vary_seeds" in data:
+            vx, vy, vz = data["vary_seeds"]
+            changes["vary_seeds"] = (bool(vx), bool(vy), bool(vz))
+        if "fixed_values" in data:
+            fx, fy, fz = data["fixed_values"]
+            changes["fixed_values"] = (str(fx), str(fy), str(fz))
+        for name in ("no_fixed_seeds", "draw_legend", "margin"):
+            if name in data:
+                changes[name] = data[name]
+        return cls(**changes)
+
+
 def _num(v: float) -> int | float:
     """A1111 writes 7 not 7.0."""
     return int(v) if float(v).is_integer() else round(float(v), 4)

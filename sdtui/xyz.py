@@ -30,7 +30,7 @@ import os
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from itertools import permutations
 from typing import Any, Literal
@@ -38,7 +38,8 @@ from typing import Any, Literal
 from PIL import Image, ImageDraw, ImageFont
 
 from sdtui.errors import UserError
-from sdtui.params import MAX_RANDOM_SEED, GenerationParams
+from sdtui.infotext import format_infotext, parse_infotext
+from sdtui.params import MAX_RANDOM_SEED, GenerationParams, ParamError, XYZParams
 from sdtui.samplers import (
     SAMPLER_NAMES,
     SCHEDULE_TYPES,
@@ -630,6 +631,13 @@ class XYZPlot:
         is made: A1111 meets these one cell at a time."""
         nx, ny, nz = self.shape
         width, height = int(base.get("width", 512)), int(base.get("height", 512))
+        for axis in (self.x, self.y, self.z):
+            if axis.type.label == "Size":  # A1111 counts the base size; the grid has these
+                try:
+                    sizes = [_parse_size(v) for v in axis.values]
+                except ValueError:
+                    continue  # said below, by the cell that has it
+                width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
         megapixels = round(nx * ny * nz * width * height / 1_000_000)
         if megapixels >= max_megapixels:
             raise XYZError(
@@ -709,6 +717,115 @@ def axes_from_infotext(pairs: Mapping[str, str]) -> dict[str, tuple[str, str]]:
         text = pairs.get(f"Fixed {letter} Values") or pairs.get(f"{letter} Values", "")
         out[letter] = (label, text)
     return out
+
+
+# -- a job ------------------------------------------------------------------------------------
+
+_SEED_AXES = ("Seed", "Var. seed")
+
+
+def fix_seed(params: GenerationParams, rng: random.Random | None = None) -> GenerationParams:
+    """A1111 processing.fix_seed, which the X/Y/Z script runs first: a seed and a variation
+    seed of -1 become random ones drawn once, so every cell starts from the same seeds."""
+    draw = (rng or random).randrange
+    changes: dict[str, int] = {}
+    if params.seed == -1:
+        changes["seed"] = draw(MAX_RANDOM_SEED)
+    if params.subseed == -1:
+        changes["subseed"] = draw(MAX_RANDOM_SEED)
+    return params.replace(**changes) if changes else params
+
+
+def plot_of(params: XYZParams, *, rng: random.Random | None = None) -> XYZPlot:
+    """The plot of a job: each axis parsed from the text typed for it. A Seed or Var. seed
+    axis takes its values from ``params.fixed_values`` when :func:`prepare_xyz` set them (a
+    restarted job makes the same cells), else its -1 values are drawn now."""
+    axes: list[Axis] = []
+    for letter, (label, text), fixed in zip("XYZ", params.axes, params.fixed_values, strict=True):
+        try:
+            kind = axis_type(label)
+        except XYZError as e:
+            raise XYZError(f"{letter} axis: {e.message}") from None
+        if kind.is_nothing:
+            axes.append(nothing())
+            continue
+        keep = params.no_fixed_seeds
+        axis = parse_axis(kind, text, letter, fix_seed_values=not keep and not fixed, rng=rng)
+        if fixed and not keep and kind.label in _SEED_AXES:
+            values = parse_values(kind, fixed)
+            if len(values) != len(axis):
+                raise XYZError(
+                    f"{letter} axis: the fixed seeds {fixed[:60]!r} do not match the values "
+                    f"{text[:60]!r}: submit the plot again"
+                )
+            axis = Axis(kind, text, tuple(values))
+        axes.append(axis)
+    return XYZPlot(
+        axes[0], axes[1], axes[2], vary_seeds=params.vary_seeds, no_fixed_seeds=params.no_fixed_seeds
+    )
+
+
+def base_params(params: XYZParams) -> Params:
+    """The base params as the dict :meth:`XYZPlot.cell_params` changes."""
+    return asdict(params.base)
+
+
+def cell_generation_params(plot: XYZPlot, base: Mapping[str, Any], ix: int, iy: int, iz: int) -> GenerationParams:
+    """One cell's params (batch 1: A1111 takes each cell's first image), validated."""
+    cell = {k: v for k, v in plot.cell_params(base, ix, iy, iz).items() if k in _PARAM_FIELDS}
+    cell["batch_size"] = cell["batch_count"] = 1
+    return GenerationParams(**cell).validated()
+
+
+def prepare_xyz(
+    params: XYZParams,
+    *,
+    rng: random.Random | None = None,
+    max_megapixels: float = MAX_GRID_MEGAPIXELS,
+) -> XYZParams:
+    """A job checked before anything runs, with its seeds fixed: the base params (a
+    :class:`~sdtui.params.ParamError`), every axis and every cell (an :class:`XYZError`:
+    a type or value that does not parse, a Prompt S/R term not in the prompt, a cell value out
+    of range, a grid too large). Then A1111's ``fix_seed`` on the base and ``fix_axis_seeds``
+    on Seed axes, unless "Keep -1 for seeds". Running it again changes nothing."""
+    errors = params.field_errors()
+    if errors:
+        name, message = next(iter(errors.items()))
+        raise ParamError(name, message)
+    base = params.base.validated()
+    if not params.no_fixed_seeds:
+        base = fix_seed(base, rng)
+    params = params.replace(base=base)
+    plot = plot_of(params, rng=rng)
+    plot.check(base_params(params), max_megapixels=max_megapixels)
+    fixed = tuple(
+        ", ".join(str(v) for v in axis.values)
+        if axis.type.label in _SEED_AXES and not params.no_fixed_seeds
+        else ""
+        for axis in (plot.x, plot.y, plot.z)
+    )
+    return params.replace(fixed_values=(fixed[0], fixed[1], fixed[2]))
+
+
+def cell_count(params: XYZParams) -> int:
+    """How many images the plot makes (one per cell); 1 for a plot that does not parse."""
+    try:
+        return plot_of(params, rng=random.Random(0)).cell_count
+    except XYZError:
+        return 1
+
+
+def grid_infotext(cell_infotext: str, plot: XYZPlot) -> str:
+    """The grid's infotext as A1111 writes it: the first cell's, with the plot's keys
+    ("Script: X/Y/Z plot", "X Type", "X Values", ...) added to its extra params, which A1111
+    writes before "Version"."""
+    parsed = parse_infotext(cell_infotext)
+    pairs: dict[str, object] = dict(parsed.pairs)
+    version = pairs.pop("Version", None)
+    pairs.update(plot.infotext_pairs())
+    if version is not None:
+        pairs["Version"] = version
+    return format_infotext(parsed.prompt, parsed.negative_prompt, pairs)
 
 
 # -- drawing ----------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from typing import get_args
 from sdtui import config, jobstore
 from sdtui.ipc import protocol as msg
 from sdtui.ipc.client import overall_state
-from sdtui.params import GenerationParams, MemoryMode
+from sdtui.params import GenerationParams, MemoryMode, XYZParams
 
 
 def test_the_literal_types_name_the_words_the_code_checks() -> None:
     assert get_args(MemoryMode) == tuple(config.MEMORY_MODES)
     assert msg.ENGINE_STATES == get_args(msg.EngineState)
-    assert get_args(msg.JobKind) == get_args(jobstore.JobKind) == ("generate", "upscale")
+    assert get_args(msg.JobKind) == get_args(jobstore.JobKind) == ("generate", "upscale", "xyz")
     assert set(get_args(msg.JobState)) == {"queued", "running", "done", "failed", "cancelled"}
     assert get_args(msg.LogLevel) == ("info", "warning", "error")
 
@@ -40,6 +40,8 @@ def test_messages_are_frozen_and_cross_a_pipe_unchanged() -> None:
         msg.Log("warning", "disk nearly full", 3),
         msg.EngineStatus("ready", device="cpu", pid=42),
         msg.Submit(5, "generate", GenerationParams(prompt="a dog"), {"outputs_dir": "/o"}),
+        msg.SubmitXYZ(2, XYZParams(GenerationParams(prompt="a cat"), x=("Steps", "10,20"), vary_seeds=(True, False, False))),
+        msg.Submit(6, "xyz", XYZParams(y=("CFG Scale", "5-9 (+2)")), {}),
         msg.Submitted(5, job),
         msg.DaemonState(None, 1, "0.1.0", 0.0, "/s", "/q", 30.0, (msg.WorkerInfo(0, "cpu", "busy"),), (job,)),
     ]

@@ -255,6 +255,9 @@ class Engine:
             elif isinstance(cmd, msg.SubmitUpscale):
                 self._status("busy", f"job {job_id}")
                 self._upscale(cmd)
+            elif isinstance(cmd, msg.SubmitXYZ):
+                self._status("busy", f"job {job_id}")
+                self._xyz(cmd, control)
         except Exception as e:  # noqa: BLE001 - the engine outlives any one job
             self._report_failure(job_id, e)
         finally:
@@ -509,16 +512,30 @@ class Engine:
 
         return emit
 
+    def _job_session(self, model: str | None, settings: Settings, job_id: int) -> Any:
+        """The model a job (or an X/Y/Z cell) names, loaded, with its hash known."""
+        session = self.ensure_model(model, settings)
+        self._status("busy", f"job {job_id}")
+        if session.model_hash is None and session.path.is_file():
+            session.model_hash = model_hash(session.path)
+        return session
+
+    def _run_generation(self, session: Any, params: Any, ctx: JobContext) -> Any:
+        from sdtui.engine.generate import run_generation
+
+        try:
+            return run_generation(session.loaded, session, params, ctx)
+        except Exception as e:
+            if not self._compile_failed(session, e):
+                raise
+            return run_generation(session.loaded, session, params, ctx)
+
     def _generate(self, cmd: msg.SubmitGenerate, control: JobControl) -> None:
         from sdtui.engine.fastpath import compile_work, recompile_note
-        from sdtui.engine.generate import run_generation
         from sdtui.engine.memory import free_caches, job_memory
 
         settings = cmd.settings or self.settings
-        session = self.ensure_model(cmd.params.model, settings)
-        self._status("busy", f"job {cmd.job_id}")
-        if session.model_hash is None and session.path.is_file():
-            session.model_hash = model_hash(session.path)
+        session = self._job_session(cmd.params.model, settings, cmd.job_id)
         saved: list[str] = []
         ctx = JobContext(
             job_id=cmd.job_id,
@@ -536,12 +553,7 @@ class Engine:
         compiled_before = compile_work() if fast is not None and fast.compiling else (0, 0.0)
         try:
             with job_memory(self.device) as acct:
-                try:
-                    done = run_generation(session.loaded, session, cmd.params, ctx)
-                except Exception as e:
-                    if not self._compile_failed(session, e):
-                        raise
-                    done = run_generation(session.loaded, session, cmd.params, ctx)
+                done = self._run_generation(session, cmd.params, ctx)
         except Exception as e:  # noqa: BLE001 - reported here, with the images already saved
             ctx.log(f"job {cmd.job_id}: {acct.summary()}")
             self._report_failure(cmd.job_id, e, tuple(saved))
@@ -551,6 +563,43 @@ class Engine:
             return
         if fast is not None and (note := recompile_note(fast, compiled_before)):
             ctx.log(note)
+        ctx.log(f"job {cmd.job_id}: {acct.summary()}")
+        self.emit(dataclasses.replace(done, **acct.fields()))
+
+    def _xyz(self, cmd: msg.SubmitXYZ, control: JobControl) -> None:
+        """An X/Y/Z plot (sdtui.engine.xyz): each cell one generation, a Checkpoint name
+        axis switching the model as a job naming it would."""
+        from sdtui.engine.memory import free_caches, job_memory
+        from sdtui.engine.xyz import run_xyz
+
+        settings = cmd.settings or self.settings
+        saved: list[str] = []
+        ctx = JobContext(
+            job_id=cmd.job_id,
+            emit=self._recording(cmd.job_id, saved),
+            control=control,
+            layout=OutputLayout(settings.outputs),
+            memory_mode=self.placement,
+            settings=settings,
+            done=dict(cmd.done),
+        )
+
+        def run_cell(params: Any, cell: JobContext) -> Any:
+            session = self._job_session(params.model, settings, cmd.job_id)
+            cell.model_name, cell.model_hash = session.name, session.model_hash
+            cell.family, cell.memory_mode = session.family, self.placement
+            return self._run_generation(session, params, cell)
+
+        try:
+            with job_memory(self.device) as acct:
+                done = run_xyz(cmd.params, ctx, run_cell)
+        except Exception as e:  # noqa: BLE001 - reported here, with the cells already saved
+            ctx.log(f"job {cmd.job_id}: {acct.summary()}")
+            self._report_failure(cmd.job_id, e, tuple(saved))
+            done = None
+        if done is None:
+            free_caches()
+            return
         ctx.log(f"job {cmd.job_id}: {acct.summary()}")
         self.emit(dataclasses.replace(done, **acct.fields()))
 

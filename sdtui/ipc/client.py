@@ -29,7 +29,7 @@ from sdtui.config import Settings, state_dir
 from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
 from sdtui.ipc.paths import WINDOWS, DaemonPaths, check_owned
-from sdtui.params import GenerationParams, MemoryMode, UpscaleParams
+from sdtui.params import GenerationParams, MemoryMode, UpscaleParams, XYZParams
 
 ENGINE_LOG = "engine.log"
 LOG_ROTATE_BYTES = 20 * 2**20
@@ -355,7 +355,16 @@ class DaemonClient:
         image = Path(params.image).expanduser()
         return self._submit("upscale", params.replace(image=str(image.absolute())))
 
-    def _submit(self, kind: msg.JobKind, params: GenerationParams | UpscaleParams) -> int:
+    def submit_xyz(self, params: XYZParams) -> int:
+        """Queue an X/Y/Z plot. Checked here first (a ParamError for the base params, an
+        XYZError for an axis: one sentence in the caller's words), seeds fixed."""
+        from sdtui.xyz import prepare_xyz  # PIL, no torch
+
+        if params.base.model is None and self.settings.default_model:
+            params = params.replace(base=params.base.replace(model=self.settings.default_model))
+        return self._submit("xyz", prepare_xyz(params))
+
+    def _submit(self, kind: msg.JobKind, params: GenerationParams | UpscaleParams | XYZParams) -> int:
         token = next(self._tokens)
         self._send(msg.Submit(token, kind, params, self.folders))
         reply = self._reply(token)

@@ -49,7 +49,7 @@ from sdtui.jobstore import (
     StoreError,
     open_store,
 )
-from sdtui.params import GenerationParams, ParamError
+from sdtui.params import GenerationParams, ParamError, UpscaleParams, XYZParams
 
 MAX_OUTBOX = 5000  # events waiting for one client; past this it is not reading: dropped
 MAX_RUNS = 3  # a job that took its worker down this many times fails instead of running again
@@ -597,7 +597,13 @@ class Daemon:
             session.send(msg.Refused(cmd.token, f"the engine daemon is stopping ({self.stop[0]})"))
             return
         try:
-            params = cmd.params.validated()
+            params: GenerationParams | UpscaleParams | XYZParams
+            if isinstance(cmd.params, XYZParams):
+                from sdtui.xyz import prepare_xyz  # PIL, no torch: only for a plot
+
+                params = prepare_xyz(cmd.params)  # checked, seeds fixed: a restart remakes it
+            else:
+                params = cmd.params.validated()
             if isinstance(params, GenerationParams):
                 params = params.with_seeds()  # a restart must make the same images
             folders = {k: str(v) for k, v in cmd.folders.items() if k in FOLDER_KEYS and v}
@@ -607,6 +613,9 @@ class Daemon:
             return
         except StoreError as e:
             log(e.message)
+            session.send(msg.Refused(cmd.token, e.message))
+            return
+        except UserError as e:  # an X/Y/Z axis that cannot be plotted
             session.send(msg.Refused(cmd.token, e.message))
             return
         self.jobs[job.id] = job
@@ -701,6 +710,8 @@ class Daemon:
         settings = self._job_settings(job, w)
         if isinstance(job.params, GenerationParams):  # the store reads params by job.kind
             w.send(msg.SubmitGenerate(job.id, job.params, settings, done))
+        elif isinstance(job.params, XYZParams):
+            w.send(msg.SubmitXYZ(job.id, job.params, settings, done))
         else:
             w.send(msg.SubmitUpscale(job.id, job.params, settings, done))
         if done:

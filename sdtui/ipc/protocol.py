@@ -17,9 +17,10 @@ from typing import Any, Literal, get_args
 from sdtui.config import Settings
 from sdtui.jobstore import JobKind as JobKind  # re-exported: the queue's words are the protocol's
 from sdtui.jobstore import JobState as JobState
-from sdtui.params import GenerationParams, MemoryMode, UpscaleParams
+from sdtui.params import GenerationParams, MemoryMode, UpscaleParams, XYZParams
 
-PROTOCOL_VERSION = 2  # 1 was the engine child of a single TUI (multiprocessing queues)
+# 1 was the engine child of a single TUI (multiprocessing queues); 3 added X/Y/Z plot jobs
+PROTOCOL_VERSION = 3
 HELLO, WELCOME, REFUSED = "sdtui-hello", "sdtui-welcome", "sdtui-refused"
 
 # -- daemon -> engine worker -----------------------------------------------------------------
@@ -56,6 +57,17 @@ class SubmitUpscale:
 
 
 @dataclass(frozen=True)
+class SubmitXYZ:
+    """An X/Y/Z plot: one image per cell (each saved as a normal image, recorded under its
+    cell index, X fastest), then the labelled grid (recorded under -1)."""
+
+    job_id: int
+    params: XYZParams
+    settings: Settings | None = None
+    done: dict[int, str] = field(default_factory=dict)  # cells saved before a restart
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Stop the running job now (finished images are kept), or drop a queued one."""
 
@@ -87,7 +99,9 @@ class Shutdown:
     pass
 
 
-Command = SubmitGenerate | SubmitUpscale | Cancel | Skip | LoadModel | SetMemoryMode | Shutdown
+Command = (
+    SubmitGenerate | SubmitUpscale | SubmitXYZ | Cancel | Skip | LoadModel | SetMemoryMode | Shutdown
+)
 
 # -- client -> daemon (besides Cancel, Skip, LoadModel, SetMemoryMode) ------------------------
 
@@ -97,7 +111,7 @@ class Submit:
 
     token: int
     kind: JobKind
-    params: GenerationParams | UpscaleParams
+    params: GenerationParams | UpscaleParams | XYZParams
     folders: dict[str, str]  # the submitter's resolved folders (models, outputs, ...)
 
 
@@ -162,8 +176,8 @@ class Progress:
     job_id: int
     step: int  # steps done in the current image's batch
     steps: int  # steps of the current batch
-    batch_index: int  # 0-based index of the batch in the job
-    batch_count: int
+    batch_index: int  # 0-based index of the batch in the job (of an X/Y/Z plot: the cell, in the order made)
+    batch_count: int  # (of an X/Y/Z plot: its cells)
     its: float  # iterations per second (smoothed)
     eta_s: float  # seconds left for the whole job
     vram_allocated: int | None = None
