@@ -51,9 +51,17 @@ def child(cuda: bool) -> None:
         state = FastPathState(mode="auto")
         compile_blocks(pipe.unet, state)
     warm_up(pipe, state, size, size, lambda _: None)
-    print(json.dumps({"compile": state.compile_seconds, "failed": state.failed,
-                      "process": time.perf_counter() - t0, "torch": torch.__version__,
-                      "card": torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU"}))
+    print(
+        json.dumps(
+            {
+                "compile": state.compile_seconds,
+                "failed": state.failed,
+                "process": time.perf_counter() - t0,
+                "torch": torch.__version__,
+                "card": torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU",
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -75,15 +83,23 @@ def main() -> int:
             print(out.stdout[-2000:], out.stderr[-4000:], sep="\n")
             return 1
         runs.append(json.loads(lines[-1]))
-        print(f"{('cold', 'warm')[len(runs) - 1]} start: {lines[-1]}", flush=True)  # kept if cut short
+        print(
+            f"{('cold', 'warm')[len(runs) - 1]} start: {lines[-1]}", flush=True
+        )  # kept if cut short
     cold, warm = runs
     if cold["failed"] or not cold["compile"] or not warm["compile"]:
         print(f"compiling failed: {cold['failed'] or warm['failed']}")
         return 1
-    print(f"{cold['card']}, torch {cold['torch']}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {'SD1.5 512x512 fp16' if args.cuda else 'demo model 64x64 fp32'}")
-    print(f"compile at a cold start:        {cold['compile']:6.1f} s   (whole process {cold['process']:.1f} s)")
-    print(f"compile with the cache warm:    {warm['compile']:6.1f} s   (whole process {warm['process']:.1f} s)")
+    print(
+        f"{cold['card']}, torch {cold['torch']}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {'SD1.5 512x512 fp16' if args.cuda else 'demo model 64x64 fp32'}"
+    )
+    print(
+        f"compile at a cold start:        {cold['compile']:6.1f} s   (whole process {cold['process']:.1f} s)"
+    )
+    print(
+        f"compile with the cache warm:    {warm['compile']:6.1f} s   (whole process {warm['process']:.1f} s)"
+    )
     print(f"warm / cold: {warm['compile'] / cold['compile']:.2f}x")
     return 0
 

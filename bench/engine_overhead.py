@@ -81,7 +81,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="sdtui-bench-"))
     if args.sd15:
-        model_path = build_sd15_file(Path(os.environ.get("SDTUI_BENCH_CACHE", tempfile.gettempdir())))
+        model_path = build_sd15_file(
+            Path(os.environ.get("SDTUI_BENCH_CACHE", tempfile.gettempdir()))
+        )
         name = "SD1.5-architecture (random weights)"
     else:
         model_path = ensure_demo_model().safetensors
@@ -97,15 +99,28 @@ def main() -> int:
     def raw_run(i: int) -> float:
         t0 = time.perf_counter()
         g = torch.Generator("cpu").manual_seed(1000 + i)
-        image = pipe(prompt, num_inference_steps=steps, guidance_scale=7.0, width=size,
-                     height=size, generator=g).images[0]
+        image = pipe(
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=7.0,
+            width=size,
+            height=size,
+            generator=g,
+        ).images[0]
         image.save(work / f"raw-{i}.png")
         return time.perf_counter() - t0
 
     settings = Settings(models_dir=work / "models", outputs_dir=work / "outputs", device="cpu")
-    params = GenerationParams(prompt=prompt, steps=steps, width=size, height=size, cfg_scale=7.0,
-                              sampler="Euler a", model=str(model_path),
-                              preview_every=args.preview_every)
+    params = GenerationParams(
+        prompt=prompt,
+        steps=steps,
+        width=size,
+        height=size,
+        cfg_scale=7.0,
+        sampler="Euler a",
+        model=str(model_path),
+        preview_every=args.preview_every,
+    )
 
     # -- the in-process engine: what the worker runs, minus the processes ------------------
     events: list = []
@@ -152,10 +167,14 @@ def main() -> int:
     client.detach()
 
     r, e, d = statistics.median(raw), statistics.median(inproc), statistics.median(daemon)
-    print(f"machine : {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, "
-          f"torch {torch.__version__}, diffusers {diffusers.__version__}, device cpu")
-    print(f"model   : {name}, {size}x{size}, {steps} steps, Euler a, batch 1, "
-          f"previews every {args.preview_every} step(s) ({previews // args.rounds} per job)")
+    print(
+        f"machine : {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, "
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, device cpu"
+    )
+    print(
+        f"model   : {name}, {size}x{size}, {steps} steps, Euler a, batch 1, "
+        f"previews every {args.preview_every} step(s) ({previews // args.rounds} per job)"
+    )
     print(f"raw diffusers      : median {r:.3f} s  ({', '.join(f'{x:.3f}' for x in raw)})")
     print(f"in-process engine  : median {e:.3f} s  ({', '.join(f'{x:.3f}' for x in inproc)})")
     print(f"through the daemon : median {d:.3f} s  ({', '.join(f'{x:.3f}' for x in daemon)})")

@@ -62,7 +62,9 @@ def random_pipeline(config_name: str, device: str, dtype, smoke: bool):
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder"))
         te2 = None
         if (cfg / "text_encoder_2").exists():
-            te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
+            te2 = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_pretrained(cfg / "text_encoder_2")
+            )
     for m in (unet, vae, te, te2):
         if m is None:
             continue
@@ -73,12 +75,26 @@ def random_pipeline(config_name: str, device: str, dtype, smoke: bool):
     tok = CLIPTokenizer.from_pretrained(cfg / "tokenizer")
     if te2 is not None:
         tok2 = CLIPTokenizer.from_pretrained(cfg / "tokenizer_2")
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok,
-                                         tokenizer_2=tok2, unet=unet, scheduler=sched)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=te,
+            text_encoder_2=te2,
+            tokenizer=tok,
+            tokenizer_2=tok2,
+            unet=unet,
+            scheduler=sched,
+        )
     else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
-                                       safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=te,
+            tokenizer=tok,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -88,8 +104,15 @@ def session_for(pipe, family: str, device: str):
     from sdtui.model_family import ModelFamily
 
     loaded = SimpleNamespace(
-        pipe=pipe, family=ModelFamily(family, "bench"), name=f"{family}-random", path=Path("random"),
-        size_bytes=0, load_seconds=0.0, prediction_type="epsilon", device=device, dtype=pipe.unet.dtype,
+        pipe=pipe,
+        family=ModelFamily(family, "bench"),
+        name=f"{family}-random",
+        path=Path("random"),
+        size_bytes=0,
+        load_seconds=0.0,
+        prediction_type="epsilon",
+        device=device,
+        dtype=pipe.unet.dtype,
     )
     return ModelSession.create(loaded, device)
 
@@ -107,8 +130,17 @@ def run_sdtui(session, size: int, batch: int, steps: int, out: Path, family: str
             marks.append(time.perf_counter())
 
     ctx = JobContext(1, emit, JobControl(), OutputLayout(out), "bench", None, family)
-    p = GenerationParams(prompt=PROMPT, steps=steps, width=size, height=size, batch_size=batch, seed=1,
-                         sampler="Euler a", preview_every=1, preview_interval=0.25)  # as the TUI asks
+    p = GenerationParams(
+        prompt=PROMPT,
+        steps=steps,
+        width=size,
+        height=size,
+        batch_size=batch,
+        seed=1,
+        sampler="Euler a",
+        preview_every=1,
+        preview_interval=0.25,
+    )  # as the TUI asks
     t0 = time.perf_counter()
     done = run_generation(session.loaded, session, p, ctx)
     total = time.perf_counter() - t0
@@ -129,8 +161,15 @@ def run_raw(pipe, size: int, batch: int, steps: int, out: Path):
         return kw
 
     t0 = time.perf_counter()
-    images = pipe(PROMPT, num_inference_steps=steps, width=size, height=size, num_images_per_prompt=batch,
-                  generator=gens, callback_on_step_end=cb).images
+    images = pipe(
+        PROMPT,
+        num_inference_steps=steps,
+        width=size,
+        height=size,
+        num_images_per_prompt=batch,
+        generator=gens,
+        callback_on_step_end=cb,
+    ).images
     for i, im in enumerate(images):
         im.save(out / f"raw-{i}.png")
     total = time.perf_counter() - t0
@@ -141,11 +180,17 @@ def run_raw(pipe, size: int, batch: int, steps: int, out: Path):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="CPU, demo model, tiny sizes: checks the script")
+    ap.add_argument(
+        "--smoke", action="store_true", help="CPU, demo model, tiny sizes: checks the script"
+    )
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-sdxl", action="store_true")
-    ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16",
-                    help="fp16 is the issue's comparison; bf16 is what the app picks on Ampere and newer")
+    ap.add_argument(
+        "--dtype",
+        choices=("fp16", "bf16"),
+        default="fp16",
+        help="fp16 is the issue's comparison; bf16 is what the app picks on Ampere and newer",
+    )
     args = ap.parse_args()
 
     import torch
@@ -156,7 +201,9 @@ def main() -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --smoke to check the script on the CPU")
         return 2
-    dtype = torch.float32 if args.smoke else {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = (
+        torch.float32 if args.smoke else {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    )
     dtype_name = "fp32" if args.smoke else args.dtype
     raw_label = f"raw diffusers SDPA {dtype_name}"
     steps = 3 if args.smoke else args.steps
@@ -216,7 +263,11 @@ def main() -> int:
             peak_reset()
             t, r, _ = run_sdtui(session, size, batch, steps, out, family)
             if n == 0:
-                comp = f"{state.compile_seconds:.1f} s" if state.compile_seconds else (state.failed or "-")
+                comp = (
+                    f"{state.compile_seconds:.1f} s"
+                    if state.compile_seconds
+                    else (state.failed or "-")
+                )
             else:  # the 2-step first job minus what 2 steps cost once compiled
                 comp = f"+{max(0.0, t_first - t * 2 / steps):.1f} s new shape"
             found[case].append((label[case], "sdtui fast path", r, t / batch, comp, peak()))
@@ -243,10 +294,16 @@ def table(rows: list, summaries: list[str], card: str, steps: int, smoke: bool, 
     from sdtui.gpu import GpuSampler
 
     reading = GpuSampler().sample()
-    pane = "no driver" if reading.driver_error else "; ".join(
-        f"GPU{g.index} {g.name} {g.memory_used and g.memory_used / 2**30:.1f}/"
-        f"{g.memory_total and g.memory_total / 2**30:.0f} GiB, {g.utilization_percent}% util, "
-        f"{g.temperature_c} C, {g.power_w} W" for g in reading.gpus)
+    pane = (
+        "no driver"
+        if reading.driver_error
+        else "; ".join(
+            f"GPU{g.index} {g.name} {g.memory_used and g.memory_used / 2**30:.1f}/"
+            f"{g.memory_total and g.memory_total / 2**30:.0f} GiB, {g.utilization_percent}% util, "
+            f"{g.temperature_c} C, {g.power_w} W"
+            for g in reading.gpus
+        )
+    )
     lines = [
         f"\n## GPU speed — {dt.datetime.now():%Y-%m-%d %H:%M} — {card}{' (SMOKE, CPU)' if smoke else ''}\n",
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}, "

@@ -74,8 +74,12 @@ def main() -> int:
     size = path.stat().st_size / 1e9
     print(f"machine : {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, cpu")
     print(f"file    : {path.name} ({size:.2f} GB), warm page cache")
-    print(f"raw safetensors read : median {statistics.median(r):.3f} s  ({', '.join(f'{x:.3f}' for x in r)})")
-    print(f"sdtui load_pipeline  : median {statistics.median(o):.3f} s  ({', '.join(f'{x:.3f}' for x in o)})")
+    print(
+        f"raw safetensors read : median {statistics.median(r):.3f} s  ({', '.join(f'{x:.3f}' for x in r)})"
+    )
+    print(
+        f"sdtui load_pipeline  : median {statistics.median(o):.3f} s  ({', '.join(f'{x:.3f}' for x in o)})"
+    )
     print(f"ratio sdtui / raw = {statistics.median(o) / statistics.median(r):.3f}  (target <= 1.2)")
     return 0
 

@@ -86,7 +86,14 @@ def main() -> int:
         def launch() -> tuple[float, float]:
             """(seconds to the first frame, seconds to the attached frame)."""
             t0 = time.perf_counter()
-            tmux(socket, "respawn-pane", "-k", "-t", "b", f"env {exports} {cmd} --demo --graphics halfcell; sleep 600")
+            tmux(
+                socket,
+                "respawn-pane",
+                "-k",
+                "-t",
+                "b",
+                f"env {exports} {cmd} --demo --graphics halfcell; sleep 600",
+            )
             first = None
             while True:
                 screen = tmux(socket, "capture-pane", "-p", "-t", "b")
@@ -133,7 +140,9 @@ def main() -> int:
             warm.append(launch()[1])
         print(f"terminal {SIZE[0]}x{SIZE[1]}, CPU job running during key test: {busy}")
         print(f"launch -> first frame: {first_frame * 1000:.0f} ms (target <= 1000)")
-        print(f"launch -> attached frame, cold (sdtui starts the daemon): {cold_attached * 1000:.0f} ms")
+        print(
+            f"launch -> attached frame, cold (sdtui starts the daemon): {cold_attached * 1000:.0f} ms"
+        )
         print(
             f"launch -> attached frame, warm daemon (a job running): median "
             f"{statistics.median(warm) * 1000:.0f} ms over {len(warm)} ({', '.join(f'{w * 1000:.0f}' for w in warm)}) "
@@ -149,8 +158,12 @@ def main() -> int:
         tmux(socket, "send-keys", "-t", "b", "C-q")
         time.sleep(1.5)
         tmux(socket, "kill-server")
-        subprocess.run([*cmd.split(), "daemon", "stop", "--now"], env={**os.environ, **env},
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*cmd.split(), "daemon", "stop", "--now"],
+            env={**os.environ, **env},
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(env["SDTUI_RUNTIME_DIR"], ignore_errors=True)
 

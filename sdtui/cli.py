@@ -47,24 +47,76 @@ def _folder_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
     a subcommand's copy has no default of its own, so it never hides the first."""
     d: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     g = p.add_argument_group("folders and device")
-    g.add_argument("--a1111-dir", type=Path, help="an existing A1111 install: use its models/, embeddings/, outputs/", **d)
-    g.add_argument("--models-dir", type=Path, help="the models/ folder (holds Stable-diffusion/, Lora/, VAE/, ESRGAN/)", **d)
+    g.add_argument(
+        "--a1111-dir",
+        type=Path,
+        help="an existing A1111 install: use its models/, embeddings/, outputs/",
+        **d,
+    )
+    g.add_argument(
+        "--models-dir",
+        type=Path,
+        help="the models/ folder (holds Stable-diffusion/, Lora/, VAE/, ESRGAN/)",
+        **d,
+    )
     g.add_argument("--outputs-dir", type=Path, help="where images are written (A1111 layout)", **d)
-    g.add_argument("--device", type=_device, help="where to run: auto (default: every GPU, else the CPU), cuda, cuda:N, cpu", **d)
-    g.add_argument("--devices", type=_devices, help="the daemon's workers, one per device: e.g. cuda:0,cuda:1", **d)
-    g.add_argument("--memory-mode", choices=MEMORY_MODES, help="auto, normal, low (model offload), lowest (sequential offload)", **d)
-    g.add_argument("--fast-path", choices=FAST_PATHS, help="CUDA: auto (channels_last + torch.compile), nocompile, off", **d)
-    g.add_argument("--config", type=Path, help="settings file (default: the platform's config folder)", **d)
-    g.add_argument("--no-daemon", action="store_true", help="a private engine that ends with this command, instead of the shared daemon", **d)
+    g.add_argument(
+        "--device",
+        type=_device,
+        help="where to run: auto (default: every GPU, else the CPU), cuda, cuda:N, cpu",
+        **d,
+    )
+    g.add_argument(
+        "--devices",
+        type=_devices,
+        help="the daemon's workers, one per device: e.g. cuda:0,cuda:1",
+        **d,
+    )
+    g.add_argument(
+        "--memory-mode",
+        choices=MEMORY_MODES,
+        help="auto, normal, low (model offload), lowest (sequential offload)",
+        **d,
+    )
+    g.add_argument(
+        "--fast-path",
+        choices=FAST_PATHS,
+        help="CUDA: auto (channels_last + torch.compile), nocompile, off",
+        **d,
+    )
+    g.add_argument(
+        "--config", type=Path, help="settings file (default: the platform's config folder)", **d
+    )
+    g.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="a private engine that ends with this command, instead of the shared daemon",
+        **d,
+    )
     o = p.add_argument_group("what is said")
-    o.add_argument("-q", "--quiet", action="store_true", help="only errors and the saved paths", **d)
-    o.add_argument("-v", "--verbose", action="store_true", help="the engine's log lines and debug details too", **d)
+    o.add_argument(
+        "-q", "--quiet", action="store_true", help="only errors and the saved paths", **d
+    )
+    o.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="the engine's log lines and debug details too",
+        **d,
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     """--demo / --model after a subcommand; SUPPRESS keeps a value given before it."""
-    p.add_argument("--demo", action="store_true", help="use the built-in tiny demo model", default=argparse.SUPPRESS)
-    p.add_argument("--model", help="a name from `sdtui models`, or a path", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the built-in tiny demo model",
+        default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--model", help="a name from `sdtui models`, or a path", default=argparse.SUPPRESS
+    )
 
 
 def _axis_labels() -> tuple[str, ...]:
@@ -77,32 +129,58 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
     """What `generate` and `xyz` both take: the prompt and every generation parameter."""
     g.add_argument("prompt")
     g.add_argument("-N", "--negative", default="", help="negative prompt")
-    g.add_argument("--style", action="append", default=[], metavar="NAME",
-                   help="apply a prompt style from styles.csv (A1111's) to the prompt and negative; "
-                   "repeat it for several, applied in order (`sdtui styles` lists them)")
+    g.add_argument(
+        "--style",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="apply a prompt style from styles.csv (A1111's) to the prompt and negative; "
+        "repeat it for several, applied in order (`sdtui styles` lists them)",
+    )
     g.add_argument("--steps", type=int, default=20)
     g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
-    g.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i (with a variation strength: the variation seed +i, as A1111)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=-1,
+        help="-1 = random; image i of the job uses seed+i (with a variation strength: the variation seed +i, as A1111)",
+    )
     g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
     g.add_argument("--width", type=int)
     g.add_argument("--height", type=int)
     if batches:
         g.add_argument("--batch-size", type=int, default=1, help="images per batch")
-        g.add_argument("-n", "--batch-count", type=int, default=1, help="batches, one after another")
-    g.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too)")
-    g.add_argument("--schedule", default="Automatic", help=f"schedule type: {', '.join(SCHEDULE_TYPES)}")
+        g.add_argument(
+            "-n", "--batch-count", type=int, default=1, help="batches, one after another"
+        )
+    g.add_argument(
+        "--sampler",
+        default="Euler a",
+        help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too)",
+    )
+    g.add_argument(
+        "--schedule", default="Automatic", help=f"schedule type: {', '.join(SCHEDULE_TYPES)}"
+    )
     g.add_argument("--init-image", help="img2img: start from this image")
     g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize")
     g.add_argument("--clip-skip", type=int, default=1)
     g.add_argument("--variation-seed", type=int, default=-1)
     g.add_argument("--variation-strength", type=float, default=0.0)
-    g.add_argument("--hires", type=float, default=None, metavar="SCALE", help="hires fix: upscale by SCALE and run a second pass")
+    g.add_argument(
+        "--hires",
+        type=float,
+        default=None,
+        metavar="SCALE",
+        help="hires fix: upscale by SCALE and run a second pass",
+    )
     g.add_argument("--hires-steps", type=int, default=0)
     g.add_argument("--hires-denoise", type=float, default=0.7)
     g.add_argument("--hires-upscaler", default="Latent")
     g.add_argument("--vae", default="Automatic", help="a VAE from models/VAE, or Automatic")
-    g.add_argument("--preview-every", type=int, default=0, help="send a live preview every N steps (0 = off)")
+    g.add_argument(
+        "--preview-every", type=int, default=0, help="send a live preview every N steps (0 = off)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,26 +190,51 @@ def build_parser() -> argparse.ArgumentParser:
         "subcommand to open the TUI.",
     )
     parser.add_argument("--version", action="version", version=f"sdtui {__version__}")
-    parser.add_argument("--demo", action="store_true", help="use the built-in tiny demo model (its images are noise)")
-    parser.add_argument("--model", help="checkpoint to start with: a name from `sdtui models` or a path")
-    parser.add_argument("--graphics", choices=GRAPHICS, help="image protocol; auto probes the terminal, none shows paths only")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the built-in tiny demo model (its images are noise)",
+    )
+    parser.add_argument(
+        "--model", help="checkpoint to start with: a name from `sdtui models` or a path"
+    )
+    parser.add_argument(
+        "--graphics",
+        choices=GRAPHICS,
+        help="image protocol; auto probes the terminal, none shows paths only",
+    )
     _folder_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    a = sub.add_parser("attach", help="the TUI, attached to the engine daemon (the same as plain `sdtui`)")
+    a = sub.add_parser(
+        "attach", help="the TUI, attached to the engine daemon (the same as plain `sdtui`)"
+    )
     _model_flags(a)
     _folder_flags(a)
 
-    dm = sub.add_parser("daemon", help="the engine daemon: start, stop, status", description=(
-        "One engine daemon per user and machine keeps the model loaded and runs the queue; "
-        "the TUI and the CLI attach to it (and start it when none runs)."))
+    dm = sub.add_parser(
+        "daemon",
+        help="the engine daemon: start, stop, status",
+        description=(
+            "One engine daemon per user and machine keeps the model loaded and runs the queue; "
+            "the TUI and the CLI attach to it (and start it when none runs)."
+        ),
+    )
     dsub = dm.add_subparsers(dest="daemon_command", metavar="ACTION", required=True)
     ds = dsub.add_parser("start", help="start the daemon (if none runs)")
-    ds.add_argument("--foreground", action="store_true", help="run in this process (for a systemd unit)")
+    ds.add_argument(
+        "--foreground", action="store_true", help="run in this process (for a systemd unit)"
+    )
     _model_flags(ds)
     _folder_flags(ds)
-    dst = dsub.add_parser("stop", help="stop the daemon; asks first when jobs are queued or running")
-    dst.add_argument("--now", action="store_true", help="cancel queued and running jobs without asking (saved images are kept)")
+    dst = dsub.add_parser(
+        "stop", help="stop the daemon; asks first when jobs are queued or running"
+    )
+    dst.add_argument(
+        "--now",
+        action="store_true",
+        help="cancel queued and running jobs without asking (saved images are kept)",
+    )
     _folder_flags(dst)
     dss = dsub.add_parser("status", help="pid, devices, model, queue, uptime, socket")
     dss.add_argument("--json", action="store_true")
@@ -140,47 +243,90 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("queue", help="the daemon's jobs: id, state, submitted by, progress")
     q.add_argument("--json", action="store_true")
     qsub = q.add_subparsers(dest="queue_command", metavar="ACTION")
-    qc = qsub.add_parser("cancel", help="cancel a queued job, or interrupt a running one (saved images are kept)")
+    qc = qsub.add_parser(
+        "cancel", help="cancel a queued job, or interrupt a running one (saved images are kept)"
+    )
     qc.add_argument("job_id", type=int)
     _folder_flags(q)
 
-    g = sub.add_parser("generate", help="txt2img / img2img without the UI", description="Generate images headless.")
+    g = sub.add_parser(
+        "generate", help="txt2img / img2img without the UI", description="Generate images headless."
+    )
     _generation_flags(g)
-    g.add_argument("-o", "--output", metavar="FILE", help="also write the image to FILE (a .png, replaced if it exists; the "
-                   "copy in outputs/ stays); several images need {n} in the name: cat-{n}.png")
+    g.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="also write the image to FILE (a .png, replaced if it exists; the "
+        "copy in outputs/ stays); several images need {n} in the name: cat-{n}.png",
+    )
     g.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
-    g.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
+    g.add_argument(
+        "--detach",
+        action="store_true",
+        help="queue the job, print its id and return (`sdtui queue` follows it)",
+    )
     _folder_flags(g)
     _model_flags(g)
 
-    x = sub.add_parser("xyz", help="X/Y/Z plot: one image per combination of axis values, and the labelled grid",
-                       description=(
-        "A1111's X/Y/Z plot: one image for each combination of the X, Y and Z values (every "
-        "other option as for generate), each saved as a normal image, then the labelled grid "
-        "in txt2img-grids (img2img-grids) as xyz_grid-NNNN.png, whose path is printed. "
-        "Axis types are A1111's labels: " + ", ".join(_axis_labels()) + "."))
+    x = sub.add_parser(
+        "xyz",
+        help="X/Y/Z plot: one image per combination of axis values, and the labelled grid",
+        description=(
+            "A1111's X/Y/Z plot: one image for each combination of the X, Y and Z values (every "
+            "other option as for generate), each saved as a normal image, then the labelled grid "
+            "in txt2img-grids (img2img-grids) as xyz_grid-NNNN.png, whose path is printed. "
+            "Axis types are A1111's labels: " + ", ".join(_axis_labels()) + "."
+        ),
+    )
     _generation_flags(x, batches=False)
     ax = x.add_argument_group("axes")
     for letter in "xyz":
         up = letter.upper()
-        ax.add_argument(f"--{letter}-type", metavar="TYPE", default=None,
-                        help=f"the {up} axis: an A1111 axis type, e.g. Steps, \"CFG Scale\", Sampler, \"Prompt S/R\"")
-        ax.add_argument(f"--{letter}-values", metavar="VALUES", default=None,
-                        help=f"the {up} values, comma-separated (CSV quotes), numbers as ranges too: "
-                        "1-5, 1-10 (+2), 5-15 [3]")
-    ax.add_argument("--vary-seeds", metavar="AXES", default="",
-                    help="A1111's 'Vary seeds for X/Y/Z': the seed moves on along these axes (x, y, z, or xy, xyz, ...)")
-    ax.add_argument("--keep-random-seeds", action="store_true",
-                    help="A1111's 'Keep -1 for seeds': a seed of -1 stays random in every cell")
+        ax.add_argument(
+            f"--{letter}-type",
+            metavar="TYPE",
+            default=None,
+            help=f'the {up} axis: an A1111 axis type, e.g. Steps, "CFG Scale", Sampler, "Prompt S/R"',
+        )
+        ax.add_argument(
+            f"--{letter}-values",
+            metavar="VALUES",
+            default=None,
+            help=f"the {up} values, comma-separated (CSV quotes), numbers as ranges too: "
+            "1-5, 1-10 (+2), 5-15 [3]",
+        )
+    ax.add_argument(
+        "--vary-seeds",
+        metavar="AXES",
+        default="",
+        help="A1111's 'Vary seeds for X/Y/Z': the seed moves on along these axes (x, y, z, or xy, xyz, ...)",
+    )
+    ax.add_argument(
+        "--keep-random-seeds",
+        action="store_true",
+        help="A1111's 'Keep -1 for seeds': a seed of -1 stays random in every cell",
+    )
     ax.add_argument("--no-legend", action="store_true", help="draw the grid without its labels")
     ax.add_argument("--margin", type=int, default=0, help="grid margins in pixels, 0 to 500")
-    x.add_argument("-o", "--output", metavar="FILE", help="also write the grid to FILE (a .png, replaced if it exists)")
+    x.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="also write the grid to FILE (a .png, replaced if it exists)",
+    )
     x.add_argument("--json", action="store_true", help="print one JSON object per event on stdout")
-    x.add_argument("--detach", action="store_true", help="queue the job, print its id and return (`sdtui queue` follows it)")
+    x.add_argument(
+        "--detach",
+        action="store_true",
+        help="queue the job, print its id and return (`sdtui queue` follows it)",
+    )
     _folder_flags(x)
     _model_flags(x)
 
-    st = sub.add_parser("styles", help="list the prompt styles (A1111's styles.csv): name, prompt, negative")
+    st = sub.add_parser(
+        "styles", help="list the prompt styles (A1111's styles.csv): name, prompt, negative"
+    )
     st.add_argument("--json", action="store_true")
     _folder_flags(st)
 
@@ -189,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-hash", action="store_true", help="skip hashing files not hashed before")
     _folder_flags(m)
 
-    i = sub.add_parser("info", help="show the generation parameters stored in an image (ours or A1111's)")
+    i = sub.add_parser(
+        "info", help="show the generation parameters stored in an image (ours or A1111's)"
+    )
     i.add_argument("image", type=Path)
     i.add_argument("--json", action="store_true")
     _folder_flags(i)
@@ -197,8 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("upscale", help="Extras: upscale an image or a folder of images")
     u.add_argument("image", type=Path)
     u.add_argument("--scale", type=float, default=4.0)
-    u.add_argument("--to", default=None, metavar="WxH", help="resize to this size instead of a factor")
-    u.add_argument("--upscaler", default="Lanczos", help="Lanczos, Nearest, or a model from models/ESRGAN, models/RealESRGAN")
+    u.add_argument(
+        "--to", default=None, metavar="WxH", help="resize to this size instead of a factor"
+    )
+    u.add_argument(
+        "--upscaler",
+        default="Lanczos",
+        help="Lanczos, Nearest, or a model from models/ESRGAN, models/RealESRGAN",
+    )
     u.add_argument("--upscaler-2", default=None)
     u.add_argument("--visibility", type=float, default=0.0, help="upscaler 2 visibility, 0 to 1")
     u.add_argument("--tile", type=int, default=192, help="tile size in pixels (0 = no tiling)")
@@ -210,10 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true")
     _folder_flags(gp)
 
-    c = sub.add_parser("completion", help="print the shell completion script for bash, zsh or fish", description=(
-        "Print a completion script for your shell (commands, options, sampler and schedule "
-        "names, files). Install it once, e.g. `sdtui completion bash > "
-        "~/.local/share/bash-completion/completions/sdtui`; the README has zsh and fish."))
+    c = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description=(
+            "Print a completion script for your shell (commands, options, sampler and schedule "
+            "names, files). Install it once, e.g. `sdtui completion bash > "
+            "~/.local/share/bash-completion/completions/sdtui`; the README has zsh and fish."
+        ),
+    )
     c.add_argument("shell", choices=SHELLS)
     return parser
 
@@ -273,7 +432,9 @@ def verbosity(args: argparse.Namespace) -> int:
     """QUIET (-q: errors and the saved paths), NORMAL, or VERBOSE (-v: engine log lines, debug)."""
     quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
     if quiet and verbose:
-        raise ParamError("quiet", "-q/--quiet and -v/--verbose ask for opposite things: give one of them")
+        raise ParamError(
+            "quiet", "-q/--quiet and -v/--verbose ask for opposite things: give one of them"
+        )
     return QUIET if quiet else VERBOSE if verbose else NORMAL
 
 
@@ -327,7 +488,9 @@ def params_from(args: argparse.Namespace, settings: Settings | None = None) -> G
     prompt, negative = args.prompt, args.negative
     names = list(getattr(args, "style", None) or [])
     if names:
-        prompt, negative = apply_cli_styles(names, settings or settings_from(args), prompt, negative)
+        prompt, negative = apply_cli_styles(
+            names, settings or settings_from(args), prompt, negative
+        )
     return GenerationParams(
         prompt=prompt,
         negative_prompt=negative,
@@ -405,7 +568,10 @@ def cmd_styles(args: argparse.Namespace) -> int:
     path = styles_path(settings_from(args))
     styles = read_styles(path)
     if args.json:
-        rows = [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
+        rows = [
+            {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+            for s in styles.values()
+        ]
         print(json_dumps({"path": str(path), "styles": rows}, indent=2))
         return EXIT_OK
     if not styles:
@@ -562,21 +728,35 @@ def xyz_params_from(args: argparse.Namespace, base: GenerationParams) -> Any:
         text = getattr(args, f"{letter}_values")
         if kind is None:
             if text is not None:
-                raise ParamError(f"{letter}_type", f"--{letter}-values needs --{letter}-type: say what "
-                                 f"the values are, e.g. --{letter}-type Steps")
+                raise ParamError(
+                    f"{letter}_type",
+                    f"--{letter}-values needs --{letter}-type: say what "
+                    f"the values are, e.g. --{letter}-type Steps",
+                )
             axes.append(NO_AXIS)
             continue
         if text is None and " ".join(kind.split()).casefold() != "nothing":
-            raise ParamError(f"{letter}_values", f"--{letter}-type {one_line(kind)} needs --{letter}-values, "
-                             f"e.g. --{letter}-values \"10,20,30\"")
+            raise ParamError(
+                f"{letter}_values",
+                f"--{letter}-type {one_line(kind)} needs --{letter}-values, "
+                f'e.g. --{letter}-values "10,20,30"',
+            )
         axes.append((kind, text or ""))
-    if all(kind == NO_AXIS[0] or " ".join(kind.split()).casefold() == "nothing" for kind, _ in axes):
-        raise ParamError("x_type", "an X/Y/Z plot needs an axis: give --x-type and --x-values "
-                         "(e.g. --x-type Steps --x-values \"10,20,30\")")
+    if all(
+        kind == NO_AXIS[0] or " ".join(kind.split()).casefold() == "nothing" for kind, _ in axes
+    ):
+        raise ParamError(
+            "x_type",
+            "an X/Y/Z plot needs an axis: give --x-type and --x-values "
+            '(e.g. --x-type Steps --x-values "10,20,30")',
+        )
     vary = args.vary_seeds.replace(",", "").replace(" ", "").lower()
     if any(c not in "xyz" for c in vary):
-        raise ParamError("vary_seeds", f"--vary-seeds {one_line(args.vary_seeds)}: name the axes "
-                         "whose seeds vary, as x, y, z or several (xy)")
+        raise ParamError(
+            "vary_seeds",
+            f"--vary-seeds {one_line(args.vary_seeds)}: name the axes "
+            "whose seeds vary, as x, y, z or several (xy)",
+        )
     return XYZParams(
         base=base,
         x=axes[0],
@@ -605,7 +785,9 @@ def _check_checkpoint_axes(plot: Any, settings: Settings) -> None:
             try:
                 resolve_model(str(value), entries)
             except UserError as e:
-                raise ParamError(f"{letter.lower()}_values", f"{letter} axis: {e.message}") from None
+                raise ParamError(
+                    f"{letter.lower()}_values", f"{letter} axis: {e.message}"
+                ) from None
 
 
 def prepare_xyz_job(args: argparse.Namespace, settings: Settings) -> Any:
@@ -663,8 +845,10 @@ def cmd_xyz(args: argparse.Namespace) -> int:
         n = cell_count(params)
         made = len(final.paths)
         grid = "" if display.grid_path else "; no grid was saved"
-        print(f"sdtui: X/Y/Z plot: {made} of {n} cell{'s' if n != 1 else ''} in {final.seconds:.1f} s{grid}",
-              file=sys.stderr)
+        print(
+            f"sdtui: X/Y/Z plot: {made} of {n} cell{'s' if n != 1 else ''} in {final.seconds:.1f} s{grid}",
+            file=sys.stderr,
+        )
     if note and not args.json and level > QUIET:
         print(note, file=sys.stderr)
     if isinstance(final, msg.JobFailed) or (output is not None and output.failed):
@@ -699,7 +883,11 @@ def follow_job(
                         display.progress(e)
                     elif isinstance(e, msg.JobDone | msg.JobFailed):
                         final = e
-                    elif isinstance(e, msg.EngineStatus) and e.state in ("crashed", "stopped") and not client.connected:
+                    elif (
+                        isinstance(e, msg.EngineStatus)
+                        and e.state in ("crashed", "stopped")
+                        and not client.connected
+                    ):
                         final = msg.JobFailed(
                             job_id,
                             f"{e.detail.split(';')[0]}: job #{job_id} stays in the queue on disk, "
@@ -708,8 +896,18 @@ def follow_job(
                     elif isinstance(e, msg.ImageSaved):
                         written = output.write(e, display) if output is not None else None
                         if as_json and written is not None:
-                            print(json_dumps({"event": "OutputWritten", "job_id": job_id, "index": e.index,
-                                              "path": str(written), "source": e.path}), flush=True)
+                            print(
+                                json_dumps(
+                                    {
+                                        "event": "OutputWritten",
+                                        "job_id": job_id,
+                                        "index": e.index,
+                                        "path": str(written),
+                                        "source": e.path,
+                                    }
+                                ),
+                                flush=True,
+                            )
                         elif not as_json:
                             display.saved(e, written)
                     elif as_json:
@@ -742,11 +940,16 @@ def follow_job(
 def _job_stats(done: Any) -> str:
     parts = [f"job #{done.job_id} took {done.seconds:.2f} s"]
     if done.peak_vram_allocated is not None:
-        parts.append(f"peak VRAM {format_bytes(done.peak_vram_allocated)} allocated, "
-                     f"{format_bytes(done.peak_vram_reserved or 0)} reserved")
+        parts.append(
+            f"peak VRAM {format_bytes(done.peak_vram_allocated)} allocated, "
+            f"{format_bytes(done.peak_vram_reserved or 0)} reserved"
+        )
     if done.rss is not None:
         parts.append(f"RSS {format_bytes(done.rss)}")
-    parts += [f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}" for k, v in sorted(done.stats.items())]
+    parts += [
+        f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}"
+        for k, v in sorted(done.stats.items())
+    ]
     return ", ".join(parts)
 
 
@@ -815,7 +1018,9 @@ def _same_terminal() -> bool:
 
 
 def _eta(seconds: float) -> str:
-    return time.strftime("%M:%S", time.gmtime(seconds)) if seconds < 3600 else f"{seconds / 3600:.1f}h"
+    return (
+        time.strftime("%M:%S", time.gmtime(seconds)) if seconds < 3600 else f"{seconds / 3600:.1f}h"
+    )
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -886,11 +1091,19 @@ class JobDisplay:
         unit = "tiles" if self.kind == "upscale" else "steps"
         if not self.live:
             if self.level >= VERBOSE and p.step >= p.steps:  # plain: one line per batch
-                batch = f"{self._part} {p.batch_index + 1}/{p.batch_count}: " if p.batch_count > 1 else ""
-                self.say(f"sdtui: {batch}{p.step}/{p.steps} {unit}, {p.its:.2f} it/s, ETA {_eta(p.eta_s)}")
+                batch = (
+                    f"{self._part} {p.batch_index + 1}/{p.batch_count}: "
+                    if p.batch_count > 1
+                    else ""
+                )
+                self.say(
+                    f"sdtui: {batch}{p.step}/{p.steps} {unit}, {p.its:.2f} it/s, ETA {_eta(p.eta_s)}"
+                )
             return
         steps = max(1, p.steps)
-        what = f"{self._part} {p.batch_index + 1}/{p.batch_count}" if p.batch_count > 1 else self.kind
+        what = (
+            f"{self._part} {p.batch_index + 1}/{p.batch_count}" if p.batch_count > 1 else self.kind
+        )
         self._show(what)
         self._stepping = True
         self._progress.update(
@@ -916,14 +1129,18 @@ class JobDisplay:
     def say(self, text: str) -> None:
         """A line on stderr (above the display while it shows)."""
         if self._progress is not None:
-            self._progress.console.print(visible(text), markup=False, highlight=False, emoji=False, soft_wrap=True)
+            self._progress.console.print(
+                visible(text), markup=False, highlight=False, emoji=False, soft_wrap=True
+            )
         else:
             print(text, file=sys.stderr, flush=True)
 
     def out(self, text: str) -> None:
         """A line on stdout (a saved path)."""
         if self._progress is not None and _same_terminal():
-            self._progress.console.print(visible(text), markup=False, highlight=False, emoji=False, soft_wrap=True)
+            self._progress.console.print(
+                visible(text), markup=False, highlight=False, emoji=False, soft_wrap=True
+            )
         else:
             print(text, flush=True)
 
@@ -937,7 +1154,9 @@ class JobDisplay:
             elif self.level >= VERBOSE:
                 self.say(f"sdtui: cell {e.index}: {one_line(e.path)}")
             if written is not None and self.level >= VERBOSE:
-                self.say(f"sdtui: debug: wrote {one_line(str(written))} (a copy of {one_line(e.path)})")
+                self.say(
+                    f"sdtui: debug: wrote {one_line(str(written))} (a copy of {one_line(e.path)})"
+                )
             return
         self.out(str(written) if written is not None else e.path)
         if written is not None and self.level >= VERBOSE:
@@ -947,14 +1166,20 @@ class JobDisplay:
             self._progress.update(self._task, detail=f"{self._saved} saved", refresh=True)
 
     def log(self, e: Any) -> None:
-        if e.level == "error" or (e.level == "warning" and self.level >= NORMAL) or self.level >= VERBOSE:
+        if (
+            e.level == "error"
+            or (e.level == "warning" and self.level >= NORMAL)
+            or self.level >= VERBOSE
+        ):
             self.say(f"sdtui: {e.text}")
         if e.level == "info":
             self.stage(e.text)
 
     def engine(self, e: Any) -> None:
         if self.level >= VERBOSE:
-            self.say(f"sdtui: debug: engine {e.state}" + (f": {one_line(e.detail)}" if e.detail else ""))
+            self.say(
+                f"sdtui: debug: engine {e.state}" + (f": {one_line(e.detail)}" if e.detail else "")
+            )
         if e.state in ("starting", "loading") and e.detail:
             self.stage(e.detail)
         elif e.state == "busy" and e.detail == f"job {self.job_id}":
@@ -962,7 +1187,9 @@ class JobDisplay:
 
     def started(self, e: Any) -> None:
         if self.level >= VERBOSE:
-            self.say(f"sdtui: debug: job #{e.job_id} started: {e.images_total} images, {e.steps_total} steps")
+            self.say(
+                f"sdtui: debug: job #{e.job_id} started: {e.images_total} images, {e.steps_total} steps"
+            )
         self.stage("starting")
 
 
@@ -987,20 +1214,31 @@ class OutputFile:
         """Refuse what cannot work before any image is made: one clear sentence each."""
         shown = one_line(value)
         if detach:
-            raise ParamError("output", "--output writes the image when the job ends, and --detach "
-                             "returns at once: leave out one of them")
+            raise ParamError(
+                "output",
+                "--output writes the image when the job ends, and --detach "
+                "returns at once: leave out one of them",
+            )
         if not value.strip():
             raise ParamError("output", "--output needs a file name, e.g. --output cat.png")
         name = Path(value)
         if "{n}" in str(name.parent):
-            raise ParamError("output", f"--output {shown}: {{n}} goes in the file name, not in a folder")
+            raise ParamError(
+                "output", f"--output {shown}: {{n}} goes in the file name, not in a folder"
+            )
         target = cls(value).path(0)
         if value.endswith(("/", os.sep)) or target.is_dir():
-            raise ParamError("output", f"--output {shown} is a folder: give a file name in it, "
-                             f"e.g. --output {one_line(str(target / 'image.png'))}")
+            raise ParamError(
+                "output",
+                f"--output {shown} is a folder: give a file name in it, "
+                f"e.g. --output {one_line(str(target / 'image.png'))}",
+            )
         if target.suffix.lower() != ".png":
-            raise ParamError("output", f"--output {shown}: sdtui writes PNG images, so name the "
-                             f"file .png (--output {one_line(str(target.with_suffix('.png')))})")
+            raise ParamError(
+                "output",
+                f"--output {shown}: sdtui writes PNG images, so name the "
+                f"file .png (--output {one_line(str(target.with_suffix('.png')))})",
+            )
         if images > 1 and "{n}" not in value:
             example = one_line(str(name.with_name(f"{name.stem}-{{n}}{name.suffix or '.png'}")))
             raise ParamError(
@@ -1009,12 +1247,17 @@ class OutputFile:
                 f"in the name for one file per image (--output {example}), or leave out --output",
             )
         if target.exists() and not target.is_file():
-            raise ParamError("output", f"--output {shown} exists and is not a regular file: give another name")
+            raise ParamError(
+                "output", f"--output {shown} exists and is not a regular file: give another name"
+            )
         folder = target.parent
         if not folder.is_dir():
             why = "is not a folder" if folder.exists() else "does not exist"
-            raise ParamError("output", f"--output {shown}: the folder {one_line(str(folder))} {why}: "
-                             "create it first, or give another path")
+            raise ParamError(
+                "output",
+                f"--output {shown}: the folder {one_line(str(folder))} {why}: "
+                "create it first, or give another path",
+            )
         try:
             import tempfile
 
@@ -1022,8 +1265,10 @@ class OutputFile:
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            raise UserError(f"cannot write to {one_line(str(folder))} ({e.strerror or e}): give "
-                            "another --output or fix the folder's permissions") from None
+            raise UserError(
+                f"cannot write to {one_line(str(folder))} ({e.strerror or e}): give "
+                "another --output or fix the folder's permissions"
+            ) from None
         return cls(value, grid=grid)
 
     def write(self, e: Any, display: JobDisplay) -> Path | None:
@@ -1036,8 +1281,10 @@ class OutputFile:
             write_atomic(Path(e.path), dest)
         except OSError as err:
             self.failed = True
-            display.say(f"sdtui: could not write {one_line(str(dest))} ({err.strerror or err}): "
-                        f"the image is kept at {one_line(e.path)}")
+            display.say(
+                f"sdtui: could not write {one_line(str(dest))} ({err.strerror or err}): "
+                f"the image is kept at {one_line(e.path)}"
+            )
             return None
         return dest
 
@@ -1134,7 +1381,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         ("VAEs", "vaes", settings.models / "VAE"),
     ):
         items = extras[key]
-        names = [one_line(i["name"]) + (f" ({i['vectors']} vectors)" if i.get("vectors") else "") for i in items]
+        names = [
+            one_line(i["name"]) + (f" ({i['vectors']} vectors)" if i.get("vectors") else "")
+            for i in items
+        ]
         print(f"\n{title} ({folder}): " + (", ".join(names) if names else "none"))
     models = [one_line(u["name"]) for u in extras["upscalers"] if u["path"]]
     print("\nUpscalers: Lanczos, Nearest" + ("".join(f", {m}" for m in models)))
@@ -1146,13 +1396,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     text = read_infotext(args.image)
     if text is None:
-        print(f"sdtui: {args.image} has no generation parameters (no A1111 'parameters' text)", file=sys.stderr)
+        print(
+            f"sdtui: {args.image} has no generation parameters (no A1111 'parameters' text)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     if args.json:
         parsed = parse_infotext(text)
         print(
             json_dumps(
-                {"prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt, **parsed.pairs},
+                {
+                    "prompt": parsed.prompt,
+                    "negative_prompt": parsed.negative_prompt,
+                    **parsed.pairs,
+                },
                 indent=2,
             )
         )
@@ -1238,7 +1495,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             return _daemon_foreground(args, settings)
         try:
             client.attach(start=False)
-            print(f"sdtui: the engine daemon is already running (pid {client.pid}, {client.paths.address})")
+            print(
+                f"sdtui: the engine daemon is already running (pid {client.pid}, {client.paths.address})"
+            )
             client.detach()
             return EXIT_OK
         except DaemonNotRunning:
@@ -1287,7 +1546,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         cancel = True
     pid = client.pid
     gone = client.stop_daemon(cancel_jobs=cancel)
-    print(f"sdtui: engine daemon (pid {pid}) stopped" if gone else f"sdtui: the engine daemon (pid {pid}) is still stopping")
+    print(
+        f"sdtui: engine daemon (pid {pid}) stopped"
+        if gone
+        else f"sdtui: the engine daemon (pid {pid}) is still stopping"
+    )
     return EXIT_OK if gone else EXIT_FAILED
 
 
@@ -1309,8 +1572,11 @@ def _stop_other_version(client: Any) -> int:
         return EXIT_OK
     gone = wait_gone(pid, 60)
     version = info.get("version", "?")
-    print(f"sdtui: engine daemon (pid {pid}, sdtui {version}) stopped; its queue is kept"
-          if gone else f"sdtui: the engine daemon (pid {pid}) is still stopping")
+    print(
+        f"sdtui: engine daemon (pid {pid}, sdtui {version}) stopped; its queue is kept"
+        if gone
+        else f"sdtui: the engine daemon (pid {pid}) is still stopping"
+    )
     return EXIT_OK if gone else EXIT_FAILED
 
 
@@ -1332,7 +1598,11 @@ def describe_active(jobs: Any) -> str:
     queued = [j for j in jobs if j.state != "running"]
     parts = []
     if running:
-        parts.append(", ".join(f"#{j.job_id} running ({j.images_done}/{j.images_total} images)" for j in running))
+        parts.append(
+            ", ".join(
+                f"#{j.job_id} running ({j.images_done}/{j.images_total} images)" for j in running
+            )
+        )
     if queued:
         parts.append(f"{len(queued)} queued")
     n = len(running) + len(queued)
@@ -1342,13 +1612,24 @@ def describe_active(jobs: Any) -> str:
 def _status_not_running(client: Any, as_json: bool) -> int:
     waiting = _stored_jobs(client.paths.queue)
     if as_json:
-        print(json_dumps({"running": False, "address": client.paths.address, "queue": str(client.paths.queue),
-                          "waiting": [event_json(j) for j in waiting]}, indent=2))
+        print(
+            json_dumps(
+                {
+                    "running": False,
+                    "address": client.paths.address,
+                    "queue": str(client.paths.queue),
+                    "waiting": [event_json(j) for j in waiting],
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"sdtui: no engine daemon is running ({client.paths.address})")
         if waiting:
-            print(f"{len(waiting)} job{'s wait' if len(waiting) != 1 else ' waits'} in {client.paths.queue}: "
-                  "`sdtui daemon start` runs them")
+            print(
+                f"{len(waiting)} job{'s wait' if len(waiting) != 1 else ' waits'} in {client.paths.queue}: "
+                "`sdtui daemon start` runs them"
+            )
     return EXIT_NOT_RUNNING
 
 
@@ -1363,8 +1644,17 @@ def _stored_jobs(queue_path: Path) -> list[Any]:
         return []
     try:
         return [
-            msg.JobInfo(j.id, j.kind, j.state, j.summary, j.images_total, j.submitted_by,
-                        j.submitted_at, j.attempts, len([i for i in store.images(j.id) if i >= 0]))
+            msg.JobInfo(
+                j.id,
+                j.kind,
+                j.state,
+                j.summary,
+                j.images_total,
+                j.submitted_by,
+                j.submitted_at,
+                j.attempts,
+                len([i for i in store.images(j.id) if i >= 0]),
+            )
             for j in store.active_jobs()
         ]
     finally:
@@ -1377,11 +1667,14 @@ def format_daemon_state(state: Any) -> str:
         f"socket:  {state.address}",
         f"queue:   {state.queue_path}",
         f"idle:    stops after {state.idle_minutes:g} min without clients or jobs"
-        if state.idle_minutes else "idle:    never stops by itself",
+        if state.idle_minutes
+        else "idle:    never stops by itself",
     ]
     for w in state.workers:
         job = f", job #{w.job_id}" if w.job_id is not None else ""
-        lines.append(f"worker {w.index}: {w.device} pid {w.pid or '-'} {w.state}, model {one_line(w.model or '-')}{job}")
+        lines.append(
+            f"worker {w.index}: {w.device} pid {w.pid or '-'} {w.state}, model {one_line(w.model or '-')}{job}"
+        )
     lines.append(f"clients: {one_line(', '.join(state.clients)) if state.clients else 'none'}")
     lines.append(describe_active(state.jobs) if state.jobs else "jobs:    none queued or running")
     return "\n".join(lines)
@@ -1395,10 +1688,14 @@ def format_jobs(jobs: Any, recent: Any = ()) -> str:
             if j.steps:
                 progress += f", step {j.step}/{j.steps}"
         elif j.state == "queued":
-            progress = "waiting" + (f" ({j.images_done}/{j.images_total} done)" if j.images_done else "")
+            progress = "waiting" + (
+                f" ({j.images_done}/{j.images_total} done)" if j.images_done else ""
+            )
         else:
             progress = f"{j.images_done}/{j.images_total} images"
-        rows.append([f"#{j.job_id}", j.state, progress, one_line(j.submitted_by), one_line(j.summary)])
+        rows.append(
+            [f"#{j.job_id}", j.state, progress, one_line(j.submitted_by), one_line(j.summary)]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows
@@ -1419,17 +1716,30 @@ def cmd_queue(args: argparse.Namespace) -> int:
             state = client.query()
             known = {j.job_id: j for j in state.jobs}
             if args.job_id not in known:
-                raise UserError(f"job #{args.job_id} is not queued or running: `sdtui queue` lists the jobs")
+                raise UserError(
+                    f"job #{args.job_id} is not queued or running: `sdtui queue` lists the jobs"
+                )
             client.cancel(args.job_id)
-            what = "interrupting" if known[args.job_id].state == "running" else "removed from the queue:"
+            what = (
+                "interrupting"
+                if known[args.job_id].state == "running"
+                else "removed from the queue:"
+            )
             print(f"sdtui: {what} job #{args.job_id} (saved images are kept)")
             return EXIT_OK
         state = client.query()
     finally:
         client.detach()
     if args.json:
-        print(json_dumps({"jobs": [event_json(j) for j in state.jobs],
-                          "recent": [event_json(j) for j in state.recent]}, indent=2))
+        print(
+            json_dumps(
+                {
+                    "jobs": [event_json(j) for j in state.jobs],
+                    "recent": [event_json(j) for j in state.recent],
+                },
+                indent=2,
+            )
+        )
     elif not state.jobs and not state.recent:
         print("sdtui: the queue is empty")
     else:
@@ -1453,7 +1763,11 @@ def _queue_without_daemon(client: Any, args: argparse.Namespace) -> int:
         print(f"sdtui: removed job #{args.job_id} from the queue")
         return EXIT_OK
     if args.json:
-        print(json_dumps({"jobs": [event_json(j) for j in jobs], "recent": [], "daemon": None}, indent=2))
+        print(
+            json_dumps(
+                {"jobs": [event_json(j) for j in jobs], "recent": [], "daemon": None}, indent=2
+            )
+        )
     elif jobs:
         print(format_jobs(jobs))
         print("no engine daemon is running: `sdtui daemon start` runs these jobs")
@@ -1517,7 +1831,9 @@ def _help(text: str | None) -> str:
     return " ".join(text.split())
 
 
-def _command_tree(parser: argparse.ArgumentParser, lists: dict[str, tuple[str, ...]], help: str = "") -> _Command:
+def _command_tree(
+    parser: argparse.ArgumentParser, lists: dict[str, tuple[str, ...]], help: str = ""
+) -> _Command:
     node = _Command(help=_help(help or parser.description))
     for action in parser._actions:  # argparse's own record of the flags
         if isinstance(action, argparse._SubParsersAction):
@@ -1572,12 +1888,22 @@ def _case_lines(pairs: list[tuple[str, str]], quote: Any = _sq, indent: str = " 
 
 def _bash_script(tree: _Command, kinds: dict[str, str], lists: dict[str, tuple[str, ...]]) -> str:
     nodes = list(_walk(tree))
-    subcommands = _case_lines([(p, f"echo {_sq(' '.join(n.commands))}") for p, n in nodes if n.commands])
-    options = _case_lines([(p, "echo " + _sq(" ".join(x for names, _, _ in n.options for x in names)))
-                           for p, n in nodes])
-    positional = _case_lines([(p, f"echo {n.positional}") for p, n in nodes if n.positional != "free"])
+    subcommands = _case_lines(
+        [(p, f"echo {_sq(' '.join(n.commands))}") for p, n in nodes if n.commands]
+    )
+    options = _case_lines(
+        [
+            (p, "echo " + _sq(" ".join(x for names, _, _ in n.options for x in names)))
+            for p, n in nodes
+        ]
+    )
+    positional = _case_lines(
+        [(p, f"echo {n.positional}") for p, n in nodes if n.positional != "free"]
+    )
     kind = _case_lines([(o, f"echo {k}") for o, k in sorted(kinds.items()) if k != "flag"])
-    values = _case_lines([(name, "printf '%s\\n' " + " ".join(_sq(v) for v in vs)) for name, vs in lists.items()])
+    values = _case_lines(
+        [(name, "printf '%s\\n' " + " ".join(_sq(v) for v in vs)) for name, vs in lists.items()]
+    )
     return f"""# bash completion for sdtui {__version__}, made by `sdtui completion bash`.
 # Install: sdtui completion bash > ~/.local/share/bash-completion/completions/sdtui
 # (or add `source <(sdtui completion bash)` to ~/.bashrc)
@@ -1715,17 +2041,31 @@ def _zsh_script(tree: _Command, kinds: dict[str, str], lists: dict[str, tuple[st
         return "(" + " ".join(_sq(f"{name}:{text}" if text else name) for name, text in items) + ")"
 
     subcommands = _case_lines(
-        [(p, f"reply={described([(c, s.help) for c, s in n.commands.items()])}") for p, n in nodes if n.commands],
+        [
+            (p, f"reply={described([(c, s.help) for c, s in n.commands.items()])}")
+            for p, n in nodes
+            if n.commands
+        ],
         indent="        (",
     )
     options = _case_lines(
-        [(p, f"reply={described([(x, h) for names, _, h in n.options for x in names])}") for p, n in nodes],
+        [
+            (p, f"reply={described([(x, h) for names, _, h in n.options for x in names])}")
+            for p, n in nodes
+        ],
         indent="        (",
     )
-    positional = _case_lines([(p, f"REPLY={n.positional}") for p, n in nodes if n.positional != "free"], indent="        (")
-    kind = _case_lines([(o, f"REPLY={k}") for o, k in sorted(kinds.items()) if k != "flag"], indent="        (")
-    values = _case_lines([(name, "reply=(" + " ".join(_sq(v) for v in vs) + ")") for name, vs in lists.items()],
-                         indent="        (")
+    positional = _case_lines(
+        [(p, f"REPLY={n.positional}") for p, n in nodes if n.positional != "free"],
+        indent="        (",
+    )
+    kind = _case_lines(
+        [(o, f"REPLY={k}") for o, k in sorted(kinds.items()) if k != "flag"], indent="        ("
+    )
+    values = _case_lines(
+        [(name, "reply=(" + " ".join(_sq(v) for v in vs) + ")") for name, vs in lists.items()],
+        indent="        (",
+    )
     return f"""#compdef sdtui
 # zsh completion for sdtui {__version__}, made by `sdtui completion zsh`.
 # Install: sdtui completion zsh > ~/.zfunc/_sdtui, and in ~/.zshrc before compinit:
@@ -1871,9 +2211,17 @@ def _fish_script(tree: _Command, kinds: dict[str, str], lists: dict[str, tuple[s
             kind = node.positional
             what = "-F" if kind in ("file", "dir") else f"-a {_fq(f'(__sdtui_list {kind})')}"
             lines.append(f"complete -c sdtui {at} {what}")
-    subcommands = case([(p, "printf '%s\\n' " + " ".join(_fq(c) for c in n.commands)) for p, n in nodes if n.commands])
+    subcommands = case(
+        [
+            (p, "printf '%s\\n' " + " ".join(_fq(c) for c in n.commands))
+            for p, n in nodes
+            if n.commands
+        ]
+    )
     kind = case([(o, f"echo {k}") for o, k in sorted(kinds.items()) if k != "flag"], "echo flag")
-    values = case([(name, "printf '%s\\n' " + " ".join(_fq(v) for v in vs)) for name, vs in lists.items()])
+    values = case(
+        [(name, "printf '%s\\n' " + " ".join(_fq(v) for v in vs)) for name, vs in lists.items()]
+    )
     body = "\n".join(lines)
     return f"""# fish completion for sdtui {__version__}, made by `sdtui completion fish`.
 # Install: sdtui completion fish > ~/.config/fish/completions/sdtui.fish

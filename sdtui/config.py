@@ -134,7 +134,11 @@ class Settings:
                     f"device {d!r} in devices is unknown: list cpu, cuda or cuda:N entries"
                 )
         mp = self.max_image_megapixels
-        if not isinstance(mp, int | float) or not math.isfinite(mp) or not 1 <= mp <= MAX_IMAGE_MEGAPIXELS_LIMIT:
+        if (
+            not isinstance(mp, int | float)
+            or not math.isfinite(mp)
+            or not 1 <= mp <= MAX_IMAGE_MEGAPIXELS_LIMIT
+        ):
             raise UserError(
                 f"max_image_megapixels {mp!r} is out of range: use 1 to {MAX_IMAGE_MEGAPIXELS_LIMIT:g}"
             )
@@ -193,7 +197,9 @@ def _type_name(value: Any) -> str:
     return "a number" if isinstance(value, int | float) else "text"
 
 
-def _number(key: str, value: Any, source: str, *, integer: bool, low: float, high: float, hint: str) -> Any:
+def _number(
+    key: str, value: Any, source: str, *, integer: bool, low: float, high: float, hint: str
+) -> Any:
     """A finite number in [low, high] (TOML gives ints and floats; the environment gives text)."""
     given = value
     if isinstance(value, str):
@@ -231,27 +237,46 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
             out[key] = Path(value).expanduser() if value else None
         elif key == "preview_every":
             out[key] = _number(
-                key, value, source, integer=True, low=0, high=MAX_PREVIEW_EVERY,
+                key,
+                value,
+                source,
+                integer=True,
+                low=0,
+                high=MAX_PREVIEW_EVERY,
                 hint=f"use a whole number of steps from 0 (no previews) to {MAX_PREVIEW_EVERY}",
             )
         elif key == "max_image_megapixels":
             out[key] = _number(
-                key, value, source, integer=False, low=1, high=MAX_IMAGE_MEGAPIXELS_LIMIT,
+                key,
+                value,
+                source,
+                integer=False,
+                low=1,
+                high=MAX_IMAGE_MEGAPIXELS_LIMIT,
                 hint=f"use a number of megapixels from 1 to {MAX_IMAGE_MEGAPIXELS_LIMIT:g}",
             )
         elif key == "devices":
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(d, str) for d in items):
-                raise UserError(f"devices in {source} must be a list like [\"cuda:0\", \"cuda:1\"]")
+                raise UserError(f'devices in {source} must be a list like ["cuda:0", "cuda:1"]')
             out[key] = tuple(d.strip() for d in items if d.strip())
         elif key == "daemon_idle_minutes":
-            out[key] = float(_number(
-                key, value, source, integer=False, low=0, high=10**7,
-                hint="use a number of minutes (0 = never stop)",
-            ))
+            out[key] = float(
+                _number(
+                    key,
+                    value,
+                    source,
+                    integer=False,
+                    low=0,
+                    high=10**7,
+                    hint="use a number of minutes (0 = never stop)",
+                )
+            )
         elif key in _STR_KEYS:
             if value is not None and not isinstance(value, str):
-                raise UserError(f'{key} in {source} is {_type_name(value)}: give text in quotes, e.g. {key} = "..."')
+                raise UserError(
+                    f'{key} in {source} is {_type_name(value)}: give text in quotes, e.g. {key} = "..."'
+                )
             out[key] = value
         else:  # pragma: no cover - every field is named above
             out[key] = value
@@ -260,11 +285,15 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _read_settings_file(path: Path) -> dict[str, Any]:
     if path.is_dir():
-        raise UserError(f"settings file {path} is a folder: point SDTUI_CONFIG / --config at a file")
+        raise UserError(
+            f"settings file {path} is a folder: point SDTUI_CONFIG / --config at a file"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise UserError(f"settings file {path} cannot be read ({e.strerror or e}): fix its permissions") from None
+        raise UserError(
+            f"settings file {path} cannot be read ({e.strerror or e}): fix its permissions"
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -283,7 +312,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {}
     if path.exists():
         values.update(_coerce(_read_settings_file(path), str(path)))
-    values.update(_coerce({f: os.environ[e] for e, f in _ENV.items() if os.environ.get(e)}, "environment"))
+    values.update(
+        _coerce({f: os.environ[e] for e, f in _ENV.items() if os.environ.get(e)}, "environment")
+    )
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in _PATH_KEYS:
         if isinstance(values.get(key), str):

@@ -321,7 +321,9 @@ def embedding_vectors(path: Path | str) -> int | None:
     path = Path(path)
     try:
         if path.suffix.lower() == ".safetensors":
-            data: Any = {k: SimpleNamespace(shape=v) for k, v in read_safetensors_shapes(path).items()}
+            data: Any = {
+                k: SimpleNamespace(shape=v) for k, v in read_safetensors_shapes(path).items()
+            }
         else:
             data = read_pickle_structure(path, "embedding")
     except Exception:  # noqa: BLE001 - unreadable, refused or odd: counted as its name's tokens

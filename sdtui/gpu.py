@@ -56,6 +56,7 @@ def apple_silicon(platform: str | None = None, machine: str | None = None) -> bo
 
     return (platform or sys.platform) == "darwin" and (machine or _platform.machine()) == "arm64"
 
+
 _BAR_EIGHTHS = " ▏▎▍▌▋▊▉"
 _SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 _NVML_PSTATE_UNKNOWN = 32

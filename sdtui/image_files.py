@@ -29,7 +29,9 @@ from sdtui.safe_text import one_line
 if TYPE_CHECKING:
     from PIL import Image
 
-RAISE_HINT = "raise max_image_megapixels in config.toml (or SDTUI_MAX_IMAGE_MEGAPIXELS) if you mean it"
+RAISE_HINT = (
+    "raise max_image_megapixels in config.toml (or SDTUI_MAX_IMAGE_MEGAPIXELS) if you mean it"
+)
 
 
 def show(path: str | os.PathLike[str]) -> str:
@@ -46,16 +48,28 @@ def check_regular_file(path: str | os.PathLike[str], what: str = "image") -> Pat
     except FileNotFoundError:
         raise UserError(f"{what} {show(p)} does not exist: check the path") from None
     except PermissionError:
-        raise UserError(f"{what} {show(p)} cannot be read (permission denied): fix its permissions") from None
+        raise UserError(
+            f"{what} {show(p)} cannot be read (permission denied): fix its permissions"
+        ) from None
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         raise UserError(
             f"{what} {show(p)} cannot be read ({one_line(getattr(e, 'strerror', None) or str(e))}): check the path"
         ) from None
     if stat.S_ISDIR(st.st_mode):
-        raise UserError(f"{what} {show(p)} is a folder, not a file: give the path of a PNG, JPEG or WebP file")
+        raise UserError(
+            f"{what} {show(p)} is a folder, not a file: give the path of a PNG, JPEG or WebP file"
+        )
     if not stat.S_ISREG(st.st_mode):
-        kind = "a named pipe" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
-        raise UserError(f"{what} {show(p)} is {kind}, not a file: give the path of a PNG, JPEG or WebP file")
+        kind = (
+            "a named pipe"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "a device"
+        )
+        raise UserError(
+            f"{what} {show(p)} is {kind}, not a file: give the path of a PNG, JPEG or WebP file"
+        )
     return p
 
 
@@ -116,7 +130,9 @@ def open_image_file(
     except UnidentifiedImageError:
         _close(im)
         if _looks_like_image(p):
-            raise UserError(f"{name} is not a readable image (damaged or truncated): give another file") from None
+            raise UserError(
+                f"{name} is not a readable image (damaged or truncated): give another file"
+            ) from None
         raise UserError(
             f"{name} is not an image (Pillow does not recognize its contents): give a PNG, JPEG or WebP file"
         ) from None
@@ -125,7 +141,9 @@ def open_image_file(
         raise UserError(f"{name} cannot be read (permission denied): fix its permissions") from None
     except MemoryError:
         _close(im)
-        raise UserError(f"{name} needs more memory than is free to decode: use a smaller image") from None
+        raise UserError(
+            f"{name} needs more memory than is free to decode: use a smaller image"
+        ) from None
     except ValueError as e:
         _close(im)
         if text_too_large(e):

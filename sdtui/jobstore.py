@@ -180,14 +180,17 @@ class JobStore:
             raise FileNotFoundError(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as e:
             raise StoreError(_describe(e, path)) from None
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise QueueFileProblem(
-                    path, f"it was written by a newer sdtui (queue format {version}, this one reads {SCHEMA_VERSION})"
+                    path,
+                    f"it was written by a newer sdtui (queue format {version}, this one reads {SCHEMA_VERSION})",
                 )
             ok = conn.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
@@ -250,7 +253,15 @@ class JobStore:
             cur = c.execute(
                 "INSERT INTO jobs (kind, state, params, folders, summary, images_total, "
                 "submitted_by, submitted_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (kind, params_to_json(params), json.dumps(folders), summary, total, submitted_by, now),
+                (
+                    kind,
+                    params_to_json(params),
+                    json.dumps(folders),
+                    summary,
+                    total,
+                    submitted_by,
+                    now,
+                ),
             )
             job_id = int(cur.lastrowid or 0)
         return JobRecord(job_id, kind, "queued", params, folders, summary, total, submitted_by, now)
@@ -404,7 +415,9 @@ def open_store(path: Path) -> tuple[JobStore, str | None]:
         return JobStore.open(path), note
 
 
-def record_saved_image(store_path: str | None, job_id: int, index: int, path: str, seed: int | None) -> str | None:
+def record_saved_image(
+    store_path: str | None, job_id: int, index: int, path: str, seed: int | None
+) -> str | None:
     """For an engine worker: record one saved image; returns a warning instead of raising
     (the image is on disk whatever happens to the queue file)."""
     if not store_path:

@@ -93,4 +93,6 @@ def detect_family(shapes: Mapping[str, Sequence[int]]) -> ModelFamily:
             f"unknown {family}-like architecture (UNet width {base_channels}, text width "
             f"{context}): sdtui runs SD 1.x, SD 2.x and SDXL base checkpoints"
         )
-    return with_markers(ModelFamily(family=family, config=config, inpainting=in_channels == 9), shapes)
+    return with_markers(
+        ModelFamily(family=family, config=config, inpainting=in_channels == 9), shapes
+    )

@@ -108,8 +108,15 @@ class PickleScan:
 
 
 _STRING_OPS = frozenset(
-    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-     "SHORT_BINSTRING"}
+    {
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "UNICODE",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+    }
 )
 _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
@@ -151,7 +158,7 @@ def _overclaim(path: Path, what: str) -> RefusedFile:
 
 
 def _global_name(module: str, name: str) -> str:
-    """"module.name" as the unpickler resolves it (Python 2 names, as protocols 0-2 write
+    """ "module.name" as the unpickler resolves it (Python 2 names, as protocols 0-2 write
     them, mapped the way ``fix_imports`` maps them: ``__builtin__.eval`` is builtins.eval)."""
     module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
     module = _compat_pickle.IMPORT_MAPPING.get(module, module)
@@ -214,9 +221,7 @@ def scan_pickle(f: BinaryIO, limit: int, path: Path, *, pickles: int = 1) -> Pic
         if refused is not None:
             raise refused
         if reader.claimed:
-            raise _overclaim(
-                path, f"claims {reader.claimed:,} bytes where {reader.had:,} follow"
-            )
+            raise _overclaim(path, f"claims {reader.claimed:,} bytes where {reader.had:,} follow")
         if not parsed:
             break
         if index == 0:
@@ -419,7 +424,9 @@ def read_ckpt_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ValueError("it holds no state dict")
-    return {k: v.shape for k, v in obj.items() if isinstance(k, str) and isinstance(v, _TensorShape)}
+    return {
+        k: v.shape for k, v in obj.items() if isinstance(k, str) and isinstance(v, _TensorShape)
+    }
 
 
 _UNET_IN = UNET + "input_blocks.0.0.weight"
@@ -435,7 +442,7 @@ def family_from_shapes(
         is_attn = name.startswith(UNET) and name.endswith("attn2.to_k.weight")
         if (name == _UNET_IN or is_attn) and len(shape) < 2:
             raise UnknownArchitectureError(
-                f"its UNet weight {tensor_label(name[len(UNET):])} has shape {tuple(shape)}, "
+                f"its UNet weight {tensor_label(name[len(UNET) :])} has shape {tuple(shape)}, "
                 "which no Stable Diffusion model has: the file is damaged; re-download it"
             )
     try:
@@ -488,7 +495,11 @@ def _diffusers_family(folder: Path) -> tuple[str, str | None, str | None]:
     except UserError as e:
         return "?", None, e.message
     except Exception as e:  # noqa: BLE001 - OSError, bad JSON, nesting: all "cannot be read"
-        return "?", None, f"{shown(marker)} cannot be read ({type(e).__name__}): re-download the model"
+        return (
+            "?",
+            None,
+            f"{shown(marker)} cannot be read ({type(e).__name__}): re-download the model",
+        )
     cls = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
     if "XL" in cls:
         return "SDXL", "sdxl-base", None

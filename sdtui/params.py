@@ -138,7 +138,11 @@ class GenerationParams:
             errors["steps"] = f"steps {self.steps} is out of range: use 1 to 500"
         if not 0 <= self.cfg_scale <= 30:
             errors["cfg_scale"] = f"CFG scale {self.cfg_scale} is out of range: use 0 to 30"
-        images = max(1, self.batch_size) * max(1, self.batch_count) if isinstance(self.batch_size, int) and isinstance(self.batch_count, int) else 1
+        images = (
+            max(1, self.batch_size) * max(1, self.batch_count)
+            if isinstance(self.batch_size, int) and isinstance(self.batch_count, int)
+            else 1
+        )
         # image i uses seed + i, or, with a variation strength, the same seed and variation
         # seed + i (A1111 processing.py process_images_inner: all_seeds / all_subseeds)
         variation = isinstance(self.subseed_strength, (int, float)) and self.subseed_strength > 0
@@ -146,7 +150,9 @@ class GenerationParams:
         for name, label in (("seed", "seed"), ("subseed", "variation seed")):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= MAX_SEED:
-                errors[name] = f"{label} {value} is out of range: use -1 (random) or 0 to {MAX_SEED}"
+                errors[name] = (
+                    f"{label} {value} is out of range: use -1 (random) or 0 to {MAX_SEED}"
+                )
             elif name == advancing and value + images - 1 > MAX_SEED:
                 errors[name] = (
                     f"{label} {value} is too large for {images} images (image i uses {label} + i): "
@@ -323,7 +329,12 @@ class GenerationParams:
         # values that parse but are out of range fall back to the defaults, each said
         defaults = cls()
         for name, why in params.field_errors().items():
-            if name in changes and name not in ("prompt", "negative_prompt", "sampler", "schedule_type"):
+            if name in changes and name not in (
+                "prompt",
+                "negative_prompt",
+                "sampler",
+                "schedule_type",
+            ):
                 problems.append(why)
                 params = params.replace(**{name: getattr(defaults, name)})
         return params, problems
@@ -435,7 +446,9 @@ class XYZParams:
                 "image): leave the batch size and batch count at 1"
             )
         if not isinstance(self.margin, int) or not 0 <= self.margin <= MAX_XYZ_MARGIN:
-            errors["margin"] = f"grid margin {self.margin} is out of range: use 0 to {MAX_XYZ_MARGIN} pixels"
+            errors["margin"] = (
+                f"grid margin {self.margin} is out of range: use 0 to {MAX_XYZ_MARGIN} pixels"
+            )
         return errors
 
     def to_dict(self) -> dict[str, Any]:

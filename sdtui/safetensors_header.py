@@ -30,9 +30,23 @@ METADATA = "__metadata__"
 
 _RE_DTYPE = re.compile(r"[A-Z][A-Z0-9_]{0,15}")
 _DTYPE_BITS = {
-    "F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8,
-    "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8,
-    "F8_E8M0": 8, "C64": 64,
+    "F64": 64,
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "I64": 64,
+    "I32": 32,
+    "I16": 16,
+    "I8": 8,
+    "U64": 64,
+    "U32": 32,
+    "U16": 16,
+    "U8": 8,
+    "BOOL": 8,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "C64": 64,
 }  # sub-byte types (F4, F6_*) are packed: their sizes are left to the safetensors library
 
 

@@ -43,7 +43,11 @@ SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 # "Automatic" = the sampler's own default; the rest map to diffusers sigma options.
 SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Karras", "Exponential", "SGM Uniform", "Normal")
 
-_SCHEDULE_SUFFIXES = {"karras": "Karras", "exponential": "Exponential", "sgm uniform": "SGM Uniform"}
+_SCHEDULE_SUFFIXES = {
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "sgm uniform": "SGM Uniform",
+}
 
 # Spellings seen in old infotexts, APIs and other tools.
 _ALIASES = {

@@ -150,7 +150,9 @@ def resolve_upscaler(
                 ".safetensors file."
             )
         if "/" in wanted or "\\" in wanted:
-            raise UserError(f"Upscaler model file {one_line(str(p))} does not exist: check the path.")
+            raise UserError(
+                f"Upscaler model file {one_line(str(p))} does not exist: check the path."
+            )
     if low == "none":
         raise UserError('Upscaler "None" does nothing here: pick one of ' + _names(entries) + ".")
     where = (

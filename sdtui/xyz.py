@@ -761,7 +761,11 @@ def plot_of(params: XYZParams, *, rng: random.Random | None = None) -> XYZPlot:
             axis = Axis(kind, text, tuple(values))
         axes.append(axis)
     return XYZPlot(
-        axes[0], axes[1], axes[2], vary_seeds=params.vary_seeds, no_fixed_seeds=params.no_fixed_seeds
+        axes[0],
+        axes[1],
+        axes[2],
+        vary_seeds=params.vary_seeds,
+        no_fixed_seeds=params.no_fixed_seeds,
     )
 
 
@@ -770,7 +774,9 @@ def base_params(params: XYZParams) -> Params:
     return asdict(params.base)
 
 
-def cell_generation_params(plot: XYZPlot, base: Mapping[str, Any], ix: int, iy: int, iz: int) -> GenerationParams:
+def cell_generation_params(
+    plot: XYZPlot, base: Mapping[str, Any], ix: int, iy: int, iz: int
+) -> GenerationParams:
     """One cell's params (batch 1: A1111 takes each cell's first image), validated."""
     cell = {k: v for k, v in plot.cell_params(base, ix, iy, iz).items() if k in _PARAM_FIELDS}
     cell["batch_size"] = cell["batch_count"] = 1

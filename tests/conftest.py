@@ -95,7 +95,9 @@ def daemon_paths(tmp_path: Path) -> Iterator[DaemonPaths]:
 
 
 @pytest.fixture
-def attach(daemon_paths: DaemonPaths, demo_model: DemoModel) -> Iterator[Callable[..., DaemonClient]]:
+def attach(
+    daemon_paths: DaemonPaths, demo_model: DemoModel
+) -> Iterator[Callable[..., DaemonClient]]:
     """``attach(settings, **kw)``: a client of the test's daemon (started by the first call).
     The daemon is stopped after the test, its jobs cancelled."""
     from sdtui.ipc.client import DaemonClient

@@ -22,7 +22,9 @@ def demo_session(path: Path, settings: Any = None) -> Any:
     return session
 
 
-def run_job(session: Any, params: GenerationParams, out: Path, control: Any = None) -> tuple[Any, list]:
+def run_job(
+    session: Any, params: GenerationParams, out: Path, control: Any = None
+) -> tuple[Any, list]:
     """Run one job into the outputs folder ``out``; returns (JobDone, every event)."""
     from sdtui.engine.generate import run_generation
     from sdtui.engine.job import JobContext, JobControl

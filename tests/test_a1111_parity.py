@@ -41,7 +41,9 @@ def _a1111_slerp(val, low, high):
 
     omega = torch.acos(dot)
     so = torch.sin(omega)
-    res = (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
+    res = (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (
+        torch.sin(val * omega) / so
+    ).unsqueeze(1) * high
     return res
 
 
@@ -114,7 +116,10 @@ def test_variation_job_seeds_names_and_infotext(session, tmp_path):
     )
     # the file name's seed is the image's seed (A1111 images.save_image(..., p.seeds[i], ...))
     assert [Path(p).name for p in done.paths] == [
-        "00000-77.png", "00001-77.png", "00002-77.png", "00003-77.png"
+        "00000-77.png",
+        "00001-77.png",
+        "00002-77.png",
+        "00003-77.png",
     ]
     infos = [_no_version(read_infotext(p)) for p in done.paths]
     # A1111 create_infotext order: Steps, Sampler, Schedule type, CFG scale, Seed, Size,
@@ -165,7 +170,9 @@ def test_hires_schedule_is_a1111s(hr_steps, first_steps, denoise, schedule, run)
     from sdtui.steps import hires_schedule, hires_steps
 
     p = GenerationParams(
-        steps=first_steps, enable_hr=True, hr_second_pass_steps=hr_steps,
+        steps=first_steps,
+        enable_hr=True,
+        hr_second_pass_steps=hr_steps,
         hr_denoising_strength=denoise,
     )
     assert _a1111_hires_steps(hr_steps, first_steps, denoise) == (schedule, run)
@@ -176,7 +183,8 @@ def test_hires_schedule_is_a1111s(hr_steps, first_steps, denoise, schedule, run)
 @pytest.mark.parametrize(
     # (0, 20, 0.5) is checked by test_hires_schedule_is_a1111s; here 8 first-pass steps keep
     # the run short
-    "hr_steps, first_steps, denoise", [(10, 3, 0.7), (2, 3, 0.7), (0, 8, 0.5)]
+    "hr_steps, first_steps, denoise",
+    [(10, 3, 0.7), (2, 3, 0.7), (0, 8, 0.5)],
 )
 def test_hires_second_pass_unet_calls_and_start(session, tmp_path, hr_steps, first_steps, denoise):
     calls: list[float] = []
@@ -190,8 +198,11 @@ def test_hires_second_pass_unet_calls_and_start(session, tmp_path, hr_steps, fir
     handle = unet.register_forward_pre_hook(count, with_kwargs=True)
     try:
         params = GenerationParams(
-            **{**BASE, "steps": first_steps}, enable_hr=True, hr_scale=1.0,
-            hr_second_pass_steps=hr_steps, hr_denoising_strength=denoise,
+            **{**BASE, "steps": first_steps},
+            enable_hr=True,
+            hr_scale=1.0,
+            hr_second_pass_steps=hr_steps,
+            hr_denoising_strength=denoise,
         )
         done, _ = run_job(session, params, tmp_path)
     finally:
@@ -234,8 +245,12 @@ def test_txt2img_infotext_exact(session, tmp_path):
 
 def test_hires_infotext_exact(session, tmp_path):
     params = GenerationParams(
-        **BASE, negative_prompt="blurry", enable_hr=True, hr_scale=1.5,
-        hr_denoising_strength=0.6, hr_second_pass_steps=4,
+        **BASE,
+        negative_prompt="blurry",
+        enable_hr=True,
+        hr_scale=1.5,
+        hr_denoising_strength=0.6,
+        hr_second_pass_steps=4,
     )
     done, _ = run_job(session, params, tmp_path)
     # modules/processing.py create_infotext: "Denoising strength" and "RNG" are
@@ -279,9 +294,9 @@ def _a1111_img2img_steps(steps: int, denoise: float) -> tuple[int, int]:
 def test_img2img_schedule_is_a1111s(steps, denoise):
     from sdtui.steps import img2img_schedule
 
-    assert img2img_schedule(GenerationParams(steps=steps, denoising_strength=denoise, init_image="x")) == (
-        _a1111_img2img_steps(steps, denoise)
-    )
+    assert img2img_schedule(
+        GenerationParams(steps=steps, denoising_strength=denoise, init_image="x")
+    ) == (_a1111_img2img_steps(steps, denoise))
     assert _a1111_img2img_steps(20, 0.75) == (20, 16)  # the measurement: A1111 runs 16
 
 

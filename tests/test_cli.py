@@ -19,7 +19,11 @@ from sdtui.infotext import parse_infotext, read_infotext
 
 def sdtui(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sdtui", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sdtui", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -34,9 +38,24 @@ def assert_clean_failure(proc, *words: str, code: int | None = None) -> None:
 
 
 def test_generate_demo_batch_then_img2img_then_info(env, tmp_path, demo_model):
-    proc = sdtui(env, "generate", "--demo", "a black house cat typing on a computer", "--steps", "3",
-                 "--cfg", "7", "--size", "64x64", "--batch-size", "4", "--sampler", "Euler a",
-                 "--seed", "2089545485")
+    proc = sdtui(
+        env,
+        "generate",
+        "--demo",
+        "a black house cat typing on a computer",
+        "--steps",
+        "3",
+        "--cfg",
+        "7",
+        "--size",
+        "64x64",
+        "--batch-size",
+        "4",
+        "--sampler",
+        "Euler a",
+        "--seed",
+        "2089545485",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "noise" in proc.stderr  # the demo model says what it is
     paths = [Path(line) for line in proc.stdout.splitlines()]
@@ -44,10 +63,27 @@ def test_generate_demo_batch_then_img2img_then_info(env, tmp_path, demo_model):
     assert paths[4].parent.parent.name == "txt2img-grids"
     third = paths[2]
     pairs = parse_infotext(read_infotext(third)).pairs
-    assert pairs["Seed"] == "2089545487" and pairs["Model"] == "sdtui-demo" and len(pairs["Model hash"]) == 10
+    assert (
+        pairs["Seed"] == "2089545487"
+        and pairs["Model"] == "sdtui-demo"
+        and len(pairs["Model hash"]) == 10
+    )
 
-    proc = sdtui(env, "generate", "--demo", "a black house cat", "--init-image", str(third),
-                 "--denoise", "0.75", "--size", "128x128", "--steps", "4", "--json")
+    proc = sdtui(
+        env,
+        "generate",
+        "--demo",
+        "a black house cat",
+        "--init-image",
+        str(third),
+        "--denoise",
+        "0.75",
+        "--size",
+        "128x128",
+        "--steps",
+        "4",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     saved = [e for e in events if e["event"] == "ImageSaved"]
@@ -72,14 +108,20 @@ def test_models_lists_family_size_and_hashes(env, tmp_path, demo_model):
     import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({"emb_params": np.zeros((6, 768), np.float32)}, tmp_path / "home" / "embeddings" / "glow.safetensors")
+    save_file(
+        {"emb_params": np.zeros((6, 768), np.float32)},
+        tmp_path / "home" / "embeddings" / "glow.safetensors",
+    )
     (tmp_path / "home" / "models" / "Lora").mkdir(parents=True)
     (tmp_path / "home" / "models" / "Lora" / "detail.safetensors").write_bytes(b"x")
     proc = sdtui(env, "models", "--json")
     assert proc.returncode == 0, proc.stderr
     listing = json.loads(proc.stdout)
     rows = {r["name"]: r for r in listing["checkpoints"]}
-    assert [(e["name"], e["vectors"]) for e in listing["embeddings"]] == [("glow", 6), ("my-style", None)]
+    assert [(e["name"], e["vectors"]) for e in listing["embeddings"]] == [
+        ("glow", 6),
+        ("my-style", None),
+    ]
     assert [x["name"] for x in listing["loras"]] == ["detail"]
     assert listing["upscalers"][0]["name"] == "Lanczos"
     assert rows["sub/tiny"]["family"].startswith("SD1")
@@ -211,16 +253,34 @@ def test_an_existing_a1111_install_just_works(env, tmp_path, demo_model):
 
     webui = tmp_path / "stable-diffusion-webui"
     (webui / "models" / "Stable-diffusion").mkdir(parents=True)
-    shutil.copy(demo_model.safetensors, webui / "models" / "Stable-diffusion" / "my-model.safetensors")
+    shutil.copy(
+        demo_model.safetensors, webui / "models" / "Stable-diffusion" / "my-model.safetensors"
+    )
     day = webui / "outputs" / "txt2img-images" / dt.date.today().isoformat()
     day.mkdir(parents=True)
     theirs = PngInfo()
-    theirs.add_text("parameters", "a castle\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, "
-                    "Seed: 123, Size: 512x512, Model hash: 2c02b20a, Model: my-model, Version: v1.10.1")
+    theirs.add_text(
+        "parameters",
+        "a castle\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, "
+        "Seed: 123, Size: 512x512, Model hash: 2c02b20a, Model: my-model, Version: v1.10.1",
+    )
     Image.new("RGB", (8, 8)).save(day / "00041-123.png", pnginfo=theirs)
 
-    proc = sdtui(env, "generate", "a castle", "--a1111-dir", str(webui), "--model", "my-model",
-                 "--size", "64x64", "--steps", "2", "--seed", "5")
+    proc = sdtui(
+        env,
+        "generate",
+        "a castle",
+        "--a1111-dir",
+        str(webui),
+        "--model",
+        "my-model",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+    )
     assert proc.returncode == 0, proc.stderr
     ours = Path(proc.stdout.split()[0])
     assert ours == day / "00042-5.png"
@@ -229,13 +289,16 @@ def test_an_existing_a1111_install_just_works(env, tmp_path, demo_model):
     assert info["Sampler"] == "DPM++ 2M Karras" and info["prompt"] == "a castle"
 
 
-@pytest.mark.parametrize("argv, demo, model", [
-    (["daemon", "start", "--demo"], True, None),
-    (["--demo", "daemon", "start"], True, None),
-    (["attach", "--model", "a.safetensors"], False, "a.safetensors"),
-    (["--model", "b", "generate", "x"], False, "b"),
-    (["generate", "x", "--demo", "--models-dir", "m"], True, None),
-])
+@pytest.mark.parametrize(
+    "argv, demo, model",
+    [
+        (["daemon", "start", "--demo"], True, None),
+        (["--demo", "daemon", "start"], True, None),
+        (["attach", "--model", "a.safetensors"], False, "a.safetensors"),
+        (["--model", "b", "generate", "x"], False, "b"),
+        (["generate", "x", "--demo", "--models-dir", "m"], True, None),
+    ],
+)
 def test_model_and_folder_flags_count_before_or_after_the_subcommand(argv, demo, model):
     from sdtui.cli import build_parser
 

@@ -27,7 +27,11 @@ ESC = "\x1b"
 
 def sdtui(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sdtui", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sdtui", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -39,8 +43,11 @@ def sdtui_on_terminal(env, *args: str, timeout: float = 180) -> tuple[int, str, 
     env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES", "SDTUI_FORCE_PROGRESS")}
     env["TERM"] = "xterm-256color"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sdtui", *args], env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=slave,
+        [sys.executable, "-m", "sdtui", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
     )
     os.close(slave)
     chunks: list[bytes] = []
@@ -85,12 +92,27 @@ def outputs(env) -> list[Path]:
 # -- progress ---------------------------------------------------------------------------------
 
 
-def test_generate_on_a_terminal_shows_rich_progress_and_writes_each_image_with_n(env, tmp_path, demo_model):
+def test_generate_on_a_terminal_shows_rich_progress_and_writes_each_image_with_n(
+    env, tmp_path, demo_model
+):
     target = tmp_path / "cats"
     target.mkdir()
     code, out, err = sdtui_on_terminal(
-        env, "generate", "--demo", "x", "--steps", "4", "--size", "64x64", "--batch-count", "2",
-        "--seed", "7", "--no-daemon", "-o", str(target / "cat-{n}.png"),
+        env,
+        "generate",
+        "--demo",
+        "x",
+        "--steps",
+        "4",
+        "--size",
+        "64x64",
+        "--batch-count",
+        "2",
+        "--seed",
+        "7",
+        "--no-daemon",
+        "-o",
+        str(target / "cat-{n}.png"),
     )
     assert code == 0, err
     assert "Traceback" not in err
@@ -107,25 +129,55 @@ def test_generate_on_a_terminal_shows_rich_progress_and_writes_each_image_with_n
     assert len(kept) == 2  # the A1111-layout copies stay
     for i, copy in enumerate(kept):
         assert (target / f"cat-{i}.png").read_bytes() == copy.read_bytes()
-    assert sorted(p.name for p in target.iterdir()) == ["cat-0.png", "cat-1.png"]  # no temp files left
+    assert sorted(p.name for p in target.iterdir()) == [
+        "cat-0.png",
+        "cat-1.png",
+    ]  # no temp files left
 
 
 def test_generate_in_a_pipe_is_plain_and_quiet_says_only_the_path(env, tmp_path, demo_model):
     target = tmp_path / "cat.png"
     target.write_bytes(b"an older file, replaced")
-    proc = sdtui(env, "-q", "generate", "--demo", "x", "--steps", "2", "--size", "64x64",
-                 "--no-daemon", "--output", str(target))
+    proc = sdtui(
+        env,
+        "-q",
+        "generate",
+        "--demo",
+        "x",
+        "--steps",
+        "2",
+        "--size",
+        "64x64",
+        "--no-daemon",
+        "--output",
+        str(target),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no demo notice, no bar, no summary
     assert proc.stdout == f"{target}\n"
     (kept,) = outputs(env)
-    assert target.read_bytes() == kept.read_bytes() and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        target.read_bytes() == kept.read_bytes() and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    )
 
 
 def test_json_stays_json_with_verbose_and_output(env, tmp_path, demo_model):
     target = tmp_path / "cat.png"
-    proc = sdtui(env, "generate", "--demo", "x", "--steps", "2", "--size", "64x64", "--no-daemon",
-                 "--json", "--verbose", "-o", str(target))
+    proc = sdtui(
+        env,
+        "generate",
+        "--demo",
+        "x",
+        "--steps",
+        "2",
+        "--size",
+        "64x64",
+        "--no-daemon",
+        "--json",
+        "--verbose",
+        "-o",
+        str(target),
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is JSON
     names = [e["event"] for e in events]
@@ -134,8 +186,13 @@ def test_json_stays_json_with_verbose_and_output(env, tmp_path, demo_model):
     (saved,) = [e for e in events if e["event"] == "ImageSaved"]
     # the one event --output adds, right after the image it copies
     written = events[names.index("ImageSaved") + 1]
-    assert written == {"event": "OutputWritten", "job_id": saved["job_id"], "index": 0,
-                       "path": str(target), "source": saved["path"]}
+    assert written == {
+        "event": "OutputWritten",
+        "job_id": saved["job_id"],
+        "index": 0,
+        "path": str(target),
+        "source": saved["path"],
+    }
     assert target.read_bytes() == Path(saved["path"]).read_bytes()
     # -v: debug lines on stderr, plain
     assert ESC not in proc.stderr
@@ -230,15 +287,18 @@ def test_write_atomic_replaces_whole_and_leaves_no_temp_file(tmp_path):
 # -- -q / -v before or after the subcommand ----------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, quiet, verbose", [
-    (["-q", "generate", "x"], True, False),
-    (["generate", "x", "-q"], True, False),
-    (["--verbose", "upscale", "a.png"], False, True),
-    (["upscale", "a.png", "-v"], False, True),
-    (["-v", "daemon", "status"], False, True),
-    (["queue", "--quiet"], True, False),
-    (["--demo", "generate", "x", "--models-dir", "m"], False, False),
-])
+@pytest.mark.parametrize(
+    "argv, quiet, verbose",
+    [
+        (["-q", "generate", "x"], True, False),
+        (["generate", "x", "-q"], True, False),
+        (["--verbose", "upscale", "a.png"], False, True),
+        (["upscale", "a.png", "-v"], False, True),
+        (["-v", "daemon", "status"], False, True),
+        (["queue", "--quiet"], True, False),
+        (["--demo", "generate", "x", "--models-dir", "m"], False, False),
+    ],
+)
 def test_quiet_and_verbose_count_before_or_after_the_subcommand(argv, quiet, verbose):
     from sdtui.cli import build_parser
 
@@ -256,8 +316,12 @@ def scripts(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("completion")
     found = {}
     for shell in ("bash", "zsh", "fish"):
-        proc = subprocess.run([sys.executable, "-m", "sdtui", "completion", shell],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sdtui", "completion", shell],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         path = folder / ("_sdtui" if shell == "zsh" else f"sdtui.{shell}")
         path.write_text(proc.stdout)
@@ -272,8 +336,12 @@ def bash_complete(script: Path, *words: str) -> list[str]:
         'COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _sdtui\n'
         'printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
-    out = subprocess.run(["bash", "--norc", "--noprofile", "-c", code, "bash", "sdtui", *words],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", code, "bash", "sdtui", *words],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0 and out.stderr == "", out.stderr
     return [line for line in out.stdout.splitlines() if line]
 
@@ -286,11 +354,20 @@ def test_bash_completes_commands_options_samplers_and_schedules(scripts, tmp_pat
     assert "--output" in bash_complete(s, "generate", "x", "--")
     assert "--quiet" in bash_complete(s, "upscale", "a.png", "--")
     # every sampler and schedule, escaped for the shell; quoted when a quote was typed
-    assert bash_complete(s, "generate", "x", "--sampler", "") == [n.replace(" ", "\\ ") for n in SAMPLER_NAMES]
-    assert bash_complete(s, "generate", "x", "--sampler", "DPM++\\ 2") == ["DPM++\\ 2M", "DPM++\\ 2M\\ SDE"]
+    assert bash_complete(s, "generate", "x", "--sampler", "") == [
+        n.replace(" ", "\\ ") for n in SAMPLER_NAMES
+    ]
+    assert bash_complete(s, "generate", "x", "--sampler", "DPM++\\ 2") == [
+        "DPM++\\ 2M",
+        "DPM++\\ 2M\\ SDE",
+    ]
     assert bash_complete(s, "generate", "x", "--sampler", '"Eu') == ['"Euler a"', '"Euler"']
-    assert bash_complete(s, "-v", "generate", "x", "--schedule", "") == [n.replace(" ", "\\ ") for n in SCHEDULE_TYPES]
-    assert bash_complete(s, "generate", "x", "--schedule", "=", "SGM") == ["SGM\\ Uniform"]  # --schedule=SGM
+    assert bash_complete(s, "-v", "generate", "x", "--schedule", "") == [
+        n.replace(" ", "\\ ") for n in SCHEDULE_TYPES
+    ]
+    assert bash_complete(s, "generate", "x", "--schedule", "=", "SGM") == [
+        "SGM\\ Uniform"
+    ]  # --schedule=SGM
     assert bash_complete(s, "generate", "x", "--schedule=K") == ["--schedule=Karras"]
     assert bash_complete(s, "completion", "") == ["bash", "zsh", "fish"]
     # a value is not a subcommand: --model daemon, then daemon's actions
@@ -308,8 +385,13 @@ def test_fish_completes_samplers_and_schedules(scripts, tmp_path):
 
     def complete(line: str) -> list[str]:
         code = f"source {scripts['fish']}; complete -C{line!r}"
-        out = subprocess.run(["fish", "--no-config", "-c", code], capture_output=True, text=True, timeout=30,
-                             env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+        out = subprocess.run(
+            ["fish", "--no-config", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+        )
         assert out.returncode == 0 and out.stderr == "", out.stderr
         return [line.split("\t")[0] for line in out.stdout.splitlines()]
 
@@ -320,8 +402,9 @@ def test_fish_completes_samplers_and_schedules(scripts, tmp_path):
     assert complete("sdtui daemon sto") == ["stop"]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None or shutil.which("tmux") is None,
-                    reason="zsh and tmux are needed")
+@pytest.mark.skipif(
+    shutil.which("zsh") is None or shutil.which("tmux") is None, reason="zsh and tmux are needed"
+)
 def test_zsh_completes_samplers_and_schedules(scripts, tmp_path):
     """A real interactive zsh in tmux: type, press Tab, read the line back."""
     assert subprocess.run(["zsh", "-n", str(scripts["zsh"])], timeout=30).returncode == 0
@@ -333,12 +416,16 @@ def test_zsh_completes_samplers_and_schedules(scripts, tmp_path):
     )
     tmux = ["tmux", "-L", session, "-f", "/dev/null"]  # a private tmux server
     shell = f"env HOME={tmp_path} ZDOTDIR={zdot} TERM=xterm zsh -i"
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "200", "-y", "20", shell],
-                   check=True, timeout=30)
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", session, "-x", "200", "-y", "20", shell],
+        check=True,
+        timeout=30,
+    )
 
     def screen() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True,
-                              text=True, timeout=30).stdout
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, timeout=30
+        ).stdout
 
     def wait_for(text: str) -> str:
         deadline = time.monotonic() + 20
@@ -351,12 +438,27 @@ def test_zsh_completes_samplers_and_schedules(scripts, tmp_path):
 
     try:
         wait_for("ready>")  # (tmux drops the spaces at the end of a line)
-        subprocess.run([*tmux, "send-keys", "-t", session, "--", "sdtui generate x --sampler DPM++\\ 2M\\ S", "Tab"],
-                       check=True, timeout=30)
+        subprocess.run(
+            [
+                *tmux,
+                "send-keys",
+                "-t",
+                session,
+                "--",
+                "sdtui generate x --sampler DPM++\\ 2M\\ S",
+                "Tab",
+            ],
+            check=True,
+            timeout=30,
+        )
         wait_for("--sampler DPM++\\ 2M\\ SDE")
-        subprocess.run([*tmux, "send-keys", "-t", session, "--", "--sched", "Tab"], check=True, timeout=30)
+        subprocess.run(
+            [*tmux, "send-keys", "-t", session, "--", "--sched", "Tab"], check=True, timeout=30
+        )
         wait_for("SDE --schedule")  # each completion ends the word with a space
-        subprocess.run([*tmux, "send-keys", "-t", session, "--", "SGM", "Tab"], check=True, timeout=30)
+        subprocess.run(
+            [*tmux, "send-keys", "-t", session, "--", "SGM", "Tab"], check=True, timeout=30
+        )
         wait_for("--schedule SGM\\ Uniform")
     finally:
         subprocess.run([*tmux, "kill-server"], timeout=30)

@@ -14,7 +14,7 @@ from sdtui.infotext import parse_infotext, read_infotext
 
 STYLES = (
     "name,prompt,negative_prompt\r\n"
-    '# a comment row,,\r\n'
+    "# a comment row,,\r\n"
     'cinematic,"{prompt}, film grain, dramatic light","blurry, lowres"\r\n'
     "sharp,sharp focus,jpeg artifacts\r\n"
     'portrait,"portrait of {prompt}",\r\n'
@@ -23,7 +23,11 @@ STYLES = (
 
 def sdtui(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sdtui", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sdtui", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -36,8 +40,26 @@ def write_styles(folder: Path, text: str = STYLES) -> Path:
 
 def test_generate_with_styles_merges_them_in_order_into_the_infotext(env, tmp_path, demo_model):
     write_styles(tmp_path / "home")
-    proc = sdtui(env, "generate", "--demo", "a cat", "-N", "ugly", "--style", "portrait", "--style", "cinematic",
-                 "--style", "sharp", "--size", "64x64", "--steps", "2", "--seed", "3")
+    proc = sdtui(
+        env,
+        "generate",
+        "--demo",
+        "a cat",
+        "-N",
+        "ugly",
+        "--style",
+        "portrait",
+        "--style",
+        "cinematic",
+        "--style",
+        "sharp",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     info = parse_infotext(read_infotext(proc.stdout.splitlines()[0]))
     # portrait, then cinematic around it, then sharp appended (A1111 apply_styles_to_prompt)
@@ -48,8 +70,22 @@ def test_generate_with_styles_merges_them_in_order_into_the_infotext(env, tmp_pa
 
 def test_an_xyz_plot_takes_styles_and_prints_only_the_grid(env, tmp_path, demo_model):
     write_styles(tmp_path / "home")
-    proc = sdtui(env, "xyz", "--demo", "a cat", "--style", "sharp", "--size", "64x64", "--seed", "4",
-                 "--x-type", "Steps", "--x-values", "1,2")
+    proc = sdtui(
+        env,
+        "xyz",
+        "--demo",
+        "a cat",
+        "--style",
+        "sharp",
+        "--size",
+        "64x64",
+        "--seed",
+        "4",
+        "--x-type",
+        "Steps",
+        "--x-values",
+        "1,2",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and Path(lines[0]).name.startswith("xyz_grid-")
@@ -60,7 +96,9 @@ def test_an_xyz_plot_takes_styles_and_prints_only_the_grid(env, tmp_path, demo_m
 
 def test_an_unknown_style_is_one_line_naming_the_styles_there_are(env, tmp_path):
     write_styles(tmp_path / "home")
-    proc = sdtui(env, "generate", "--demo", "a cat", "--style", "sharp", "--style", "Cinematic", timeout=60)
+    proc = sdtui(
+        env, "generate", "--demo", "a cat", "--style", "sharp", "--style", "Cinematic", timeout=60
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
@@ -101,7 +139,11 @@ def test_styles_lists_name_prompt_and_negative(env, tmp_path):
 
     listing = json.loads(sdtui(env, "styles", "--json", timeout=60).stdout)
     assert listing["path"] == str(path)
-    assert listing["styles"][1] == {"name": "sharp", "prompt": "sharp focus", "negative_prompt": "jpeg artifacts"}
+    assert listing["styles"][1] == {
+        "name": "sharp",
+        "prompt": "sharp focus",
+        "negative_prompt": "jpeg artifacts",
+    }
     assert [s["name"] for s in listing["styles"]] == ["cinematic", "sharp", "portrait"]
 
 

@@ -12,9 +12,17 @@ from sdtui.errors import UserError
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for var in ("SDTUI_A1111_DIR", "SDTUI_MODELS_DIR", "SDTUI_OUTPUTS_DIR", "SDTUI_MODEL",
-                "SDTUI_DEVICE", "SDTUI_MEMORY_MODE", "SDTUI_GRAPHICS", "SDTUI_FAST_PATH",
-                "SDTUI_EMBEDDINGS_DIR"):
+    for var in (
+        "SDTUI_A1111_DIR",
+        "SDTUI_MODELS_DIR",
+        "SDTUI_OUTPUTS_DIR",
+        "SDTUI_MODEL",
+        "SDTUI_DEVICE",
+        "SDTUI_MEMORY_MODE",
+        "SDTUI_GRAPHICS",
+        "SDTUI_FAST_PATH",
+        "SDTUI_EMBEDDINGS_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SDTUI_HOME", str(tmp_path / "home"))
 

@@ -81,7 +81,9 @@ def cli_env(tmp_path, daemon_paths, demo_model):
     stop_daemon(daemon_paths)
 
 
-def sdtui(env, *args: str, timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess:
+def sdtui(
+    env, *args: str, timeout: float = 180, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sdtui", *args],
         env=env,
@@ -97,16 +99,31 @@ def seeds_on_disk(folder: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_daemon_killed_mid_job_loses_nothing_and_makes_nothing_twice(cli_env, tmp_path, daemon_paths):
+def test_a_daemon_killed_mid_job_loses_nothing_and_makes_nothing_twice(
+    cli_env, tmp_path, daemon_paths
+):
     jobs = [
         ("--seed", "100", "--batch-size", "2", "--batch-count", "3", "--steps", "40"),
         ("--seed", "200", "--batch-size", "2"),
-        ("--seed", "300",),
+        (
+            "--seed",
+            "300",
+        ),
     ]
     ids = []
     for extra in jobs:
-        proc = sdtui(cli_env, "generate", "--demo", "a queued cat", "--size", "64x64", "--steps", "4",
-                     *extra, "--detach")
+        proc = sdtui(
+            cli_env,
+            "generate",
+            "--demo",
+            "a queued cat",
+            "--size",
+            "64x64",
+            "--steps",
+            "4",
+            *extra,
+            "--detach",
+        )
         assert proc.returncode == 0, proc.stderr
         ids.append(int(proc.stdout.strip()))
     assert ids == sorted(ids)
@@ -130,7 +147,9 @@ def test_a_daemon_killed_mid_job_loses_nothing_and_makes_nothing_twice(cli_env, 
         time.sleep(0.2)
     state = client.query()
     assert not state.jobs
-    assert {j.job_id: j.state for j in state.recent if j.job_id in ids} == dict.fromkeys(ids, "done")
+    assert {j.job_id: j.state for j in state.recent if j.job_id in ids} == dict.fromkeys(
+        ids, "done"
+    )
     # every image once, with the seed it was asked for
     images = tmp_path / "home" / "outputs" / "txt2img-images"
     assert seeds_on_disk(images) == [100, 101, 102, 103, 104, 105, 200, 201, 300]
@@ -142,8 +161,21 @@ def test_a_daemon_killed_mid_job_loses_nothing_and_makes_nothing_twice(cli_env, 
 
 @pytest.mark.slow
 def test_daemon_stop_asks_first_and_now_cancels_keeping_images(cli_env, tmp_path, daemon_paths):
-    proc = sdtui(cli_env, "generate", "--demo", "a long cat", "--size", "64x64", "--steps", "200",
-                 "--batch-count", "20", "--seed", "5", "--detach")
+    proc = sdtui(
+        cli_env,
+        "generate",
+        "--demo",
+        "a long cat",
+        "--size",
+        "64x64",
+        "--steps",
+        "200",
+        "--batch-count",
+        "20",
+        "--seed",
+        "5",
+        "--detach",
+    )
     job = int(proc.stdout)
     watcher = DaemonClient(Settings(), paths=daemon_paths, who="watcher").attach(start=False)
     until(watcher, lambda e: isinstance(e, msg.ImageSaved) and e.job_id == job)
@@ -151,10 +183,18 @@ def test_daemon_stop_asks_first_and_now_cancels_keeping_images(cli_env, tmp_path
     assert status["pid"] == watcher.pid and status["workers"][0]["device"] == "cpu"
     assert status["jobs"][0]["job_id"] == job and status["jobs"][0]["state"] == "running"
     queue = sdtui(cli_env, "queue")
-    assert f"#{job}" in queue.stdout and "running" in queue.stdout and "sdtui generate (pid" in queue.stdout
+    assert (
+        f"#{job}" in queue.stdout
+        and "running" in queue.stdout
+        and "sdtui generate (pid" in queue.stdout
+    )
 
     refused = sdtui(cli_env, "daemon", "stop")  # no terminal to ask on: it says what to do
-    assert refused.returncode == 1 and "--now" in refused.stderr and "1 job is queued or running" in refused.stderr
+    assert (
+        refused.returncode == 1
+        and "--now" in refused.stderr
+        and "1 job is queued or running" in refused.stderr
+    )
     assert alive(watcher.pid)
     stopped = sdtui(cli_env, "daemon", "stop", "--now")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
@@ -174,7 +214,9 @@ def test_two_clients_see_the_same_jobs_and_a_client_leaving_changes_nothing(atta
     a = attach(settings, who="tui A")
     b = attach(settings, who="tui B")
     assert a.pid == b.pid
-    first = a.submit(GenerationParams(**{**TINY, "steps": 6, "preview_every": 1}, seed=5, batch_size=2))
+    first = a.submit(
+        GenerationParams(**{**TINY, "steps": 6, "preview_every": 1}, seed=5, batch_size=2)
+    )
     done_a, seen_a = until(a, lambda e: isinstance(e, msg.JobDone) and e.job_id == first)
     done_b, seen_b = until(b, lambda e: isinstance(e, msg.JobDone) and e.job_id == first)
     assert done_a == done_b and len(done_b.paths) == 2
@@ -186,9 +228,17 @@ def test_two_clients_see_the_same_jobs_and_a_client_leaving_changes_nothing(atta
             if isinstance(e, msg.JobStarted | msg.ImageSaved | msg.JobDone) and e.job_id == first
         ]
 
-    assert story(seen_a) == story(seen_b) == [
-        ("JobStarted", None), ("ImageSaved", 0), ("ImageSaved", 1), ("ImageSaved", -1), ("JobDone", None)
-    ]
+    assert (
+        story(seen_a)
+        == story(seen_b)
+        == [
+            ("JobStarted", None),
+            ("ImageSaved", 0),
+            ("ImageSaved", 1),
+            ("ImageSaved", -1),
+            ("JobDone", None),
+        ]
+    )
     queued = [e for e in seen_b if isinstance(e, msg.JobQueued)]
     assert queued[0].job.submitted_by.startswith("tui A (pid ")
     assert any(isinstance(e, msg.Preview) for e in seen_b), "previews reach every client"
@@ -205,7 +255,9 @@ def test_the_socket_is_private_and_no_tcp_port_is_ever_open(attach, tmp_path, da
     client = attach(settings_in(tmp_path))
     job = client.submit(GenerationParams(**TINY, seed=1))
     for pid in (client.pid, *client.worker_pids):
-        assert psutil.Process(pid).net_connections(kind="inet") == [], f"pid {pid} has a TCP/UDP socket"
+        assert psutil.Process(pid).net_connections(kind="inet") == [], (
+            f"pid {pid} has a TCP/UDP socket"
+        )
     client.wait_job(job, 60)
     for pid in (client.pid, *client.worker_pids):
         assert psutil.Process(pid).net_connections(kind="inet") == []
@@ -306,7 +358,9 @@ def test_two_workers_run_two_jobs_at_the_same_time(attach, tmp_path):
 # -- starting: stale sockets, other users, races ------------------------------------------------
 
 
-def test_a_stale_socket_of_a_dead_daemon_is_cleaned_and_a_new_one_starts(daemon_paths, demo_model, tmp_path):
+def test_a_stale_socket_of_a_dead_daemon_is_cleaned_and_a_new_one_starts(
+    daemon_paths, demo_model, tmp_path
+):
     daemon_paths.ensure_folder()
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(daemon_paths.address)  # a socket file nobody listens on, as kill -9 leaves it
@@ -321,7 +375,9 @@ def test_a_stale_socket_of_a_dead_daemon_is_cleaned_and_a_new_one_starts(daemon_
         stop_daemon(daemon_paths)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="making another user's file needs root")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="making another user's file needs root"
+)
 def test_a_socket_or_folder_of_another_user_is_refused(daemon_paths, tmp_path):
     daemon_paths.ensure_folder()
     other = socket.socket(socket.AF_UNIX)
@@ -338,8 +394,13 @@ def test_a_socket_or_folder_of_another_user_is_refused(daemon_paths, tmp_path):
 
 def test_two_daemons_started_at_once_one_wins_and_both_attach(cli_env, daemon_paths):
     procs = [
-        subprocess.Popen([sys.executable, "-m", "sdtui", "daemon", "start"], env=cli_env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "sdtui", "daemon", "start"],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -349,8 +410,10 @@ def test_two_daemons_started_at_once_one_wins_and_both_attach(cli_env, daemon_pa
     import psutil
 
     daemons = [
-        p for p in psutil.process_iter(["cmdline"])
-        if "sdtui.ipc.daemon" in " ".join(p.info["cmdline"] or ()) and str(daemon_paths.folder) in " ".join(p.info["cmdline"])
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "sdtui.ipc.daemon" in " ".join(p.info["cmdline"] or ())
+        and str(daemon_paths.folder) in " ".join(p.info["cmdline"])
     ]
     assert len(daemons) == 1
 
@@ -381,7 +444,9 @@ def test_a_corrupt_or_newer_queue_file_is_kept_aside_with_a_message(tmp_path):
 
 def test_the_queue_survives_and_records_each_image_once(tmp_path):
     store = JobStore.open(tmp_path / "q.sqlite3")
-    job = store.add_job("generate", GenerationParams(**TINY, seed=3, batch_size=2), {"outputs_dir": "/o"}, "cli")
+    job = store.add_job(
+        "generate", GenerationParams(**TINY, seed=3, batch_size=2), {"outputs_dir": "/o"}, "cli"
+    )
     store.mark_running(job.id)
     store.record_image(job.id, 0, "/o/a.png", 3)
     store.record_image(job.id, 0, "/o/a.png", 3)  # said twice, kept once
@@ -389,7 +454,9 @@ def test_the_queue_survives_and_records_each_image_once(tmp_path):
     again = JobStore.open(tmp_path / "q.sqlite3")
     assert again.recover() == [job.id]
     [back] = again.active_jobs()
-    assert back.state == "queued" and back.params.seed == 3 and back.folders == {"outputs_dir": "/o"}
+    assert (
+        back.state == "queued" and back.params.seed == 3 and back.folders == {"outputs_dir": "/o"}
+    )
     assert again.images(job.id) == {0: "/o/a.png"}
     again.close()
 
@@ -398,17 +465,23 @@ def test_the_queue_survives_and_records_each_image_once(tmp_path):
 def tiny_disk(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
     if made.returncode != 0:
         pytest.skip("cannot mount a small file system here (needs root)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_a_full_disk_refuses_the_job_with_a_sentence_and_loses_nothing(tiny_disk, tmp_path, demo_model):
+def test_a_full_disk_refuses_the_job_with_a_sentence_and_loses_nothing(
+    tiny_disk, tmp_path, demo_model
+):
     from sdtui.ipc.paths import DaemonPaths
 
-    paths = DaemonPaths(Path(__import__("tempfile").mkdtemp(prefix="sdtui-d-")), tiny_disk / "queue.sqlite3")
+    paths = DaemonPaths(
+        Path(__import__("tempfile").mkdtemp(prefix="sdtui-d-")), tiny_disk / "queue.sqlite3"
+    )
     client = DaemonClient(settings_in(tmp_path), paths=paths).attach(no_preload=True)
     try:
         first = client.submit(GenerationParams(**TINY, seed=1))
@@ -437,14 +510,18 @@ def test_a_full_disk_refuses_the_job_with_a_sentence_and_loses_nothing(tiny_disk
 def test_store_errors_name_the_file_and_the_fix(tmp_path):
     path = tmp_path / "q.sqlite3"
     store = JobStore.open(path)
-    store.conn.execute(f"PRAGMA max_page_count={store.conn.execute('PRAGMA page_count').fetchone()[0]}")
+    store.conn.execute(
+        f"PRAGMA max_page_count={store.conn.execute('PRAGMA page_count').fetchone()[0]}"
+    )
     with pytest.raises(StoreError) as e:
         store.add_job("generate", GenerationParams(**{**TINY, "prompt": "x" * 100000}), {}, "cli")
     assert str(path) in e.value.message and "disk is full" in e.value.message
     store.close()
 
 
-def test_a_worker_whose_daemon_dies_while_it_imports_torch_exits(daemon_paths, demo_model, tmp_path):
+def test_a_worker_whose_daemon_dies_while_it_imports_torch_exits(
+    daemon_paths, demo_model, tmp_path
+):
     """The orphan defect, at the process level: the daemon is killed while its worker is still
     importing torch; the worker notices its pipe closed and ends instead of idling forever."""
     client = DaemonClient(settings_in(tmp_path), paths=daemon_paths).attach(preload="demo")

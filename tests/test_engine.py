@@ -42,7 +42,10 @@ def test_image_i_of_a_batch_equals_a_single_image_with_seed_plus_i(session, tmp_
     done, _ = run(session, batch, tmp_path / "batch")
     assert len(done.paths) == 4
     assert [parse_infotext(read_infotext(p)).pairs["Seed"] for p in done.paths] == [
-        "1000", "1001", "1002", "1003"
+        "1000",
+        "1001",
+        "1002",
+        "1003",
     ]
     single, _ = run(session, GenerationParams(**TINY, seed=1002), tmp_path / "single")
     diff = np.abs(pixels(done.paths[2]) - pixels(single.paths[0]))
@@ -52,7 +55,9 @@ def test_image_i_of_a_batch_equals_a_single_image_with_seed_plus_i(session, tmp_
 
 
 def test_batch_count_continues_the_seeds_and_writes_a_grid(session, tmp_path):
-    done, events = run(session, GenerationParams(**TINY, seed=7, batch_size=2, batch_count=2), tmp_path)
+    done, events = run(
+        session, GenerationParams(**TINY, seed=7, batch_size=2, batch_count=2), tmp_path
+    )
     seeds = [int(parse_infotext(read_infotext(p)).pairs["Seed"]) for p in done.paths]
     assert seeds == [7, 8, 9, 10]
     grids = [e for e in events if isinstance(e, msg.ImageSaved) and e.is_grid]
@@ -81,8 +86,16 @@ def test_every_sampler_runs_two_steps(session, tmp_path, sampler):
 
 @pytest.mark.parametrize("schedule", ["Karras", "Exponential", "SGM Uniform"])
 def test_schedule_types_change_the_image(session, tmp_path, schedule):
-    base, _ = run(session, GenerationParams(**TINY, sampler="DPM++ 2M", schedule_type="Normal", seed=4), tmp_path / "a")
-    other, _ = run(session, GenerationParams(**TINY, sampler="DPM++ 2M", schedule_type=schedule, seed=4), tmp_path / "b")
+    base, _ = run(
+        session,
+        GenerationParams(**TINY, sampler="DPM++ 2M", schedule_type="Normal", seed=4),
+        tmp_path / "a",
+    )
+    other, _ = run(
+        session,
+        GenerationParams(**TINY, sampler="DPM++ 2M", schedule_type=schedule, seed=4),
+        tmp_path / "b",
+    )
     assert parse_infotext(read_infotext(other.paths[0])).pairs["Schedule type"] == schedule
     # the random demo UNet predicts little noise, so schedules move its picture only a little
     assert np.abs(pixels(base.paths[0]) - pixels(other.paths[0])).mean() > 0.2
@@ -107,11 +120,22 @@ def test_sampling_keeps_the_checkpoint_prediction_type_and_betas():
         "prediction_type": "v_prediction",
         "steps_offset": 1,
     }
-    unet = types.SimpleNamespace(dtype=torch.float32, config=types.SimpleNamespace(addition_embed_type=None))
-    d = Denoiser(unet, None, 7.0, scheduler_config=base, alphas_cumprod=torch.zeros(1000),
-                 device=torch.device("cpu"), size=(64, 64))
+    unet = types.SimpleNamespace(
+        dtype=torch.float32, config=types.SimpleNamespace(addition_embed_type=None)
+    )
+    d = Denoiser(
+        unet,
+        None,
+        7.0,
+        scheduler_config=base,
+        alphas_cumprod=torch.zeros(1000),
+        device=torch.device("cpu"),
+        size=(64, 64),
+    )
     assert d.v
-    torch.testing.assert_close(d.alphas_cumprod, _ldm_alphas_cumprod(base, torch.zeros(1000)).float())
+    torch.testing.assert_close(
+        d.alphas_cumprod, _ldm_alphas_cumprod(base, torch.zeros(1000)).float()
+    )
     betas = 1 - d.alphas_cumprod[-1] / d.alphas_cumprod[-2]
     assert float(betas) == pytest.approx(0.02, rel=1e-3)  # the checkpoint's beta_end
 
@@ -130,8 +154,20 @@ def test_infotext_of_a_generated_image_parses_back_to_the_same_params(session, t
     )
     done, _ = run(session, params, tmp_path)
     back = params_from_image(done.paths[0])
-    for field in ("prompt", "negative_prompt", "steps", "sampler", "schedule_type", "cfg_scale",
-                  "seed", "width", "height", "clip_skip", "subseed", "subseed_strength"):
+    for field in (
+        "prompt",
+        "negative_prompt",
+        "steps",
+        "sampler",
+        "schedule_type",
+        "cfg_scale",
+        "seed",
+        "width",
+        "height",
+        "clip_skip",
+        "subseed",
+        "subseed_strength",
+    ):
         assert getattr(back, field) == getattr(params, field), field
     assert back.model == "sdtui-demo"
     assert parse_infotext(read_infotext(done.paths[0])).pairs["Model hash"] == "0123456789"
@@ -139,8 +175,12 @@ def test_infotext_of_a_generated_image_parses_back_to_the_same_params(session, t
 
 def test_variation_strength_moves_the_image_towards_the_variation_seed(session, tmp_path):
     a, _ = run(session, GenerationParams(**TINY, seed=11), tmp_path / "a")
-    b, _ = run(session, GenerationParams(**TINY, seed=11, subseed=12, subseed_strength=0.3), tmp_path / "b")
-    c, _ = run(session, GenerationParams(**TINY, seed=11, subseed=12, subseed_strength=0.9), tmp_path / "c")
+    b, _ = run(
+        session, GenerationParams(**TINY, seed=11, subseed=12, subseed_strength=0.3), tmp_path / "b"
+    )
+    c, _ = run(
+        session, GenerationParams(**TINY, seed=11, subseed=12, subseed_strength=0.9), tmp_path / "c"
+    )
     d_small = np.abs(pixels(a.paths[0]) - pixels(b.paths[0])).mean()
     d_large = np.abs(pixels(a.paths[0]) - pixels(c.paths[0])).mean()
     assert 0 < d_small < d_large
@@ -167,7 +207,9 @@ def test_lower_denoise_changes_the_init_image_less(session, tmp_path):
     kept = np.asarray(decode_latents(session.txt2img, latents, ctx)[0], dtype=np.int16)
     distances = []
     for strength in (0.2, 0.9):
-        params = GenerationParams(**{**TINY, "steps": 10}, seed=1, init_image=str(init), denoising_strength=strength)
+        params = GenerationParams(
+            **{**TINY, "steps": 10}, seed=1, init_image=str(init), denoising_strength=strength
+        )
         done, _ = run(session, params, tmp_path / f"d{strength}")
         assert "img2img-images" in done.paths[0]
         distances.append(np.abs(pixels(done.paths[0]) - kept).mean())
@@ -179,7 +221,9 @@ def test_lower_denoise_changes_the_init_image_less(session, tmp_path):
 @pytest.mark.parametrize("mode", ["just resize", "crop and resize", "resize and fill"])
 def test_img2img_resize_modes_give_the_requested_size(session, tmp_path, mode):
     init = _gradient(tmp_path / "init.png", (64, 64))
-    params = GenerationParams(**{**TINY, "width": 128, "height": 64}, seed=1, init_image=str(init), resize_mode=mode)
+    params = GenerationParams(
+        **{**TINY, "width": 128, "height": 64}, seed=1, init_image=str(init), resize_mode=mode
+    )
     done, _ = run(session, params, tmp_path)
     assert Image.open(done.paths[0]).size == (128, 64)
 
@@ -196,7 +240,9 @@ def test_resize_modes_treat_the_aspect_ratio_like_a1111():
 
 
 def test_previews_arrive_every_n_steps_as_small_pngs(session, tmp_path):
-    done, events = run(session, GenerationParams(**{**TINY, "steps": 6, "preview_every": 2}, seed=1), tmp_path)
+    done, events = run(
+        session, GenerationParams(**{**TINY, "steps": 6, "preview_every": 2}, seed=1), tmp_path
+    )
     previews = [e for e in events if isinstance(e, msg.Preview)]
     assert [p.step for p in previews] == [2, 4]
     im = Image.open(__import__("io").BytesIO(previews[0].png))
@@ -205,7 +251,9 @@ def test_previews_arrive_every_n_steps_as_small_pngs(session, tmp_path):
 
 def test_previews_are_capped_per_second_when_asked(session, tmp_path):
     """The TUI asks for no more previews than it draws: each one waits for the GPU."""
-    params = GenerationParams(**{**TINY, "steps": 6, "preview_every": 1, "preview_interval": 3600.0}, seed=1)
+    params = GenerationParams(
+        **{**TINY, "steps": 6, "preview_every": 1, "preview_interval": 3600.0}, seed=1
+    )
     _, events = run(session, params, tmp_path)
     assert [e.step for e in events if isinstance(e, msg.Preview)] == [1]
 
@@ -245,7 +293,16 @@ def test_a_restarted_job_makes_only_the_missing_images_with_their_seeds(session,
     # the first run saved image 0 and image 2 before it stopped
     done = {0: full.paths[0], 2: full.paths[2]}
     events: list = []
-    ctx = JobContext(1, events.append, JobControl(), OutputLayout(tmp_path / "resumed"), "sdtui-demo", None, "SD1", done=done)
+    ctx = JobContext(
+        1,
+        events.append,
+        JobControl(),
+        OutputLayout(tmp_path / "resumed"),
+        "sdtui-demo",
+        None,
+        "SD1",
+        done=done,
+    )
     resumed = run_generation(session.loaded, session, params, ctx)
     made = [e for e in events if isinstance(e, msg.ImageSaved) and not e.is_grid]
     assert [(e.index, e.seed) for e in made] == [(1, 41), (3, 43)]
@@ -255,10 +312,20 @@ def test_a_restarted_job_makes_only_the_missing_images_with_their_seeds(session,
     [grid] = [e for e in events if isinstance(e, msg.ImageSaved) and e.is_grid]
     assert Image.open(grid.path).size == (128, 128)  # all four, the earlier ones read back
     again: list = []
-    ctx = JobContext(2, again.append, JobControl(), OutputLayout(tmp_path / "again"), "sdtui-demo", None, "SD1",
-                     done={**done, 1: made[0].path, 3: made[1].path, -1: grid.path})
+    ctx = JobContext(
+        2,
+        again.append,
+        JobControl(),
+        OutputLayout(tmp_path / "again"),
+        "sdtui-demo",
+        None,
+        "SD1",
+        done={**done, 1: made[0].path, 3: made[1].path, -1: grid.path},
+    )
     run_generation(session.loaded, session, params, ctx)
-    assert not [e for e in again if isinstance(e, msg.ImageSaved)], "nothing is made twice, grid included"
+    assert not [e for e in again if isinstance(e, msg.ImageSaved)], (
+        "nothing is made twice, grid included"
+    )
 
 
 # -- the engine worker behind the daemon -------------------------------------------------------
@@ -325,9 +392,13 @@ def _alive(pid: int) -> bool:
 def test_switching_back_to_a_recent_model_comes_from_ram(host, demo_model):
     _until(host, lambda e: isinstance(e, msg.ModelLoaded))  # the demo single file
     host.load_model(str(demo_model.folder))
-    first, _ = _until(host, lambda e: isinstance(e, msg.ModelLoaded) and e.path == str(demo_model.folder))
+    first, _ = _until(
+        host, lambda e: isinstance(e, msg.ModelLoaded) and e.path == str(demo_model.folder)
+    )
     host.load_model(str(demo_model.safetensors))
-    back, seen = _until(host, lambda e: isinstance(e, msg.ModelLoaded) and e.path == str(demo_model.safetensors))
+    back, seen = _until(
+        host, lambda e: isinstance(e, msg.ModelLoaded) and e.path == str(demo_model.safetensors)
+    )
     assert any(isinstance(e, msg.Log) and "from RAM" in e.text for e in seen)
     assert back.seconds < 1.0
     job = host.submit(GenerationParams(**TINY, seed=3))

@@ -216,7 +216,9 @@ def test_lora_layouts_give_the_same_image(session, baseline, loras, tmp_path):
     assert_same_weights(session, before)
 
 
-def test_loras_reach_the_fast_paths_fused_qkv(demo_model, session, folders, baseline, loras, tmp_path):
+def test_loras_reach_the_fast_paths_fused_qkv(
+    demo_model, session, folders, baseline, loras, tmp_path
+):
     """With fused QKV (the CUDA fast path) a LoRA on to_q/to_k/to_v lands in the fused weight,
     by kohya, LDM and diffusers names alike, and is taken out bit for bit after the job."""
     from sdtui.engine.fastpath import fuse_qkv
@@ -231,7 +233,9 @@ def test_loras_reach_the_fast_paths_fused_qkv(demo_model, session, folders, base
         want, _ = image(session, tmp_path / f"want-{name[:5]}", prompt=f"{PROMPT} <lora:{name}>")
         got, _ = image(fused, tmp_path / f"got-{name[:5]}", prompt=f"{PROMPT} <lora:{name}>")
         assert np.abs(got - base_px).mean() > 2, f"{name} must change the image"
-        assert np.abs(got - want).max() <= 1, f"{name} on the fused model must match the plain model"
+        assert np.abs(got - want).max() <= 1, (
+            f"{name} on the fused model must match the plain model"
+        )
     after = fused.txt2img.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "fused weights not restored"
 
@@ -326,7 +330,9 @@ def test_embedding_vector_counts_are_read_without_torch_or_pickled_code(embeddin
     pd = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(5, 32))})
     torch.save({"string_to_param": pd, "name": "pd"}, tmp_path / "paramdict.pt")
     assert embedding_vectors(tmp_path / "paramdict.pt") == 5
-    save_file({"clip_l": torch.zeros(4, 768), "clip_g": torch.zeros(4, 1280)}, tmp_path / "xl.safetensors")
+    save_file(
+        {"clip_l": torch.zeros(4, 768), "clip_g": torch.zeros(4, 1280)}, tmp_path / "xl.safetensors"
+    )
     assert embedding_vectors(tmp_path / "xl.safetensors") == 4
 
     marker = tmp_path / "ran"
@@ -340,7 +346,9 @@ def test_embedding_vector_counts_are_read_without_torch_or_pickled_code(embeddin
     assert not marker.exists(), "a pickle's code ran"
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
     assert embedding_vectors(tmp_path / "junk.pt") is None
-    torch.save({"x": torch.zeros(2, 8)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"x": torch.zeros(2, 8)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False
+    )
     assert embedding_vectors(tmp_path / "legacy.pt") is None  # old format: counted as its name
 
 

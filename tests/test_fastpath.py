@@ -105,7 +105,10 @@ def test_fused_qkv_gives_the_same_output_with_the_same_memory(demo_model):
 
     # to_q is a view of the fused weight: writing through it changes the model
     part = next(m for m in pipe.unet.modules() if isinstance(m, FusedPart))
-    assert part.weight.data.untyped_storage().data_ptr() == part.fused.weight.untyped_storage().data_ptr()
+    assert (
+        part.weight.data.untyped_storage().data_ptr()
+        == part.fused.weight.untyped_storage().data_ptr()
+    )
 
     # the memory ladder's sliced attention calls to_q/to_k/to_v: same output, and back after
     saved = dict(pipe.unet.attn_processors)
@@ -135,7 +138,10 @@ def test_channels_last_can_be_left_out(demo_model, monkeypatch):
     monkeypatch.setenv("SDTUI_CHANNELS_LAST", "0")
     pipe = _fresh_pipe(demo_model)
     state = apply_fast_path(pipe, "cuda", "nocompile", lambda _: None)
-    assert "channels_last" not in state.applied and "fused QKV in 4 attention layers" in state.summary()
+    assert (
+        "channels_last" not in state.applied
+        and "fused QKV in 4 attention layers" in state.summary()
+    )
     conv = pipe.unet.conv_in.weight
     assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
 
@@ -183,11 +189,18 @@ def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_mode
     want, eager_previews = job(eager, tmp_path / "eager")
     mark = compile_work()
     done, previews = job(fast, tmp_path / "fast1")
-    assert recompile_note(state, mark) is None, "warm-up must leave nothing to compile for the first job"
+    assert recompile_note(state, mark) is None, (
+        "warm-up must leave nothing to compile for the first job"
+    )
     assert [p.step for p in previews] == [p.step for p in eager_previews] == [1, 2]
-    shown, expected = (np.asarray(Image.open(io.BytesIO(p.png)), dtype=np.int16) for p in (previews[-1], eager_previews[-1]))
+    shown, expected = (
+        np.asarray(Image.open(io.BytesIO(p.png)), dtype=np.int16)
+        for p in (previews[-1], eager_previews[-1])
+    )
     assert np.abs(shown - expected).max() <= 1, "previews keep coming from the compiled UNet"
-    assert np.abs(_pixels(want.paths[0]) - _pixels(done.paths[0])).max() <= 1, "fused + compiled must draw the same image"
+    assert np.abs(_pixels(want.paths[0]) - _pixels(done.paths[0])).max() <= 1, (
+        "fused + compiled must draw the same image"
+    )
 
     # a prompt past 75 tokens (154 in the UNet) was compiled for at warm-up
     job(fast, tmp_path / "long", prompt="a lighthouse on a cliff at dusk, " * 12)
@@ -222,7 +235,9 @@ def test_compiled_blocks_compile_once_and_keep_previews_and_interrupts(demo_mode
     from sdtui.engine.generate import JobContext, run_generation
     from sdtui.outputs import OutputLayout
 
-    ctx = JobContext(1, stop_after_first, control, OutputLayout(tmp_path / "cancel"), "sdtui-demo", None, "SD1")
+    ctx = JobContext(
+        1, stop_after_first, control, OutputLayout(tmp_path / "cancel"), "sdtui-demo", None, "SD1"
+    )
     cancelled = run_generation(fast.loaded, fast, GenerationParams(**TINY, batch_count=3), ctx)
     assert cancelled.cancelled and len(cancelled.paths) == 1 and Path(cancelled.paths[0]).exists()
     assert state.compiling, "an interrupt must not turn the compiled path off"
@@ -248,7 +263,9 @@ def test_the_real_inductor_compile_sees_weight_merges(demo_model):
     part = next(m for m in pipe.unet.modules() if isinstance(m, FusedPart))
     saved = part.weight.detach().clone()
     with torch.no_grad():  # random: a constant would vanish behind the LayerNorm before to_q
-        part.weight.data.add_(torch.randn(part.weight.shape, generator=torch.Generator().manual_seed(3)))
+        part.weight.data.add_(
+            torch.randn(part.weight.shape, generator=torch.Generator().manual_seed(3))
+        )
     merged = _unet_out(pipe)
     assert (merged - eager).abs().max() > 1e-3, "the compiled UNet ignored a merged weight"
     undo_compile(state, "test")
@@ -298,7 +315,10 @@ def test_warm_up_out_of_memory_keeps_compiling(demo_model):
     logs: list[str] = []
     warm_up(pipe, state, 64, 64, logs.append)
     assert state.compiling and state.failed is None
-    assert "warm-up skipped (OutOfMemoryError at 64x64 batch 1): the first job compiles instead" in logs[0]
+    assert (
+        "warm-up skipped (OutOfMemoryError at 64x64 batch 1): the first job compiles instead"
+        in logs[0]
+    )
     torch._dynamo.reset()
 
 
@@ -313,14 +333,21 @@ def test_sdxl_warm_up_compiles_what_its_jobs_call(tmp_path):
     torch._dynamo.reset()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(  # the SDXL UNet's kind of blocks, tiny
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-        addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=8 * 6 + 32, transformer_layers_per_block=(1, 2),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + 32,
+        transformer_layers_per_block=(1, 2),
     ).eval()
     pipe = types.SimpleNamespace(
-        unet=unet, vae_scale_factor=8,
+        unet=unet,
+        vae_scale_factor=8,
         text_encoder_2=types.SimpleNamespace(config=types.SimpleNamespace(projection_dim=32)),
     )
     assert fuse_qkv(unet) == 8  # down 1x2, mid 2, up 2x2 transformer layers
@@ -334,7 +361,11 @@ def test_sdxl_warm_up_compiles_what_its_jobs_call(tmp_path):
         with torch.inference_mode():
             text = torch.randn(2, tokens, 32)
             ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
-            unet(torch.randn(2, 4, 8, 8), torch.tensor(500.0), encoder_hidden_states=text,
-                 added_cond_kwargs={"text_embeds": torch.randn(2, 32), "time_ids": ids})
+            unet(
+                torch.randn(2, 4, 8, 8),
+                torch.tensor(500.0),
+                encoder_hidden_states=text,
+                added_cond_kwargs={"text_embeds": torch.randn(2, 32), "time_ids": ids},
+            )
     assert backend.graphs == compiled
     torch._dynamo.reset()

@@ -55,10 +55,16 @@ EVIL = "a cat\x1b]52;c;aGVsbG8=\x07\x1b[2J\x1b]8;;http://x\x07link\x1b]8;;\x07\r
 CONTROL = ("\x1b", "\x07", "\x9b")
 
 
-def sdtui(env: dict[str, str], *args: str | bytes, timeout: float = 180) -> subprocess.CompletedProcess:
+def sdtui(
+    env: dict[str, str], *args: str | bytes, timeout: float = 180
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sdtui", *args], env=env, capture_output=True, text=True,
-        timeout=timeout, errors="surrogateescape",
+        [sys.executable, "-m", "sdtui", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        errors="surrogateescape",
     )
 
 
@@ -83,14 +89,25 @@ def chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_bytes(width: int, height: int, *, before: list[bytes] = (), after: list[bytes] = (), idat: bytes | None = None) -> bytes:
+def png_bytes(
+    width: int,
+    height: int,
+    *,
+    before: list[bytes] = (),
+    after: list[bytes] = (),
+    idat: bytes | None = None,
+) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
     if idat is None:
         row = b"\x00" + b"\x00" * ((width + 7) // 8)
         idat = zlib.compress(row * height, 9)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + b"".join(before) + chunk(b"IDAT", idat)
-        + b"".join(after) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + b"".join(before)
+        + chunk(b"IDAT", idat)
+        + b"".join(after)
+        + chunk(b"IEND", b"")
     )
 
 
@@ -117,7 +134,9 @@ def test_info_shows_escape_sequences_instead_of_sending_them(env, tmp_path):
     proc = sdtui(env, "info", str(path), "--json")
     assert proc.returncode == 0
     no_controls(proc.stdout)
-    assert json.loads(proc.stdout)["prompt"].startswith("a cat\x1b]52;")  # the data is kept, escaped
+    assert json.loads(proc.stdout)["prompt"].startswith(
+        "a cat\x1b]52;"
+    )  # the data is kept, escaped
 
 
 def test_info_shows_escapes_in_an_exif_user_comment(env, tmp_path):
@@ -135,7 +154,9 @@ def test_models_shows_a_hostile_file_name_on_one_row(env, tmp_path):
     folder = tmp_path / "home" / "models" / "Stable-diffusion"
     folder.mkdir(parents=True)
     header = json.dumps({"__metadata__": {}}).encode()
-    (folder / "evil\x1b[2J\nfake-row.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    (folder / "evil\x1b[2J\nfake-row.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header
+    )
     proc = sdtui(env, "models")
     assert proc.returncode == 0, proc.stderr
     no_controls(proc.stdout + proc.stderr)
@@ -176,7 +197,9 @@ def test_a_huge_init_image_is_refused_by_a_limit_the_user_can_raise(env, tmp_pat
     path = tmp_path / "huge.png"
     Image.new("1", (12000, 12000)).save(path)
     assert path.stat().st_size < 60_000  # kilobytes on disk, 432 MB as RGB
-    err = clean_failure(sdtui(env, "generate", "x", "--demo", "--init-image", str(path)), "huge.png", "12000x12000")
+    err = clean_failure(
+        sdtui(env, "generate", "x", "--demo", "--init-image", str(path)), "huge.png", "12000x12000"
+    )
     assert "max_image_megapixels" in err and "64 MP" in err
     # the same check with the limit raised passes (read_infotext-free: header only, no engine)
     from sdtui.cli import _check_init_image
@@ -217,8 +240,11 @@ def test_a_closed_pipe_is_not_a_traceback(env, tmp_path):
     for i in range(3000):  # more than a pipe holds, so the writer meets the closed pipe
         (folder / f"lora-with-a-long-name-{i:05}.safetensors").write_bytes(b"")
     proc = subprocess.run(
-        ["bash", "-c", f"{sys.executable} -m sdtui models | head -1"], env=env,
-        capture_output=True, text=True, timeout=120,
+        ["bash", "-c", f"{sys.executable} -m sdtui models | head -1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "BrokenPipe" not in proc.stderr
@@ -232,28 +258,34 @@ def test_a_prompt_that_is_not_utf8_is_refused_before_the_engine(env):
     clean_failure(proc, "not UTF-8", code=2)
 
 
-@pytest.mark.parametrize("flag, value, words", [
-    ("--width", "0", "width 0"),
-    ("--height", "0", "height 0"),
-    ("--hires", "0", "hires"),
-])
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--width", "0", "width 0"),
+        ("--height", "0", "height 0"),
+        ("--hires", "0", "hires"),
+    ],
+)
 def test_zero_is_refused_not_replaced(env, flag, value, words):
     clean_failure(sdtui(env, "generate", "x", "--demo", flag, value, timeout=60), words, code=2)
 
 
-@pytest.mark.parametrize("text, words", [
-    ('preview_every = "abc"', "preview_every"),
-    ("preview_every = inf", "preview_every"),
-    ("preview_every = -3", "preview_every"),
-    ("models_dir = {a = 1}", "models_dir in"),
-    ("models_dir = 123", "folder path in quotes"),
-    ("outputs_dir = true", "outputs_dir"),
-    ("device = 5", "give text in quotes"),
-    ("daemon_idle_minutes = nan", "daemon_idle_minutes"),
-    ("max_image_megapixels = 0", "max_image_megapixels"),
-    (b'default_model = "\xff"', "not UTF-8"),
-    (None, "is a folder"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('preview_every = "abc"', "preview_every"),
+        ("preview_every = inf", "preview_every"),
+        ("preview_every = -3", "preview_every"),
+        ("models_dir = {a = 1}", "models_dir in"),
+        ("models_dir = 123", "folder path in quotes"),
+        ("outputs_dir = true", "outputs_dir"),
+        ("device = 5", "give text in quotes"),
+        ("daemon_idle_minutes = nan", "daemon_idle_minutes"),
+        ("max_image_megapixels = 0", "max_image_megapixels"),
+        (b'default_model = "\xff"', "not UTF-8"),
+        (None, "is a folder"),
+    ],
+)
 def test_bad_settings_files(env, tmp_path, text, words):
     cfg = Path(env["SDTUI_CONFIG"])
     if text is None:
@@ -281,8 +313,20 @@ def test_settings_take_the_right_types(tmp_path, monkeypatch):
 def test_seeds_past_2_32_as_a1111_and_they_read_back(env, tmp_path, demo_model):
     # A1111 (modules/processing.py, process_images_inner): all_seeds = [int(seed) + x ...],
     # no wrap-around; torch's generator takes 64-bit seeds.
-    proc = sdtui(env, "generate", "x", "--demo", "--seed", "4294967294", "--batch-size", "4",
-                 "--size", "64x64", "--steps", "1")
+    proc = sdtui(
+        env,
+        "generate",
+        "x",
+        "--demo",
+        "--seed",
+        "4294967294",
+        "--batch-size",
+        "4",
+        "--size",
+        "64x64",
+        "--steps",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     paths = [Path(p) for p in proc.stdout.split()][:4]
     assert [p.name for p in paths] == [f"{i:05}-{4294967294 + i}.png" for i in range(4)]
@@ -294,14 +338,45 @@ def test_seeds_past_2_32_as_a1111_and_they_read_back(env, tmp_path, demo_model):
 
 def test_generated_infotexts_read_back_valid(env, tmp_path, demo_model):
     """Every kind of image sdtui writes can be regenerated from its own infotext."""
-    proc = sdtui(env, "generate", "x", "--demo", "--size", "64x64", "--steps", "2", "--hires", "1.5",
-                 "--hires-steps", "1", "--clip-skip", "2", "--variation-seed", "5",
-                 "--variation-strength", "0.3", "--seed", "9")
+    proc = sdtui(
+        env,
+        "generate",
+        "x",
+        "--demo",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--hires",
+        "1.5",
+        "--hires-steps",
+        "1",
+        "--clip-skip",
+        "2",
+        "--variation-seed",
+        "5",
+        "--variation-strength",
+        "0.3",
+        "--seed",
+        "9",
+    )
     assert proc.returncode == 0, proc.stderr
     first = Path(proc.stdout.split()[0])
     params_from_image(first).validated()
-    proc = sdtui(env, "generate", "y", "--demo", "--init-image", str(first), "--size", "64x64",
-                 "--steps", "2", "--denoise", "0.5")
+    proc = sdtui(
+        env,
+        "generate",
+        "y",
+        "--demo",
+        "--init-image",
+        str(first),
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--denoise",
+        "0.5",
+    )
     assert proc.returncode == 0, proc.stderr
     params_from_image(Path(proc.stdout.split()[0])).validated()
 
@@ -309,8 +384,12 @@ def test_generated_infotexts_read_back_valid(env, tmp_path, demo_model):
 def test_bad_values_in_an_infotext_are_named_and_the_rest_loads():
     from sdtui.params import GenerationParams
 
-    parsed = parse_infotext("a cat\nSteps: -5, Sampler: Euler, CFG scale: 6, Seed: 3, Size: 0x0, Denoising strength: abc")
-    params, problems = GenerationParams.from_infotext_checked(parsed.prompt, parsed.negative_prompt, parsed.pairs)
+    parsed = parse_infotext(
+        "a cat\nSteps: -5, Sampler: Euler, CFG scale: 6, Seed: 3, Size: 0x0, Denoising strength: abc"
+    )
+    params, problems = GenerationParams.from_infotext_checked(
+        parsed.prompt, parsed.negative_prompt, parsed.pairs
+    )
     assert params.cfg_scale == 6 and params.seed == 3 and params.sampler == "Euler"
     assert params.steps == GenerationParams().steps and (params.width, params.height) == (512, 512)
     text = " | ".join(problems)
@@ -340,7 +419,9 @@ def test_disk_full_names_the_next_file(tmp_path, monkeypatch):
 def test_upscale_to_a_size_over_the_limit(env, tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGB", (16, 16)).save(path)
-    err = clean_failure(sdtui(env, "upscale", str(path), "--to", "16384x16384", timeout=60), "16384x16384")
+    err = clean_failure(
+        sdtui(env, "upscale", str(path), "--to", "16384x16384", timeout=60), "16384x16384"
+    )
     assert "max_image_megapixels" in err
 
 
@@ -371,10 +452,28 @@ def test_a_folder_upscale_with_failures_exits_1_and_names_them(env, tmp_path, de
 def test_the_cli_speaks_cli_when_the_daemon_dies(env, tmp_path, demo_model):
     import psutil
 
-    env = {**env, "SDTUI_RUNTIME_DIR": str(tmp_path / "rt"), "SDTUI_STATE_DIR": str(tmp_path / "st")}
+    env = {
+        **env,
+        "SDTUI_RUNTIME_DIR": str(tmp_path / "rt"),
+        "SDTUI_STATE_DIR": str(tmp_path / "st"),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sdtui", "generate", "x", "--demo", "--steps", "400", "--size", "128x128"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sdtui",
+            "generate",
+            "x",
+            "--demo",
+            "--steps",
+            "400",
+            "--size",
+            "128x128",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     info_file = tmp_path / "rt" / "daemon.json"
     deadline = time.monotonic() + 120
@@ -404,7 +503,18 @@ def test_png_chunk_fuzz(tmp_path):
     read_infotext: text, None, or one UserError line naming the file; nothing else."""
     rng = random.Random(1234)
     base_text = chunk(b"tEXt", b"parameters\x00a cat\nSteps: 20, Seed: 1")
-    kinds = [b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"IHDR", b"IDAT", b"PLTE", b"tIME", b"pHYs", b"acTL"]
+    kinds = [
+        b"tEXt",
+        b"zTXt",
+        b"iTXt",
+        b"eXIf",
+        b"IHDR",
+        b"IDAT",
+        b"PLTE",
+        b"tIME",
+        b"pHYs",
+        b"acTL",
+    ]
     cases = 0
     for i in range(400):
         before: list[bytes] = []
@@ -416,7 +526,9 @@ def test_png_chunk_fuzz(tmp_path):
                 payload = b"parameters\x00" + payload
             (before if rng.random() < 0.5 else after).append(chunk(kind, payload))
         before.append(base_text)
-        data = bytearray(png_bytes(rng.choice([1, 8, 64]), rng.choice([1, 8, 64]), before=before, after=after))
+        data = bytearray(
+            png_bytes(rng.choice([1, 8, 64]), rng.choice([1, 8, 64]), before=before, after=after)
+        )
         mutation = rng.randrange(4)
         if mutation == 1:
             for _ in range(rng.randrange(1, 8)):
@@ -425,7 +537,9 @@ def test_png_chunk_fuzz(tmp_path):
             data = data[: rng.randrange(8, len(data))]
         elif mutation == 3:  # a lying length field somewhere
             at = rng.randrange(8, max(9, len(data) - 4))
-            data[at : at + 4] = struct.pack(">I", rng.choice([0, 2**31 - 1, 2**32 - 1, rng.randrange(2**20)]))
+            data[at : at + 4] = struct.pack(
+                ">I", rng.choice([0, 2**31 - 1, 2**32 - 1, rng.randrange(2**20)])
+            )
         path = tmp_path / f"fuzz-{i}.png"
         path.write_bytes(bytes(data))
         try:

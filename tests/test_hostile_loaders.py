@@ -149,7 +149,10 @@ def _tiny_weights() -> dict[str, torch.Tensor]:
 def _sd15(path: Path) -> Path:
     """The two tensors that make a file "SD1" to the family detection (0.5 MB)."""
     f16 = torch.float16
-    save_file({CONV_IN: torch.zeros(320, 4, 3, 3, dtype=f16), ATTN2: torch.zeros(320, 768, dtype=f16)}, str(path))
+    save_file(
+        {CONV_IN: torch.zeros(320, 4, 3, 3, dtype=f16), ATTN2: torch.zeros(320, 768, dtype=f16)},
+        str(path),
+    )
     return path
 
 
@@ -305,7 +308,10 @@ BOMBS = {
     "binput_put_text": (b"(dp99999999999\n.", "asks for memo slot 99,999,999,999"),
     "binbytes8": (b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"x" * 16 + b".", "claims 4,611,"),
     "binunicode8": (b"\x80\x04\x8d" + struct.pack("<Q", 2**62) + b"x" * 16 + b".", "claims 4,611,"),
-    "frame": (b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N.", "claims a 1,099,511,627,776-byte frame"),
+    "frame": (
+        b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N.",
+        "claims a 1,099,511,627,776-byte frame",
+    ),
 }
 
 
@@ -416,7 +422,10 @@ BAD_HEADERS: dict[str, tuple[bytes, str]] = {
     "bool dim": (json.dumps(_with("shape", [True, 4, 3, 3])).encode(), "has no valid shape"),
     "negative dim": (json.dumps(_with("shape", [-1, 4, 3, 3])).encode(), "has no valid shape"),
     "string offsets": (json.dumps(_with("data_offsets", "0-0")).encode(), "invalid data offsets"),
-    "reversed offsets": (json.dumps(_with("data_offsets", [5, 1])).encode(), "invalid data offsets"),
+    "reversed offsets": (
+        json.dumps(_with("data_offsets", [5, 1])).encode(),
+        "invalid data offsets",
+    ),
     "inf offset": (
         json.dumps(_with("data_offsets", [0, 1])).replace("[0, 1]", "[0, 1e400]").encode(),
         "invalid data offsets",
@@ -467,7 +476,9 @@ def test_offsets_past_the_file_and_offsets_that_do_not_fit(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("shape", [(), (320,)])
-def test_scalar_or_flat_unet_input_is_named_not_indexed(shape: tuple[int, ...], tmp_path: Path) -> None:
+def test_scalar_or_flat_unet_input_is_named_not_indexed(
+    shape: tuple[int, ...], tmp_path: Path
+) -> None:
     sd = tmp_path / "Stable-diffusion"
     sd.mkdir()
     path = sd / "flat.safetensors"
@@ -535,8 +546,14 @@ def test_protocol_0_pickle_calling_os_system_is_refused_not_called_text(tmp_path
 @pytest.mark.parametrize(
     ("raw", "culprit"),
     [
-        (b"\x80\x02ccodecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00nope\x86R.", "codecs.encode"),
-        (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00nope\x86R.", "_codecs.encode"),
+        (
+            b"\x80\x02ccodecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00nope\x86R.",
+            "codecs.encode",
+        ),
+        (
+            b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00nope\x86R.",
+            "_codecs.encode",
+        ),
         (b"\x80\x02c_codecs\nencode\nK\x01K\x02\x86R.", "_codecs.encode"),
     ],
 )
@@ -611,7 +628,13 @@ def test_one_bad_file_does_not_hide_the_others(tmp_path: Path) -> None:
     (sd / "broken-diffusers" / "model_index.json").write_bytes(b"[" * 10_000)
     entries = {e.name: e for e in discover_models(models)}
     assert sorted(entries) == [
-        "bomb", "broken-diffusers", "deep", "good", "null", "sd15", "text",
+        "bomb",
+        "broken-diffusers",
+        "deep",
+        "good",
+        "null",
+        "sd15",
+        "text",
     ]
     assert entries["sd15"].family == "SD1" and entries["sd15"].error is None
     assert entries["good"].family == "?"  # unknown width: listed, with the reason
@@ -783,7 +806,10 @@ def test_sdtui_models_cli_lists_good_and_flags_bad(tmp_path: Path) -> None:
     os.mkfifo(sd / "pipe.ckpt")
     env = {**os.environ, "SDTUI_HOME": str(home), "SDTUI_CONFIG": str(tmp_path / "c.toml")}
     proc = subprocess.run(
-        [sys.executable, "-m", "sdtui", "models"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "sdtui", "models"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
@@ -822,7 +848,9 @@ def _random_json(rng: random.Random, depth: int = 0) -> Any:
     if kind == 6:
         return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
     if kind == 7:
-        return {str(rng.randrange(5)): _random_json(rng, depth + 1) for _ in range(rng.randrange(3))}
+        return {
+            str(rng.randrange(5)): _random_json(rng, depth + 1) for _ in range(rng.randrange(3))
+        }
     return [rng.randrange(400) for _ in range(rng.randrange(5))]
 
 

@@ -139,9 +139,7 @@ def test_no_import_cycle_in_the_engine_or_the_torch_free_core() -> None:
     import grimp
 
     graph = grimp.build_graph("sdtui", cache_dir=None)
-    modules = {
-        m for m in graph.modules if not m.startswith(("sdtui.tui", "sdtui.cli"))
-    }
+    modules = {m for m in graph.modules if not m.startswith(("sdtui.tui", "sdtui.cli"))}
     imports = {m: graph.find_modules_directly_imported_by(m) & modules for m in modules}
     cycles = _import_cycles(modules, imports)
     detail = [

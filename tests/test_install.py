@@ -30,7 +30,9 @@ def _copy_source(dest: Path) -> None:
     stale build/ folder."""
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "sdtui", dest / "sdtui", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "sdtui", dest / "sdtui", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
 
 
 def _build_wheel(tmp_path: Path) -> Path:
@@ -40,9 +42,23 @@ def _build_wheel(tmp_path: Path) -> Path:
     _copy_source(src)
     out = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "-q", "-w", str(out), str(src)],
-        check=True, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     (wheel,) = out.glob("sdtui-*.whl")
     return wheel
@@ -73,25 +89,38 @@ def test_the_wheel_holds_the_package_data_the_license_and_one_version(wheel: Pat
     assert f"\nVersion: {sdtui.__version__}\n" in meta
     assert "\nRequires-Python: >=3.11\n" in meta
     assert "\nLicense-Expression: MIT\n" in meta
-    entry = zipfile.ZipFile(wheel).read(f"sdtui-{sdtui.__version__}.dist-info/entry_points.txt").decode()
+    entry = (
+        zipfile.ZipFile(wheel)
+        .read(f"sdtui-{sdtui.__version__}.dist-info/entry_points.txt")
+        .decode()
+    )
     assert "sdtui = sdtui.cli:main" in entry
 
 
-def test_a_tool_install_of_the_wheel_runs_sdtui(wheel: Path, tmp_path: Path, env: dict[str, str]) -> None:
+def test_a_tool_install_of_the_wheel_runs_sdtui(
+    wheel: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
     tool = tmp_path / "tool"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tool)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tool)], check=True, timeout=120
+    )
     bindir = tool / ("Scripts" if os.name == "nt" else "bin")
     python = bindir / ("python.exe" if os.name == "nt" else "python")
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout.strip()
     here = sysconfig.get_paths()["purelib"]  # this venv's: torch, diffusers, textual, ...
     Path(purelib, "sdtui-test-deps.pth").write_text(here + "\n", encoding="utf-8")
 
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "Downloading" not in installed.stdout
@@ -99,20 +128,45 @@ def test_a_tool_install_of_the_wheel_runs_sdtui(wheel: Path, tmp_path: Path, env
     run_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     sdtui_cmd = bindir / ("sdtui.exe" if os.name == "nt" else "sdtui")
     version = subprocess.run(
-        [str(sdtui_cmd), "--version"], capture_output=True, text=True, timeout=60, env=run_env, cwd=tmp_path
+        [str(sdtui_cmd), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=run_env,
+        cwd=tmp_path,
     )
     assert version.stdout.strip() == f"sdtui {sdtui.__version__}", version.stdout + version.stderr
 
     where = subprocess.run(
         [str(python), "-c", "import sdtui; print(sdtui.__file__)"],
-        capture_output=True, text=True, timeout=60, env=run_env, cwd=tmp_path, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=run_env,
+        cwd=tmp_path,
+        check=True,
     ).stdout.strip()
     assert Path(where).is_relative_to(tool), f"sdtui came from {where}, not from the wheel"
 
     made = subprocess.run(
-        [str(sdtui_cmd), "generate", "--demo", "a cat", "--no-daemon", "--steps", "2", "--size", "64x64",
-         "--seed", "7"],
-        capture_output=True, text=True, timeout=300, env=run_env, cwd=tmp_path,
+        [
+            str(sdtui_cmd),
+            "generate",
+            "--demo",
+            "a cat",
+            "--no-daemon",
+            "--steps",
+            "2",
+            "--size",
+            "64x64",
+            "--seed",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=run_env,
+        cwd=tmp_path,
     )
     assert made.returncode == 0, made.stdout + made.stderr
     (png,) = re.findall(r"^(/.*\.png)$", made.stdout, re.M)

@@ -29,7 +29,12 @@ from sdtui.params import GenerationParams  # noqa: E402
 from sdtui.prompt_schedule import split_and  # noqa: E402
 
 S = 0.5  # the Gaussian data's standard deviation
-SD15 = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
+SD15 = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+}
 
 
 def _gauss_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -42,9 +47,16 @@ def _sigmas(sampler: str, steps: int) -> torch.Tensor:
     return a1111_sigmas(sampler, "Karras", steps, ac).float()
 
 
-@pytest.mark.parametrize("sampler, steps, tol", [
-    ("Euler", 60, 0.03), ("Heun", 20, 0.02), ("DPM2", 20, 0.02), ("LMS", 30, 0.02), ("DPM++ 2M", 20, 0.02),
-])
+@pytest.mark.parametrize(
+    "sampler, steps, tol",
+    [
+        ("Euler", 60, 0.03),
+        ("Heun", 20, 0.02),
+        ("DPM2", 20, 0.02),
+        ("LMS", 30, 0.02),
+        ("DPM++ 2M", 20, 0.02),
+    ],
+)
 def test_deterministic_samplers_solve_the_ode(sampler: str, steps: int, tol: float) -> None:
     sigmas = _sigmas(sampler, steps)
     x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -74,6 +86,7 @@ def test_stochastic_samplers_end_at_the_datas_spread(sampler: str) -> None:
 
 def test_timestep_samplers_solve_the_ode() -> None:
     ac = _ldm_alphas_cumprod(SD15, torch.zeros(1000)).float()
+
     # the data N(0, S^2) again, as the noise predictor of the DDPM form x = sqrt(a) x0 + sqrt(1-a) e
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = ac[t.long()].view(-1, 1, 1, 1)
@@ -89,6 +102,7 @@ def test_timestep_samplers_solve_the_ode() -> None:
         a_end, a_start = ac[timesteps[0]], ac[timesteps[-1]]
         exact = x_t * ((a_end * S**2 + 1 - a_end) / (a_start * S**2 + 1 - a_start)) ** 0.5
         assert float((out - exact).abs().max() / exact.abs().max()) < tol
+
     # UniPC: from continuous t=1 (the model's last timestep, 999) to t=1/N (timestep 0)
     def eps_cont(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t may be fractional
         lo = t.floor().long().clamp(0, 998)
@@ -110,8 +124,13 @@ def test_timestep_samplers_solve_the_ode() -> None:
         out = ksampling.unipc(eps_cont, x_t, torch.arange(steps), ac)
         errors.append(float((out - exact).abs().max() / exact.abs().max()))
         ref = diffusers.UniPCMultistepScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, solver_type="bh1",
-            solver_order=3, timestep_spacing="linspace", final_sigmas_type="sigma_min",
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            solver_type="bh1",
+            solver_order=3,
+            timestep_spacing="linspace",
+            final_sigmas_type="sigma_min",
         )
         ref.set_timesteps(steps)
         x = x_t.clone()
@@ -205,7 +224,9 @@ def test_and_weights_each_parts_guidance(session: Any) -> None:
 TINY = dict(width=64, height=64, steps=5, prompt="a red barn", seed=21, preview_every=0)
 
 
-def _calls(session: Any, params: GenerationParams, out: Path) -> tuple[Any, list[tuple[torch.Tensor, float]]]:
+def _calls(
+    session: Any, params: GenerationParams, out: Path
+) -> tuple[Any, list[tuple[torch.Tensor, float]]]:
     seen: list = []
 
     def hook(mod: Any, args: Any, kwargs: Any) -> None:
@@ -221,22 +242,29 @@ def _calls(session: Any, params: GenerationParams, out: Path) -> tuple[Any, list
     return done, seen
 
 
-@pytest.mark.parametrize("sampler, timesteps", [
-    # 5 steps: timesteps [1, 201, 401, 601, 801]; DDIM runs 4, PLMS calls 601 twice
-    ("DDIM", [801, 601, 401, 201]),
-    ("PLMS", [801, 601, 601, 401, 201]),
-    # UniPC: len(timesteps) = 5 steps over t = linspace(1, 1/1000, 6); the model sees
-    # (t - 1/1000) * 1000; the last step has no corrector call
-    ("UniPC", [999.0, 799.2, 599.4, 399.6, 199.8]),
-])
-def test_ddim_and_plms_call_the_model_as_a1111(session: Any, tmp_path: Path, sampler: str, timesteps: list) -> None:
+@pytest.mark.parametrize(
+    "sampler, timesteps",
+    [
+        # 5 steps: timesteps [1, 201, 401, 601, 801]; DDIM runs 4, PLMS calls 601 twice
+        ("DDIM", [801, 601, 401, 201]),
+        ("PLMS", [801, 601, 601, 401, 201]),
+        # UniPC: len(timesteps) = 5 steps over t = linspace(1, 1/1000, 6); the model sees
+        # (t - 1/1000) * 1000; the last step has no corrector call
+        ("UniPC", [999.0, 799.2, 599.4, 399.6, 199.8]),
+    ],
+)
+def test_ddim_and_plms_call_the_model_as_a1111(
+    session: Any, tmp_path: Path, sampler: str, timesteps: list
+) -> None:
     done, seen = _calls(session, GenerationParams(**TINY, sampler=sampler), tmp_path)
     assert len(done.paths) == 1
     assert [t for _, t in seen] == pytest.approx(timesteps, abs=1e-3)
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.4])
-def test_img2img_starts_from_the_seeds_first_draw(session: Any, tmp_path: Path, strength: float) -> None:
+def test_img2img_starts_from_the_seeds_first_draw(
+    session: Any, tmp_path: Path, strength: float
+) -> None:
     """A1111 img2img: ``noise = rng.next()`` (the first draw, with the variation seed mixed
     in), ``xi = init + noise * sigma_sched[0]`` (sd_samplers_kdiffusion.sample_img2img)."""
     from sdtui.engine.generate import encode_images, make_noise
@@ -244,8 +272,12 @@ def test_img2img_starts_from_the_seeds_first_draw(session: Any, tmp_path: Path, 
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (120, 60, 30)).save(init)
     params = GenerationParams(
-        **{**TINY, "steps": 10}, sampler="Euler", init_image=str(init), denoising_strength=0.5,
-        subseed=99, subseed_strength=strength,
+        **{**TINY, "steps": 10},
+        sampler="Euler",
+        init_image=str(init),
+        denoising_strength=0.5,
+        subseed=99,
+        subseed_strength=strength,
     )
     _, seen = _calls(session, params, tmp_path / "out")
     assert len(seen) == 6  # t_enc + 1 = int(0.5 * 10) + 1
@@ -273,7 +305,9 @@ def test_hires_pass_draws_fresh_noise_at_its_size(session: Any, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("sampler", ["DPM++ 2M SDE", "DPM++ SDE", "Euler a", "DPM2 a"])
-def test_stochastic_samplers_give_image_i_of_a_batch_alone(session: Any, tmp_path: Path, sampler: str) -> None:
+def test_stochastic_samplers_give_image_i_of_a_batch_alone(
+    session: Any, tmp_path: Path, sampler: str
+) -> None:
     base = {**TINY, "steps": 3, "sampler": sampler}
     batch, _ = run_job(session, GenerationParams(**base, batch_size=2), tmp_path / "b")
     alone, _ = run_job(session, GenerationParams(**{**base, "seed": 22}), tmp_path / "a")
@@ -293,8 +327,13 @@ def test_img2img_variation_and_composable_infotext_exact(session: Any, tmp_path:
     Image.new("RGB", (64, 64), (120, 60, 30)).save(init)
     prompt = "a [cat:dog:0.5] AND a hat:0.5"
     params = GenerationParams(
-        **{**TINY, "prompt": prompt, "steps": 4}, negative_prompt="ugly", sampler="DDIM",
-        init_image=str(init), denoising_strength=0.5, subseed=9, subseed_strength=0.3,
+        **{**TINY, "prompt": prompt, "steps": 4},
+        negative_prompt="ugly",
+        sampler="DDIM",
+        init_image=str(init),
+        denoising_strength=0.5,
+        subseed=9,
+        subseed_strength=0.3,
         batch_size=2,
     )
     done, _ = run_job(session, params, tmp_path / "out")
@@ -321,14 +360,27 @@ def test_prompt_editing_switches_inside_the_hires_pass(session: Any, tmp_path: P
     )
     try:
         params = GenerationParams(
-            **{**TINY, "prompt": "[cat:dog:1.5]", "steps": 2}, sampler="Euler", enable_hr=True,
-            hr_scale=1.0, hr_second_pass_steps=4, hr_denoising_strength=0.5,
+            **{**TINY, "prompt": "[cat:dog:1.5]", "steps": 2},
+            sampler="Euler",
+            enable_hr=True,
+            hr_scale=1.0,
+            hr_second_pass_steps=4,
+            hr_denoising_strength=0.5,
         )
         done, _ = run_job(session, params, tmp_path)
     finally:
         handle.remove()
     assert len(done.paths) == 1 and len(states) == 2 + 4
-    want = {t: encode_prompts(pipe, t, "", device="cpu")["prompt_embeds"][0] for t in ("cat", "dog")}
-    seen = ["cat" if torch.allclose(z, want["cat"], atol=1e-5) else "dog" if torch.allclose(z, want["dog"], atol=1e-5) else "?" for z in states]
+    want = {
+        t: encode_prompts(pipe, t, "", device="cpu")["prompt_embeds"][0] for t in ("cat", "dog")
+    }
+    seen = [
+        "cat"
+        if torch.allclose(z, want["cat"], atol=1e-5)
+        else "dog"
+        if torch.allclose(z, want["dog"], atol=1e-5)
+        else "?"
+        for z in states
+    ]
     # first pass: 2 calls of "cat"; hires pass: schedule [[2, cat], [4, dog]] over calls 0..3
     assert seen == ["cat", "cat", "cat", "cat", "cat", "dog"]

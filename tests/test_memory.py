@@ -368,12 +368,19 @@ def test_the_engine_sets_its_defaults_and_keeps_the_users(monkeypatch, tmp_path)
     import os
 
     ctx = mp.get_context("spawn")
-    ours = (os.path.join(os.environ["SDTUI_CACHE_DIR"], "torchinductor"))
+    ours = os.path.join(os.environ["SDTUI_CACHE_DIR"], "torchinductor")
     for alloc, inductor, expected in (
-        ("garbage_collection_threshold:0.6", str(tmp_path), ("garbage_collection_threshold:0.6", str(tmp_path))),
+        (
+            "garbage_collection_threshold:0.6",
+            str(tmp_path),
+            ("garbage_collection_threshold:0.6", str(tmp_path)),
+        ),
         (None, None, ("expandable_segments:True", ours)),
     ):
-        for name, value in (("PYTORCH_CUDA_ALLOC_CONF", alloc), ("TORCHINDUCTOR_CACHE_DIR", inductor)):
+        for name, value in (
+            ("PYTORCH_CUDA_ALLOC_CONF", alloc),
+            ("TORCHINDUCTOR_CACHE_DIR", inductor),
+        ):
             if value is None:
                 monkeypatch.delenv(name, raising=False)
             else:

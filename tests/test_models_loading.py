@@ -722,8 +722,14 @@ def _sdxl_shapes(**extra: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """The names and shapes detect_family reads, at real SDXL base widths."""
     return {
         "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
-        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
-        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (
+            640,
+            2048,
+        ),
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (
+            49408,
+            768,
+        ),
         "conditioner.embedders.1.model.token_embedding.weight": (49408, 1280),
         **extra,
     }
@@ -733,7 +739,11 @@ def test_sdxl_v_pred_and_ztsnr_markers_are_detected_and_listed() -> None:
     plain = detect_family(_sdxl_shapes())
     assert (plain.v_prediction, plain.zero_terminal_snr, plain.label) == (None, False, "SDXL")
     vpred = detect_family(_sdxl_shapes(v_pred=(0,)))
-    assert (vpred.v_prediction, vpred.zero_terminal_snr, vpred.label) == (True, False, "SDXL v-pred")
+    assert (vpred.v_prediction, vpred.zero_terminal_snr, vpred.label) == (
+        True,
+        False,
+        "SDXL v-pred",
+    )
     both = detect_family(_sdxl_shapes(v_pred=(0,), ztsnr=(0,)))
     assert both.label == "SDXL v-pred ztsnr" and both.config == "sdxl-base"
     # Pony and Illustrious carry no markers: plain SDXL
@@ -754,7 +764,9 @@ def test_zero_terminal_snr_is_a1111s_schedule() -> None:
     slope = (s[1:] - s[:-1]) / (s0[1:] - s0[:-1])
     assert torch.allclose(slope, slope[0].expand_as(slope), rtol=1e-6)
     sigmas = a1111_sigmas("Euler", "Normal", 10, ac)
-    assert float(sigmas[0]) == pytest.approx(((1 - ZTSNR_LAST_ALPHA_BAR) / ZTSNR_LAST_ALPHA_BAR) ** 0.5, rel=1e-9)
+    assert float(sigmas[0]) == pytest.approx(
+        ((1 - ZTSNR_LAST_ALPHA_BAR) / ZTSNR_LAST_ALPHA_BAR) ** 0.5, rel=1e-9
+    )
     assert float(sigmas[-2]) == pytest.approx(0.0292, abs=1e-4)  # the low end is the model's own
 
 
@@ -768,18 +780,26 @@ def test_sdxl_v_pred_ztsnr_single_file_loads_with_its_schedule(tmp_path, monkeyp
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=2,
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 48,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 48,
         cross_attention_dim=32 + 48,
     )
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir("sdtui-demo") / "vae"))
     te1 = CLIPTextModel(_tiny_text_config("quick_gelu"))
     te2 = CLIPTextModelWithProjection(_tiny_text_config("gelu", hidden=48))
     folder = _tiny_config_folder(
-        tmp_path, "sdxl-base", {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2}
+        tmp_path,
+        "sdxl-base",
+        {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2},
     )
     path = tmp_path / "tiny-xl-vpred.safetensors"
     state = stable_diffusion_to_ldm(unet, vae, te1, te2)
@@ -787,7 +807,11 @@ def test_sdxl_v_pred_ztsnr_single_file_loads_with_its_schedule(tmp_path, monkeyp
     save_file(state, path)
     # the tiny widths are not a real SDXL's: the classifier's width check is bypassed, the
     # markers are read by the same function detect_family uses
-    monkeypatch.setattr(models, "detect_family", lambda shapes: with_markers(ModelFamily("SDXL", "sdxl-base"), shapes))
+    monkeypatch.setattr(
+        models,
+        "detect_family",
+        lambda shapes: with_markers(ModelFamily("SDXL", "sdxl-base"), shapes),
+    )
     monkeypatch.setattr(models, "config_dir", lambda name: folder)
 
     loaded = load_pipeline(path)
@@ -802,13 +826,22 @@ def test_sdxl_v_pred_ztsnr_single_file_loads_with_its_schedule(tmp_path, monkeyp
     conds = encode_job_conds(pipe, PROMPT, "", 3, device="cpu")
     config = dict(pipe.scheduler.config)
     denoiser = Denoiser(
-        pipe.unet, conds, 5.0, scheduler_config=config, alphas_cumprod=pipe.scheduler.alphas_cumprod,
-        device=torch.device("cpu"), size=(64, 64),
+        pipe.unet,
+        conds,
+        5.0,
+        scheduler_config=config,
+        alphas_cumprod=pipe.scheduler.alphas_cumprod,
+        device=torch.device("cpu"),
+        size=(64, 64),
     )
-    assert denoiser.v and float(denoiser.alphas_cumprod[-1]) == pytest.approx(4.8973451890853435e-08)
+    assert denoiser.v and float(denoiser.alphas_cumprod[-1]) == pytest.approx(
+        4.8973451890853435e-08
+    )
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 4, 8, 8, generator=gen)
-    out = sample(denoiser, Plan("Euler a", "Automatic", 3, 3, 5.0, 64, 64), noise, [gen], None, config)
+    out = sample(
+        denoiser, Plan("Euler a", "Automatic", 3, 3, 5.0, 64, 64), noise, [gen], None, config
+    )
     assert torch.isfinite(out).all()
     # and the infotext says so, as A1111's apply_alpha_schedule_override does
     from sdtui.engine.session import ModelSession

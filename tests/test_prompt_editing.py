@@ -236,7 +236,9 @@ def test_editing_encodes_each_distinct_text_once_and_switches_at_the_right_step(
     assert not torch.allclose(states[2][0], states[3][0])
 
 
-def test_a_schedule_that_never_changes_gives_the_plain_prompts_image(session: Any, tmp_path: Path) -> None:
+def test_a_schedule_that_never_changes_gives_the_plain_prompts_image(
+    session: Any, tmp_path: Path
+) -> None:
     import numpy as np
     from PIL import Image
 
@@ -311,7 +313,9 @@ def test_sdxl_switches_embeddings_and_pooled_with_padded_chunks(tmp_path: Path) 
         )
 
     denoiser = Denoiser(
-        pipe.unet, conds, 5.0,
+        pipe.unet,
+        conds,
+        5.0,
         scheduler_config=dict(pipe.scheduler.config),
         alphas_cumprod=pipe.scheduler.alphas_cumprod,
         device=torch.device("cpu"),
@@ -335,7 +339,11 @@ def test_sdxl_switches_embeddings_and_pooled_with_padded_chunks(tmp_path: Path) 
         assert not zu.any() and not pooled_u.any()  # empty negative: zeros, as A1111 on SDXL
         if k <= 2:
             torch.testing.assert_close(z[0, :77], cat["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(pooled[0], cat["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                pooled[0], cat["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5
+            )
         else:
             torch.testing.assert_close(z[0], dog["prompt_embeds"][0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(pooled[0], dog["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                pooled[0], dog["pooled_prompt_embeds"][0], atol=1e-5, rtol=1e-5
+            )

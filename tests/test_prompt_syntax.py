@@ -226,14 +226,18 @@ def test_an_embedding_is_never_split_across_chunks() -> None:
     the next one whole; the chunk it leaves is padded."""
     parsed = [("x", 1.2)]
     emb = (500, 501, 502, 503, 504, 505, 506, 507)  # 8 vectors
-    chunks, count = chunk_prompt(parsed, [[1] * 70 + [emb, 2]], id_start=100, id_end=101, comma_token=9)
+    chunks, count = chunk_prompt(
+        parsed, [[1] * 70 + [emb, 2]], id_start=100, id_end=101, comma_token=9
+    )
     assert len(chunks) == 2
     assert chunks[0].tokens[1:71] == [1] * 70 and chunks[0].tokens[71:] == [101] * 6
     assert chunks[1].tokens[1:10] == [*emb, 2]
     assert chunks[1].multipliers[1:9] == [1.2] * 8
     assert count == 75 + 9
     # one that fits stays
-    chunks, count = chunk_prompt(parsed, [[1] * 60 + [emb]], id_start=100, id_end=101, comma_token=9)
+    chunks, count = chunk_prompt(
+        parsed, [[1] * 60 + [emb]], id_start=100, id_end=101, comma_token=9
+    )
     assert len(chunks) == 1 and count == 68
 
 

@@ -40,10 +40,19 @@ def test_messages_are_frozen_and_cross_a_pipe_unchanged() -> None:
         msg.Log("warning", "disk nearly full", 3),
         msg.EngineStatus("ready", device="cpu", pid=42),
         msg.Submit(5, "generate", GenerationParams(prompt="a dog"), {"outputs_dir": "/o"}),
-        msg.SubmitXYZ(2, XYZParams(GenerationParams(prompt="a cat"), x=("Steps", "10,20"), vary_seeds=(True, False, False))),
+        msg.SubmitXYZ(
+            2,
+            XYZParams(
+                GenerationParams(prompt="a cat"),
+                x=("Steps", "10,20"),
+                vary_seeds=(True, False, False),
+            ),
+        ),
         msg.Submit(6, "xyz", XYZParams(y=("CFG Scale", "5-9 (+2)")), {}),
         msg.Submitted(5, job),
-        msg.DaemonState(None, 1, "0.1.0", 0.0, "/s", "/q", 30.0, (msg.WorkerInfo(0, "cpu", "busy"),), (job,)),
+        msg.DaemonState(
+            None, 1, "0.1.0", 0.0, "/s", "/q", 30.0, (msg.WorkerInfo(0, "cpu", "busy"),), (job,)
+        ),
     ]
     for m in samples:
         assert dataclasses.is_dataclass(m) and type(m).__dataclass_params__.frozen

@@ -91,8 +91,11 @@ def test_a_truncated_real_file_is_named_with_both_sizes(real_file: Path) -> None
         f"cut.safetensors is truncated: {len(data) - 40} B of {len(data)} B — re-download it"
     )
     cut.write_bytes(data[:20])  # inside the JSON
-    with pytest.raises(UserError, match=r"cut\.safetensors is not a valid safetensors file "
-                       r"\(the header says \d+ bytes but the file has 20; it is truncated\)"):
+    with pytest.raises(
+        UserError,
+        match=r"cut\.safetensors is not a valid safetensors file "
+        r"\(the header says \d+ bytes but the file has 20; it is truncated\)",
+    ):
         read_safetensors_header(cut)
 
 
@@ -100,17 +103,31 @@ def test_a_truncated_real_file_is_named_with_both_sizes(real_file: Path) -> None
     ("data", "message"),
     [
         (b"", "m.safetensors is empty (0 bytes): re-download it"),
-        (b"\x01\x02", "m.safetensors is not a valid safetensors file (it is only 2 bytes long): "
-         "re-download it"),
-        (b"<html><body>404 Not Found</body></html>",
-         "m.safetensors is not a safetensors file (it starts with '<html><body>404 ...'): "
-         "re-download it"),
-        (struct.pack("<Q", 2**40) + b"{}", "m.safetensors is not a valid safetensors file "
-         "(its header length 1099511627776 is impossible): re-download it"),
-        (struct.pack("<Q", 4) + b"nope", "m.safetensors is not a valid safetensors file "
-         "(its header is not JSON): re-download it"),
-        (struct.pack("<Q", 2) + b"[]", "m.safetensors is not a valid safetensors file "
-         "(its header is not a JSON object): re-download it"),
+        (
+            b"\x01\x02",
+            "m.safetensors is not a valid safetensors file (it is only 2 bytes long): "
+            "re-download it",
+        ),
+        (
+            b"<html><body>404 Not Found</body></html>",
+            "m.safetensors is not a safetensors file (it starts with '<html><body>404 ...'): "
+            "re-download it",
+        ),
+        (
+            struct.pack("<Q", 2**40) + b"{}",
+            "m.safetensors is not a valid safetensors file "
+            "(its header length 1099511627776 is impossible): re-download it",
+        ),
+        (
+            struct.pack("<Q", 4) + b"nope",
+            "m.safetensors is not a valid safetensors file "
+            "(its header is not JSON): re-download it",
+        ),
+        (
+            struct.pack("<Q", 2) + b"[]",
+            "m.safetensors is not a valid safetensors file "
+            "(its header is not a JSON object): re-download it",
+        ),
     ],
 )
 def test_what_is_wrong_is_one_sentence(tmp_path: Path, data: bytes, message: str) -> None:

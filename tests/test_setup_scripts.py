@@ -26,9 +26,13 @@ def torch_index(tmp_path: Path, smi_header: str | None, **env: str) -> tuple[str
     smi.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
     smi.chmod(0o755)
     full = {k: v for k, v in os.environ.items() if not k.startswith("SDTUI_TORCH")}
-    full.update(PATH=f"{bindir}{os.pathsep}{full.get('PATH', '')}", PYTHON=str(tmp_path / "no-python"))
+    full.update(
+        PATH=f"{bindir}{os.pathsep}{full.get('PATH', '')}", PYTHON=str(tmp_path / "no-python")
+    )
     full.update(env)
-    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env=full, timeout=30, check=True)
+    out = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, env=full, timeout=30, check=True
+    )
     return out.stdout.strip(), out.stderr.strip()
 
 
@@ -38,8 +42,16 @@ def header(cuda: str) -> str:
 
 @pytest.mark.parametrize(
     ("cuda", "build"),
-    [("13.1", "cu130"), ("13.0", "cu130"), ("12.9", "cu128"), ("12.8", "cu128"), ("12.6", "cu126"),
-     ("12.4", "cu126"), ("11.8", "cpu"), ("10.2", "cpu")],
+    [
+        ("13.1", "cu130"),
+        ("13.0", "cu130"),
+        ("12.9", "cu128"),
+        ("12.8", "cu128"),
+        ("12.6", "cu126"),
+        ("12.4", "cu126"),
+        ("11.8", "cpu"),
+        ("10.2", "cpu"),
+    ],
 )
 def test_the_newest_build_the_driver_runs(tmp_path: Path, cuda: str, build: str) -> None:
     args, why = torch_index(tmp_path, header(cuda))
@@ -49,7 +61,9 @@ def test_the_newest_build_the_driver_runs(tmp_path: Path, cuda: str, build: str)
         assert "update the driver" in why
 
 
-@pytest.mark.parametrize("smi", [None, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."])
+@pytest.mark.parametrize(
+    "smi", [None, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."]
+)
 def test_without_a_working_driver_pypi_as_before(tmp_path: Path, smi: str | None) -> None:
     args, why = torch_index(tmp_path, smi)
     assert args == ""

@@ -290,7 +290,11 @@ async def test_daemon_killed_f12_starts_a_new_one_and_the_queue_resumes(
         await wait_for(pilot, lambda: done_jobs(app) == 1, 120)
         # the job resumed at its next image: each seed once, none made twice
         images = pngs(tui_env.outputs / "txt2img-images")
-        assert sorted(p.name.split("-", 1)[1] for p in images) == ["1234.png", "1235.png", "1236.png"]
+        assert sorted(p.name.split("-", 1)[1] for p in images) == [
+            "1234.png",
+            "1235.png",
+            "1236.png",
+        ]
         assert parse_infotext(read_infotext(images[0]) or "").prompt == "before the crash"
 
 
@@ -324,9 +328,25 @@ async def test_a_cli_job_shows_in_the_tui_queue_with_who_queued_it(
             "SDTUI_HOME": str(tmp_path / "cli-home"),
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "sdtui", "generate", "--demo", "from another shell", "--steps", "2",
-             "--size", "64x64", "--seed", "77", "--detach"],
-            env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "sdtui",
+                "generate",
+                "--demo",
+                "from another shell",
+                "--steps",
+                "2",
+                "--size",
+                "64x64",
+                "--seed",
+                "77",
+                "--detach",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
         cli_job = int(proc.stdout)
@@ -337,9 +357,11 @@ async def test_a_cli_job_shows_in_the_tui_queue_with_who_queued_it(
         assert '"from another shell"' in entry and "sdtui generate (pid" in entry
         await pilot.press("escape")  # interrupt the app's job: the CLI's runs next
         await wait_for(pilot, lambda: f"job #{cli_job} started" in log_text(app), 60)
-        assert "from another shell\" (queued by sdtui generate (pid" in log_text(app)
+        assert 'from another shell" (queued by sdtui generate (pid' in log_text(app)
         await wait_for(pilot, lambda: f"job #{cli_job} done" in log_text(app), 60)
-        [image] = [p for p in pngs(tui_env.outputs / "txt2img-images") if p.name.endswith("-77.png")]
+        [image] = [
+            p for p in pngs(tui_env.outputs / "txt2img-images") if p.name.endswith("-77.png")
+        ]
         assert app.main.selected_path == str(image)
 
 
@@ -601,7 +623,9 @@ async def test_palette_lists_every_action(tui_env: Settings) -> None:
     app = fake_app(tui_env)
     async with app.run_test() as pilot:
         app.main.show_images([__file__])  # any existing file makes the image actions available
-        app.main.book.last_failure = msg.JobFailed(1, "boom", "Traceback")  # makes the detail available
+        app.main.book.last_failure = msg.JobFailed(
+            1, "boom", "Traceback"
+        )  # makes the detail available
         host: FakeHost = app.host  # type: ignore[assignment]
         host.running_job = 7
         titles = {title for title, _, _ in _commands(app.main)}
@@ -698,7 +722,9 @@ async def test_hires_fix_memory_mode_and_error_detail_on_the_demo_model(
         await pilot.pause()
         assert type(app.screen).__name__ == "ErrorDetailScreen"
         detail = app.screen.query_one("#error-detail").text
-        assert app.main.book.last_failure is not None and detail == app.main.book.last_failure.detail
+        assert (
+            app.main.book.last_failure is not None and detail == app.main.book.last_failure.detail
+        )
         assert "Traceback" in detail
         await pilot.press("escape")
         await pilot.pause()
@@ -731,7 +757,9 @@ async def test_palette_and_picker_insert_loras_and_embeddings(
     app = fake_app(_networks(tui_env, tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.main.catalog.complete, 10)
-        assert app.main.catalog.loras == ["shiny_style"] and app.main.catalog.embeddings == ["easynegative"]
+        assert app.main.catalog.loras == ["shiny_style"] and app.main.catalog.embeddings == [
+            "easynegative"
+        ]
         await type_prompt(pilot, "a cat,")
         await _palette(pilot, "Insert LoRA: shiny")
         prompt = app.main.query_one("#prompt", PromptArea)
@@ -753,7 +781,9 @@ async def test_palette_and_picker_insert_loras_and_embeddings(
 
 
 @run_async
-async def test_token_counter_counts_an_embedding_as_its_vectors(tui_env: Settings, tmp_path: Path) -> None:
+async def test_token_counter_counts_an_embedding_as_its_vectors(
+    tui_env: Settings, tmp_path: Path
+) -> None:
     """EasyNegative-style: 8 vectors in an A1111 .pt. The counter shows what the engine will
     encode (8 slots), not the tokens of the word."""
     import torch
@@ -943,7 +973,9 @@ async def test_each_pane_has_a_key_the_active_one_shows_and_f2_takes_the_grids_p
 
         await pilot.press("f1")  # to the images: arrows now move the grid's cursor
         assert app.focused is main.grid
-        assert main.grid.has_class("-active-pane") and not main.prompt_editor.has_class("-active-pane")
+        assert main.grid.has_class("-active-pane") and not main.prompt_editor.has_class(
+            "-active-pane"
+        )
         await pilot.press("right")  # "the top middle one"
         await pilot.pause()
         assert main.grid.selected_path == str(paths[1])
@@ -962,7 +994,9 @@ async def test_each_pane_has_a_key_the_active_one_shows_and_f2_takes_the_grids_p
 
 
 @run_async
-async def test_f3_img2img_at_2x_makes_one_image_as_in_a1111(tui_env: Settings, tmp_path: Path) -> None:
+async def test_f3_img2img_at_2x_makes_one_image_as_in_a1111(
+    tui_env: Settings, tmp_path: Path
+) -> None:
     app = fake_app(tui_env)
     paths = _pngs(tmp_path / "out", 2)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -974,7 +1008,10 @@ async def test_f3_img2img_at_2x_makes_one_image_as_in_a1111(tui_env: Settings, t
         await pilot.pause()
         p = main.form.state.params
         assert (main.form.state.mode, p.init_image, p.width, p.height) == (
-            "img2img", str(paths[1]), 128, 128
+            "img2img",
+            str(paths[1]),
+            128,
+            128,
         )
         assert (p.batch_count, p.batch_size, p.denoising_strength) == (1, 1, 0.75)
 
@@ -989,7 +1026,10 @@ async def test_batch_count_and_batch_size_are_named_as_in_a1111(tui_env: Setting
         row = app.main.form.query_one("#batch_count").parent
         assert row is not None
         assert [str(label.render()) for label in row.query(Label)] == ["Batch count", "Batch size"]
-        assert all(app.main.form.query_one(f"#{f}").region.width >= 3 for f in ("batch_count", "batch_size"))
+        assert all(
+            app.main.form.query_one(f"#{f}").region.width >= 3
+            for f in ("batch_count", "batch_size")
+        )
 
 
 @run_async

@@ -417,7 +417,9 @@ async def test_full_view_has_one_caption_line(tmp_path: Path) -> None:
     app = ImageApp(paths, mode="halfcell", view="full", with_preview=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
-        rows = ["".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()]
+        rows = [
+            "".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()
+        ]
         captions = [r for r in rows if "seed 1000 · 20 steps" in r]  # the info says "Seed: 1000"
         assert len(captions) == 1, rows
         assert "esc close" in captions[0] and "←/→ 1/2" in captions[0]

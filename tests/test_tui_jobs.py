@@ -10,8 +10,14 @@ from sdtui.ipc import protocol as msg
 from sdtui.tui.jobs import JobBook, JobInfo
 
 
-def queued_job(job_id: int, summary: str, *, by: str = "sdtui generate (pid 9)", state: str = "queued",
-               kind: str = "generate") -> msg.JobInfo:
+def queued_job(
+    job_id: int,
+    summary: str,
+    *,
+    by: str = "sdtui generate (pid 9)",
+    state: str = "queued",
+    kind: str = "generate",
+) -> msg.JobInfo:
     return msg.JobInfo(job_id, kind, state, summary, 4, by, 0.0)  # type: ignore[arg-type]
 
 
@@ -82,14 +88,19 @@ def test_cancelled_jobs_removed_before_they_ran_or_interrupted_with_what_they_ke
     )
     # a job that was running when this app attached was interrupted, not "removed"
     book.attached([queued_job(6, "t", state="running")])
-    assert book.done(msg.JobDone(6, (), 0.0, cancelled=True))[1] == "job #6 interrupted: 0 images kept"
+    assert (
+        book.done(msg.JobDone(6, (), 0.0, cancelled=True))[1] == "job #6 interrupted: 0 images kept"
+    )
 
 
 def test_a_failure_is_remembered_for_the_detail_screen_with_what_it_saved_first() -> None:
     book = JobBook()
     assert book.last_failure is None
     failure = msg.JobFailed(7, "out of memory: lower the size", "Traceback", ("/o/a.png",))
-    assert book.failed(failure) == "job #7 failed: out of memory: lower the size (1 image saved before it)"
+    assert (
+        book.failed(failure)
+        == "job #7 failed: out of memory: lower the size (1 image saved before it)"
+    )
     assert book.last_failure is failure
     assert book.failed(msg.JobFailed(8, "boom")) == "job #8 failed: boom"
 

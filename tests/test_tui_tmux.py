@@ -155,7 +155,9 @@ def test_real_terminal_generate_crash_restart_hangup(tmux: tuple[Tmux, Path]) ->
     # a worker crash (a driver fault, the OOM killer): the daemon starts a new one by itself
     [daemon], [worker] = daemon_pids(root), worker_pids(root)
     os.kill(worker, 9)
-    t.wait(lambda s: "exited unexpectedly" in s and "starting a new one" in s, 20, "the worker crash")
+    t.wait(
+        lambda s: "exited unexpectedly" in s and "starting a new one" in s, 20, "the worker crash"
+    )
     deadline = time.monotonic() + 30
     while worker_pids(root) in ([], [worker]) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -176,7 +178,8 @@ def test_real_terminal_generate_crash_restart_hangup(tmux: tuple[Tmux, Path]) ->
     import psutil
 
     ui_pid = next(
-        p.pid for p in psutil.Process(_pane_pid(t)).children(recursive=True)
+        p.pid
+        for p in psutil.Process(_pane_pid(t)).children(recursive=True)
         if "sdtui" in " ".join(p.cmdline()) and "ipc.daemon" not in " ".join(p.cmdline())
     )
     t.run("kill-server")  # the terminal goes away: SIGHUP
@@ -197,7 +200,9 @@ def test_real_terminal_generate_crash_restart_hangup(tmux: tuple[Tmux, Path]) ->
     assert not daemon_pids(root) and not worker_pids(root), "the daemon did not stop when idle"
 
 
-def test_quitting_leaves_the_job_running_and_sdtui_attaches_again(tmp_path: Path, demo_model: object) -> None:
+def test_quitting_leaves_the_job_running_and_sdtui_attaches_again(
+    tmp_path: Path, demo_model: object
+) -> None:
     long_form = {**SMALL_FORM, "params": {**SMALL_FORM["params"], "steps": 400, "batch_count": 20}}
     t = start_tmux(tmp_path, long_form, idle_minutes="30")
     try:
@@ -212,7 +217,12 @@ def test_quitting_leaves_the_job_running_and_sdtui_attaches_again(tmp_path: Path
         assert daemon_pids(tmp_path) == [daemon], "the daemon keeps running"
 
         second = Tmux(t.socket)  # a second terminal (an SSH login from a phone)
-        second.run("new-window", "-t", "sdtui", f"cd {tmp_path} && env {t.env} {sdtui_command()} --graphics halfcell; sleep 60")
+        second.run(
+            "new-window",
+            "-t",
+            "sdtui",
+            f"cd {tmp_path} && env {t.env} {sdtui_command()} --graphics halfcell; sleep 60",
+        )
         screen = second.wait(
             lambda s: "1 job in its queue" in " ".join(s.split()), 30, "the second attach"
         )
@@ -225,7 +235,9 @@ def test_quitting_leaves_the_job_running_and_sdtui_attaches_again(tmp_path: Path
         _kill_leftovers(tmp_path, t)
 
 
-def test_an_app_killed_in_its_first_seconds_leaves_no_engine_behind(tmp_path: Path, demo_model: object) -> None:
+def test_an_app_killed_in_its_first_seconds_leaves_no_engine_behind(
+    tmp_path: Path, demo_model: object
+) -> None:
     """The orphan repro: the terminal closes while the engine is still importing torch."""
     t = start_tmux(tmp_path, SMALL_FORM)
     try:
@@ -253,9 +265,11 @@ def _ours(root: Path, marker: str) -> list[int]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if marker in " ".join(p.info["cmdline"] or ()) and p.environ().get("SDTUI_STATE_DIR") == str(
-                root / "state"
-            ) and p.status() != psutil.STATUS_ZOMBIE:
+            if (
+                marker in " ".join(p.info["cmdline"] or ())
+                and p.environ().get("SDTUI_STATE_DIR") == str(root / "state")
+                and p.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(p.pid)
         except psutil.Error:
             continue

@@ -429,9 +429,7 @@ def test_upscale_file_reads_the_source_infotext_as_a1111_does(
     p = UpscaleParams(image=str(src), upscaler="Nearest", scale=2)
     up.upscale_file(p, models_dir, lambda img, t: saved.append((img, t)) or Path("x"))
     img, text = saved[0]
-    assert text == (
-        f"from exif\n{line}, Postprocess upscale by: 2, Postprocess upscaler: Nearest"
-    )
+    assert text == (f"from exif\n{line}, Postprocess upscale by: 2, Postprocess upscaler: Nearest")
     assert img.info["parameters"] == f"from exif\n{line}"
 
 

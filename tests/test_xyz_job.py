@@ -30,7 +30,11 @@ from sdtui.xyz import XYZError, cell_count, plot_of, prepare_xyz
 
 def sdtui(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sdtui", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sdtui", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -45,9 +49,25 @@ TINY = dict(prompt="a black house cat", width=64, height=64, steps=2, preview_ev
 
 
 def test_a_2x2_plot_over_steps_and_cfg_saves_4_cells_and_a_labelled_grid(env, demo_model):
-    proc = sdtui(env, "xyz", "--demo", "a black house cat", "--size", "64x64", "--seed", "1234",
-                 "--x-type", "Steps", "--x-values", "2,3", "--y-type", "cfg scale", "--y-values", "5, 7.5",
-                 "--json")
+    proc = sdtui(
+        env,
+        "xyz",
+        "--demo",
+        "a black house cat",
+        "--size",
+        "64x64",
+        "--seed",
+        "1234",
+        "--x-type",
+        "Steps",
+        "--x-values",
+        "2,3",
+        "--y-type",
+        "cfg scale",
+        "--y-values",
+        "5, 7.5",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     saved = [e for e in events if e["event"] == "ImageSaved"]
@@ -73,7 +93,12 @@ def test_a_2x2_plot_over_steps_and_cfg_saves_4_cells_and_a_labelled_grid(env, de
     assert (pairs["Y Type"], pairs["Y Values"]) == ("CFG Scale", "5, 7.5")
     assert "Z Type" not in pairs
     # the first cell's infotext, the plot's keys where A1111 writes its extra params
-    assert (pairs["Steps"], pairs["CFG scale"], pairs["Seed"], pairs["Model"]) == ("2", "5", "1234", "sdtui-demo")
+    assert (pairs["Steps"], pairs["CFG scale"], pairs["Seed"], pairs["Model"]) == (
+        "2",
+        "5",
+        "1234",
+        "sdtui-demo",
+    )
     keys = list(pairs)
     assert keys.index("Model") < keys.index("Script") < keys.index("Version")
     started = [e for e in events if e["event"] == "JobStarted"]
@@ -86,9 +111,28 @@ def test_a_2x2_plot_over_steps_and_cfg_saves_4_cells_and_a_labelled_grid(env, de
 
 def test_prompt_sr_changes_the_prompt_per_column_and_stdout_is_the_grid(env, tmp_path, demo_model):
     out = tmp_path / "plot.png"
-    proc = sdtui(env, "xyz", "--demo", "a black house cat", "-N", "no cat", "--size", "64x64",
-                 "--steps", "2", "--seed", "7", "--x-type", "Prompt S/R", "--x-values", "cat, dog, fox",
-                 "--vary-seeds", "x", "-o", str(out))
+    proc = sdtui(
+        env,
+        "xyz",
+        "--demo",
+        "a black house cat",
+        "-N",
+        "no cat",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--seed",
+        "7",
+        "--x-type",
+        "Prompt S/R",
+        "--x-values",
+        "cat, dog, fox",
+        "--vary-seeds",
+        "x",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(out)]  # as generate -o: the copy's path
     outputs = tmp_path / "home" / "outputs"
@@ -99,11 +143,20 @@ def test_prompt_sr_changes_the_prompt_per_column_and_stdout_is_the_grid(env, tmp
     assert "X/Y/Z plot: 3 of 3 cells" in proc.stderr
     cells = sorted((outputs / "txt2img-images").rglob("*.png"))
     assert len(cells) == 3
-    got = [(parse_infotext(read_infotext(c)).prompt, parse_infotext(read_infotext(c)).negative_prompt,
-            cell_pairs(c)["Seed"]) for c in cells]
+    got = [
+        (
+            parse_infotext(read_infotext(c)).prompt,
+            parse_infotext(read_infotext(c)).negative_prompt,
+            cell_pairs(c)["Seed"],
+        )
+        for c in cells
+    ]
     # the term is replaced in both prompts; "Vary seeds for X": seed + ix
-    assert got == [("a black house cat", "no cat", "7"), ("a black house dog", "no dog", "8"),
-                   ("a black house fox", "no fox", "9")]
+    assert got == [
+        ("a black house cat", "no cat", "7"),
+        ("a black house dog", "no dog", "8"),
+        ("a black house fox", "no fox", "9"),
+    ]
     grid = cell_pairs(lines[0])
     assert (grid["X Type"], grid["X Values"], grid["Seed"]) == ("Prompt S/R", "cat, dog, fox", "7")
     with Image.open(lines[0]) as im:
@@ -122,13 +175,30 @@ def test_prompt_sr_changes_the_prompt_per_column_and_stdout_is_the_grid(env, tmp
         (["--x-type", "Steps", "--x-values", "0,5"], ["X value", "steps 0", "1 to 500"]),
         (["--x-type", "Prompt S/R", "--x-values", "dog,cow"], ["Prompt S/R", "'dog'"]),
         (["--x-type", "Seed", "--x-values", "1-2000"], ["2000 values", "more than the 1000"]),
-        (["--x-type", "Size", "--x-values", "64x64,4096x4096", "--y-type", "Steps", "--y-values", "1-20"],
-         ["megapixels", "4096x4096"]),
-        (["--x-type", "Checkpoint name", "--x-values", "demo, nosuchmodel"], ["X axis", "nosuchmodel"]),
+        (
+            [
+                "--x-type",
+                "Size",
+                "--x-values",
+                "64x64,4096x4096",
+                "--y-type",
+                "Steps",
+                "--y-values",
+                "1-20",
+            ],
+            ["megapixels", "4096x4096"],
+        ),
+        (
+            ["--x-type", "Checkpoint name", "--x-values", "demo, nosuchmodel"],
+            ["X axis", "nosuchmodel"],
+        ),
         (["--x-type", "Sampler", "--x-values", "Euler, Nope"], ["unknown sampler", "'Nope'"]),
         (["--x-type", "Steps", "--x-values", "1,2", "--vary-seeds", "q"], ["--vary-seeds"]),
         (["--x-type", "Steps", "--x-values", "1,2", "--margin", "900"], ["margin", "0 to 500"]),
-        (["--x-type", "Steps", "--x-values", "1,2", "--style", "nope"], ["unknown style", "'nope'"]),
+        (
+            ["--x-type", "Steps", "--x-values", "1,2", "--style", "nope"],
+            ["unknown style", "'nope'"],
+        ),
     ],
 )
 def test_bad_plots_are_one_line_before_anything_runs(env, tmp_path, args, words):
@@ -167,7 +237,9 @@ def test_a_checkpoint_axis_loads_each_model_once_in_a1111s_order(attach, tmp_pat
     shutil.copy(demo_model.safetensors, ckpts / "beta.safetensors")
     client = attach(settings_in(tmp_path))
     base = GenerationParams(**{**TINY, "model": "alpha"}, seed=3)
-    job = client.submit_xyz(XYZParams(base, x=("Checkpoint name", "alpha, beta"), y=("Prompt S/R", "cat,dog")))
+    job = client.submit_xyz(
+        XYZParams(base, x=("Checkpoint name", "alpha, beta"), y=("Prompt S/R", "cat,dog"))
+    )
     done, seen = until_done(client, job)
     assert isinstance(done, msg.JobDone) and len(done.paths) == 4, done
     loads = [e.name for e in seen if isinstance(e, msg.ModelLoaded) and e.name != "sdtui-demo"]
@@ -176,11 +248,22 @@ def test_a_checkpoint_axis_loads_each_model_once_in_a1111s_order(attach, tmp_pat
     assert [e.index for e in cells] == [0, 2, 1, 3]  # X (the checkpoint) changes least often
     by_index = {e.index: cell_pairs(e.path) for e in cells}
     assert [by_index[i]["Model"] for i in range(4)] == ["alpha", "beta", "alpha", "beta"]
-    prompts = [parse_infotext(read_infotext(e.path)).prompt for e in sorted(cells, key=lambda e: e.index)]
-    assert prompts == ["a black house cat", "a black house cat", "a black house dog", "a black house dog"]
+    prompts = [
+        parse_infotext(read_infotext(e.path)).prompt for e in sorted(cells, key=lambda e: e.index)
+    ]
+    assert prompts == [
+        "a black house cat",
+        "a black house cat",
+        "a black house dog",
+        "a black house dog",
+    ]
     grid = next(e for e in seen if isinstance(e, msg.ImageSaved) and e.is_grid)
     pairs = cell_pairs(grid.path)
-    assert (pairs["Model"], pairs["X Type"], pairs["Y Type"]) == ("alpha", "Checkpoint name", "Prompt S/R")
+    assert (pairs["Model"], pairs["X Type"], pairs["Y Type"]) == (
+        "alpha",
+        "Checkpoint name",
+        "Prompt S/R",
+    )
     info = client.query()
     assert not info.jobs and info.recent[0].kind == "xyz" and info.recent[0].images_total == 4
 
@@ -229,8 +312,12 @@ class FakeCells:
             raise UserError(f"no luck with {p.steps} steps")
         ctx.emit(msg.JobStarted(ctx.job_id, 1, p.steps))
         ctx.emit(msg.Progress(ctx.job_id, p.steps, p.steps, 0, 1, 10.0, 0.0))
-        info = format_infotext(p.prompt, p.negative_prompt, p.infotext_pairs(seed=p.seed, model_name="fake"))
-        path = ctx.layout.save_image(Image.new("RGB", (p.width, p.height), (p.steps * 20, 0, 0)), "txt2img", p.seed, info)
+        info = format_infotext(
+            p.prompt, p.negative_prompt, p.infotext_pairs(seed=p.seed, model_name="fake")
+        )
+        path = ctx.layout.save_image(
+            Image.new("RGB", (p.width, p.height), (p.steps * 20, 0, 0)), "txt2img", p.seed, info
+        )
         ctx.emit(msg.ImageSaved(ctx.job_id, 0, str(path), p.seed, info))
         return msg.JobDone(ctx.job_id, (str(path),), 0.1)
 
@@ -239,19 +326,33 @@ def make_ctx(tmp_path: Path, done: dict[int, str] | None = None):
     from sdtui.engine.job import JobContext, JobControl
 
     events: list = []
-    ctx = JobContext(job_id=5, emit=events.append, control=JobControl(), layout=OutputLayout(tmp_path / "out"),
-                     done=dict(done or {}))
+    ctx = JobContext(
+        job_id=5,
+        emit=events.append,
+        control=JobControl(),
+        layout=OutputLayout(tmp_path / "out"),
+        done=dict(done or {}),
+    )
     return ctx, events
 
 
 def test_run_xyz_relays_each_cell_as_the_plots_and_a_restart_makes_only_the_rest(tmp_path):
     from sdtui.engine.xyz import run_xyz
 
-    params = prepare_xyz(XYZParams(GenerationParams(**TINY, seed=5), x=("Steps", "1-3"), y=("CFG Scale", "6,8")))
+    params = prepare_xyz(
+        XYZParams(GenerationParams(**TINY, seed=5), x=("Steps", "1-3"), y=("CFG Scale", "6,8"))
+    )
     ctx, events = make_ctx(tmp_path)
     cells = FakeCells()
     done = run_xyz(params, ctx, cells)
-    assert [(p.steps, p.cfg_scale) for p in cells.made] == [(1, 6), (2, 6), (3, 6), (1, 8), (2, 8), (3, 8)]
+    assert [(p.steps, p.cfg_scale) for p in cells.made] == [
+        (1, 6),
+        (2, 6),
+        (3, 6),
+        (1, 8),
+        (2, 8),
+        (3, 8),
+    ]
     assert [type(e).__name__ for e in events if not isinstance(e, msg.Log)].count("JobStarted") == 1
     progress = [e for e in events if isinstance(e, msg.Progress)]
     assert [(e.batch_index, e.batch_count) for e in progress] == [(i, 6) for i in range(6)]
@@ -317,7 +418,9 @@ def test_a_cancel_between_cells_stops_without_a_grid(tmp_path):
 
 
 def test_prepare_fixes_seeds_once_and_a_restart_plots_the_same_cells() -> None:
-    params = XYZParams(GenerationParams(**TINY), x=("Seed", "-1, 5, -1"), y=("Var. strength", "0, 0.5"))
+    params = XYZParams(
+        GenerationParams(**TINY), x=("Seed", "-1, 5, -1"), y=("Var. strength", "0, 0.5")
+    )
     ready = prepare_xyz(params, rng=random.Random(3))
     assert ready.base.seed >= 0 and ready.base.subseed >= 0  # A1111 fix_seed: both
     fixed = [int(v) for v in ready.fixed_values[0].split(", ")]
@@ -333,8 +436,16 @@ def test_prepare_fixes_seeds_once_and_a_restart_plots_the_same_cells() -> None:
 
 def test_an_xyz_job_survives_the_queue_file(tmp_path) -> None:
     store = JobStore.open(tmp_path / "q.sqlite3")
-    params = prepare_xyz(XYZParams(GenerationParams(**TINY), x=("Steps", "1-3"), z=("Sampler", "Euler, DDIM"),
-                                   vary_seeds=(False, True, True), margin=4, draw_legend=False))
+    params = prepare_xyz(
+        XYZParams(
+            GenerationParams(**TINY),
+            x=("Steps", "1-3"),
+            z=("Sampler", "Euler, DDIM"),
+            vary_seeds=(False, True, True),
+            margin=4,
+            draw_legend=False,
+        )
+    )
     job = store.add_job("xyz", params, {"outputs_dir": "/o"}, "test")
     back = store.job(job.id)
     assert back is not None and back.kind == "xyz" and back.params == params
@@ -350,4 +461,3 @@ def test_xyz_params_refuse_what_a_plot_cannot_take() -> None:
         prepare_xyz(XYZParams(GenerationParams(**TINY), x=("Steps", "1"), margin=-1))
     with pytest.raises(ValueError, match="does not know: wobble"):
         XYZParams.from_dict({"base": {}, "wobble": 1})
-

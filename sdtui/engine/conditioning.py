@@ -66,7 +66,9 @@ class _Encoder:
         if hasattr(self.tokenizer, "tokenize_grouped"):  # embeddings in play: kept whole
             ids = self.tokenizer.tokenize_grouped(texts)
         else:
-            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            ids = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)[
+                "input_ids"
+            ]
         chunks, _ = chunk_prompt(
             parsed, ids, id_start=self.id_start, id_end=self.id_end, comma_token=self.comma_token
         )
@@ -230,7 +232,12 @@ class JobConds:
     pooled: dict[tuple[int, str], torch.Tensor]  # SDXL: -> (1, P)
     encoded: int = 0  # text-encoder runs made
 
-    def at(self, step: int) -> tuple[list[tuple[float, torch.Tensor, torch.Tensor | None]], tuple[torch.Tensor, torch.Tensor | None]]:
+    def at(
+        self, step: int
+    ) -> tuple[
+        list[tuple[float, torch.Tensor, torch.Tensor | None]],
+        tuple[torch.Tensor, torch.Tensor | None],
+    ]:
         """([(weight, embeds, pooled) per part], (negative embeds, pooled)) for model call
         ``step`` (from 0); the parts' embeds share one token count."""
         conds = []
@@ -267,7 +274,6 @@ def encode_job_conds(
     first pass, ``hires_steps`` the hires pass's (its schedule then counts on from the first
     pass, as A1111's). LoRA tags are removed here; the caller applies them."""
 
-
     if not 1 <= clip_skip <= MAX_CLIP_SKIP:
         raise ValueError(f"clip skip {clip_skip} is out of range: use 1 to {MAX_CLIP_SKIP}")
     dev = torch.device(device) if device is not None else _device_of(pipe)
@@ -294,7 +300,9 @@ def encode_job_conds(
             like_key = next(k for k in embeds if k[0] != -1)
             like = embeds[like_key]
             for t in texts:
-                embeds[(key, t)] = like.new_zeros((1, n_chunks * CHUNK_LENGTH_TOKENS, like.shape[-1]))
+                embeds[(key, t)] = like.new_zeros(
+                    (1, n_chunks * CHUNK_LENGTH_TOKENS, like.shape[-1])
+                )
                 pooled_out[(key, t)] = torch.zeros_like(pooled_out[like_key])
             continue
         for t in texts:
@@ -309,7 +317,10 @@ def encode_job_conds(
                     zs.append(z.reshape(1, -1, z.shape[-1]))
                     if pool is not None:
                         pooled = pool[:1]
-                cache[(t, n_chunks)] = (torch.cat(zs, dim=-1).to(dev), None if pooled is None else pooled.to(dev))
+                cache[(t, n_chunks)] = (
+                    torch.cat(zs, dim=-1).to(dev),
+                    None if pooled is None else pooled.to(dev),
+                )
             z, pooled = cache[(t, n_chunks)]
             embeds[(key, t)] = z
             if pooled is not None:

@@ -130,7 +130,14 @@ def _fused_processor() -> Any:
 
         plain = AttnProcessor2_0()
 
-        def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None, *args: Any, **kw: Any) -> Any:
+        def __call__(
+            self,
+            attn: Any,
+            hidden_states: Any,
+            encoder_hidden_states: Any = None,
+            *args: Any,
+            **kw: Any,
+        ) -> Any:
             if encoder_hidden_states is not None:
                 return self.plain(attn, hidden_states, encoder_hidden_states, *args, **kw)
             return super().__call__(attn, hidden_states, None, *args, **kw)
@@ -158,8 +165,12 @@ def fuse_qkv(model: torch.nn.Module) -> int:
         if len({p.in_features for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             continue
         grad = parts[0].weight.requires_grad
-        fused = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
-                                bias=parts[0].bias is not None, device="meta")
+        fused = torch.nn.Linear(
+            parts[0].in_features,
+            sum(p.out_features for p in parts),
+            bias=parts[0].bias is not None,
+            device="meta",
+        )
         fused.weight = torch.nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=grad)
         if fused.bias is not None:
             fused.bias = torch.nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=grad)
@@ -238,10 +249,15 @@ def undo_compile(state: FastPathState, reason: str) -> None:
 def is_compile_error(e: BaseException) -> bool:
     """An error raised by dynamo/inductor rather than by the model itself."""
     mod = type(e).__module__ or ""
-    return mod.startswith(("torch._dynamo", "torch._inductor")) or "BackendCompilerFailed" in type(e).__name__
+    return (
+        mod.startswith(("torch._dynamo", "torch._inductor"))
+        or "BackendCompilerFailed" in type(e).__name__
+    )
 
 
-def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Callable[[str], None]) -> None:
+def warm_up(
+    pipe: Any, state: FastPathState, width: int, height: int, log: Callable[[str], None]
+) -> None:
     """Compile now, at load time, so the first job runs at full speed: one UNet call at the
     usual size as a batch-1 job makes it (2 with CFG), then one at batch 4, which makes dynamo
     recompile with the batch dynamic, so batch 6 (A1111's workflow) never stalls on a compile.
@@ -273,15 +289,23 @@ def warm_up(pipe: Any, state: FastPathState, width: int, height: int, log: Calla
     log(state.summary())
 
 
-def _warm_up_inputs(pipe: Any, width: int, height: int, batch: int, tokens: int = 77) -> dict[str, Any]:
+def _warm_up_inputs(
+    pipe: Any, width: int, height: int, batch: int, tokens: int = 77
+) -> dict[str, Any]:
     """One UNet call's arguments as a job at this size with CFG makes them (``batch`` is the
     UNet's batch: twice the images)."""
     import torch._dynamo
 
     unet = pipe.unet
     scale = getattr(pipe, "vae_scale_factor", 8)
-    latents = torch.randn(batch, unet.config.in_channels, height // scale, width // scale,
-                          device=unet.device, dtype=unet.dtype)
+    latents = torch.randn(
+        batch,
+        unet.config.in_channels,
+        height // scale,
+        width // scale,
+        device=unet.device,
+        dtype=unet.dtype,
+    )
     ctx_dim = unet.config.cross_attention_dim
     text = torch.randn(batch, tokens, ctx_dim, device=unet.device, dtype=unet.dtype)
     # prompts past 75 tokens make 154, 231, ... : compiled for any length from the start,
@@ -293,8 +317,13 @@ def _warm_up_inputs(pipe: Any, width: int, height: int, batch: int, tokens: int 
         pooled_dim = getattr(pooled, "projection_dim", 1280)
         kwargs["added_cond_kwargs"] = {
             "text_embeds": torch.randn(batch, pooled_dim, device=unet.device, dtype=unet.dtype),
-            "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * batch,
-                                     device=unet.device, dtype=unet.dtype),
+            "time_ids": torch.tensor(
+                [[height, width, 0, 0, height, width]] * batch, device=unet.device, dtype=unet.dtype
+            ),
         }
-    return {"sample": latents, "timestep": torch.tensor(999, device=unet.device),
-            "encoder_hidden_states": text, **kwargs}
+    return {
+        "sample": latents,
+        "timestep": torch.tensor(999, device=unet.device),
+        "encoder_hidden_states": text,
+        **kwargs,
+    }

@@ -98,7 +98,14 @@ class StepReporter:
     latents, cancel and skip. A batch may run in two passes (hires fix): ``first`` and
     ``second`` are their model calls, and the second pass counts on from the first."""
 
-    def __init__(self, ctx: JobContext, params: GenerationParams, batch_index: int, first: int, second: int = 0):
+    def __init__(
+        self,
+        ctx: JobContext,
+        params: GenerationParams,
+        batch_index: int,
+        first: int,
+        second: int = 0,
+    ):
         self.ctx, self.params, self.batch_index = ctx, params, batch_index
         self.pass_offset = 0  # calls done in earlier passes of this batch
         self.steps = first + second
@@ -125,7 +132,10 @@ class StepReporter:
         if torch.cuda.is_available():
             vram_a, vram_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
         elif torch.backends.mps.is_available():  # Apple silicon: what Metal holds for torch
-            vram_a, vram_r = torch.mps.current_allocated_memory(), torch.mps.driver_allocated_memory()
+            vram_a, vram_r = (
+                torch.mps.current_allocated_memory(),
+                torch.mps.driver_allocated_memory(),
+            )
         self.ctx.emit(
             msg.Progress(
                 job_id=self.ctx.job_id,
@@ -145,7 +155,9 @@ class StepReporter:
             t0 = self.preview_at = time.perf_counter()
             image = preview_mod.latents_to_image(denoised, self.ctx.family)
             self.ctx.emit(
-                msg.Preview(self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height)
+                msg.Preview(
+                    self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height
+                )
             )
             self.preview_s += time.perf_counter() - t0
         # no reset of self.last here: a preview copies the latents to the CPU, which waits for
@@ -160,12 +172,19 @@ def job_conds(pipes: Any, p: GenerationParams, *, hires: bool = False) -> JobCon
     base = schedule_steps(p.steps, p.sampler)
     hires_steps = schedule_steps(p.hr_second_pass_steps or p.steps, p.sampler) if hires else None
     return encode_job_conds(
-        pipe, p.prompt, p.negative_prompt, base,
-        hires_steps=hires_steps, clip_skip=p.clip_skip, device=pipes.device,
+        pipe,
+        p.prompt,
+        p.negative_prompt,
+        base,
+        hires_steps=hires_steps,
+        clip_skip=p.clip_skip,
+        device=pipes.device,
     )
 
 
-def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobContext) -> msg.JobDone:
+def run_generation(
+    loaded: Any, pipes: Any, params: GenerationParams, ctx: JobContext
+) -> msg.JobDone:
     """Run one job; emits JobStarted, Progress, Preview, ImageSaved; returns JobDone.
 
     Sampling is A1111's (sdtui.engine.sampling) over the loaded pipeline's UNet; ``pipes``
@@ -177,15 +196,21 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
     pipe = pipes.txt2img
     name, schedule = normalize_sampler(p.sampler, p.schedule_type)
     if name in ("DDIM", "PLMS", "UniPC") and schedule != "Automatic":
-        ctx.log(f"{name} runs A1111's own timesteps: the {schedule} schedule does not apply (as in A1111)")
+        ctx.log(
+            f"{name} runs A1111's own timesteps: the {schedule} schedule does not apply (as in A1111)"
+        )
     limit = getattr(ctx.settings, "max_image_megapixels", None)
-    init = load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
+    init = (
+        load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
+    )
     kind = "img2img" if img2img else "txt2img"
     plan = first_pass_plan(p)
     second = hires_plan(p)
     calls_first = sampling.model_calls(plan)
     calls_second = sampling.model_calls(second) if second is not None else 0
-    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, (calls_first + calls_second) * p.batch_count))
+    ctx.emit(
+        msg.JobStarted(ctx.job_id, p.images_total, (calls_first + calls_second) * p.batch_count)
+    )
 
     # out of memory, the job climbs this ladder instead of failing (sdtui.engine.memory)
     ladder = MemoryLadder(
@@ -210,16 +235,30 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
             denoiser = make_denoiser(pipes, pipe, conds, plan, reporter)
             with torch.inference_mode():
                 latents = sampling.sample(
-                    denoiser, plan, sub["latents"], sub["generator"], sub.get("image"),
+                    denoiser,
+                    plan,
+                    sub["latents"],
+                    sub["generator"],
+                    sub.get("image"),
                     pipes.scheduler_config,
                 )
                 if p.enable_hr and not img2img:
                     latents = pipes.hires_fix(
-                        p, latents, sub["generator"], hires_conds, reporter, ctx, sub.get("hires_noise")
+                        p,
+                        latents,
+                        sub["generator"],
+                        hires_conds,
+                        reporter,
+                        ctx,
+                        sub.get("hires_noise"),
                     )
             return latents
 
-        shape = (pipe.unet.config.in_channels, p.height // pipes.vae_scale, p.width // pipes.vae_scale)
+        shape = (
+            pipe.unet.config.in_channels,
+            p.height // pipes.vae_scale,
+            p.width // pipes.vae_scale,
+        )
         # a restarted job: what it saved before counts, and only the rest is made
         earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
         saved: dict[int, str] = dict(earlier)
@@ -238,10 +277,12 @@ def run_generation(loaded: Any, pipes: Any, params: GenerationParams, ctx: JobCo
             # one generator per image (A1111's ImageRNG): its first draw is the image's noise,
             # the rest its step noise; image i of a job is reproducible alone with its seeds
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            noise = torch.stack([
-                make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
-                for s, ss in zip(seeds, subseeds, strict=True)
-            ])
+            noise = torch.stack(
+                [
+                    make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
+                    for s, ss in zip(seeds, subseeds, strict=True)
+                ]
+            )
             for g in generators:  # past the first draw, as ImageRNG.first() leaves them
                 torch.randn(shape, generator=g)
             reporter = StepReporter(ctx, p, b, calls_first, calls_second)

@@ -62,7 +62,9 @@ def _upscale_latents(
     return out.to(latents.dtype)
 
 
-def hires_noise(p: GenerationParams, seeds: list[int], subseeds: list[int], channels: int, factor: int = 8) -> torch.Tensor | None:
+def hires_noise(
+    p: GenerationParams, seeds: list[int], subseeds: list[int], channels: int, factor: int = 8
+) -> torch.Tensor | None:
     """The hires pass's noise: A1111's ``sample_hr_pass`` makes a new ``ImageRNG`` at the
     hires size from the same seeds (and variation), and takes its first draw."""
     if hires_plan(p, factor) is None:
@@ -70,10 +72,12 @@ def hires_noise(p: GenerationParams, seeds: list[int], subseeds: list[int], chan
     width, height = hires_size(p, factor)
     shape = (channels, height // factor, width // factor)
     strength = p.subseed_strength
-    return torch.stack([
-        make_noise(s, shape, ss if strength > 0 else None, strength)
-        for s, ss in zip(seeds, subseeds, strict=True)
-    ])
+    return torch.stack(
+        [
+            make_noise(s, shape, ss if strength > 0 else None, strength)
+            for s, ss in zip(seeds, subseeds, strict=True)
+        ]
+    )
 
 
 def run_hires_fix(

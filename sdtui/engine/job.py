@@ -42,7 +42,9 @@ class JobContext:
     family: str = "SD1"
     memory_mode: str = "normal"  # the engine's placement: the ladder climbs from here
     vae_fp32: bool = False  # set after a NaN decode: the rest of the job decodes in fp32
-    settings: Settings | None = None  # the submitter's folders (LoRAs, VAEs, upscalers); None: the engine's
+    settings: Settings | None = (
+        None  # the submitter's folders (LoRAs, VAEs, upscalers); None: the engine's
+    )
     # images a restarted job saved before (index -> path): they are not made again
     done: dict[int, str] = field(default_factory=dict)
 

@@ -36,7 +36,9 @@ class ImageNoise:
         self.generators = list(generators)
         self.shape = tuple(shape)
 
-    def __call__(self, sigma: Any = None, sigma_next: Any = None, *, like: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, sigma: Any = None, sigma_next: Any = None, *, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
         return x if like is None else x.to(like.device, like.dtype)
 
@@ -81,7 +83,9 @@ def _d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Te
     return (x - denoised) / sigma
 
 
-def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0) -> tuple[Any, Any]:
+def ancestral_step(
+    sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0
+) -> tuple[Any, Any]:
     """(sigma_down, sigma_up) of an ancestral step (k-diffusion ``get_ancestral_step``)."""
     if not eta:
         return sigma_to, 0.0
@@ -92,14 +96,18 @@ def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float 
     return down, up
 
 
-def euler(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+def euler(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None
+) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _ones(x))
         x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
 
 
-def euler_ancestral(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> torch.Tensor:
+def euler_ancestral(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise
+) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _ones(x))
         down, up = ancestral_step(sigmas[i], sigmas[i + 1])
@@ -109,7 +117,9 @@ def euler_ancestral(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: 
     return x
 
 
-def heun(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+def heun(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None
+) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, s * _ones(x))
@@ -128,7 +138,9 @@ def _log_midpoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.log().lerp(b.log(), 0.5).exp()
 
 
-def dpm_2(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+def dpm_2(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None
+) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, s * _ones(x))
@@ -142,7 +154,9 @@ def dpm_2(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | No
     return x
 
 
-def dpm_2_ancestral(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise) -> torch.Tensor:
+def dpm_2_ancestral(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise
+) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, s * _ones(x))
@@ -174,7 +188,9 @@ def _lms_coefficient(order: int, t: Sequence[float], i: int, j: int) -> float:
     return float(integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0])
 
 
-def lms(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None, order: int = 4) -> torch.Tensor:
+def lms(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None, order: int = 4
+) -> torch.Tensor:
     t = sigmas.detach().cpu().double().tolist()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
@@ -194,7 +210,9 @@ def _sigma(t: torch.Tensor) -> torch.Tensor:
     return t.neg().exp()
 
 
-def dpmpp_2m(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None) -> torch.Tensor:
+def dpmpp_2m(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise | None = None
+) -> torch.Tensor:
     old: torch.Tensor | None = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _ones(x))
@@ -210,7 +228,9 @@ def dpmpp_2m(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise |
     return x
 
 
-def dpmpp_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, r: float = 0.5) -> torch.Tensor:
+def dpmpp_sde(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, r: float = 0.5
+) -> torch.Tensor:
     """DPM-Solver++ (stochastic), two model calls a step, Brownian noise."""
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * _ones(x))
@@ -236,7 +256,9 @@ def dpmpp_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise,
     return x
 
 
-def dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1.0) -> torch.Tensor:
+def dpmpp_2m_sde(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noise, eta: float = 1.0
+) -> torch.Tensor:
     """DPM-Solver++(2M) SDE, "midpoint" solver (A1111's "DPM++ 2M SDE")."""
     old: torch.Tensor | None = None
     h_last: torch.Tensor | None = None
@@ -249,7 +271,10 @@ def dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noi
             t, s = -sigmas[i].log(), -sigmas[i + 1].log()
             h = s - t
             eta_h = eta * h
-            x = sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
+            x = (
+                sigmas[i + 1] / sigmas[i] * (-eta_h).exp() * x
+                + (-h - eta_h).expm1().neg() * denoised
+            )
             if old is not None and h_last is not None:
                 r = h_last / h
                 x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old)
@@ -266,13 +291,17 @@ def dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, noise: Noi
 # are 19 model calls, ending at t=1's noise level).
 
 
-def _alphas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _alphas(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     ac = alphas_cumprod.double()
     prev_index = torch.nn.functional.pad(timesteps[:-1], (1, 0))
     return ac[timesteps], ac[prev_index]
 
 
-def ddim(model: Model, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def ddim(
+    model: Model, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """DDIM with eta 0 (A1111's default), so it draws no noise."""
     alphas, alphas_prev = _alphas(alphas_cumprod, timesteps)
     for i in range(len(timesteps) - 1):
@@ -284,7 +313,9 @@ def ddim(model: Model, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod:
     return x
 
 
-def plms(model: Model, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def plms(
+    model: Model, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """PLMS: a pseudo improved Euler first step (one extra model call), then Adams-Bashforth
     of order 2, 3 and 4 over the noise predictions."""
     alphas, alphas_prev = _alphas(alphas_cumprod, timesteps)
@@ -369,8 +400,12 @@ def unipc(
         return (x - ns.std(t).to(x) * noise) / ns.alpha(t).to(x)
 
     def update(
-        x: torch.Tensor, models: list[torch.Tensor], times: list[torch.Tensor], t: torch.Tensor,
-        step_order: int, corrector: bool,
+        x: torch.Tensor,
+        models: list[torch.Tensor],
+        times: list[torch.Tensor],
+        t: torch.Tensor,
+        step_order: int,
+        corrector: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         m0, t0 = models[-1], times[-1]
         lam0, lam_t = ns.lam(t0), ns.lam(t)
@@ -398,7 +433,11 @@ def unipc(
         sigma_t, sigma_0, alpha_t = ns.std(t), ns.std(t0), ns.alpha(t)
         x_lin = (sigma_t / sigma_0).to(x) * x - (alpha_t * h_phi_1).to(x) * m0
         if d1 is not None:
-            rhos_p = torch.tensor([0.5]) if step_order == 2 else torch.linalg.solve(big_r[:-1, :-1], bb[:-1])
+            rhos_p = (
+                torch.tensor([0.5])
+                if step_order == 2
+                else torch.linalg.solve(big_r[:-1, :-1], bb[:-1])
+            )
             pred = torch.einsum("k,bkchw->bchw", rhos_p.to(x), d1)
         else:
             pred = torch.zeros_like(x)
@@ -437,7 +476,11 @@ SIGMA_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "DPM++ SDE": dpmpp_sde,
     "DPM++ 2M SDE": dpmpp_2m_sde,
 }
-TIMESTEP_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"DDIM": ddim, "PLMS": plms, "UniPC": unipc}
+TIMESTEP_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "DDIM": ddim,
+    "PLMS": plms,
+    "UniPC": unipc,
+}
 # A1111 options 'brownian_noise': their step noise comes from Brownian trees
 BROWNIAN = frozenset({"DPM++ SDE", "DPM++ 2M SDE"})
 

@@ -11,7 +11,9 @@ from PIL import Image
 from sdtui.engine.job import JobContext
 
 
-def make_noise(seed: int, shape: tuple[int, ...], subseed: int | None, strength: float) -> torch.Tensor:
+def make_noise(
+    seed: int, shape: tuple[int, ...], subseed: int | None, strength: float
+) -> torch.Tensor:
     """Initial noise for one image from its own CPU generator (A1111's "RNG: CPU"), with
     A1111's variation seed (modules/rng.py ``ImageRNG.first``): noise from the seed,
     subnoise from the subseed, ``slerp(subseed_strength, noise, subnoise)``."""
@@ -49,7 +51,11 @@ def decode_latents(pipe: Any, latents: torch.Tensor, ctx: JobContext) -> list[Im
     if shift:
         scaled = scaled + shift
     own = vae.dtype
-    force = own == torch.float16 and ctx.family == "SDXL" and bool(getattr(vae.config, "force_upcast", False))
+    force = (
+        own == torch.float16
+        and ctx.family == "SDXL"
+        and bool(getattr(vae.config, "force_upcast", False))
+    )
     upcast = own != torch.float32 and (force or ctx.vae_fp32)
     image = _vae_decode(pipe, scaled, torch.float32 if upcast else own)
     if not upcast and own != torch.float32 and torch.isnan(image).any():
@@ -93,7 +99,10 @@ def encode_images(pipe: Any, images: list[Image.Image], seeds: list[int]) -> tor
     dist = vae.encode(x).latent_dist
     mean, std = dist.mean.float(), dist.std.float()
     eps = torch.stack(
-        [torch.randn(mean.shape[1:], generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+        [
+            torch.randn(mean.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
+            for s in seeds
+        ]
     ).to(mean.device)
     latents = mean + std * eps
     shift = getattr(vae.config, "shift_factor", None) or 0.0

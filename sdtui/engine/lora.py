@@ -102,7 +102,8 @@ def build_module_index(pipe: Any) -> ModuleIndex:
     # the fast path's fused to_qkv is reached through its to_q/to_k/to_v views, by their names
     fused = {id(m.fused) for m in unet.modules() if isinstance(m, FusedPart)}
     unet_layers = [
-        (n, m) for n, m in unet.named_modules()
+        (n, m)
+        for n, m in unet.named_modules()
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, FusedPart)) and id(m) not in fused
     ]
     weights = {n + ".weight": None for n, _ in unet_layers}

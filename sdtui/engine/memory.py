@@ -223,7 +223,12 @@ RUNG_WORDS = {
     "split": "a split batch",
     "offload": "model offload",
 }
-PER_IMAGE_KEYS = ("latents", "generator", "image", "hires_noise")  # what a sub-batch takes its slice of
+PER_IMAGE_KEYS = (
+    "latents",
+    "generator",
+    "image",
+    "hires_noise",
+)  # what a sub-batch takes its slice of
 
 
 def split_call(call: dict[str, Any], start: int, stop: int) -> dict[str, Any]:

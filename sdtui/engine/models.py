@@ -628,7 +628,9 @@ def _settle_prediction_type(path: Path, pipe: Any, family: ModelFamily) -> tuple
     if family.zero_terminal_snr:
         # the sampler rescales alphas_cumprod from this flag as A1111's "Zero Terminal SNR"
         # noise schedule does (sdtui.engine.samplers._ldm_alphas_cumprod)
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, rescale_betas_zero_snr=True)
+        pipe.scheduler = type(pipe.scheduler).from_config(
+            pipe.scheduler.config, rescale_betas_zero_snr=True
+        )
     return pipe, dataclasses.replace(family, v_prediction=bool(v))
 
 

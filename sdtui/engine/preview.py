@@ -22,7 +22,9 @@ SDXL_FACTORS = [
 ]
 
 
-def latents_to_image(latents: torch.Tensor, family: str = "SD1", max_side: int = 256) -> Image.Image:
+def latents_to_image(
+    latents: torch.Tensor, family: str = "SD1", max_side: int = 256
+) -> Image.Image:
     """A (B, 4, h, w) latent batch as one RGB image, the batch side by side in a grid."""
     factors = torch.tensor(SDXL_FACTORS if family == "SDXL" else SD1_FACTORS)
     lat = latents.detach().float().cpu()

@@ -81,7 +81,9 @@ class Denoiser:
 
     # -- one guided model call --------------------------------------------------------------
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
+    def _unet(
+        self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor, pooled: torch.Tensor | None
+    ) -> torch.Tensor:
         n = x.shape[0]
         kwargs: dict[str, Any] = {}
         if self.xl:
@@ -219,6 +221,10 @@ def sample(
             x = init * a**0.5 + noise * (1 - a) ** 0.5
             timesteps = timesteps[:t_enc]
         if name == "UniPC":
-            return ksampling.unipc(denoiser.eps, x, timesteps, denoiser.alphas_cumprod, img2img=init is not None)
-        return ksampling.TIMESTEP_SAMPLERS[name](denoiser.eps, x, timesteps, denoiser.alphas_cumprod)
+            return ksampling.unipc(
+                denoiser.eps, x, timesteps, denoiser.alphas_cumprod, img2img=init is not None
+            )
+        return ksampling.TIMESTEP_SAMPLERS[name](
+            denoiser.eps, x, timesteps, denoiser.alphas_cumprod
+        )
     raise ValueError(f"no sampler {plan.sampler!r}")

@@ -540,7 +540,9 @@ def upscale_image(
 ) -> Image.Image:
     """Upscale the image at ``params.image`` and return it (not saved)."""
     img = open_image(params.image, megapixels)
-    result, _ = _upscale(img, params, models_dir, device=device, log=log, progress=progress, megapixels=megapixels)
+    result, _ = _upscale(
+        img, params, models_dir, device=device, log=log, progress=progress, megapixels=megapixels
+    )
     return result
 
 
@@ -645,7 +647,11 @@ def upscale_folder(
             on_file(i - 1, path)
         try:
             saved = upscale_file(
-                params.replace(image=str(path)), models_dir, layout_save, device=device, log=log,
+                params.replace(image=str(path)),
+                models_dir,
+                layout_save,
+                device=device,
+                log=log,
                 megapixels=megapixels,
             )
         except UserError as e:
@@ -705,7 +711,13 @@ def upscale_job(
     megapixels = getattr(settings, "max_image_megapixels", None)
     if Path(params.image).expanduser().is_dir():
         report = upscale_folder(
-            params, models_dir, save, device=device, log=log, skip=done, on_file=on_file,
+            params,
+            models_dir,
+            save,
+            device=device,
+            log=log,
+            skip=done,
+            on_file=on_file,
             megapixels=megapixels,
         )
         if report.failed:

@@ -136,7 +136,9 @@ class Engine:
         self.session: Any = None
         self.device = "cpu"
         self._control: JobControl | None = None
-        self.memory_mode = settings.memory_mode  # what the user asked for (SetMemoryMode changes it)
+        self.memory_mode = (
+            settings.memory_mode
+        )  # what the user asked for (SetMemoryMode changes it)
         self.placement = "normal"  # the mode in force for the loaded model
         # the previous model, parked in CPU RAM so switching back takes a second (at most one)
         self.parked: dict[str, Any] = {}
@@ -237,7 +239,9 @@ class Engine:
 
     def _status(self, state: EngineState, detail: str = "") -> None:
         model = self.session.name if self.session else None
-        self.emit(msg.EngineStatus(state, detail, self.device, model, os.getpid(), self.options.worker))
+        self.emit(
+            msg.EngineStatus(state, detail, self.device, model, os.getpid(), self.options.worker)
+        )
 
     def _run(self, cmd: Any) -> None:
         job_id = getattr(cmd, "job_id", None)
@@ -351,10 +355,14 @@ class Engine:
         self._park_or_unload()
         if self.device == "cuda":
             mode, _ = memory.choose_mode(
-                self.memory_mode, self.device,
-                free_vram=memory.free_vram(self.device), weights=memory.weights_bytes(session.txt2img),
+                self.memory_mode,
+                self.device,
+                free_vram=memory.free_vram(self.device),
+                weights=memory.weights_bytes(session.txt2img),
             )
-            if mode == "lowest":  # sequential offload wants a freshly built model (see set_memory_mode)
+            if (
+                mode == "lowest"
+            ):  # sequential offload wants a freshly built model (see set_memory_mode)
                 session.close()
                 return self._load(name, session.path)
         self._status("loading", f"loading {name} from RAM")
@@ -368,7 +376,13 @@ class Engine:
         loaded = session.loaded
         self._log(f"switched back to {name} from RAM in {seconds:.2f} s")
         self.emit(
-            msg.ModelLoaded(name, loaded.family.label, round(seconds, 2), int(loaded.size_bytes), str(loaded.path))
+            msg.ModelLoaded(
+                name,
+                loaded.family.label,
+                round(seconds, 2),
+                int(loaded.size_bytes),
+                str(loaded.path),
+            )
         )
         self._status("ready")
         return session
@@ -401,7 +415,9 @@ class Engine:
             )
         )
         self.emit(
-            msg.ModelLoaded(name, loaded.family.label, round(seconds, 2), int(loaded.size_bytes), str(path))
+            msg.ModelLoaded(
+                name, loaded.family.label, round(seconds, 2), int(loaded.size_bytes), str(path)
+            )
         )
         self._status("ready")
         return self.session
@@ -453,7 +469,9 @@ class Engine:
         if self.memory_mode in ("auto", "normal") or self._said_cpu_mode:
             return
         self._said_cpu_mode = True  # once per engine: every job would repeat it otherwise
-        self._log(f"running on the CPU: memory mode {self.memory_mode} has no effect (runs as normal)")
+        self._log(
+            f"running on the CPU: memory mode {self.memory_mode} has no effect (runs as normal)"
+        )
 
     def _log(self, text: str, level: LogLevel = "info") -> None:
         self.emit(msg.Log(level, text))
@@ -463,7 +481,9 @@ class Engine:
         from sdtui.engine import memory
 
         if mode not in MEMORY_MODES:
-            self._log(f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}", "error")
+            self._log(
+                f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}", "error"
+            )
             return
         self.memory_mode = mode
         if self.device != "cuda":
@@ -499,6 +519,7 @@ class Engine:
     def _recording(self, job_id: int, saved: list[str]) -> Any:
         """An emit that records each saved image in the queue file before passing it on:
         a job that restarts resumes after it."""
+
         def emit(event: Any) -> None:
             if isinstance(event, msg.ImageSaved):
                 if not event.is_grid:
@@ -621,7 +642,9 @@ class Engine:
         saved: list[str] = []
         settings = cmd.settings or self.settings
         emit = self._recording(cmd.job_id, saved)
-        paths = upscale_job(cmd.params, settings, self.device, cmd.job_id, emit, done=dict(cmd.done))
+        paths = upscale_job(
+            cmd.params, settings, self.device, cmd.job_id, emit, done=dict(cmd.done)
+        )
         self.emit(msg.JobDone(cmd.job_id, tuple(paths), round(time.perf_counter() - t0, 3)))
 
 

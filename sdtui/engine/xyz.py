@@ -156,7 +156,10 @@ def run_xyz(params: XYZParams, ctx: JobContext, run_cell: RunCell) -> msg.JobDon
         except Exception as e:  # noqa: BLE001 - A1111: the cell stays black, the plot goes on
             first_error = first_error or e
             message = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            ctx.log(f"X/Y/Z plot: {_label(plot, ix, iy, iz)} failed ({message}): its cell stays black", "error")
+            ctx.log(
+                f"X/Y/Z plot: {_label(plot, ix, iy, iz)} failed ({message}): its cell stays black",
+                "error",
+            )
             calls_done += calls[position]
             continue
         calls_done += calls[position]
@@ -167,7 +170,10 @@ def run_xyz(params: XYZParams, ctx: JobContext, run_cell: RunCell) -> msg.JobDon
             image, _ = _read_back(saved.path)
             images[index] = image
         elif not done.cancelled:
-            ctx.log(f"X/Y/Z plot: {_label(plot, ix, iy, iz)} made no image: its cell stays black", "warning")
+            ctx.log(
+                f"X/Y/Z plot: {_label(plot, ix, iy, iz)} made no image: its cell stays black",
+                "warning",
+            )
         if done.cancelled or ctx.control.cancel.is_set():
             cancelled = True
             break
@@ -205,4 +211,6 @@ def save_xyz_grid(ctx: JobContext, grid: Image.Image, kind: str, infotext: str) 
     layout = ctx.layout
     folder = layout.folder(kind, grid=True)
     chunks = {"parameters": infotext} if infotext else {}
-    return layout._save(grid, folder, GRID_BASENAME, lambda n: f"{GRID_BASENAME}-{n:04}.png", chunks)
+    return layout._save(
+        grid, folder, GRID_BASENAME, lambda n: f"{GRID_BASENAME}-{n:04}.png", chunks
+    )

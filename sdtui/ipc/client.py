@@ -90,7 +90,9 @@ def connect(paths: DaemonPaths, info: dict[str, Any]) -> tuple[Connection, dict[
         try:
             check_owned(address)
         except FileNotFoundError:
-            raise DaemonNotRunning(f"no engine daemon is running (no socket at {address})") from None
+            raise DaemonNotRunning(
+                f"no engine daemon is running (no socket at {address})"
+            ) from None
     try:
         key = paths.read_key()
     except FileNotFoundError:
@@ -100,7 +102,9 @@ def connect(paths: DaemonPaths, info: dict[str, Any]) -> tuple[Connection, dict[
     try:
         conn = Client(address, family=paths.family, authkey=key)
     except (ConnectionRefusedError, FileNotFoundError):
-        raise DaemonNotRunning(f"no engine daemon is running (a stale socket at {address})") from None
+        raise DaemonNotRunning(
+            f"no engine daemon is running (a stale socket at {address})"
+        ) from None
     except (OSError, EOFError) as e:
         raise DaemonNotRunning(f"the engine daemon at {address} does not answer ({e})") from None
     except Exception as e:  # noqa: BLE001 - multiprocessing.AuthenticationError
@@ -118,7 +122,9 @@ def connect(paths: DaemonPaths, info: dict[str, Any]) -> tuple[Connection, dict[
         reply = conn.recv()
     except (OSError, EOFError):
         conn.close()
-        raise DaemonNotRunning(f"the engine daemon at {address} went away while attaching") from None
+        raise DaemonNotRunning(
+            f"the engine daemon at {address} went away while attaching"
+        ) from None
     kind = reply[0] if isinstance(reply, tuple) and reply else None
     if kind == msg.REFUSED:
         conn.close()
@@ -174,13 +180,27 @@ def start_daemon(
     log.parent.mkdir(parents=True, exist_ok=True)
     _rotate(log)
     cmd = daemon_command(
-        _absolute(settings), paths, preload=preload, demo=demo, no_preload=no_preload,
-        private=private, faults=faults,
+        _absolute(settings),
+        paths,
+        preload=preload,
+        demo=demo,
+        no_preload=no_preload,
+        private=private,
+        faults=faults,
     )
     if WINDOWS:  # pragma: no cover - no fork: a detached process, and the socket tells readiness
-        flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+        flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(
+            subprocess, "CREATE_NEW_PROCESS_GROUP", 0
+        )
         with open(log, "ab") as out:
-            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, creationflags=flags, env=_absolute_env())
+            subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                creationflags=flags,
+                env=_absolute_env(),
+            )
         return "ok"
     r, w = os.pipe()
     try:
@@ -291,8 +311,13 @@ class DaemonClient:
             if not start:
                 raise
         result = start_daemon(
-            self.settings, self.paths, preload=preload, demo=demo, no_preload=no_preload,
-            private=self.private, faults=faults,
+            self.settings,
+            self.paths,
+            preload=preload,
+            demo=demo,
+            no_preload=no_preload,
+            private=self.private,
+            faults=faults,
         )
         self.started_daemon = result == "ok"
         deadline = time.monotonic() + CONNECT_RETRY_S
@@ -364,7 +389,9 @@ class DaemonClient:
             params = params.replace(base=params.base.replace(model=self.settings.default_model))
         return self._submit("xyz", prepare_xyz(params))
 
-    def _submit(self, kind: msg.JobKind, params: GenerationParams | UpscaleParams | XYZParams) -> int:
+    def _submit(
+        self, kind: msg.JobKind, params: GenerationParams | UpscaleParams | XYZParams
+    ) -> int:
         token = next(self._tokens)
         self._send(msg.Submit(token, kind, params, self.folders))
         reply = self._reply(token)
@@ -389,7 +416,9 @@ class DaemonClient:
         from sdtui.config import MEMORY_MODES
 
         if mode not in MEMORY_MODES:
-            raise ValueError(f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}")
+            raise ValueError(
+                f"memory mode {mode!r} is unknown: use one of {', '.join(MEMORY_MODES)}"
+            )
         self._send(msg.SetMemoryMode(cast(MemoryMode, mode)))
 
     def restart(self) -> list[int]:
@@ -429,7 +458,9 @@ class DaemonClient:
         """Every event available now (waiting up to ``timeout`` for the first)."""
         events: list[Any] = []
         try:
-            events.append(self._events.get(timeout=timeout) if timeout else self._events.get_nowait())
+            events.append(
+                self._events.get(timeout=timeout) if timeout else self._events.get_nowait()
+            )
             while True:
                 events.append(self._events.get_nowait())
         except queue.Empty:
@@ -476,7 +507,12 @@ class DaemonClient:
             self._gone_said = True
             self.state = "crashed"
             pid = self.daemon.pid if self.daemon else "?"
-            return [msg.EngineStatus("crashed", f"the engine daemon (pid {pid}) stopped unexpectedly; {self.restart_hint()}")]
+            return [
+                msg.EngineStatus(
+                    "crashed",
+                    f"the engine daemon (pid {pid}) stopped unexpectedly; {self.restart_hint()}",
+                )
+            ]
         if isinstance(e, msg.DaemonStopping):
             self._gone_said = True
             self.state = "stopped"
@@ -489,7 +525,9 @@ class DaemonClient:
         elif isinstance(e, msg.JobStarted):
             self.running.add(e.job_id)
             if e.job_id in self.pending:
-                self.pending[e.job_id] = dataclasses.replace(self.pending[e.job_id], state="running")
+                self.pending[e.job_id] = dataclasses.replace(
+                    self.pending[e.job_id], state="running"
+                )
         elif isinstance(e, msg.JobDone | msg.JobFailed):
             self.pending.pop(e.job_id, None)
             self.running.discard(e.job_id)
@@ -535,7 +573,9 @@ class DaemonClient:
     def restart_hint(self) -> str:
         """What to do after the daemon died, in the words of this kind of client."""
         if self.private:
-            return f"its jobs are lost with it (--no-daemon): see the engine log ({engine_log_path()})"
+            return (
+                f"its jobs are lost with it (--no-daemon): see the engine log ({engine_log_path()})"
+            )
         if self.who == "tui":
             return "press F12 (or run sdtui again) to start it: the queue is kept on disk"
         return (
@@ -550,7 +590,9 @@ class DaemonClient:
             while token not in self._replies:
                 left = deadline - time.monotonic()
                 if left <= 0 or conn is None or conn.closed:
-                    restart = "F12 / `sdtui daemon stop`" if self.who == "tui" else "`sdtui daemon stop`"
+                    restart = (
+                        "F12 / `sdtui daemon stop`" if self.who == "tui" else "`sdtui daemon stop`"
+                    )
                     raise UserError(
                         "the engine daemon did not answer: see the engine log "
                         f"({engine_log_path()}), or restart it with {restart}"

@@ -139,7 +139,9 @@ class ClientSession:
 
     _COALESCE = (msg.Preview, msg.Progress)
 
-    def __init__(self, conn: Connection, info: dict[str, Any], number: int, inbox: queue.Queue[Any]) -> None:
+    def __init__(
+        self, conn: Connection, info: dict[str, Any], number: int, inbox: queue.Queue[Any]
+    ) -> None:
         self.conn = conn
         self.info = info
         self.number = number
@@ -153,7 +155,9 @@ class ClientSession:
 
     def start(self) -> None:
         threading.Thread(target=self._read, name=f"client-{self.number}-read", daemon=True).start()
-        threading.Thread(target=self._write, name=f"client-{self.number}-write", daemon=True).start()
+        threading.Thread(
+            target=self._write, name=f"client-{self.number}-write", daemon=True
+        ).start()
 
     def send(self, event: Any) -> None:
         with self.cond:
@@ -256,7 +260,9 @@ class WorkerHandle:
             pass  # it died: its reader thread reports the exit
 
     def info(self) -> msg.WorkerInfo:
-        return msg.WorkerInfo(self.index, self.device.name, self.state, self.model, self.pid, self.job_id)
+        return msg.WorkerInfo(
+            self.index, self.device.name, self.state, self.model, self.pid, self.job_id
+        )
 
 
 @dataclass
@@ -372,7 +378,9 @@ class Daemon:
         import psutil
 
         assert self.store is not None
-        old = [(pid, created) for pid, created, daemon in self.store.workers() if daemon != os.getpid()]
+        old = [
+            (pid, created) for pid, created, daemon in self.store.workers() if daemon != os.getpid()
+        ]
         alive = []
         for pid, created in old:
             with contextlib.suppress(psutil.Error):
@@ -393,7 +401,9 @@ class Daemon:
         self.paths.remove_socket()  # a dead daemon's: the lock says none is alive
         old_umask = os.umask(0o177)  # the socket is created 0600
         try:
-            self.listener = Listener(self.paths.address, family=self.paths.family, backlog=16, authkey=key)
+            self.listener = Listener(
+                self.paths.address, family=self.paths.family, backlog=16, authkey=key
+            )
         finally:
             os.umask(old_umask)
 
@@ -475,7 +485,9 @@ class Daemon:
                 )
                 conn.close()
                 return
-            conn.send((msg.WELCOME, msg.PROTOCOL_VERSION, {"pid": os.getpid(), "version": __version__}))
+            conn.send(
+                (msg.WELCOME, msg.PROTOCOL_VERSION, {"pid": os.getpid(), "version": __version__})
+            )
         except Exception:  # noqa: BLE001 - a client that went away mid-handshake
             with contextlib.suppress(OSError):
                 conn.close()
@@ -508,7 +520,12 @@ class Daemon:
                     import traceback
 
                     log("error handling " + repr(item[0]) + ":\n" + traceback.format_exc())
-                    self.broadcast(msg.Log("error", f"the engine daemon hit an error ({type(e).__name__}: {e}); see the engine log"))
+                    self.broadcast(
+                        msg.Log(
+                            "error",
+                            f"the engine daemon hit an error ({type(e).__name__}: {e}); see the engine log",
+                        )
+                    )
             if self.stop is not None and self._stopped():
                 return
             self._dispatch()
@@ -716,7 +733,9 @@ class Daemon:
             w.send(msg.SubmitUpscale(job.id, job.params, settings, done))
         if done:
             self.broadcast(
-                msg.Log("info", f"job #{job.id} resumes: {len(done)} image(s) were saved before", job.id)
+                msg.Log(
+                    "info", f"job #{job.id} resumes: {len(done)} image(s) were saved before", job.id
+                )
             )
 
     def _job_settings(self, job: JobRecord, w: WorkerHandle) -> Settings:
@@ -834,7 +853,9 @@ class Daemon:
             visible_devices=w.device.visible,
             store_path=str(self.paths.queue),
         )
-        settings = dataclasses.replace(self.settings, device=w.device.engine_device, memory_mode=self.memory_mode)
+        settings = dataclasses.replace(
+            self.settings, device=w.device.engine_device, memory_mode=self.memory_mode
+        )
         w.process = self._ctx.Process(
             target=run_worker, args=(child, settings, options), name=f"sdtui-worker-{w.index}"
         )
@@ -842,7 +863,10 @@ class Daemon:
         child.close()  # the worker holds the only other end: its death is EOF here, ours there
         w.conn = parent
         threading.Thread(
-            target=self._watch_worker, args=(w, parent, w.generation), name=f"worker-{w.index}", daemon=True
+            target=self._watch_worker,
+            args=(w, parent, w.generation),
+            name=f"worker-{w.index}",
+            daemon=True,
         ).start()
         log(f"worker {w.index} on {w.device.name}: pid {w.pid}")
 
@@ -869,7 +893,9 @@ class Daemon:
         with contextlib.suppress(StoreError):
             assert self.store is not None
             self.store.requeue(job_id, count_attempt=False)
-        self.jobs[job_id] = dataclasses.replace(job, state="queued", attempts=max(0, job.attempts - 1))
+        self.jobs[job_id] = dataclasses.replace(
+            job, state="queued", attempts=max(0, job.attempts - 1)
+        )
 
     def _restart_workers(self, who: str) -> None:
         log(f"restarting the workers, asked by {who}")
@@ -993,7 +1019,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", default=None)
     ap.add_argument("--private", action="store_true")
     ap.add_argument("--detach", action="store_true", help="fork into the background")
-    ap.add_argument("--ready-fd", type=int, default=None, help="write 'ok', 'running PID' or 'error: ...' here")
+    ap.add_argument(
+        "--ready-fd", type=int, default=None, help="write 'ok', 'running PID' or 'error: ...' here"
+    )
     args = ap.parse_args(argv)
 
     if args.detach and hasattr(os, "fork"):

@@ -100,10 +100,18 @@ class Shutdown:
 
 
 Command = (
-    SubmitGenerate | SubmitUpscale | SubmitXYZ | Cancel | Skip | LoadModel | SetMemoryMode | Shutdown
+    SubmitGenerate
+    | SubmitUpscale
+    | SubmitXYZ
+    | Cancel
+    | Skip
+    | LoadModel
+    | SetMemoryMode
+    | Shutdown
 )
 
 # -- client -> daemon (besides Cancel, Skip, LoadModel, SetMemoryMode) ------------------------
+
 
 @dataclass(frozen=True)
 class Submit:
@@ -176,7 +184,9 @@ class Progress:
     job_id: int
     step: int  # steps done in the current image's batch
     steps: int  # steps of the current batch
-    batch_index: int  # 0-based index of the batch in the job (of an X/Y/Z plot: the cell, in the order made)
+    batch_index: (
+        int  # 0-based index of the batch in the job (of an X/Y/Z plot: the cell, in the order made)
+    )
     batch_count: int  # (of an X/Y/Z plot: its cells)
     its: float  # iterations per second (smoothed)
     eta_s: float  # seconds left for the whole job
@@ -224,7 +234,15 @@ class JobFailed:
 
 
 Event = (
-    EngineStatus | Log | ModelLoaded | JobStarted | Progress | Preview | ImageSaved | JobDone | JobFailed
+    EngineStatus
+    | Log
+    | ModelLoaded
+    | JobStarted
+    | Progress
+    | Preview
+    | ImageSaved
+    | JobDone
+    | JobFailed
 )
 
 

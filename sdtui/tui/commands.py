@@ -201,9 +201,7 @@ MEMORY_MODE_HELP = {
 
 def bindings() -> list[Binding]:
     return [
-        Binding(
-            a.keys, a.action, a.label, show=a.show, priority=a.priority, tooltip=a.help
-        )
+        Binding(a.keys, a.action, a.label, show=a.show, priority=a.priority, tooltip=a.help)
         for a in ACTIONS
         if a.keys
     ]

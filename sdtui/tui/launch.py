@@ -35,10 +35,14 @@ def attach_engine(args: argparse.Namespace, settings: Settings, form: FormState)
         from sdtui.ipc.paths import DaemonPaths
 
         folder = Path(tempfile.mkdtemp(prefix="sdtui-private-"))
-        client = DaemonClient(settings, paths=DaemonPaths(folder, folder / "queue.sqlite3"), private=True)
+        client = DaemonClient(
+            settings, paths=DaemonPaths(folder, folder / "queue.sqlite3"), private=True
+        )
     else:
         client = DaemonClient(settings, who="tui")
-    return client.attach(start=True, preload=form.params.model, demo=bool(getattr(args, "demo", False)))
+    return client.attach(
+        start=True, preload=form.params.model, demo=bool(getattr(args, "demo", False))
+    )
 
 
 def initial_form(args: argparse.Namespace, settings: Settings) -> FormState:

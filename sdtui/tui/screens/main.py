@@ -174,7 +174,9 @@ class MainScreen(Screen[None]):
                 queue.border_title = f"Queue {key_of('focus_queue')}"
                 yield queue
             with Vertical(id="side"):
-                yield GpuPane(self._gpu_sampler, our_pids=self.our_pids(), interval=self._gpu_interval)
+                yield GpuPane(
+                    self._gpu_sampler, our_pids=self.our_pids(), interval=self._gpu_interval
+                )
         yield JobLog(id="log", clock=self._clock)
         yield StatusBar(id="status")
         yield KeyFooter(compact=True, show_command_palette=False)
@@ -336,8 +338,12 @@ class MainScreen(Screen[None]):
         self.book.attached(d.jobs)
         devices = ", ".join(w.device for w in d.workers) or "no device"
         up = format_uptime(time.time() - d.started_at)
-        queue = f"; {len(d.jobs)} job{'s' if len(d.jobs) != 1 else ''} in its queue" if d.jobs else ""
-        self.log_line("info", f"attached to the engine daemon (pid {d.pid}, up {up}, {devices}){queue}")
+        queue = (
+            f"; {len(d.jobs)} job{'s' if len(d.jobs) != 1 else ''} in its queue" if d.jobs else ""
+        )
+        self.log_line(
+            "info", f"attached to the engine daemon (pid {d.pid}, up {up}, {devices}){queue}"
+        )
         self.status_bar.update_line(daemon_pid=d.pid, daemon_since=d.started_at)
         with contextlib.suppress(NoMatches):
             self.query_one(GpuPane).our_pids = self.our_pids()
@@ -372,7 +378,11 @@ class MainScreen(Screen[None]):
         """The built-in demo model, the first time: a form still at the stock defaults gets
         a size and step count the demo makes in seconds, and one line says what it is for."""
         wanted = self.form.state.params.model  # None: the engine picks (the demo, if no other)
-        if self._demo_said or not is_demo_model(name) or not (wanted is None or is_demo_model(wanted)):
+        if (
+            self._demo_said
+            or not is_demo_model(name)
+            or not (wanted is None or is_demo_model(wanted))
+        ):
             return  # a worker left on the demo while the form names a checkpoint: no word
         self._demo_said = True
         state = with_demo_defaults(self.form.state)
@@ -638,7 +648,9 @@ class MainScreen(Screen[None]):
                 )
                 gen = self._styled(gen, state.styles)
                 job_id = self.host.submit(gen)
-                info = JobInfo(gen.mode, summarize_job("generate", gen), gen.images_total, gen.steps)
+                info = JobInfo(
+                    gen.mode, summarize_job("generate", gen), gen.images_total, gen.steps
+                )
         except UnknownStyleError as e:
             self.log_line(
                 "error",
@@ -799,7 +811,7 @@ class MainScreen(Screen[None]):
             self.log_line(
                 "info",
                 f"styles in {show(path)}'s prompt: {style_line(found)}; chosen, and their text "
-                "taken out of the prompt (\"Apply styles to the prompt\" puts it back)",
+                'taken out of the prompt ("Apply styles to the prompt" puts it back)',
             )
         elif styles:
             note += f" (styles still chosen, added on generate: {style_line(styles)})"
@@ -810,7 +822,9 @@ class MainScreen(Screen[None]):
                 f"parameters loaded from {show(path)}{note}, but not these values (the form "
                 f"keeps its own): {kept}",
             )
-            self.notify(f"{len(problems)} value(s) in {show(path)} ignored: {kept}", severity="warning")
+            self.notify(
+                f"{len(problems)} value(s) in {show(path)} ignored: {kept}", severity="warning"
+            )
         else:
             self.log_line("info", f"parameters loaded from {show(path)}{note}")
 
@@ -828,7 +842,9 @@ class MainScreen(Screen[None]):
         from textual.command import SimpleCommand
 
         commands = [
-            SimpleCommand(shown(name), functools.partial(self.switch_model, name), "load this checkpoint now")
+            SimpleCommand(
+                shown(name), functools.partial(self.switch_model, name), "load this checkpoint now"
+            )
             for name in self.model_names
         ]
         self.app.search_commands(commands, placeholder="Switch model…")
@@ -1038,7 +1054,9 @@ class MainScreen(Screen[None]):
                 after()
 
         self.app.push_screen(
-            ConfirmScreen(f"Delete the style {name!r} from {self.style_book.path}?", yes="delete it"),
+            ConfirmScreen(
+                f"Delete the style {name!r} from {self.style_book.path}?", yes="delete it"
+            ),
             confirmed,
         )
 

@@ -189,7 +189,8 @@ def pane_lines(
         else:
             lines = [Content.styled("NVIDIA driver unusable — running on CPU", "bold $warning")]
             lines += [
-                line.stylize("$text-muted") for line in Content(visible(snapshot.driver_error)).wrap(width)
+                line.stylize("$text-muted")
+                for line in Content(visible(snapshot.driver_error)).wrap(width)
             ]
         lines.append(Content(""))
         lines.extend(_host_lines(snapshot.host, width, our_pids))
@@ -202,7 +203,9 @@ def pane_lines(
             lines.append(Content(""))
         lines.extend(_host_lines(snapshot.host, width, our_pids))
         if snapshot.driver_version:
-            lines.append(Content.styled(f"driver {one_line(str(snapshot.driver_version))}", "$text-muted"))
+            lines.append(
+                Content.styled(f"driver {one_line(str(snapshot.driver_version))}", "$text-muted")
+            )
     return [line.truncate(width, ellipsis=True) for line in lines]
 
 

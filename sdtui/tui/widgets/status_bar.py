@@ -58,6 +58,7 @@ class StatusBar(Widget):
 
     def on_mount(self) -> None:
         self.set_interval(30, self.refresh)  # the daemon's uptime
+
     def update_line(self, **changes: Any) -> None:
         """Repaint only when something shown changed."""
         line = replace(self.line, **changes)

@@ -22,7 +22,9 @@ class TextLine(Widget):
     TextLine { height: 1; width: 1fr; }
     """
 
-    def __init__(self, text: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self, text: str = "", *, id: str | None = None, classes: str | None = None
+    ) -> None:
         super().__init__(id=id, classes=classes)
         self._text = text
 
