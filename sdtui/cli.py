@@ -662,28 +662,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         output = OutputFile.check(args.output, params.batch_size * params.batch_count, args.detach)
     _check_init_image(params.init_image, settings)
     _check_outputs(settings)
-    if params.model in ("demo", "sdtui-demo") and not args.json and level > QUIET:
-        print(
-            "sdtui: using the built-in demo model: tiny random weights, so its images are noise. "
-            f"For real images put a checkpoint in {settings.checkpoints} or pass --a1111-dir.",
-            file=sys.stderr,
-        )
-    client = engine_client(args, settings, "sdtui generate")
-    try:
-        job_id = client.submit(params)
-    except BaseException:
-        release(client)
-        raise
-    if args.detach:
-        release(client)
-        print(job_id)
+    started = _submit_and_follow(
+        args, settings, level, "generate", params.model, lambda c: c.submit(params), output
+    )
+    if started is None:
         return EXIT_OK
-    _debug_attached(client, job_id, level)
-    if level > QUIET:
-        _say_queued(client, job_id)
-    note = daemon_note(client)
-    display = JobDisplay("generate", job_id, level, live=_live_progress(args.json, level))
-    final = follow_job(client, job_id, args.json, display, output)
+    final, note, display = started
     if not isinstance(final, msg.JobFailed) and not args.json and level > QUIET:
         n = len(final.paths)
         print(f"sdtui: {n} image{'s' if n != 1 else ''} in {final.seconds:.1f} s", file=sys.stderr)
@@ -692,6 +676,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if isinstance(final, msg.JobFailed) or (output is not None and output.failed):
         return EXIT_FAILED
     return EXIT_CANCELLED if final.cancelled else EXIT_OK
+
+
+def _submit_and_follow(
+    args: argparse.Namespace,
+    settings: Any,
+    level: int,
+    command: str,
+    model: str | None,
+    submit: Any,
+    output: OutputFile | None,
+) -> tuple[Any, str | None, JobDisplay] | None:
+    """Submit one job (``submit(client) -> job_id``) and follow it to its end: (the last
+    event, the daemon's note, the display); None when ``--detach`` printed the job id."""
+    if model in ("demo", "sdtui-demo") and not args.json and level > QUIET:
+        print(
+            "sdtui: using the built-in demo model: tiny random weights, so its images are noise. "
+            f"For real images put a checkpoint in {settings.checkpoints} or pass --a1111-dir.",
+            file=sys.stderr,
+        )
+    client = engine_client(args, settings, f"sdtui {command}")
+    try:
+        job_id = submit(client)
+    except BaseException:
+        release(client)
+        raise
+    if args.detach:
+        release(client)
+        print(job_id)
+        return None
+    _debug_attached(client, job_id, level)
+    if level > QUIET:
+        _say_queued(client, job_id)
+    note = daemon_note(client)
+    display = JobDisplay(command, job_id, level, live=_live_progress(args.json, level))
+    return follow_job(client, job_id, args.json, display, output), note, display
 
 
 def _debug_attached(client: Any, job_id: int, level: int) -> None:
@@ -819,28 +838,12 @@ def cmd_xyz(args: argparse.Namespace) -> int:
         output = OutputFile.check(args.output, 1, args.detach, grid=True)
     _check_init_image(params.base.init_image, settings)
     _check_outputs(settings)
-    if params.base.model in ("demo", "sdtui-demo") and not args.json and level > QUIET:
-        print(
-            "sdtui: using the built-in demo model: tiny random weights, so its images are noise. "
-            f"For real images put a checkpoint in {settings.checkpoints} or pass --a1111-dir.",
-            file=sys.stderr,
-        )
-    client = engine_client(args, settings, "sdtui xyz")
-    try:
-        job_id = client.submit_xyz(params)
-    except BaseException:
-        release(client)
-        raise
-    if args.detach:
-        release(client)
-        print(job_id)
+    started = _submit_and_follow(
+        args, settings, level, "xyz", params.base.model, lambda c: c.submit_xyz(params), output
+    )
+    if started is None:
         return EXIT_OK
-    _debug_attached(client, job_id, level)
-    if level > QUIET:
-        _say_queued(client, job_id)
-    note = daemon_note(client)
-    display = JobDisplay("xyz", job_id, level, live=_live_progress(args.json, level))
-    final = follow_job(client, job_id, args.json, display, output)
+    final, note, display = started
     if not isinstance(final, msg.JobFailed) and not args.json and level > QUIET:
         n = cell_count(params)
         made = len(final.paths)
