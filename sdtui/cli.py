@@ -18,7 +18,16 @@ from typing import Any
 from sdtui import __version__
 from sdtui.config import FAST_PATHS, GRAPHICS, MEMORY_MODES, Settings, load_settings, valid_device
 from sdtui.errors import UserError
-from sdtui.params import RESIZE_MODES, GenerationParams, ParamError, UpscaleParams, parse_size
+from sdtui.params import (
+    FACE_RESTORERS,
+    MASKED_CONTENT,
+    OUTPAINT_SIDES,
+    RESIZE_MODES,
+    GenerationParams,
+    ParamError,
+    UpscaleParams,
+    parse_size,
+)
 from sdtui.safe_text import json_dumps, one_line, visible
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from sdtui.units import format_bytes, format_uptime
@@ -164,6 +173,78 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
     g.add_argument("--init-image", help="img2img: start from this image")
     g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize")
+    i = g.add_argument_group("inpainting (img2img with a mask, as A1111's Inpaint tab)")
+    i.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="inpaint: white = change, black = keep (as A1111); needs --init-image",
+    )
+    i.add_argument("--mask-blur", type=int, default=4, help="mask blur in pixels (A1111: 4)")
+    i.add_argument(
+        "--masked-content",
+        choices=MASKED_CONTENT,
+        default="original",
+        help="what the masked area starts from (A1111's Masked content)",
+    )
+    i.add_argument(
+        "--only-masked",
+        action="store_true",
+        help="inpaint area: only masked (the masked box, at full resolution, pasted back)",
+    )
+    i.add_argument(
+        "--only-masked-padding",
+        type=int,
+        default=32,
+        metavar="PX",
+        help="pixels of context around the masked box with --only-masked (A1111: 32)",
+    )
+    i.add_argument("--invert-mask", action="store_true", help="mask mode: inpaint not masked")
+    i.add_argument(
+        "--outpaint",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="outpaint: extend the init image by PX pixels and inpaint the new area",
+    )
+    i.add_argument(
+        "--outpaint-sides",
+        default="left,right,up,down",
+        metavar="SIDES",
+        help=f"comma list of {', '.join(OUTPAINT_SIDES)} (default all four)",
+    )
+    g.add_argument(
+        "--restore-faces",
+        action="store_true",
+        help="restore faces after each image (GFPGAN / CodeFormer weights in models/)",
+    )
+    g.add_argument(
+        "--face-restorer", choices=FACE_RESTORERS, default="CodeFormer", help="for --restore-faces"
+    )
+    g.add_argument(
+        "--codeformer-weight",
+        type=float,
+        default=0.5,
+        help="CodeFormer fidelity, 0 (best quality) to 1 (closest to the input); A1111: 0.5",
+    )
+    g.add_argument(
+        "--refiner",
+        metavar="MODEL",
+        help="SDXL refiner: a checkpoint that takes over for the last steps",
+    )
+    g.add_argument(
+        "--refiner-switch-at",
+        type=float,
+        default=0.8,
+        metavar="FRACTION",
+        help="share of the steps the base model runs before the refiner (A1111: 0.8)",
+    )
+    g.add_argument(
+        "--cfg-rescale",
+        type=float,
+        default=0.0,
+        metavar="PHI",
+        help="rescaled CFG, 0 (off) to 1; 0.7 suits v-prediction / zero-terminal-SNR models",
+    )
     g.add_argument("--clip-skip", type=int, default=1)
     g.add_argument("--variation-seed", type=int, default=-1)
     g.add_argument("--variation-strength", type=float, default=0.0)
@@ -517,6 +598,20 @@ def params_from(args: argparse.Namespace, settings: Settings | None = None) -> G
         hr_denoising_strength=args.hires_denoise,
         hr_upscaler=args.hires_upscaler,
         preview_every=args.preview_every,
+        mask=getattr(args, "mask", None),
+        mask_blur=getattr(args, "mask_blur", 4),
+        inpainting_fill=getattr(args, "masked_content", "original"),
+        inpaint_full_res=getattr(args, "only_masked", False),
+        inpaint_full_res_padding=getattr(args, "only_masked_padding", 32),
+        inpainting_mask_invert=getattr(args, "invert_mask", False),
+        outpaint_pixels=getattr(args, "outpaint", 0),
+        outpaint_sides=getattr(args, "outpaint_sides", "left,right,up,down"),
+        restore_faces=getattr(args, "restore_faces", False),
+        face_restoration_model=getattr(args, "face_restorer", "CodeFormer"),
+        code_former_weight=getattr(args, "codeformer_weight", 0.5),
+        refiner_checkpoint=getattr(args, "refiner", None),
+        refiner_switch_at=getattr(args, "refiner_switch_at", 0.8),
+        cfg_rescale=getattr(args, "cfg_rescale", 0.0),
     ).validated()
 
 

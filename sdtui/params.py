@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,14 @@ from sdtui.samplers import (
 )
 
 RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and fill")
+# A1111's img2img inpaint radio choices, in their index order (p.inpainting_fill is the index)
+MASKED_CONTENT: tuple[str, ...] = ("fill", "original", "latent noise", "latent nothing")
+INPAINT_AREAS: tuple[str, ...] = ("Whole picture", "Only masked")
+MASK_MODES: tuple[str, ...] = ("Inpaint masked", "Inpaint not masked")
+# the sides A1111's "Outpainting mk2" / "Poor man's outpainting" scripts can extend
+OUTPAINT_SIDES: tuple[str, ...] = ("left", "right", "up", "down")
+# A1111's face restorers (Settings > Face restoration > face_restoration_model)
+FACE_RESTORERS: tuple[str, ...] = ("CodeFormer", "GFPGAN")
 # where the engine keeps the model, like A1111's --medvram / --lowvram: auto (from free VRAM),
 # normal, low (model CPU offload), lowest (sequential offload); config.MEMORY_MODES lists them
 MemoryMode = Literal["auto", "normal", "low", "lowest"]
@@ -82,6 +91,28 @@ class GenerationParams:
     hr_upscaler: str = "Latent"
     hr_second_pass_steps: int = 0
     hr_denoising_strength: float = 0.7
+    # inpainting (img2img with a mask): white = change, as A1111's mask upload
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_fill: str = "original"  # one of MASKED_CONTENT
+    inpaint_full_res: bool = False  # A1111 "Inpaint area": False = Whole picture
+    inpaint_full_res_padding: int = 32  # "Only masked padding, pixels"
+    inpainting_mask_invert: bool = False  # "Mask mode": Inpaint not masked
+    # outpainting: extend the init image by this many pixels on outpaint_sides (comma list of
+    # OUTPAINT_SIDES) and inpaint the new area; the mask is made for the user
+    outpaint_pixels: int = 0
+    outpaint_sides: str = "left,right,up,down"
+    # face restoration after decoding (A1111's "Restore faces" checkbox; which restorer and
+    # CodeFormer's weight are A1111 settings, here fields)
+    restore_faces: bool = False
+    face_restoration_model: str = "CodeFormer"
+    code_former_weight: float = 0.5
+    # SDXL refiner: a second checkpoint that takes over for the last (1 - switch_at) of steps
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
+    # rescaled CFG (Lin et al. 2023, "Common Diffusion Noise Schedules..."; diffusers'
+    # guidance_rescale): 0 = off; 0.7 is the paper's value for v-prediction/ztsnr models
+    cfg_rescale: float = 0.0
     # live preview every N steps; 0 = off
     preview_every: int = 1
     # and at most one per this many seconds (0 = no cap). A preview copies the latents off the
@@ -92,6 +123,15 @@ class GenerationParams:
     @property
     def mode(self) -> str:
         return "img2img" if self.init_image else "txt2img"
+
+    @property
+    def inpainting(self) -> bool:
+        """img2img with a mask, given or made for an outpainting."""
+        return bool(self.init_image) and (self.mask is not None or self.outpaint_pixels > 0)
+
+    @property
+    def outpaint_side_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.outpaint_sides.split(",") if s.strip())
 
     @property
     def images_total(self) -> int:
@@ -180,6 +220,43 @@ class GenerationParams:
             normalize_schedule(self.schedule_type)
         except UnknownSamplerError as e:
             errors["schedule_type"] = str(e)
+        if self.mask is not None and not self.init_image:
+            errors["mask"] = "a mask needs an init image (img2img): give --init-image too"
+        if not isinstance(self.mask_blur, int) or not 0 <= self.mask_blur <= 64:
+            errors["mask_blur"] = f"mask blur {self.mask_blur} is out of range: use 0 to 64"
+        if self.inpainting_fill not in MASKED_CONTENT:
+            errors["inpainting_fill"] = (
+                f"masked content {self.inpainting_fill!r} is not one of: {', '.join(MASKED_CONTENT)}"
+            )
+        if not isinstance(self.inpaint_full_res_padding, int) or not (
+            0 <= self.inpaint_full_res_padding <= 256
+        ):
+            errors["inpaint_full_res_padding"] = (
+                f"only-masked padding {self.inpaint_full_res_padding} is out of range: use 0 to 256"
+            )
+        if not isinstance(self.outpaint_pixels, int) or not 0 <= self.outpaint_pixels <= 2048:
+            errors["outpaint_pixels"] = (
+                f"outpaint pixels {self.outpaint_pixels} is out of range: use 0 to 2048"
+            )
+        elif self.outpaint_pixels and not self.init_image:
+            errors["outpaint_pixels"] = "outpainting extends an init image: give --init-image too"
+        sides = [s.strip() for s in self.outpaint_sides.split(",") if s.strip()]
+        if self.outpaint_pixels and (not sides or any(s not in OUTPAINT_SIDES for s in sides)):
+            errors["outpaint_sides"] = (
+                f"outpaint sides {self.outpaint_sides!r}: use a comma list of "
+                f"{', '.join(OUTPAINT_SIDES)}"
+            )
+        if self.face_restoration_model not in FACE_RESTORERS:
+            errors["face_restoration_model"] = (
+                f"face restoration {self.face_restoration_model!r} is not one of: "
+                f"{', '.join(FACE_RESTORERS)}"
+            )
+        if not 0 <= self.code_former_weight <= 1:
+            errors["code_former_weight"] = "CodeFormer weight must be between 0 and 1"
+        if not 0 <= self.refiner_switch_at <= 1:
+            errors["refiner_switch_at"] = "refiner switch at must be between 0 and 1"
+        if not 0 <= self.cfg_rescale <= 1:
+            errors["cfg_rescale"] = f"CFG rescale {self.cfg_rescale} is out of range: use 0 to 1"
         if self.enable_hr:
             if not 1 <= self.hr_scale <= 4:
                 errors["hr_scale"] = "hires upscale must be between 1 and 4"
@@ -222,6 +299,10 @@ class GenerationParams:
             "Schedule type": _written_schedule(self.sampler, self.schedule_type),
             "CFG scale": _num(self.cfg_scale),
             "Seed": seed,
+        }
+        if self.restore_faces:  # A1111: opts.face_restoration_model if p.restore_faces
+            pairs["Face restoration"] = self.face_restoration_model
+        pairs |= {
             "Size": f"{self.width}x{self.height}",
             "Model hash": model_hash,
             "Model": model_name,
@@ -248,8 +329,33 @@ class GenerationParams:
             if self.hr_second_pass_steps:
                 pairs["Hires steps"] = self.hr_second_pass_steps
             pairs["Hires upscaler"] = self.hr_upscaler
+        if self.inpainting:
+            pairs.update(self.inpaint_infotext())
+        if self.refiner_checkpoint:
+            # A1111 processing.py: extra_generation_params['Refiner'] = the checkpoint's
+            # short_title ("name [hash]", the engine passes it in extra), 'Refiner switch at'
+            pairs["Refiner"] = extra.pop("Refiner", self.refiner_checkpoint)
+            pairs["Refiner switch at"] = _num(self.refiner_switch_at)
+        if self.cfg_rescale > 0:
+            # the key of the CFG Rescale extension (Seshelle/CFG_Rescale_webui), which Forge
+            # and reForge read too (older images: "CFG Rescale phi" / "CFG Rescale φ")
+            pairs["CFG Rescale"] = _num(self.cfg_rescale)
         pairs.update(extra)
         pairs["Version"] = f"sdtui {__version__}"
+        return pairs
+
+    def inpaint_infotext(self) -> dict[str, object]:
+        """A1111's inpaint keys in the order it adds them to extra_generation_params:
+        img2img.py sets "Mask blur" when a mask is given, then
+        StableDiffusionProcessingImg2Img.init the rest, each only when not the default."""
+        pairs: dict[str, object] = {"Mask blur": self.mask_blur}
+        if self.inpainting_mask_invert:
+            pairs["Mask mode"] = MASK_MODES[1]
+        if self.inpaint_full_res:
+            pairs["Inpaint area"] = INPAINT_AREAS[1]
+            pairs["Only masked padding, pixels"] = self.inpaint_full_res_padding
+        if self.inpainting_fill != "original":
+            pairs["Masked content"] = self.inpainting_fill
         return pairs
 
     @classmethod
@@ -286,6 +392,11 @@ class GenerationParams:
             ("Hires upscaler", "hr_upscaler", str),
             ("VAE", "vae", str),
             ("Model", "model", str),
+            ("Mask blur", "mask_blur", int),
+            ("Only masked padding, pixels", "inpaint_full_res_padding", int),
+            ("Refiner switch at", "refiner_switch_at", float),
+            ("CFG Rescale", "cfg_rescale", float),
+            ("CodeFormer weight", "code_former_weight", float),
         ]
         for key, name, fn in conv:
             if key in pairs:
@@ -312,6 +423,31 @@ class GenerationParams:
                 )
             except UnknownSamplerError:
                 changes["sampler"] = pairs["Sampler"]
+        if "CFG Rescale" not in pairs:  # the extension's older keys (its on_infotext_pasted)
+            for old_key in ("CFG Rescale φ", "CFG Rescale phi"):
+                if old_key in pairs:
+                    try:
+                        changes["cfg_rescale"] = float(pairs[old_key])
+                    except ValueError:
+                        bad(old_key, pairs[old_key])
+                    break
+        if "Face restoration" in pairs:
+            changes["restore_faces"] = True
+            if pairs["Face restoration"] in FACE_RESTORERS:
+                changes["face_restoration_model"] = pairs["Face restoration"]
+        if "Refiner" in pairs:
+            # "name [hash]" as A1111 writes the checkpoint's short title
+            changes["refiner_checkpoint"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", pairs["Refiner"])
+        for key, name, choices, as_value in (
+            ("Masked content", "inpainting_fill", MASKED_CONTENT, None),
+            ("Inpaint area", "inpaint_full_res", INPAINT_AREAS, INPAINT_AREAS[1]),
+            ("Mask mode", "inpainting_mask_invert", MASK_MODES, MASK_MODES[1]),
+        ):
+            if key in pairs:
+                if pairs[key] in choices:
+                    changes[name] = pairs[key] if as_value is None else pairs[key] == as_value
+                else:
+                    bad(key, pairs[key], f"is not one of: {', '.join(choices)}")
         denoise_key = "hr_denoising_strength" if "Hires upscale" in pairs else "denoising_strength"
         if "Hires upscale" in pairs:
             changes["enable_hr"] = True
@@ -323,7 +459,17 @@ class GenerationParams:
                 changes[denoise_key] = value
             except ValueError:
                 bad("Denoising strength", pairs["Denoising strength"])
-        known = {k for k, _, _ in conv} | {"Size", "Sampler", "Schedule type", "Denoising strength"}
+        known = {k for k, _, _ in conv} | {
+            "Size",
+            "Sampler",
+            "Schedule type",
+            "Denoising strength",
+            "Face restoration",
+            "Refiner",
+            "Masked content",
+            "Inpaint area",
+            "Mask mode",
+        }
         changes["extra"] = {k: v for k, v in pairs.items() if k not in known}
         params = p.replace(**changes)
         # values that parse but are out of range fall back to the defaults, each said
@@ -354,6 +500,11 @@ class UpscaleParams:
     upscaler_2_visibility: float = 0.0
     tile: int = 192
     tile_overlap: int = 8
+    # face restoration in Extras (A1111's postprocessing_gfpgan / postprocessing_codeformer)
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0  # A1111's Extras slider default
+    upscale_first: bool = False  # A1111 "Upscale Before Restoring Faces"
 
     def replace(self, **changes: Any) -> UpscaleParams:
         return dataclasses.replace(self, **changes)
@@ -370,6 +521,13 @@ class UpscaleParams:
             errors["upscaler_2_visibility"] = "upscaler 2 visibility must be between 0 and 1"
         if self.tile and not 32 <= self.tile <= 4096:
             errors["tile"] = "tile must be 0 (no tiling) or 32 to 4096 pixels"
+        for name, label in (
+            ("gfpgan_visibility", "GFPGAN visibility"),
+            ("codeformer_visibility", "CodeFormer visibility"),
+            ("codeformer_weight", "CodeFormer weight"),
+        ):
+            if not 0 <= getattr(self, name) <= 1:
+                errors[name] = f"{label} must be between 0 and 1"
         return errors
 
     def validated(self) -> UpscaleParams:

@@ -17,7 +17,17 @@ def first_pass_plan(p: GenerationParams) -> Plan:
     ``t_enc + 1`` of them (sdtui.steps.img2img_schedule)."""
     schedule, run = first_pass_schedule(p)
     img2img = p.init_image is not None
-    return Plan(p.sampler, p.schedule_type, schedule, run, p.cfg_scale, p.width, p.height, img2img)
+    return Plan(
+        p.sampler,
+        p.schedule_type,
+        schedule,
+        run,
+        p.cfg_scale,
+        p.width,
+        p.height,
+        img2img,
+        cfg_rescale=p.cfg_rescale,
+    )
 
 
 def hires_plan(p: GenerationParams, multiple: int = 8) -> Plan | None:
@@ -26,7 +36,17 @@ def hires_plan(p: GenerationParams, multiple: int = 8) -> Plan | None:
     if run < 1:
         return None
     width, height = hires_size(p, multiple)
-    return Plan(p.sampler, p.schedule_type, schedule, run, p.cfg_scale, width, height, img2img=True)
+    return Plan(
+        p.sampler,
+        p.schedule_type,
+        schedule,
+        run,
+        p.cfg_scale,
+        width,
+        height,
+        img2img=True,
+        cfg_rescale=p.cfg_rescale,
+    )
 
 
 def make_denoiser(pipes: Any, pipe: Any, conds: Any, plan: Plan, reporter: Any) -> Denoiser:
@@ -43,4 +63,5 @@ def make_denoiser(pipes: Any, pipe: Any, conds: Any, plan: Plan, reporter: Any) 
         size=(plan.height, plan.width),
         on_call=reporter,
         calls=model_calls(plan),
+        cfg_rescale=plan.cfg_rescale,
     )

@@ -47,6 +47,7 @@ class Plan:
     width: int
     height: int
     img2img: bool = False  # from init latents (img2img, the hires pass)
+    cfg_rescale: float = 0.0  # rescaled CFG's phi (0 = plain CFG)
 
 
 class Denoiser:
@@ -65,8 +66,10 @@ class Denoiser:
         size: tuple[int, int],
         on_call: OnCall | None = None,
         calls: int = 0,
+        cfg_rescale: float = 0.0,
     ):
         self.unet, self.conds, self.cfg = unet, conds, float(cfg_scale)
+        self.cfg_rescale = float(cfg_rescale)
         self.device = device
         self.dtype = unet.dtype
         self.v = scheduler_config.get("prediction_type") == "v_prediction"
@@ -133,6 +136,17 @@ class Denoiser:
         result = uncond.clone()
         for i, (weight, _, _) in enumerate(conds):
             result += (out[i * b : (i + 1) * b] - uncond) * (weight * self.cfg)
+        if self.cfg_rescale > 0:
+            # rescaled CFG (Lin et al. 2023, eq. 15-16; diffusers' rescale_noise_cfg): bring the
+            # guided output's spread back to the text prediction's, then mix by phi
+            text = uncond.clone()
+            for i, (weight, _, _) in enumerate(conds):
+                text += (out[i * b : (i + 1) * b] - uncond) * weight
+            dims = list(range(1, result.ndim))
+            std_text = text.std(dim=dims, keepdim=True)
+            std_cfg = result.std(dim=dims, keepdim=True).clamp_min(1e-12)
+            rescaled = result * (std_text / std_cfg)
+            result = self.cfg_rescale * rescaled + (1 - self.cfg_rescale) * result
         return result
 
     def _called(self, denoised: torch.Tensor) -> None:
