@@ -194,6 +194,22 @@ def test_choose_mode_honours_a_forced_mode_and_rejects_unknown_ones() -> None:
         choose_mode("iterm")
 
 
+def test_windows_terminal_gets_sixel_without_a_probe() -> None:
+    """On Windows the terminal is not queried (no termios): Windows Terminal, known by
+    WT_SESSION, draws Sixel (1.22+), where the unanswered probe used to read as "slow link?"."""
+    wt = {"WT_SESSION": "5c1f0c2e-0000-4000-8000-000000000000"}
+    choice = choose_mode("auto", replies=None, env=wt, platform="win32")
+    assert choice.mode_used == "sixel" and "Windows Terminal" in choice.reason
+    assert "slow link" not in choice.reason
+    conhost = choose_mode("auto", replies=None, env={}, platform="win32")
+    assert conhost.mode_used == "halfcell" and "not probed on Windows" in conhost.reason
+    # elsewhere an unanswered probe still means a slow link, and WT_SESSION over SSH from
+    # Windows Terminal to Linux follows the replies as before
+    assert "slow link" in choose_mode("auto", replies=None, env=wt, platform="linux").reason
+    sixel = _replies(None, sixel=True)
+    assert choose_mode("auto", replies=sixel, env=wt, platform="linux").mode_used == "sixel"
+
+
 def graphics_modes() -> list[str]:
     return [m for m in graphics.MODES if m != "auto"]
 

@@ -160,12 +160,15 @@ def choose_mode(
     is_tty: bool = True,
     tmux_passthrough: bool | None = None,
     tmux_wrapping: bool = True,
+    platform: str = sys.platform,
 ) -> GraphicsChoice:
     """Pick the image mode.
 
     ``replies`` is what the terminal answered (None: not asked); ``tmux_passthrough`` is
     tmux's ``allow-passthrough`` (None: unknown); ``tmux_wrapping`` says whether the
-    installed textual-image wraps kitty sequences for tmux passthrough.
+    installed textual-image wraps kitty sequences for tmux passthrough. On Windows the
+    terminal is not asked (the console has no termios to read its replies with): Windows
+    Terminal, known by ``WT_SESSION``, draws Sixel since 1.22; another console gets blocks.
     """
     if requested not in MODES:
         raise ValueError(f"unknown image mode {requested!r}: use one of {', '.join(MODES)}")
@@ -183,6 +186,19 @@ def choose_mode(
     if kind == "unknown" and in_tmux:
         where = "inside tmux (the terminal behind it did not say what it is)"
 
+    if platform == "win32" and not replies.answered and replies.xtversion is None:
+        if kind == "windows-terminal":
+            return GraphicsChoice(
+                "sixel",
+                "Windows Terminal (WT_SESSION; not probed on Windows): using Sixel "
+                "(Windows Terminal 1.22 or later draws it; set the image mode to halfcell "
+                "if images do not show)",
+            )
+        return GraphicsChoice(
+            "halfcell",
+            "a Windows console that is not Windows Terminal (not probed on Windows): "
+            "using half-cell blocks (Windows Terminal draws Sixel images)",
+        )
     if not replies.answered and replies.xtversion is None:
         return GraphicsChoice(
             "halfcell",
@@ -388,7 +404,7 @@ def probe(mode: str = "auto", *, timeout: float = PROBE_TIMEOUT_S) -> GraphicsCh
     in_tmux = bool(env.get("TMUX"))
     replies: TerminalReplies | None = None
     passthrough: bool | None = None
-    if mode == "auto" and is_tty:
+    if mode == "auto" and is_tty and sys.platform != "win32":
         passthrough = tmux_allow_passthrough() if in_tmux else None
         replies = query_terminal(timeout, in_tmux=in_tmux, passthrough=passthrough is not False)
     choice = choose_mode(
