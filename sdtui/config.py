@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import platform
 import re
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from sdtui.params import MemoryMode
 from sdtui.styles import default_styles_path
 
 APP = "sdtui"
-DEVICES = ("auto", "cuda", "cpu")  # and cuda:N, one card of several
+DEVICES = ("auto", "cuda", "mps", "cpu")  # and cuda:N, one card of several; mps: Apple GPU
 _CUDA_N = re.compile(r"^cuda:\d{1,2}$")
 DEFAULT_IDLE_MINUTES = 30.0
 DEFAULT_MAX_IMAGE_MEGAPIXELS = 64.0  # 8192x8192: a 4x upscale of 2048x2048
@@ -35,6 +37,11 @@ FAST_PATHS = ("auto", "nocompile", "off")
 
 def valid_device(name: str) -> bool:
     return name in DEVICES or bool(_CUDA_N.match(name))
+
+
+def apple_silicon() -> bool:
+    """A Mac with an Apple GPU (Metal: torch's "mps" device), known without importing torch."""
+    return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
 def cache_dir() -> Path:

@@ -92,3 +92,39 @@ def test_a_bad_settings_file_says_what_and_where(tmp_path, text, words):
 def test_a_missing_a1111_folder_is_named(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_settings(tmp_path / "none.toml", a1111_dir=tmp_path / "nope")
+
+
+def test_auto_picks_the_apple_gpu_on_apple_silicon(monkeypatch) -> None:
+    """--device auto: every NVIDIA GPU, else on a Mac with Apple silicon its GPU (torch's
+    "mps"), else the CPU; mps and cpu can be named. Not tried on a Mac: the platform is
+    faked here (no Mac in CI), the choice is what is tested."""
+    from sdtui import config
+    from sdtui.ipc import daemon
+
+    monkeypatch.setattr(daemon, "visible_gpus", lambda: [])
+    monkeypatch.setattr(daemon, "apple_silicon", lambda: True)
+    assert [d.name for d in daemon.resolve_devices(Settings(device="auto"))] == ["mps"]
+    assert daemon.resolve_devices(Settings(device="mps"))[0].engine_device == "mps"
+    assert [d.name for d in daemon.resolve_devices(Settings(device="cpu"))] == ["cpu"]
+    monkeypatch.setattr(daemon, "apple_silicon", lambda: False)
+    assert [d.name for d in daemon.resolve_devices(Settings(device="auto"))] == ["cpu"]
+    monkeypatch.setattr(daemon, "visible_gpus", lambda: ["0"])
+    monkeypatch.setattr(daemon, "apple_silicon", lambda: True)
+    assert [d.name for d in daemon.resolve_devices(Settings(device="auto"))] == ["cuda:0"]
+    assert config.valid_device("mps") and not config.valid_device("metal")
+    monkeypatch.setattr(config.sys, "platform", "darwin")
+    monkeypatch.setattr(config.platform, "machine", lambda: "arm64")
+    assert config.apple_silicon()
+    monkeypatch.setattr(config.platform, "machine", lambda: "x86_64")
+    assert not config.apple_silicon()
+
+
+def test_mps_asked_for_without_an_apple_gpu_says_so() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    from sdtui.engine.models import _check_device
+
+    with pytest.raises(UserError) as err:
+        _check_device("mps")
+    assert "Apple" in str(err.value) and "cpu" in str(err.value)

@@ -36,6 +36,7 @@ from sdtui import __version__
 from sdtui.config import (
     MEMORY_MODES,
     Settings,
+    apple_silicon,
     settings_from_dict,
     settings_to_dict,
 )
@@ -104,11 +105,14 @@ def visible_gpus() -> list[str]:
 
 def resolve_devices(settings: Settings) -> list[Device]:
     """One Device per worker: ``devices`` from the settings when given, else ``device``
-    (auto and cuda: every visible GPU; auto falls back to the CPU)."""
+    (auto and cuda: every visible GPU; auto on Apple silicon: its GPU; auto falls back to the
+    CPU)."""
     gpus = visible_gpus()
     wanted = list(settings.devices)
     if not wanted:
-        if settings.device in ("auto", "cuda"):
+        if settings.device == "auto" and not gpus and apple_silicon():
+            wanted = ["mps"]
+        elif settings.device in ("auto", "cuda"):
             wanted = [f"cuda:{i}" for i in range(len(gpus))] or (
                 ["cpu"] if settings.device == "auto" else ["cuda:0"]
             )
@@ -116,8 +120,8 @@ def resolve_devices(settings: Settings) -> list[Device]:
             wanted = [settings.device]
     devices: list[Device] = []
     for name in wanted:
-        if name == "cpu":
-            devices.append(Device("cpu", "cpu"))
+        if name in ("cpu", "mps"):
+            devices.append(Device(name, name))
             continue
         index = int(name.partition(":")[2] or 0)
         if gpus and index >= len(gpus):
