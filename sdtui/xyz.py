@@ -341,8 +341,10 @@ def _int_range(text: str) -> list[int] | None:
         if step == 0:
             raise XYZError(f"{text!r} has a step of 0: use a step like (+1) or (-1)")
         r = range(start, end, step)
-        if len(r) > MAX_AXIS_VALUES:
-            raise _too_many(repr(text), len(r))
+        # len() of a range past sys.maxsize items raises OverflowError: count it by hand
+        count = max(0, (r.stop - r.start + r.step + (-1 if r.step > 0 else 1)) // r.step)
+        if count > MAX_AXIS_VALUES:
+            raise _too_many(repr(text), count)
         return list(r)
     m = _RE_RANGE_COUNT.fullmatch(text)
     if m is not None:

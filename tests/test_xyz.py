@@ -20,6 +20,7 @@ from sdtui.xyz import (
     MAX_AXIS_VALUES,
     XYZError,
     XYZPlot,
+    _int_range,
     arange,
     axes_from_infotext,
     axis_type,
@@ -514,3 +515,12 @@ def test_max_axis_values_is_an_axis_limit() -> None:
     assert len(parse_values("Steps", f"1-{MAX_AXIS_VALUES}")) == MAX_AXIS_VALUES
     with pytest.raises(XYZError):
         parse_values("Steps", f"1-{MAX_AXIS_VALUES + 1}")
+
+
+@pytest.mark.parametrize("text", ["1-99999999999999999999", "99999999999999999999-1 (-1)"])
+def test_an_integer_range_past_the_machines_size_is_too_many_values(text: str) -> None:
+    """len() of such a range raises OverflowError; the axis message says what to do."""
+    with pytest.raises(XYZError, match="more than the 1000 an axis can take"):
+        _int_range(text)
+    # the count by hand agrees with range(): A1111 stops at end + 1 whatever the step's sign
+    assert _int_range("10-1 (-3)") == [10, 7, 4] and _int_range("5-1") == []
