@@ -124,6 +124,13 @@ class FakeHost:
     def submit_upscale(self, params: Any) -> int:
         return self.submit(params)
 
+    def submit_xyz(self, params: Any) -> int:
+        from sdtui.xyz import prepare_xyz
+
+        self._next += 1
+        self.pending[self._next] = prepare_xyz(params)
+        return self._next
+
     def cancel(self, job_id: int | None = None) -> None:
         self.cancelled.append(job_id)
 
@@ -459,7 +466,19 @@ def test_the_form_table_names_real_fields_and_the_keys_a1111_writes() -> None:
         subseed_strength=0.25, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=3,
     )  # fmt: skip
     written = job.infotext_pairs(seed=5, model_name="m", model_hash="abc")
+    # and an img2img inpaint job with face restoration, the refiner and rescaled CFG
+    inpaint = GenerationParams(
+        init_image="/i.png", mask="/m.png", mask_blur=8, inpaint_full_res=True,
+        inpainting_fill="fill", restore_faces=True, refiner_checkpoint="r",
+        refiner_switch_at=0.7, cfg_rescale=0.5,
+    )  # fmt: skip
+    written |= inpaint.infotext_pairs(seed=5, model_name="m", model_hash="abc")
     assert {s.infotext for s in form_spec.FIELDS if s.infotext} <= set(written)
+    # a number's key reads back into its field, as the form fills it from a PNG
+    for key, (name, kind) in form_spec.infotext_numbers().items():
+        assert isinstance(
+            getattr(GenerationParams.from_infotext_fields("", "", {key: "1"}), name), kind
+        )
 
 
 # two rows a test adds to the table: an img2img choice and a number in the "More" section
@@ -534,6 +553,148 @@ async def test_a_row_added_to_the_table_is_in_the_form(tui_env: Settings) -> Non
         form.load(FormState(params=TINY.replace(resize_mode="crop and resize", preview_every=7)))
         await pilot.pause()
         assert (resize.value, form.raw_values()["preview_every"]) == ("crop and resize", "7")
+
+
+# -- inpainting, outpainting, faces, the refiner, rescaled CFG (issue 12) ---------------------
+
+
+def test_parse_form_reads_the_inpaint_faces_refiner_and_extras_rows(tmp_path: Path) -> None:
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64)).save(init)
+    Image.new("L", (64, 64), 255).save(mask)
+    typed = {
+        "mode": "img2img", "init_image": str(init), "mask": f" {mask} ", "mask_blur": "8",
+        "inpainting_fill": "latent noise", "inpaint_full_res": "1",
+        "inpaint_full_res_padding": "16", "inpainting_mask_invert": "1",
+        "outpaint_pixels": "64", "outpaint_sides": "left,right", "restore_faces": "1",
+        "face_restoration_model": "GFPGAN", "code_former_weight": "0.3",
+        "refiner_checkpoint": "refiner-xl", "refiner_switch_at": "0.6", "cfg_rescale": "0.7",
+        "gfpgan_visibility": "0.5", "codeformer_visibility": "1", "codeformer_weight": "0.2",
+        "upscale_first": "1",
+    }  # fmt: skip
+    state, errors = parse_form(typed, FormState())
+    assert errors == {}
+    gen = state.generation_params()
+    assert gen.inpainting and (gen.init_image, gen.mask) == (str(init), str(mask))
+    assert (gen.mask_blur, gen.inpainting_fill, gen.inpaint_full_res) == (8, "latent noise", True)
+    assert (gen.inpaint_full_res_padding, gen.inpainting_mask_invert) == (16, True)
+    assert (gen.outpaint_pixels, gen.outpaint_side_list) == (64, ("left", "right"))
+    assert (gen.restore_faces, gen.face_restoration_model, gen.code_former_weight) == (
+        True,
+        "GFPGAN",
+        0.3,
+    )
+    assert (gen.refiner_checkpoint, gen.refiner_switch_at, gen.cfg_rescale) == (
+        "refiner-xl",
+        0.6,
+        0.7,
+    )
+    assert gen.validated() is not None
+    written = gen.infotext_pairs(seed=1)
+    assert written["Mask blur"] == 8 and written["Masked content"] == "latent noise"
+    assert written["Face restoration"] == "GFPGAN" and written["CFG Rescale"] == 0.7
+    # txt2img: the mask and the outpainting stay in the form but are not sent
+    t2i = state.replace(mode="txt2img")
+    assert t2i.errors() == {}
+    assert (t2i.generation_params().mask, t2i.generation_params().outpaint_pixels) == (None, 0)
+    assert t2i.params.mask == str(mask)
+    # no refiner: the empty choice
+    assert parse_form({"refiner_checkpoint": ""}, state)[0].params.refiner_checkpoint is None
+    # extras: the face restoration fields reach UpscaleParams
+    up = state.replace(mode="extras").upscale_params()
+    assert (up.gfpgan_visibility, up.codeformer_visibility, up.codeformer_weight) == (0.5, 1, 0.2)
+    assert up.upscale_first
+    # each problem under its field, in words
+    _, errors = parse_form(
+        {"mask": str(tmp_path / "gone.png"), "mask_blur": "99", "cfg_rescale": "x"}, state
+    )
+    assert "does not exist" in errors["mask"] and "mask blur 99" in errors["mask_blur"]
+    assert errors["cfg_rescale"] == "CFG rescale 'x' is not a number, e.g. 7 or 0.5"
+    _, errors = parse_form(
+        {"mode": "extras", "extras_image": str(init), "codeformer_weight": "2"}, state
+    )
+    assert errors == {"codeformer_weight": "CodeFormer weight must be between 0 and 1"}
+    assert from_json(to_json(state)) == state  # remembered between runs
+
+
+@run_async
+async def test_the_inpaint_rows_show_in_img2img_and_reach_the_job(
+    tui_env: Settings, tmp_path: Path
+) -> None:
+    from textual.widgets import Collapsible, Input, Select
+
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64)).save(init)
+    Image.new("L", (64, 64), 255).save(mask)
+    host = FakeHost()
+    app = fake_app(tui_env, host=host)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        main, form = app.main, app.main.form
+        inpaint = form.query_one("#inpaint", Collapsible)
+        extras_rows = [
+            form.query_one(f"#{n}").parent for n in ("gfpgan_visibility", "upscale_first")
+        ]
+        assert not inpaint.display and not any(r.display for r in extras_rows)  # txt2img
+        refiner = form.query_one("#refiner_checkpoint", Select)
+        assert refiner.value == "" and form.state.params.refiner_checkpoint is None
+        main.set_form_field("mode", "img2img")
+        main.set_form_field("init_image", str(init))
+        await pilot.pause()
+        assert inpaint.display and str(inpaint.title) == "Inpaint: no mask (alt+m draws one)"
+        for name, value in (
+            ("mask", str(mask)), ("mask_blur", "12"), ("inpainting_fill", "fill"),
+            ("inpaint_full_res", "1"), ("restore_faces", "1"), ("refiner_checkpoint", "demo"),
+            ("refiner_switch_at", "0.5"), ("cfg_rescale", "0.7"),
+        ):  # fmt: skip
+            main.set_form_field(name, value)
+        await pilot.pause()
+        assert str(inpaint.title) == "Inpaint: mask.png, only masked, fill"
+        assert "rescale 0.7" in str(form.query_one("#more", Collapsible).title)
+        assert form.errors == {}
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        [params] = host.pending.values()
+        assert (params.mask, params.mask_blur, params.inpainting_fill) == (str(mask), 12, "fill")
+        assert params.inpaint_full_res and params.restore_faces
+        assert (params.refiner_checkpoint, params.refiner_switch_at) == ("demo", 0.5)
+        assert params.cfg_rescale == 0.7
+        main.set_form_field("refiner_checkpoint", "")  # "none"
+        await pilot.pause()
+        assert refiner.value == "" and form.state.params.refiner_checkpoint is None
+        # an image's parameters (F7, ctrl+o) fill the rows its infotext names; the mask,
+        # drawn for the init image, stays with it
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(
+            "parameters",
+            "a cat\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, "
+            "Denoising strength: 0.5, Mask blur: 9, Masked content: latent noise, "
+            "CFG Rescale: 0.3",
+        )
+        made = tmp_path / "made.png"
+        Image.new("RGB", (64, 64)).save(made, pnginfo=info)
+        main.load_params_from(str(made))
+        await pilot.pause()
+        p = form.state.params
+        assert (p.mask_blur, p.inpainting_fill, p.cfg_rescale) == (9, "latent noise", 0.3)
+        assert (p.init_image, p.mask) == (str(init), str(mask))
+        assert form.query_one("#mask_blur", Input).value == "9"
+        # txt2img hides the section; extras shows its face restoration rows
+        main.set_form_field("mode", "txt2img")
+        await pilot.pause()
+        assert not inpaint.display
+        main.set_form_field("mode", "extras")
+        main.set_form_field("extras_image", str(init))
+        main.set_form_field("codeformer_visibility", "0.8")
+        main.set_form_field("upscale_first", "1")
+        await pilot.pause()
+        assert all(r.display for r in extras_rows) and not inpaint.display
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        upscale = list(host.pending.values())[-1]
+        assert (upscale.codeformer_visibility, upscale.upscale_first) == (0.8, True)
 
 
 # -- validation, queue, keys, palette (fake engine) -----------------------------------------
@@ -1133,3 +1294,26 @@ def test_snapshot_hires_section_open_80x24(snap_compare: Any, tui_env: Settings)
         await pilot.pause()
 
     assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=open_hires)
+
+
+def test_snapshot_inpaint_section_open_80x24(
+    snap_compare: Any, tui_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # short relative paths: the same picture on every machine
+    Image.new("RGB", (64, 64)).save("init.png")
+    Image.new("L", (64, 64), 255).save("mask.png")
+
+    async def open_inpaint(pilot: Any) -> None:
+        await _steady(pilot)
+        main = pilot.app.main
+        main.set_form_field("mode", "img2img")
+        main.set_form_field("init_image", "init.png")
+        main.set_form_field("mask", "mask.png")
+        main.set_form_field("inpaint_full_res", "1")
+        main.form.reveal("outpaint_sides")
+        await pilot.pause(0.2)
+        # the section from its title (the values' summary) down
+        main.form.scroll_to_widget(main.form.query_one("#inpaint"), animate=False, top=True)
+        await pilot.pause()
+
+    assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=open_inpaint)

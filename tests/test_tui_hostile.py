@@ -132,6 +132,9 @@ class FakeHost:
     def submit_upscale(self, params: Any) -> int:
         return self.submit(params)
 
+    def submit_xyz(self, params: Any) -> int:
+        return self.submit(params)
+
     def cancel(self, job_id: int | None = None) -> None:
         pass
 

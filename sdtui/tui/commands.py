@@ -87,6 +87,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "img2img from the selected image at twice its size, denoise 0.75",
     ),
     ActionSpec(
+        "edit_mask",
+        "alt+m",
+        "Mask",
+        "Draw an inpaint mask…",
+        "draw the img2img mask over the init image (or the selected image) with the keys",
+        show=False,
+    ),
+    ActionSpec(
         "send_extras", "f4", "→extras", "Send to extras", "put the selected image in Extras"
     ),
     ActionSpec(
@@ -186,6 +194,15 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "Error",
         "Show last error detail",
         "the technical detail (traceback) of the last failed job",
+        show=False,
+    ),
+    ActionSpec(
+        "xyz_plot",
+        "alt+x",
+        "X/Y/Z",
+        "X/Y/Z plot…",
+        "A1111's X/Y/Z plot over the form's parameters: one image per value of up to three "
+        "axes, then the labelled grid",
         show=False,
     ),
 )

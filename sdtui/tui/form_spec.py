@@ -1,11 +1,12 @@
 """The settings form's fields, in one table: adding an A1111 option to the form is one row.
 
 Each row names a field of ``GenerationParams`` (or of the form's own ``FormState``: mode,
-extras upscaler, memory mode), the label the form shows, the widget that edits it and how
-its text parses. The settings form lays rows out in table order (``beside`` puts a field on
-the row above), ``form_state`` parses, shows and remembers them, and an image's infotext
-fills them by ``infotext`` key. Type and default are the dataclass field's own; ranges are
-checked once, by ``GenerationParams.field_errors``.
+the Extras fields, which go into ``UpscaleParams``, memory mode), the label the form shows,
+the widget that edits it and how its text parses. The settings form lays rows out in table
+order (``beside`` puts a field on the row above), ``form_state`` parses, shows and remembers
+them, and an image's infotext fills them by ``infotext`` key. Type and default are the
+dataclass field's own; ranges are checked once, by ``GenerationParams.field_errors``
+(``UpscaleParams.field_errors`` for Extras).
 
 Pure Python (no textual).
 """
@@ -18,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sdtui.config import MEMORY_MODES
-from sdtui.params import GenerationParams
+from sdtui.params import (
+    FACE_RESTORERS,
+    MASKED_CONTENT,
+    OUTPAINT_SIDES,
+    GenerationParams,
+)
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 
 MODES: tuple[str, ...] = ("txt2img", "img2img", "extras")
@@ -26,14 +32,28 @@ MODES: tuple[str, ...] = ("txt2img", "img2img", "extras")
 # int / float: a text input of that number; path: a text input of a file path (empty is
 # none); choice: a drop-down; check: a checkbox
 Kind = Literal["int", "float", "path", "choice", "check"]
-# main: always unfolded; hires, more: the two folded sections below it
-Section = Literal["main", "hires", "more"]
+# main: always unfolded; hires, inpaint, more: the folded sections below it
+Section = Literal["main", "hires", "inpaint", "more"]
 # which modes show a main-section row: gen = txt2img and img2img, i2i = img2img only
 Shown = Literal["all", "gen", "i2i", "extras"]
-SECTIONS: tuple[Section, ...] = ("main", "hires", "more")
+SECTIONS: tuple[Section, ...] = ("main", "hires", "inpaint", "more")
 TRUE_WORDS = ("1", "true", "on", "yes")
 
 _PARAM_FIELDS = {f.name: f for f in dataclasses.fields(GenerationParams)}
+
+
+def _side_choices() -> tuple[str, ...]:
+    """Every non-empty set of OUTPAINT_SIDES as the comma list the params take: all four,
+    the two pairs of opposite sides and each side first (the usual picks), then the rest."""
+    from itertools import combinations
+
+    sides = OUTPAINT_SIDES
+    usual = [",".join(sides), "left,right", "up,down", *sides]
+    every = [",".join(c) for n in (2, 3) for c in combinations(sides, n)]
+    return tuple(dict.fromkeys([*usual, *every]))
+
+
+OUTPAINT_SIDE_CHOICES = _side_choices()
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,43 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("extras_image", "Image", "path", shown="extras", hint="path of a PNG"),
     FieldSpec("upscaler", "Upscaler", "choice", shown="extras"),
     FieldSpec("upscale_scale", "Scale", "float", shown="extras", word="scale", example="2 or 4"),
+    # A1111's Extras face restoration (postprocessing_gfpgan / _codeformer): 0 = off
+    FieldSpec(
+        "gfpgan_visibility",
+        "GFPGAN",
+        "float",
+        shown="extras",
+        tooltip="GFPGAN visibility: 0 off, 1 the restored faces only",
+        word="GFPGAN visibility",
+        example="0.5",
+    ),
+    FieldSpec(
+        "codeformer_visibility",
+        "CodeFormer",
+        "float",
+        shown="extras",
+        tooltip="CodeFormer visibility: 0 off, 1 the restored faces only",
+        word="CodeFormer visibility",
+        example="0.5",
+    ),
+    FieldSpec(
+        "codeformer_weight",
+        "weight",
+        "float",
+        shown="extras",
+        beside=True,
+        tooltip="CodeFormer weight: 0 the strongest restoration, 1 the weakest",
+        word="CodeFormer weight",
+        example="0.5",
+    ),
+    FieldSpec(
+        "upscale_first",
+        "Order",
+        "check",
+        shown="extras",
+        hint="upscale before faces",
+        tooltip='A1111\'s "Upscale Before Restoring Faces"',
+    ),
     FieldSpec(
         "enable_hr",
         "Enable",
@@ -146,6 +203,73 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("hr_upscaler", "Upscaler", "choice", section="hires", infotext="Hires upscaler"),
     # written as "Denoising strength" when the image had a hires pass
     FieldSpec("hr_denoising_strength", "Denoise", "float", section="hires", word="hires denoise"),
+    # inpainting (img2img): A1111's inpaint tab, with the mask given as a file (alt+m draws one)
+    FieldSpec(
+        "mask",
+        "Mask",
+        "path",
+        section="inpaint",
+        hint="PNG, white = change (alt+m draws)",
+        tooltip="white: repaint, black: keep (A1111's inpaint upload); alt+m draws one",
+    ),
+    FieldSpec(
+        "mask_blur", "Blur", "int", section="inpaint", infotext="Mask blur", word="mask blur"
+    ),
+    FieldSpec(
+        "inpaint_full_res_padding",
+        "padding",
+        "int",
+        section="inpaint",
+        beside=True,
+        tooltip="Only masked padding, pixels",
+        infotext="Masked area padding",
+        word="only masked padding",
+    ),
+    FieldSpec(
+        "inpainting_fill",
+        "Content",
+        "choice",
+        section="inpaint",
+        choices=MASKED_CONTENT,
+        closed=True,
+        tooltip="Masked content: what the masked area starts from",
+        infotext="Masked content",
+    ),
+    FieldSpec(
+        "inpaint_full_res",
+        "Area",
+        "check",
+        section="inpaint",
+        hint="only masked",
+        tooltip="Inpaint area: only the masked part, at full resolution (else the whole picture)",
+    ),
+    FieldSpec(
+        "inpainting_mask_invert",
+        "Invert",
+        "check",
+        section="inpaint",
+        hint="not masked",
+        tooltip="Mask mode: inpaint not masked",
+    ),
+    # outpainting: the init image grows by this many pixels on these sides, the new part is
+    # inpainted (the mask is made for it)
+    FieldSpec(
+        "outpaint_pixels",
+        "Outpaint",
+        "int",
+        section="inpaint",
+        tooltip="pixels to add on each chosen side (0: off)",
+        word="outpaint pixels",
+    ),
+    FieldSpec(
+        "outpaint_sides",
+        "Sides",
+        "choice",
+        section="inpaint",
+        choices=OUTPAINT_SIDE_CHOICES,
+        tooltip="the sides outpainting extends",
+        word="outpaint sides",
+    ),
     FieldSpec("vae", "VAE", "choice", section="more", infotext="VAE"),
     FieldSpec(
         "clip_skip", "Clip skip", "int", section="more", infotext="Clip skip", word="clip skip"
@@ -166,6 +290,55 @@ FIELDS: tuple[FieldSpec, ...] = (
         beside=True,
         infotext="Variation seed strength",
         word="variation strength",
+    ),
+    FieldSpec(
+        "cfg_rescale",
+        "CFG resc.",
+        "float",
+        section="more",
+        tooltip="rescaled CFG (phi): 0 off, 0.7 for v-prediction / zero-SNR models",
+        infotext="CFG Rescale",
+        word="CFG rescale",
+    ),
+    # A1111's "Restore faces" checkbox; the restorer and CodeFormer's weight are its settings
+    FieldSpec("restore_faces", "Faces", "check", section="more", hint="restore faces"),
+    FieldSpec(
+        "face_restoration_model",
+        "Restorer",
+        "choice",
+        section="more",
+        choices=FACE_RESTORERS,
+        closed=True,
+        infotext="Face restoration",
+    ),
+    # A1111 writes no CodeFormer weight with an image (it is a setting): no infotext key
+    FieldSpec(
+        "code_former_weight",
+        "CF weight",
+        "float",
+        section="more",
+        tooltip="CodeFormer weight: 0 the strongest restoration, 1 the weakest",
+        word="CodeFormer weight",
+        example="0.5",
+    ),
+    # the SDXL refiner: a checkpoint that takes over for the last steps ("" = none). A1111
+    # writes it as "name [hash]": no infotext key of the value alone
+    FieldSpec(
+        "refiner_checkpoint",
+        "Refiner",
+        "choice",
+        section="more",
+        tooltip="a second checkpoint for the last steps (none: off)",
+    ),
+    FieldSpec(
+        "refiner_switch_at",
+        "Switch at",
+        "float",
+        section="more",
+        tooltip="the fraction of the steps after which the refiner takes over",
+        infotext="Refiner switch at",
+        word="refiner switch at",
+        example="0.8",
     ),
     FieldSpec("memory_mode", "Memory", "choice", section="more", choices=MEMORY_MODES, closed=True),
 )

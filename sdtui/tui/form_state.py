@@ -46,6 +46,11 @@ class FormState:
     upscaler: str = "Lanczos"
     upscale_scale: float = 2.0
     extras_image: str = ""
+    # Extras face restoration (UpscaleParams' own: A1111's postprocessing scripts)
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscale_first: bool = False
     # None: the settings' memory mode; set once the user picks one in the TUI
     memory_mode: str | None = None
     # A1111's styles (styles.csv), applied in this order to the prompts on Generate; the
@@ -59,13 +64,23 @@ class FormState:
         return self.replace(params=self.params.replace(**changes))
 
     def generation_params(self) -> GenerationParams:
-        """What Generate submits: the init image only counts in img2img mode."""
-        init = self.params.init_image if self.mode == "img2img" else None
-        return self.params.replace(init_image=init or None)
+        """What Generate submits: the init image, the mask and outpainting only count in
+        img2img mode (the form keeps them for when it comes back)."""
+        if self.mode != "img2img":
+            return self.params.replace(init_image=None, mask=None, outpaint_pixels=0)
+        return self.params.replace(
+            init_image=self.params.init_image or None, mask=self.params.mask or None
+        )
 
     def upscale_params(self) -> UpscaleParams:
         return UpscaleParams(
-            image=self.extras_image, upscaler=self.upscaler, scale=self.upscale_scale
+            image=self.extras_image,
+            upscaler=self.upscaler,
+            scale=self.upscale_scale,
+            gfpgan_visibility=self.gfpgan_visibility,
+            codeformer_visibility=self.codeformer_visibility,
+            codeformer_weight=self.codeformer_weight,
+            upscale_first=self.upscale_first,
         )
 
     def errors(self) -> dict[str, str]:
@@ -84,6 +99,10 @@ class FormState:
             problem = _image_problem(self.params.init_image or "", "init image")
             if problem:
                 errors["init_image"] = problem
+            if self.params.mask:
+                problem = _image_problem(self.params.mask, "mask")
+                if problem:
+                    errors["mask"] = problem
         return errors
 
 

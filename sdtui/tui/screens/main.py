@@ -33,7 +33,7 @@ from sdtui.config import Settings
 from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
 from sdtui.jobstore import job_summary as summarize_job
-from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError
+from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError, XYZParams
 from sdtui.styles import PromptStyle, StyleError, UnknownStyleError, check_style_name
 from sdtui.tui import messages as m
 from sdtui.tui.catalog import Catalog
@@ -49,6 +49,7 @@ from sdtui.tui.screens.history import HistoryScreen
 from sdtui.tui.screens.networks import NetworkPickerScreen, network_text
 from sdtui.tui.screens.path_prompt import PathPromptScreen
 from sdtui.tui.screens.styles import StylePickerScreen, style_line
+from sdtui.tui.screens.xyz import XYZScreen, plot_job_info
 from sdtui.tui.style_book import StyleBook
 from sdtui.tui.widgets.gpu_pane import GpuPane
 from sdtui.tui.widgets.image_view import ImageGrid, PreviewImage
@@ -97,6 +98,7 @@ class MainScreen(Screen[None]):
     COMMANDS = {SdtuiCommands}
 
     active_pane: reactive[str] = reactive("", init=False)
+    xyz_plot: XYZParams | None = None  # the X/Y/Z plot's axes, kept for the session
 
     def __init__(
         self,
@@ -405,13 +407,15 @@ class MainScreen(Screen[None]):
     @_while_shown
     def on_job_progress(self, message: m.JobProgress) -> None:
         e = message.event
-        self.book.progressed(e)
+        if self.book.progressed(e):  # an X/Y/Z plot on its next cell: its queue row says so
+            self.refresh_queue()
         self.status_bar.update_line(
             state="busy",
             step=e.step,
             steps=e.steps,
             batch_index=e.batch_index,
             batch_count=e.batch_count,
+            batch_word="cell" if self.book.is_plot(e.job_id) else "batch",
             its=e.its,
             eta_s=e.eta_s,
         )
@@ -444,6 +448,9 @@ class MainScreen(Screen[None]):
         starts_over = self.book.image_saved(e)
         if e.is_grid or e.index < 0:
             self.log_line("info", f"grid saved: {e.path}")
+            plot = self.book.grid_to_show(e)  # an X/Y/Z plot's grid is its result
+            if plot:
+                self.show_images(plot, select=e.path)
             return
         self.log_line("ok", f"saved {e.path}")
         if starts_over:
@@ -737,6 +744,35 @@ class MainScreen(Screen[None]):
             self.form.set_field("mode", "extras")
             self.log_line("info", f"extras: {path}")
 
+    def action_edit_mask(self) -> None:
+        """The mask editor on the init image (else the grid's pick, which becomes the init
+        image when the mask is saved); the saved mask goes into the form, in img2img mode."""
+        from sdtui.tui.screens.mask_editor import MaskEditorScreen
+
+        params = self.form.state.params
+        init = params.init_image
+        path = init if init and file_problem(os.path.expanduser(init)) is None else None
+        path = path or self._need_image()
+        if not path:
+            return
+        try:
+            editor = MaskEditorScreen(
+                os.path.expanduser(path), self.settings.outputs, mask=params.mask
+            )
+        except UserError as e:
+            self.log_line("error", f"no mask editor: {e.message}")
+            self.notify(e.message, severity="error")
+            return
+
+        def saved(mask: str | None) -> None:
+            if mask:
+                self.form.set_field("init_image", path)
+                self.form.set_field("mask", mask)
+                self.form.set_field("mode", "img2img")
+                self.log_line("info", f"inpaint mask {show(mask)} for {show(path)}")
+
+        self.app.push_screen(editor, saved)
+
     def action_upscale(self) -> None:
         path = self._need_image()
         if path:
@@ -802,9 +838,12 @@ class MainScreen(Screen[None]):
             params = params.replace(model=self.form_state.params.model)
         mode = self.form_state.mode if self.form_state.mode != "extras" else "txt2img"
         keep_init = self.form_state.params.init_image
+        keep_mask = self.form_state.params.mask  # drawn for the init image: kept with it
         self.apply_form(
             self.form_state.replace(
-                mode=mode, params=params.replace(init_image=keep_init), styles=styles
+                mode=mode,
+                params=params.replace(init_image=keep_init, mask=keep_mask),
+                styles=styles,
             )
         )
         if found:
@@ -1059,6 +1098,44 @@ class MainScreen(Screen[None]):
             ),
             confirmed,
         )
+
+    def action_xyz_plot(self) -> None:
+        """A1111's X/Y/Z plot over the form's params (styles applied, as on generate)."""
+        state = self.form.state.with_params(
+            prompt=self.form_state.params.prompt,
+            negative_prompt=self.form_state.params.negative_prompt,
+        ).replace(styles=self.form_state.styles)
+        if state.mode == "extras":
+            self.notify("An X/Y/Z plot runs txt2img or img2img: switch the mode first.")
+            return
+        problem = next(iter(state.errors().values()), "")
+        base = state.generation_params().replace(
+            preview_every=self.settings.preview_every, preview_interval=PREVIEW_INTERVAL
+        )
+        try:
+            base = self._styled(base, state.styles)
+        except StyleError as e:
+            problem = problem or f"{e.message}: turn it off in the styles picker"
+
+        def submit(params: XYZParams) -> str | None:
+            try:
+                job_id = self.host.submit_xyz(params)
+            except (ParamError, UserError) as e:
+                return str(e)
+            info = plot_job_info(params)
+            self.book.submitted(job_id, info)
+            self.log_line("info", f"job #{job_id} queued: {info.summary}")
+            self.refresh_queue()
+            self.refresh_bindings()
+            return None
+
+        def closed(plot: XYZParams | None) -> None:
+            self.xyz_plot = plot or self.xyz_plot
+
+        c = self.catalog
+        choices = {"Checkpoint name": c.models, "VAE": c.vaes, "Hires upscaler": c.hires_upscalers}
+        screen = XYZScreen(base, self.xyz_plot, submit, problem=problem, choices=choices)
+        self.app.push_screen(screen, closed)
 
     def action_show_error(self) -> None:
         failure = self.book.last_failure

@@ -1,6 +1,7 @@
 """The settings form: mode, model, sampler, steps, CFG, seed, size, batch, img2img and extras
-fields, then two folded sections: "Hires fix" (txt2img's second pass) and "More" (VAE, clip
-skip, variation seed, memory mode), so the form still fits 80x24. The rows are those of
+fields, then folded sections: "Hires fix" (txt2img's second pass), "Inpaint" (img2img: the
+mask, its blur and area, outpainting) and "More" (VAE, clip skip, variation seed, rescaled CFG,
+face restoration, the refiner, memory mode), so the form still fits 80x24. The rows are those of
 ``form_spec.FIELDS``, in its order. Every edit is parsed and checked at once
 (``form_state.parse_form``, which uses ``GenerationParams.field_errors``); the problem shows
 under its field and FormChanged tells the app whether Generate may run."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from textual import on
@@ -27,7 +29,8 @@ from sdtui.tui.messages import FormChanged, RandomSeedRequested, ReuseSeedReques
 from sdtui.tui.widgets.safe_input import ControlPictures
 
 # the folded sections below the main one, and the CSS classes of each (the modes it shows in)
-FOLDED: dict[Section, str] = {"hires": "gen t2i", "more": "gen"}
+FOLDED: dict[Section, str] = {"hires": "gen t2i", "inpaint": "i2i", "more": "gen"}
+NO_REFINER = ""  # the refiner drop-down's first option: no refiner (shown as "none")
 LABEL_WIDTH = 10  # of a row's label (the CSS below); a longer one takes its own width
 
 
@@ -38,7 +41,7 @@ def _preset_label(w: int, h: int) -> str:
 def _options(values: Sequence[str]) -> list[tuple[Content, str]]:
     """Select options: a model, VAE or sampler name comes from a file name or a PNG, so it
     is drawn as plain text (no markup) with control characters shown, not sent."""
-    return [(Content(one_line(v)), v) for v in values]
+    return [(Content(one_line(v) if v else "none"), v) for v in values]
 
 
 class SettingsForm(VerticalScroll):
@@ -99,6 +102,7 @@ class SettingsForm(VerticalScroll):
             "upscaler": list(upscalers),
             "hr_upscaler": list(hires_upscalers),
             "vae": list(vaes),
+            "refiner_checkpoint": [NO_REFINER, *models],
         }
         self._choices: dict[str, list[str]] = {}
         self._posted = False
@@ -195,13 +199,13 @@ class SettingsForm(VerticalScroll):
         for spec in form_spec.FIELDS:
             if spec.kind == "choice":
                 value = self.query_one(f"#{spec.name}", Select).value
-                raw[spec.name] = value if isinstance(value, str) else ""
+                if not isinstance(value, str):
+                    continue  # nothing picked (a blank drop-down): the state's value stays
+                raw[spec.name] = value
             elif spec.kind == "check":
                 raw[spec.name] = "1" if self.query_one(f"#{spec.name}", Checkbox).value else ""
             else:
                 raw[spec.name] = self.query_one(f"#{spec.name}", Input).value
-            if spec.optional and spec.kind == "choice" and not raw[spec.name]:
-                del raw[spec.name]  # no model picked: keep the one the state names
         return raw
 
     def load(self, state: FormState) -> None:
@@ -230,9 +234,9 @@ class SettingsForm(VerticalScroll):
 
     def set_choice(self, name: str, value: str) -> None:
         select = self.query_one(f"#{name}", Select)
-        if not value:
-            return
         options = self._choices.setdefault(name, [])
+        if not value and value not in options:
+            return  # no model named: the drop-down keeps its pick
         if value not in options:
             options.append(value)
             select.set_options(_options(options))
@@ -240,7 +244,9 @@ class SettingsForm(VerticalScroll):
 
     def update_choices(self, name: str, options: Sequence[str]) -> None:
         """New options for a select (found on disk after the first frame); the value shown
-        stays, added to the list when it is not in it."""
+        stays, added to the list when it is not in it. The models are the refiner's too."""
+        if name == "model":
+            self.update_choices("refiner_checkpoint", [NO_REFINER, *options])
         select = self.query_one(f"#{name}", Select)
         value = select.value if isinstance(select.value, str) else ""
         opts = list(dict.fromkeys(options))
@@ -333,7 +339,9 @@ def _title(text: str) -> Content:
 
 def section_title(section: Section, state: FormState) -> str:
     """A folded section's title: a summary of its values, read without unfolding it."""
-    return hires_title(state) if section == "hires" else more_title(state)
+    if section == "hires":
+        return hires_title(state)
+    return inpaint_title(state) if section == "inpaint" else more_title(state)
 
 
 def hires_title(state: FormState) -> str:
@@ -343,6 +351,21 @@ def hires_title(state: FormState) -> str:
     return f"Hires fix: x{p.hr_scale:g} {p.hr_upscaler}, denoise {p.hr_denoising_strength:g}"
 
 
+def inpaint_title(state: FormState) -> str:
+    p = state.params
+    parts = []
+    if p.mask:
+        parts.append(Path(p.mask).name)
+        if p.inpaint_full_res:
+            parts.append("only masked")
+        if p.inpainting_mask_invert:
+            parts.append("inverted")
+        parts.append(p.inpainting_fill)
+    if p.outpaint_pixels > 0:
+        parts.append(f"outpaint {p.outpaint_pixels}px {p.outpaint_sides}")
+    return "Inpaint: " + (", ".join(parts) if parts else "no mask (alt+m draws one)")
+
+
 def more_title(state: FormState) -> str:
     p = state.params
     parts = [f"VAE {p.vae}"]
@@ -350,5 +373,11 @@ def more_title(state: FormState) -> str:
         parts.append(f"clip skip {p.clip_skip}")
     if p.subseed_strength > 0:
         parts.append(f"var. {p.subseed_strength:g}")
+    if p.cfg_rescale > 0:
+        parts.append(f"rescale {p.cfg_rescale:g}")
+    if p.restore_faces:
+        parts.append(f"faces {p.face_restoration_model}")
+    if p.refiner_checkpoint:
+        parts.append(f"refiner {p.refiner_checkpoint}")
     parts.append(f"mem {state.memory_mode or 'auto'}")
     return "More: " + ", ".join(parts)

@@ -39,6 +39,7 @@ class StatusLine:
     steps: int = 0
     batch_index: int = 0
     batch_count: int = 0
+    batch_word: str = "batch"  # an X/Y/Z plot counts cells
     its: float | None = None
     eta_s: float | None = None
     queued: int = 0
@@ -82,7 +83,7 @@ class StatusBar(Widget):
             parts.append(("░" * (width - done), "$text-muted"))
             parts.append((f" {s.step}/{s.steps}", "bold"))
             if s.batch_count > 1:
-                parts.append((f" batch {s.batch_index + 1}/{s.batch_count}", ""))
+                parts.append((f" {s.batch_word} {s.batch_index + 1}/{s.batch_count}", ""))
             if s.its is not None:
                 parts.append((f"  {s.its:.2f} it/s", ""))
             if s.eta_s is not None:
