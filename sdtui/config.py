@@ -121,7 +121,15 @@ class Settings:
 
     def ensure_folders(self) -> None:
         """Create the A1111 model folders so a user sees where files go."""
-        for sub in ("Stable-diffusion", "Lora", "VAE", "ESRGAN", "RealESRGAN"):
+        for sub in (
+            "Stable-diffusion",
+            "Lora",
+            "VAE",
+            "ESRGAN",
+            "RealESRGAN",
+            "GFPGAN",
+            "Codeformer",
+        ):
             try:
                 (self.models / sub).mkdir(parents=True, exist_ok=True)
             except OSError:

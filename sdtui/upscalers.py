@@ -38,8 +38,6 @@ REALESRGAN_NAMES: dict[str, str] = {
     "realesrgan_x2plus": "R-ESRGAN 2x+",
 }
 
-FACE_FOLDERS: tuple[str, ...] = ("GFPGAN", "Codeformer", "CodeFormer")
-
 # hires fix upscalers that resize latents, in A1111's order: name -> (``F.interpolate`` mode,
 # antialias), as A1111's shared.latent_upscale_modes
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -211,22 +209,3 @@ def hires_upscaler_choices(models_dir: Path | str) -> list[str]:
         NONE_UPSCALER,
         *(e.name for e in list_upscalers(Path(models_dir).expanduser())),
     ]
-
-
-def face_restoration_status(models_dir: Path) -> str:
-    """One plain sentence about face restoration (GFPGAN / CodeFormer), for the Extras pane."""
-    found: list[Path] = []
-    for folder_name in FACE_FOLDERS:
-        found.extend(_model_files(Path(models_dir) / folder_name))
-    found = sorted(set(found))
-    if not found:
-        return (
-            "Face restoration is unavailable: no GFPGAN or CodeFormer model found in "
-            f"{Path(models_dir) / 'GFPGAN'} or {Path(models_dir) / 'Codeformer'}. "
-            "sdtui does not run face restoration yet either."
-        )
-    names = one_line(", ".join(p.name for p in found))
-    return (
-        f"Face restoration models found ({names}), but sdtui does not run face restoration "
-        "yet: it needs face detection and alignment (facexlib). Upscaling works without it."
-    )

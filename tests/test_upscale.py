@@ -20,7 +20,6 @@ from sdtui.errors import UserError
 from sdtui.params import UpscaleParams
 from sdtui.upscalers import (
     display_name,
-    face_restoration_status,
     list_upscalers,
     resolve_upscaler,
     scale_hint,
@@ -184,14 +183,6 @@ def test_resolve_unknown_lists_and_says_where(models_dir: Path) -> None:
     assert str(models_dir / "ESRGAN") in text and ".pth" in text
     with pytest.raises(UserError, match="does not exist"):
         resolve_upscaler("/no/such/dir/model.pth", entries)
-
-
-def test_face_restoration_status(tmp_path: Path) -> None:
-    assert "unavailable" in face_restoration_status(tmp_path)
-    (tmp_path / "GFPGAN").mkdir()
-    (tmp_path / "GFPGAN" / "GFPGANv1.4.pth").write_bytes(b"x")
-    text = face_restoration_status(tmp_path)
-    assert "GFPGANv1.4.pth" in text and "does not run face restoration yet" in text
 
 
 # -- loading and models ---------------------------------------------------------------------

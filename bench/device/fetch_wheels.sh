@@ -11,6 +11,7 @@ py=$(command -v python3)
 [ -x .venv/bin/python ] && py=.venv/bin/python
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl diffusers==0.42.1 importlib_metadata platformdirs tomli-w spandrel==0.4.2
+  -d .whl diffusers==0.42.1 importlib_metadata platformdirs tomli-w spandrel==0.4.2 \
+  spandrel-extra-arches==0.2.0
 ls -la .whl
 du -sh .whl

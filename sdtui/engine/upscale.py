@@ -7,6 +7,10 @@ What A1111 does, and what we keep (modules/upscaler.py, scripts/postprocessing_u
   max(W/w, H/h) the same way, then crop the centre to WxH (A1111's default "Crop to fit").
 - Upscaler 2 is run the same way on the source and blended over the first result with
   ``Image.blend(first, second, visibility)``.
+- GFPGAN and CodeFormer (``sdtui.engine.faces``) restore faces when their visibility is above
+  0, GFPGAN first, each blended over the image with its visibility; on the source image, or
+  on the upscaled one with "Upscale Before Restoring Faces" (``upscale_first``), whose order
+  (upscale, GFPGAN, CodeFormer) is A1111's postprocessing order today.
 - Models run in tiles (A1111: 192 px, overlap 8). Tiles are feathered across the overlap
   and summed with their weights, so the seams do not show.
 
@@ -25,7 +29,6 @@ What we do differently, on purpose:
 
 from __future__ import annotations
 
-import gc
 import math
 import threading
 from collections.abc import Callable, Collection, Iterable
@@ -37,6 +40,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdtui.engine.spandrel_files import free_memory as _free_memory
+from sdtui.engine.spandrel_files import read_state_dict
 from sdtui.errors import UserError
 from sdtui.infotext import append_pairs, format_pairs, infotext_from_image
 from sdtui.params import ParamError, UpscaleParams
@@ -70,12 +75,6 @@ def unload_upscaler() -> None:
     with _cache_lock:
         _cached = None
     _free_memory()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def load_upscaler(path: str | Path, device: str | torch.device = "cpu") -> ImageModel:
@@ -119,37 +118,9 @@ def load_upscaler(path: str | Path, device: str | torch.device = "cpu") -> Image
         return model
 
 
-_PICKLED_UPSCALERS = (".pth", ".pt", ".ckpt", ".bin")
-
-
-def _read_weights(path: Path) -> Any:
-    """What the file holds, read with the checkpoint readers (no code runs, no TorchScript)."""
-    from sdtui.engine.models import _read_pickled, _read_safetensors
-
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return _read_safetensors(path)
-    if suffix in _PICKLED_UPSCALERS:
-        return _read_pickled(path, "upscaler")
-    raise ValueError(f"unsupported file extension {suffix!r}")
-
-
-def _implausible_key(state_dict: dict[str, Any]) -> str | None:
-    """A key whose block number is far beyond the keys there are: spandrel sizes a network
-    from such numbers before it loads a weight, so "model.1.sub.9999999..." would build
-    millions of blocks from a file of a few bytes."""
-    limit = 4 * len(state_dict) + 64
-    for key in state_dict:
-        for part in key.split("."):
-            if part.isascii() and part.isdigit() and (len(part) > 9 or int(part) > limit):
-                return key
-    return None
-
-
 def _load(path: Path, device: torch.device) -> ImageModel:
     import spandrel
 
-    from sdtui.model_index import RefusedFile
     from sdtui.regular_files import shown
 
     name = shown(path)
@@ -158,32 +129,7 @@ def _load(path: Path, device: torch.device) -> ImageModel:
         "HAT, DAT, SPAN, ... as .pth, .pt or .safetensors): check that the download finished "
         "and that the file is an upscaler, not a checkpoint or LoRA."
     )
-    try:
-        raw = _read_weights(path)
-    except RefusedFile:
-        raise  # TorchScript, code in the pickle, a memory bomb: said as it is
-    except UserError as e:
-        raise UserError(not_model, detail=e.message) from None
-    except MemoryError:
-        raise UserError(f"Not enough memory to load {name}: close other programs.") from None
-    except Exception as e:  # noqa: BLE001 - the readers say most things; the rest is "not a model"
-        raise UserError(not_model, detail=f"{type(e).__name__}: {e}") from None
-    if not isinstance(raw, dict):
-        raise UserError(not_model, detail=f"holds a {type(raw).__name__}, not a state dict")
-    state_dict = spandrel.canonicalize_state_dict(raw)
-    if not isinstance(state_dict, dict):
-        raise UserError(not_model, detail="no state dict inside")
-    state_dict = {
-        k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
-    }
-    if not state_dict:
-        raise UserError(not_model, detail="no weights inside")
-    odd = _implausible_key(state_dict)
-    if odd is not None:
-        raise RefusedFile(
-            f"{name} is damaged or crafted: its weight {shown(odd[:80])!r} names a block far "
-            "beyond the weights it holds; re-download it"
-        )
+    state_dict = read_state_dict(path, not_model)
     try:
         descriptor = spandrel.ModelLoader(device="cpu").load_from_state_dict(state_dict)
     except torch.OutOfMemoryError:
@@ -202,7 +148,9 @@ def _load(path: Path, device: torch.device) -> ImageModel:
     if descriptor.purpose == "FaceSR":
         raise UserError(
             f"{name} is a face restoration model ({descriptor.architecture.name}), not an "
-            "upscaler: sdtui does not run face restoration yet; choose an upscaler file."
+            "upscaler: put GFPGAN files in models/GFPGAN and CodeFormer files in "
+            "models/Codeformer, and use them with the GFPGAN / CodeFormer visibility of Extras "
+            "or Restore faces; choose an upscaler file here."
         )
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise UserError(
@@ -449,14 +397,23 @@ def upscale_pil(
     device: str | torch.device = "cpu",
     log: Log = print,
     progress: Callable[[int, int], None] | None = None,
+    face_detector: Any = None,
 ) -> Image.Image:
     """Upscale an image in memory as ``params`` say (the source path in params is ignored)."""
-    result, _ = _upscale(img, params, models_dir, device=device, log=log, progress=progress)
+    result, _ = _upscale(
+        img,
+        params,
+        models_dir,
+        device=device,
+        log=log,
+        progress=progress,
+        face_detector=face_detector,
+    )
     return result
 
 
 def _resolve(
-    params: UpscaleParams, models_dir: Path
+    params: UpscaleParams, models_dir: Path, *, face_detector: Any = None
 ) -> tuple[UpscaleParams, UpscalerEntry, UpscalerEntry | None]:
     try:
         params = params.validated()
@@ -468,7 +425,46 @@ def _resolve(
     name2 = (params.upscaler_2 or "").strip()
     if name2 and name2.lower() != "none" and params.upscaler_2_visibility > 0:
         second = resolve_upscaler(name2, entries, models_dir=models_dir)
+    restorers = _face_restorers(params)
+    if restorers:
+        from sdtui.engine.faces import check_face_weights
+
+        check_face_weights(restorers, Path(models_dir).expanduser(), detector=face_detector is None)
     return params, first, second
+
+
+def _face_restorers(params: UpscaleParams) -> list[str]:
+    """The face restorers an Extras job runs, in A1111's order (GFPGAN, then CodeFormer)."""
+    return [
+        name
+        for name, visibility in (
+            ("GFPGAN", params.gfpgan_visibility),
+            ("CodeFormer", params.codeformer_visibility),
+        )
+        if visibility > 0
+    ]
+
+
+def _restore_faces(
+    img: Image.Image,
+    params: UpscaleParams,
+    models_dir: Path,
+    device: str | torch.device,
+    log: Log,
+    detector: Any,
+) -> Image.Image:
+    from sdtui.engine.faces import restore_faces_extras
+
+    return restore_faces_extras(
+        img,
+        params.gfpgan_visibility,
+        params.codeformer_visibility,
+        params.codeformer_weight,
+        Path(models_dir).expanduser(),
+        device=device,
+        log=log,
+        detector=detector,
+    )
 
 
 def _upscale(
@@ -480,15 +476,20 @@ def _upscale(
     log: Log,
     progress: Callable[[int, int], None] | None = None,
     megapixels: float | None = None,
+    face_detector: Any = None,
 ) -> tuple[Image.Image, dict[str, object]]:
     from sdtui.image_files import check_pixels
 
-    params, first, second = _resolve(params, models_dir)
+    params, first, second = _resolve(params, models_dir, face_detector=face_detector)
     plan = _plan(img.width, img.height, params)
     # before any work: the result of a 4x upscale of 4096x4096, or of --to 16384x16384
     check_pixels(*plan.size, megapixels, "the upscaled image")
     rgb, alpha, mode = _split_alpha(img)
     extra: dict[str, object] = {}
+    faces = bool(_face_restorers(params))
+    # A1111's "Upscale Before Restoring Faces": off, the faces are restored on the source
+    if faces and not params.upscale_first:
+        rgb = _restore_faces(rgb, params, models_dir, device, log, face_detector)
     result = _run_upscaler(rgb, first, plan.size, params, device, log, progress)
     if second is not None:
         other = _run_upscaler(rgb, second, plan.size, params, device, log, progress)
@@ -504,6 +505,8 @@ def _upscale(
         if alpha is not None:
             alpha = alpha.crop(box)
         extra["Postprocess crop to"] = f"{cw}x{ch}"
+    if faces and params.upscale_first:
+        result = _restore_faces(result, params, models_dir, device, log, face_detector)
     if mode == "L":
         result = result.convert("L")
     elif mode == "LA":
@@ -558,6 +561,7 @@ def upscale_file(
     log: Log = print,
     progress: Callable[[int, int], None] | None = None,
     megapixels: float | None = None,
+    face_detector: Any = None,
 ) -> Path:
     """Upscale ``params.image`` and hand it to ``layout_save(image, infotext)``.
 
@@ -566,12 +570,21 @@ def upscale_file(
     PNG ``parameters``), with the Extras pairs (Postprocess upscale by/to, Postprocess
     upscaler, ...) appended. For a saver that writes the chunks as A1111 does, ``image.info``
     also carries ``parameters`` (the source's, when it has one) and ``postprocessing`` (the
-    Extras pairs alone).
+    Extras pairs alone). With a GFPGAN or CodeFormer visibility the faces are restored too,
+    before or after the upscale (``upscale_first``); ``face_detector`` (a
+    ``sdtui.engine.faces.FaceDetector``) replaces RetinaFace, for tests.
     """
     img = open_image(params.image, megapixels)
     existing = infotext_from_image(img, params.image)
     result, extra = _upscale(
-        img, params, models_dir, device=device, log=log, progress=progress, megapixels=megapixels
+        img,
+        params,
+        models_dir,
+        device=device,
+        log=log,
+        progress=progress,
+        megapixels=megapixels,
+        face_detector=face_detector,
     )
     pairs = {**params.infotext_pairs(), **extra}
     result.info = {"postprocessing": format_pairs(pairs)}
