@@ -4,7 +4,9 @@ previews, decode, save with infotext, grid.
 The parts live beside it, each imported from here and none importing this module:
 ``sdtui.engine.job`` (context, control, JobCancelled / BatchSkipped), ``sdtui.engine.latents``
 (noise, VAE decode / encode), ``sdtui.engine.plans`` (each pass's sampling plan and denoiser,
-from ``sdtui.steps``), ``sdtui.engine.hires`` (the second pass, reached through the session).
+from ``sdtui.steps``), ``sdtui.engine.hires`` (the second pass, reached through the session),
+``sdtui.engine.inpaint`` (the mask, the crop, the overlay, outpainting, an inpainting UNet's
+image conditioning).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sdtui.engine import inpaint, sampling
 from sdtui.engine import preview as preview_mod
-from sdtui.engine import sampling
 from sdtui.engine.conditioning import JobConds, encode_job_conds, schedule_steps
+from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
 from sdtui.engine.hires import hires_noise
-from sdtui.engine.job import BatchSkipped, JobCancelled, JobContext, JobControl
-from sdtui.engine.latents import decode_latents, encode_images, make_noise
+from sdtui.engine.job import BatchSkipped, JobCancelled, JobContext, JobControl, job_settings
+from sdtui.engine.latents import decode_latents, encode_images, latent_channels, make_noise
 from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
 from sdtui.image_files import open_image_file
@@ -52,33 +55,25 @@ def load_init_image(
 ) -> Image.Image:
     """The init image, decoded and resized; more than ``megapixels`` (the settings'
     ``max_image_megapixels``) is refused before it is decoded."""
+    return resize_image(read_init_image(path, megapixels), width, height, resize_mode)
+
+
+def read_init_image(path: str, megapixels: float | None = None) -> Image.Image:
+    """The init image at its own size, upright (EXIF), RGB with any transparency flattened
+    onto white (A1111 ``images.flatten`` with its img2img background colour, #ffffff)."""
     with open_image_file(path, "init image", megapixels) as im:
-        image = ImageOps.exif_transpose(im).convert("RGB")
-    return resize_image(image, width, height, resize_mode)
+        image = ImageOps.exif_transpose(im)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            flat.alpha_composite(rgba)
+            return flat.convert("RGB")
+        return image.convert("RGB")
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
-    """A1111's img2img resize modes."""
-    if mode == "just resize":
-        return image.resize((width, height), Image.LANCZOS)
-    ratio = width / height
-    src_ratio = image.width / image.height
-    if mode == "crop and resize":
-        # scale to cover, then centre-crop
-        scale = width / image.width if ratio > src_ratio else height / image.height
-        resized = image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS
-        )
-        left = (resized.width - width) // 2
-        top = (resized.height - height) // 2
-        return resized.crop((left, top, left + width, top + height))
-    # "resize and fill": scale to fit, then fill the borders by stretching the edge pixels
-    scale = width / image.width if ratio < src_ratio else height / image.height
-    fw, fh = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    resized = image.resize((fw, fh), Image.LANCZOS)
-    canvas = resized.resize((width, height), Image.LANCZOS)  # a blurred stretch as the fill
-    canvas.paste(resized, ((width - fw) // 2, (height - fh) // 2))
-    return canvas
+    """A1111's img2img resize modes (sdtui.engine.inpaint.resize_image)."""
+    return inpaint.resize_image(mode, image, width, height)
 
 
 def image_seeds(p: GenerationParams, indices: list[int]) -> tuple[list[int], list[int]]:
@@ -192,6 +187,8 @@ def run_generation(
     """
     t_start = time.perf_counter()
     p = params.validated().with_seeds()
+    settings = job_settings(pipes, ctx)
+    check_restore_faces(p, settings)  # missing weights are said before sampling, not after
     img2img = p.init_image is not None
     pipe = pipes.txt2img
     name, schedule = normalize_sampler(p.sampler, p.schedule_type)
@@ -200,9 +197,21 @@ def run_generation(
             f"{name} runs A1111's own timesteps: the {schedule} schedule does not apply (as in A1111)"
         )
     limit = getattr(ctx.settings, "max_image_megapixels", None)
-    init = (
-        load_init_image(p.init_image, p.width, p.height, p.resize_mode, limit) if img2img else None
-    )
+    init: Image.Image | None = None
+    job: inpaint.InpaintJob | None = None
+    if p.init_image is not None:
+        source = read_init_image(p.init_image, limit)
+        if p.inpainting:
+            mask = inpaint.load_mask(p.mask, limit) if p.mask is not None else None
+            job = inpaint.prepare(p, source, mask, ctx.log)
+            init = job.image
+            # an outpainting grows the job to its canvas, so Size says the output's size;
+            # a blank mask turns "Only masked" into plain img2img, as in A1111
+            p = p.replace(width=job.width, height=job.height, inpaint_full_res=job.only_masked)
+            if job.latent_mask is None:
+                job = None
+        else:
+            init = resize_image(source, p.width, p.height, p.resize_mode)
     kind = "img2img" if img2img else "txt2img"
     plan = first_pass_plan(p)
     second = hires_plan(p)
@@ -228,11 +237,43 @@ def run_generation(
     with pipes.job_scope(p, ctx) as job_extra, ladder:
         conds = job_conds(pipes, p)
         hires_conds = job_conds(pipes, p, hires=True) if p.enable_hr and not img2img else None
+        # an inpainting UNet's extra input: the masked image, or a mask of ones over grey
+        image_cond = (
+            inpaint.image_conditioning(
+                pipe,
+                init if job is not None else None,
+                job.image_mask if job is not None else None,
+                p.width,
+                p.height,
+            )
+            if inpaint.needs_image_conditioning(pipe)
+            else None
+        )
+        # A1111 writes the mask weight whenever the model takes image conditioning
+        cond_info = (
+            {"Conditional mask weight": inpaint.INPAINTING_MASK_WEIGHT}
+            if image_cond is not None
+            else {}
+        )
+        latmask = (
+            inpaint.latent_mask(
+                job.latent_mask, p.height // pipes.vae_scale, p.width // pipes.vae_scale
+            )
+            if job is not None and job.latent_mask is not None
+            else None
+        )
 
         def sample(sub: dict[str, Any]) -> torch.Tensor:
             """One (sub-)batch through both passes; the ladder may call it for a slice."""
             reporter = sub["reporter"]
             denoiser = make_denoiser(pipes, pipe, conds, plan, reporter)
+            if image_cond is not None:
+                denoiser.image_cond = image_cond
+            if latmask is not None:
+                device = denoiser.device
+                denoiser.blend = sampling.LatentBlend(
+                    sub["image"].to(device, torch.float32), latmask.to(device)
+                )
             with torch.inference_mode():
                 latents = sampling.sample(
                     denoiser,
@@ -254,11 +295,8 @@ def run_generation(
                     )
             return latents
 
-        shape = (
-            pipe.unet.config.in_channels,
-            p.height // pipes.vae_scale,
-            p.width // pipes.vae_scale,
-        )
+        # the VAE's channels: an inpainting UNet takes more, its image conditioning
+        shape = (latent_channels(pipe), p.height // pipes.vae_scale, p.width // pipes.vae_scale)
         # a restarted job: what it saved before counts, and only the rest is made
         earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
         saved: dict[int, str] = dict(earlier)
@@ -291,6 +329,8 @@ def run_generation(
             )
             if init is not None:
                 call["image"] = encode_images(pipe, [init] * n, seeds)
+                if latmask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
+                    call["image"] = _masked_content(p, call["image"], latmask, indices, shape)
             elif second is not None:
                 call["hires_noise"] = hires_noise(p, seeds, subseeds, shape[0], pipes.vae_scale)
             try:
@@ -304,6 +344,12 @@ def run_generation(
             finally:
                 preview_s += reporter.preview_s
             images = ladder.decode(latents, lambda lat: decode_latents(pipe, lat, ctx))
+            # A1111: restore faces after decoding, before the inpaint overlay and saving
+            images = restore_faces_for_job(
+                images, p, settings, ctx.log, device=getattr(pipes, "device", "cpu")
+            )
+            if job is not None and job.overlay is not None:
+                images = [inpaint.apply_overlay(im, job.paste_to, job.overlay) for im in images]
             for k, image in enumerate(images):
                 index, seed = indices[k], seeds[k]
                 info = format_infotext(
@@ -314,7 +360,7 @@ def run_generation(
                         model_name=ctx.model_name,
                         model_hash=ctx.model_hash,
                         subseed=subseeds[k] if p.subseed_strength > 0 else None,
-                        extra={**pipes.extra_infotext(p), **job_extra},
+                        extra={**pipes.extra_infotext(p), **job_extra, **cond_info},
                     ),
                 )
                 path = ctx.layout.save_image(image, kind, seed, info)
@@ -336,7 +382,7 @@ def run_generation(
                     model_name=ctx.model_name,
                     model_hash=ctx.model_hash,
                     subseed=p.subseed if p.subseed_strength > 0 else None,
-                    extra={**pipes.extra_infotext(p), **job_extra},
+                    extra={**pipes.extra_infotext(p), **job_extra, **cond_info},
                 ),
             )
             grid = ctx.layout.save_grid(grid_images, kind, info)
@@ -349,6 +395,25 @@ def run_generation(
         cancelled=cancelled,
         stats={"preview_s": round(preview_s, 4)},
     )
+
+
+def _masked_content(
+    p: GenerationParams,
+    latents: torch.Tensor,
+    latmask: torch.Tensor,
+    indices: list[int],
+    shape: tuple[int, ...],
+) -> torch.Tensor:
+    """Masked content "latent noise" / "latent nothing": the masked latents replaced by noise
+    or zeros (A1111 ``StableDiffusionProcessingImg2Img.init``). A1111 draws that noise once for the job
+    from ``all_seeds[0:batch_size]``, so image k of every batch gets the noise of the job's
+    k-th seed (without a variation: its first draw)."""
+    nmask = latmask.to(latents)
+    if p.inpainting_fill == "latent nothing":
+        return latents * (1 - nmask)
+    fill_seeds, _ = image_seeds(p, [i % p.batch_size for i in indices])
+    noise = torch.stack([make_noise(s, shape, None, 0.0) for s in fill_seeds]).to(latents)
+    return latents * (1 - nmask) + noise * nmask
 
 
 def _grid_images(saved: dict[int, str], made: dict[int, Image.Image]) -> list[Image.Image]:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from sdtui.engine import sampling
+from sdtui.engine.inpaint import image_conditioning, needs_image_conditioning
 from sdtui.engine.job import JobContext, job_settings
 from sdtui.engine.latents import decode_latents, encode_images, make_noise
 from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
@@ -126,6 +127,8 @@ def run_hires_fix(
     for g in fresh:
         torch.randn(tuple(noise.shape[1:]), generator=g)
     denoiser = make_denoiser(session, pipe, conds, plan, reporter)
+    if needs_image_conditioning(pipe):  # A1111 sample_hr_pass: img2img_image_conditioning
+        denoiser.image_cond = image_conditioning(pipe, None, None, width, height)
     with _second_pass(reporter, sampling.model_calls(first_pass_plan(p))):
         return sampling.sample(denoiser, plan, noise, fresh, image, session.scheduler_config)
 

@@ -56,7 +56,10 @@ def decode_latents(pipe: Any, latents: torch.Tensor, ctx: JobContext) -> list[Im
         and ctx.family == "SDXL"
         and bool(getattr(vae.config, "force_upcast", False))
     )
-    upcast = own != torch.float32 and (force or ctx.vae_fp32)
+    # on Apple's GPU the VAE decodes in fp32 from the start, as A1111's macOS setup does
+    # (--no-half-vae): fp16 VAEs give NaN or black images there too often to try first
+    mps = vae.device.type == "mps"
+    upcast = own != torch.float32 and (force or ctx.vae_fp32 or mps)
     image = _vae_decode(pipe, scaled, torch.float32 if upcast else own)
     if not upcast and own != torch.float32 and torch.isnan(image).any():
         ctx.log(
@@ -93,17 +96,32 @@ def encode_images(pipe: Any, images: list[Image.Image], seeds: list[int]) -> tor
     """Images -> scaled latents, one posterior sample per image from a generator of its own
     seed (A1111 samples the VAE posterior too, from the global RNG; this keeps an image of a
     batch the same alone, and leaves the image's noise generator untouched)."""
+    return encode_pixels(pipe, pipe.image_processor.preprocess(images), seeds)
+
+
+@torch.no_grad()
+def encode_pixels(pipe: Any, x: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+    """A (B, 3, H, W) batch in [-1, 1] -> scaled latents: a posterior sample per image from
+    its seed's own generator, or the posterior mean without ``seeds``."""
     vae = pipe.vae
     device = getattr(pipe, "_execution_device", None) or vae.device
-    x = pipe.image_processor.preprocess(images).to(device, vae.dtype)
-    dist = vae.encode(x).latent_dist
-    mean, std = dist.mean.float(), dist.std.float()
-    eps = torch.stack(
-        [
-            torch.randn(mean.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
-            for s in seeds
-        ]
-    ).to(mean.device)
-    latents = mean + std * eps
+    dist = vae.encode(x.to(device, vae.dtype)).latent_dist
+    latents = dist.mean.float()
+    if seeds is not None:
+        std = dist.std.float()
+        eps = torch.stack(
+            [
+                torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(s))
+                for s in seeds
+            ]
+        ).to(latents.device)
+        latents = latents + std * eps
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
+
+
+def latent_channels(pipe: Any) -> int:
+    """The VAE's latent channels (4 for SD1/SD2/SDXL): the shape of the noise and the init
+    latents, whatever the UNet takes in (an inpainting UNet takes 9: the latents, a mask
+    channel and the masked image's latents)."""
+    return int(getattr(pipe.vae.config, "latent_channels", 4))

@@ -16,6 +16,12 @@ schedulers; to give the same picture for the same seed this does the same
   ``sample_img2img``; step noise comes from each image's generator after its first draw
   (``ImageRNG.next``), or from per-image Brownian trees for the SDE samplers.
 - UniPC: A1111's own port of it (bh1, order 3, time-uniform grid), a timestep sampler too.
+- Inpainting: an inpainting UNet's image conditioning (``Denoiser.image_cond``, from
+  sdtui.engine.inpaint) joins its input on every call, for the negative as for the prompt;
+  with a mask (``Denoiser.blend``) the original latents replace the unmasked ones, as A1111's
+  ``CFGDenoiser``: in the denoised latents after each call for the sigma samplers, in the
+  input before each call for DDIM / PLMS / UniPC (``mask_before_denoising``), and in the
+  pass's result (``StableDiffusionProcessingImg2Img.sample``).
 """
 
 from __future__ import annotations
@@ -50,9 +56,27 @@ class Plan:
     cfg_rescale: float = 0.0  # rescaled CFG's phi (0 = plain CFG)
 
 
+@dataclass
+class LatentBlend:
+    """A1111's latent mask blend: ``latents * nmask + init * mask`` where ``nmask`` is the
+    rounded latent mask (1 = resampled) and ``mask`` its complement."""
+
+    init: torch.Tensor  # (B, C, h, w): the pass's init latents
+    nmask: torch.Tensor  # (1, 1, h, w)
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        init = self.init.to(latents)
+        nmask = self.nmask.to(latents)
+        return latents * nmask + init * (1 - nmask)
+
+
 class Denoiser:
     """A1111's CFG denoiser over a diffusers UNet; counts its model calls (the prompt-editing
-    step) and reports each one."""
+    step) and reports each one.
+
+    ``image_cond``: an inpainting UNet's extra input, (1 or B, 5, h, w), joined to the scaled
+    latents in ``guided`` (``_unet`` sees the joined input); ``blend``: the latent mask blend
+    of an inpainting pass. A job sets them after making the denoiser."""
 
     def __init__(
         self,
@@ -81,6 +105,9 @@ class Denoiser:
         self.time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
         self.on_call, self.calls = on_call, calls
         self.step = 0
+        self.in_channels = getattr(getattr(unet, "config", None), "in_channels", None)
+        self.image_cond: torch.Tensor | None = None
+        self.blend: LatentBlend | None = None
 
     # -- one guided model call --------------------------------------------------------------
 
@@ -109,6 +136,18 @@ class Denoiser:
         """The model's output (noise or v) for the scaled input, under CFG."""
         conds, (uz, upooled) = self.conds.at(self.step)
         b = x_in.shape[0]
+        if self.image_cond is not None:
+            # A1111's c_concat: the same image conditioning for the prompt and the negative
+            cond = self.image_cond.to(x_in.device, x_in.dtype)
+            if cond.shape[0] != b:
+                cond = cond.repeat(b, 1, 1, 1)
+            x_in = torch.cat([x_in, cond], dim=1)
+        elif self.in_channels is not None and self.in_channels != x_in.shape[1]:
+            raise ValueError(
+                f"the UNet takes {self.in_channels} input channels and the latents have "
+                f"{x_in.shape[1]}: an inpainting UNet needs its image conditioning "
+                "(sdtui.engine.inpaint.image_conditioning)"
+            )
         k = len(conds)
 
         # repeat, not expand: a fresh tensor (an inference tensor under inference mode, which
@@ -176,11 +215,15 @@ class Denoiser:
             denoised = x / (s**2 + 1) + out * (-s * c_in)
         else:
             denoised = x - out * s
+        if self.blend is not None:
+            denoised = self.blend(denoised)
         self._called(denoised)
         return denoised
 
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A1111's timestep model: the predicted noise at integer timestep ``t``."""
+        if self.blend is not None:  # CFGDenoiserTimesteps blends the input, before the call
+            x = self.blend(x)
         out = self.guided(x, t.float())
         a = self._on("alphas_cumprod", t)[t.long()].view(-1, 1, 1, 1).to(x)
         if self.v:  # CompVisTimestepsVDenoiser.predict_eps_from_z_and_v
@@ -224,7 +267,9 @@ def sample(
             step_noise: Any = ksampling.brownian_noise(x, sigmas, seeds)
         else:
             step_noise = ksampling.ImageNoise(generators, shape)
-        return ksampling.SIGMA_SAMPLERS[name](denoiser.denoise, x, tail, step_noise)
+        return _blended(
+            denoiser, ksampling.SIGMA_SAMPLERS[name](denoiser.denoise, x, tail, step_noise)
+        )
     if name in ksampling.TIMESTEP_SAMPLERS:
         timesteps = ksampling.a1111_timesteps(plan.schedule)
         if init is None:
@@ -235,10 +280,18 @@ def sample(
             x = init * a**0.5 + noise * (1 - a) ** 0.5
             timesteps = timesteps[:t_enc]
         if name == "UniPC":
-            return ksampling.unipc(
+            out = ksampling.unipc(
                 denoiser.eps, x, timesteps, denoiser.alphas_cumprod, img2img=init is not None
             )
-        return ksampling.TIMESTEP_SAMPLERS[name](
-            denoiser.eps, x, timesteps, denoiser.alphas_cumprod
-        )
+        else:
+            out = ksampling.TIMESTEP_SAMPLERS[name](
+                denoiser.eps, x, timesteps, denoiser.alphas_cumprod
+            )
+        return _blended(denoiser, out)
     raise ValueError(f"no sampler {plan.sampler!r}")
+
+
+def _blended(denoiser: Denoiser, samples: torch.Tensor) -> torch.Tensor:
+    """The pass's result with the original latents back over the unmasked ones (A1111
+    ``StableDiffusionProcessingImg2Img.sample``: ``samples * nmask + init_latent * mask``)."""
+    return samples if denoiser.blend is None else denoiser.blend(samples)
