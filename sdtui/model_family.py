@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from sdtui.model_family_dit import FAMILY_LABELS, detect_dit
+
 UNET = "model.diffusion_model."
 
 
@@ -19,10 +21,19 @@ class ModelFamily:
     inpainting: bool = False
     v_prediction: bool | None = None  # None: not decidable from the weights alone
     zero_terminal_snr: bool = False  # trained with a zero-terminal-SNR noise schedule
+    # an SDXL refiner: OpenCLIP-G text only, aesthetic score in its time ids; it takes over
+    # the last steps of an SDXL base job (--refiner), it makes no image alone
+    refiner: bool = False
+    # a diffusion transformer's release ("dev", "schnell", "medium", "large"; sdtui.model_family_dit)
+    variant: str = ""
 
     @property
     def label(self) -> str:
+        if self.family in FAMILY_LABELS:  # "Flux.1 dev", "SD3.5 large"
+            return f"{FAMILY_LABELS[self.family]} {self.variant}".strip()
         label = self.family + (" inpainting" if self.inpainting else "")
+        if self.refiner:
+            label += " refiner"
         if self.family == "SDXL" and self.v_prediction:  # SD2's v models are its standard
             label += " v-pred"
         return label + (" ztsnr" if self.zero_terminal_snr else "")
@@ -53,12 +64,16 @@ _SIGNATURES: dict[tuple[str, int, int], str] = {
     ("SD1", 320, 768): "sd15",
     ("SD2", 320, 1024): "sd21-768-v",  # 512-base (epsilon) uses the same config, other scheduler
     ("SDXL", 320, 2048): "sdxl-base",
+    ("SDXL refiner", 384, 1280): "sdxl-refiner",
     ("SD1", 32, 32): "sdtui-demo",  # the tiny built-in demo model
 }
 
 
 def detect_family(shapes: Mapping[str, Sequence[int]]) -> ModelFamily:
     """Classify an original-layout (A1111/LDM) state dict by its keys and shapes."""
+    dit = detect_dit(shapes)
+    if dit is not None:  # Flux.1 / SD3.5: no UNet
+        return ModelFamily(family=dit[0], config=dit[2], variant=dit[1])
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     if conv_in is None:
         if any(k.startswith("down_blocks.") or k.startswith("unet.") for k in shapes):
@@ -80,19 +95,22 @@ def detect_family(shapes: Mapping[str, Sequence[int]]) -> ModelFamily:
         family = "SDXL"
     elif any(k.startswith("cond_stage_model.model.") for k in shapes) or context == 1024:
         family = "SD2"
-    elif any(k.startswith("conditioner.embedders.0.") for k in shapes):
-        raise UnknownArchitectureError(
-            "this looks like an SDXL refiner, which sdtui does not run yet: use an SDXL base "
-            "or SD 1.x/2.x checkpoint"
-        )
+    elif any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
+        # sgm's refiner conditioner: OpenCLIP-G (embedders.0) and size/crop/aesthetic ids only
+        family = "SDXL refiner"
     else:
         family = "SD1"
     config = _SIGNATURES.get((family, base_channels, context or 0))
     if config is None:
         raise UnknownArchitectureError(
             f"unknown {family}-like architecture (UNet width {base_channels}, text width "
-            f"{context}): sdtui runs SD 1.x, SD 2.x and SDXL base checkpoints"
+            f"{context}): sdtui runs SD 1.x, SD 2.x, SDXL base and SDXL refiner checkpoints"
         )
-    return with_markers(
-        ModelFamily(family=family, config=config, inpainting=in_channels == 9), shapes
+    refiner = family == "SDXL refiner"
+    found = ModelFamily(
+        family="SDXL" if refiner else family,
+        config=config,
+        inpainting=in_channels == 9,
+        refiner=refiner,
     )
+    return with_markers(found, shapes)

@@ -478,6 +478,22 @@ def _family_of(path: Path) -> tuple[str, str | None, str | None]:
     return fam.label, fam.config, None
 
 
+def dit_folder_family(folder: Path, cls: str) -> tuple[str, str | None, str | None]:
+    """(label, bundled config, error) of a Flux.1 / SD3.5 diffusers folder."""
+    try:
+        cfg = read_small_json(folder / "transformer" / "config.json")
+    except Exception as e:  # noqa: BLE001 - a folder without its transformer: say so
+        return "?", None, f"{shown(folder.name)} has no readable transformer/config.json ({e})"
+    if cls == "FluxPipeline":
+        variant = "dev" if cfg.get("guidance_embeds") else "schnell"
+        config = f"flux1-{variant}"
+    else:
+        variant = "large" if cfg.get("num_layers", 0) >= 38 else "medium"
+        config = f"sd35-{variant}"
+    family = "Flux" if cls == "FluxPipeline" else "SD3"
+    return ModelFamily(family, config, variant=variant).label, config, None
+
+
 def read_small_json(path: Path, limit: int = 16 * 1024 * 1024) -> Any:
     """A config file's JSON; UserError for a missing or special file, ValueError for one
     that is too large or not JSON, RecursionError for one nested too deeply."""
@@ -501,6 +517,8 @@ def _diffusers_family(folder: Path) -> tuple[str, str | None, str | None]:
             f"{shown(marker)} cannot be read ({type(e).__name__}): re-download the model",
         )
     cls = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
+    if cls in ("FluxPipeline", "StableDiffusion3Pipeline"):
+        return dit_folder_family(folder, cls)
     if "XL" in cls:
         return "SDXL", "sdxl-base", None
     try:

@@ -70,6 +70,8 @@ class GenerationParams:
     sampler: str = "Euler a"
     schedule_type: str = "Automatic"
     cfg_scale: float = 7.0
+    # Flux.1 dev's guidance (Forge's "Distilled CFG Scale"; infotext only for Flux dev)
+    distilled_cfg_scale: float = 3.5
     seed: int = -1
     width: int = 512
     height: int = 512
@@ -178,6 +180,10 @@ class GenerationParams:
             errors["steps"] = f"steps {self.steps} is out of range: use 1 to 500"
         if not 0 <= self.cfg_scale <= 30:
             errors["cfg_scale"] = f"CFG scale {self.cfg_scale} is out of range: use 0 to 30"
+        if not 0 <= self.distilled_cfg_scale <= 30:
+            errors["distilled_cfg_scale"] = (
+                f"Distilled CFG Scale {self.distilled_cfg_scale} is out of range: use 0 to 30"
+            )
         images = (
             max(1, self.batch_size) * max(1, self.batch_count)
             if isinstance(self.batch_size, int) and isinstance(self.batch_count, int)
@@ -331,16 +337,18 @@ class GenerationParams:
             pairs["Hires upscaler"] = self.hr_upscaler
         if self.inpainting:
             pairs.update(self.inpaint_infotext())
-        if self.refiner_checkpoint:
-            # A1111 processing.py: extra_generation_params['Refiner'] = the checkpoint's
-            # short_title ("name [hash]", the engine passes it in extra), 'Refiner switch at'
-            pairs["Refiner"] = extra.pop("Refiner", self.refiner_checkpoint)
-            pairs["Refiner switch at"] = _num(self.refiner_switch_at)
+        refiner = extra.pop("Refiner", self.refiner_checkpoint)
         if self.cfg_rescale > 0:
             # the key of the CFG Rescale extension (Seshelle/CFG_Rescale_webui), which Forge
             # and reForge read too (older images: "CFG Rescale phi" / "CFG Rescale φ")
             pairs["CFG Rescale"] = _num(self.cfg_rescale)
         pairs.update(extra)
+        if self.refiner_checkpoint:
+            # A1111 sd_samplers_common.apply_refiner adds these at the switch, during sampling:
+            # after the LoRA and embedding hashes. 'Refiner' is the checkpoint's short_title
+            # ("name [hash]", which the engine passes in extra)
+            pairs["Refiner"] = refiner
+            pairs["Refiner switch at"] = _num(self.refiner_switch_at)
         pairs["Version"] = f"sdtui {__version__}"
         return pairs
 
@@ -353,7 +361,8 @@ class GenerationParams:
             pairs["Mask mode"] = MASK_MODES[1]
         if self.inpaint_full_res:
             pairs["Inpaint area"] = INPAINT_AREAS[1]
-            pairs["Only masked padding, pixels"] = self.inpaint_full_res_padding
+            # the UI says "Only masked padding, pixels"; A1111 writes this key (one that parses)
+            pairs["Masked area padding"] = self.inpaint_full_res_padding
         if self.inpainting_fill != "original":
             pairs["Masked content"] = self.inpainting_fill
         return pairs
@@ -383,6 +392,7 @@ class GenerationParams:
         conv: list[tuple[str, str, Any]] = [
             ("Steps", "steps", int),
             ("CFG scale", "cfg_scale", float),
+            ("Distilled CFG Scale", "distilled_cfg_scale", float),
             ("Seed", "seed", int),
             ("Clip skip", "clip_skip", int),
             ("Variation seed", "subseed", int),
@@ -393,7 +403,7 @@ class GenerationParams:
             ("VAE", "vae", str),
             ("Model", "model", str),
             ("Mask blur", "mask_blur", int),
-            ("Only masked padding, pixels", "inpaint_full_res_padding", int),
+            ("Masked area padding", "inpaint_full_res_padding", int),
             ("Refiner switch at", "refiner_switch_at", float),
             ("CFG Rescale", "cfg_rescale", float),
             ("CodeFormer weight", "code_former_weight", float),
@@ -547,7 +557,15 @@ class UpscaleParams:
         if self.upscaler_2 and self.upscaler_2_visibility > 0:
             pairs["Postprocess upscaler 2"] = self.upscaler_2
             pairs["Postprocess upscaler 2 visibility"] = _num(self.upscaler_2_visibility)
-        return pairs
+        # A1111's postprocessing_gfpgan / _codeformer keys, rounded to 3 places as it does,
+        # in the order the steps ran
+        faces: dict[str, object] = {}
+        if self.gfpgan_visibility > 0:
+            faces["GFPGAN visibility"] = _num(round(self.gfpgan_visibility, 3))
+        if self.codeformer_visibility > 0:
+            faces["CodeFormer visibility"] = _num(round(self.codeformer_visibility, 3))
+            faces["CodeFormer weight"] = _num(round(self.codeformer_weight, 3))
+        return {**pairs, **faces} if self.upscale_first else {**faces, **pairs}
 
 
 # an X/Y/Z plot's axes, in the order A1111 lists them

@@ -446,18 +446,29 @@ def test_config_dir_is_complete_cached_and_reused() -> None:
     from diffusers import UNet2DConditionModel
 
     names = configs.bundled_names()
-    assert set(names) == {"sd15", "sd21-512", "sd21-768-v", "sdxl-base", "sdtui-demo"}
+    unets = {"sd15", "sd21-512", "sd21-768-v", "sdxl-base", "sdxl-refiner", "sdtui-demo"}
+    # Flux and SD3.5 have a transformer, not a UNet: tests/test_dit_models.py builds them
+    assert set(names) == unets | {"flux1-dev", "flux1-schnell", "sd35-medium", "sd35-large"}
     for name in names:
         folder = config_dir(name)
         assert folder.name.startswith(name + "-") and folder.parent.name == "configs"
         index = json.loads((folder / "model_index.json").read_text())
-        for part in ("unet", "vae", "text_encoder", "scheduler"):
+        parts = ("unet", "vae", "scheduler") if name in unets else ("transformer", "vae")
+        for part in parts:
             assert part in index and (folder / part).is_dir()
-        for tok in ("tokenizer", "tokenizer_2"):
-            if tok in index:
+        # the refiner has no first text encoder (index entry [null, null]): only OpenCLIP-G
+        assert (folder / "text_encoder").is_dir() or index["text_encoder"] == [None, None]
+        for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            if tok not in index or index[tok][0] is None:
+                continue
+            if index[tok][1].startswith("CLIP"):
                 assert (folder / tok / "vocab.json").is_file()
                 assert (folder / tok / "merges.txt").is_file()
-        assert UNet2DConditionModel.load_config(folder, subfolder="unet")["in_channels"] == 4
+            else:  # T5, from the bundled tokenizer.json
+                assert (folder / tok / "tokenizer.json").is_file(), (name, tok, index[tok])
+        if name in unets:
+            unet = UNet2DConditionModel.load_config(folder, subfolder="unet")
+            assert unet["in_channels"] == 4
         stamp = (folder / "model_index.json").stat().st_mtime_ns
         assert config_dir(name) == folder
         assert (folder / "model_index.json").stat().st_mtime_ns == stamp

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from sdtui.clip_vocab import BPE_FILE, write_tokenizer_files
 from sdtui.config import cache_dir
+from sdtui.engine.t5_tokenizer import is_t5_folder, t5_assets_bytes, write_t5_tokenizer_files
 
 BUNDLED = Path(__file__).parent / "assets" / "configs"
-TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 _LAYOUT_VERSION = b"1"  # bump when the way the folder is assembled changes
 
 
@@ -33,6 +34,7 @@ def _content_hash(source: Path) -> str:
         digest.update(path.read_bytes())
     # The tokenizer files derive from the BPE file: a new vocabulary is a new folder.
     digest.update(BPE_FILE.read_bytes())
+    digest.update(t5_assets_bytes())  # Flux.1 / SD3.5 T5 tokenizer folders
     return digest.hexdigest()[:10]
 
 
@@ -51,7 +53,9 @@ def config_dir(name: str) -> Path:
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         for sub in TOKENIZER_FOLDERS:
-            if (staging / sub).is_dir():
+            if is_t5_folder(staging / sub):
+                write_t5_tokenizer_files(staging / sub)
+            elif (staging / sub).is_dir():
                 write_tokenizer_files(staging / sub)
         try:
             os.rename(staging, target)

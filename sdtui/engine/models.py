@@ -314,7 +314,13 @@ def _check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
     except RuntimeError as e:
-        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
+        raise UserError(f"unknown device {device!r}: use cpu, mps, cuda or cuda:N") from e
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(
+            "device 'mps' asked for, but this torch has no usable Apple GPU (it needs a Mac "
+            "with Apple silicon, macOS 12.3 or later and a torch built with MPS): use the cpu "
+            "device"
+        )
     if kind == "cuda" and not torch.cuda.is_available():
         raise UserError(
             f"device {device!r} asked for, but this machine has no usable CUDA GPU "
@@ -396,13 +402,32 @@ _TOKEN_EMBEDDING = {
     ("SD2", "text_encoder"): "cond_stage_model.model.token_embedding.weight",
     ("SDXL", "text_encoder"): "conditioner.embedders.0." + _CLIP_EMBEDDING,
     ("SDXL", "text_encoder_2"): "conditioner.embedders.1.model.token_embedding.weight",
+    ("SDXL refiner", "text_encoder_2"): "conditioner.embedders.0.model.token_embedding.weight",
 }
 
+ROLES = ("base", "refiner")  # what a checkpoint is loaded for: a job's model, or --refiner
 
-def _load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
+
+def _check_role(name: str, family: ModelFamily, role: str) -> None:
+    """An SDXL refiner makes no image alone (no CLIP-L, aesthetic-score time ids): it is
+    loaded only as a job's --refiner; a refiner must be SDXL (base-like or refiner)."""
+    if role == "base" and family.refiner:
+        raise UserError(
+            f"{shown(name)} is an SDXL refiner, which finishes an SDXL base model's image "
+            "rather than making one: choose an SDXL base model and pass this one as --refiner"
+        )
+    if role == "refiner" and family.family != "SDXL":
+        raise UserError(
+            f"{shown(name)} is not SDXL ({family.label}): a refiner must be an SDXL checkpoint "
+            "(the SDXL refiner, or another SDXL model)"
+        )
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, role: str) -> tuple[Any, ModelFamily]:
     from diffusers import (
         AutoencoderKL,
         StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
@@ -415,6 +440,7 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]
         family = family_from_shapes(shapes, detect_family)
     except UnknownArchitectureError as e:
         raise UserError(f"cannot load {shown(path.name)}: {e}") from None
+    _check_role(path.name, family, role)
     cfg = config_dir(family.config)
     common = {"config": str(cfg), "local_files_only": True, _dtype_keyword(): dtype}
     unet_in = int(state_dict[UNET + "input_blocks.0.0.weight"].shape[1])
@@ -444,7 +470,7 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]
         )
         # Without accelerate diffusers loads text encoders with strict=False: a name mismatch
         # would leave random weights and draw noise, so check one tensor really arrived.
-        key = _TOKEN_EMBEDDING[(family.family, subfolder)]
+        key = _TOKEN_EMBEDDING[(family.family + (" refiner" if family.refiner else ""), subfolder)]
         embedding = model.get_input_embeddings().weight
         if key not in state_dict or not torch.equal(embedding, state_dict[key].to(embedding)):
             raise UserError(
@@ -454,6 +480,21 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]
             )
         return model
 
+    if family.refiner:
+        # diffusers' refiner pipeline (stabilityai/stable-diffusion-xl-refiner-1.0's
+        # model_index): OpenCLIP-G only, aesthetic score in the time ids
+        refiner = StableDiffusionXLImg2ImgPipeline(
+            unet=unet,
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=text_encoder(CLIPTextModelWithProjection, "text_encoder_2"),
+            tokenizer_2=CLIPTokenizer.from_pretrained(cfg / "tokenizer_2"),
+            scheduler=_scheduler_from(cfg),
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+        )
+        return refiner, family
     parts: dict[str, Any] = {
         "unet": unet,
         "vae": vae,
@@ -483,6 +524,7 @@ _FOLDER_PIPELINES = {
 
 
 def _family_of_folder(pipe: Any, is_xl: bool) -> ModelFamily:
+    refiner = is_xl and getattr(pipe, "text_encoder", None) is None
     unet_cfg = pipe.unet.config
     # Describe the folder's UNet the way a single file would look, so one classifier decides.
     shapes: dict[str, tuple[int, ...]] = {
@@ -497,19 +539,27 @@ def _family_of_folder(pipe: Any, is_xl: bool) -> ModelFamily:
             unet_cfg.cross_attention_dim,
         ),
     }
-    if is_xl:
+    if refiner:
+        shapes["conditioner.embedders.0.model.positional_embedding"] = (77, 1280)
+    elif is_xl:
         shapes["conditioner.embedders.1.model.positional_embedding"] = (77, 1280)
     try:
         family = detect_family(shapes)
     except UnknownArchitectureError:
         label = "SDXL" if is_xl else ("SD2" if unet_cfg.cross_attention_dim == 1024 else "SD1")
-        family = ModelFamily(family=label, config="", inpainting=unet_cfg.in_channels == 9)
+        family = ModelFamily(
+            family=label, config="", inpainting=unet_cfg.in_channels == 9, refiner=refiner
+        )
     v = pipe.scheduler.config.get("prediction_type") == "v_prediction"
     return dataclasses.replace(family, v_prediction=v)
 
 
-def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def _load_folder(path: Path, dtype: torch.dtype, role: str) -> tuple[Any, ModelFamily]:
+    from diffusers import (
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     index_file = path / "model_index.json"
     if not index_file.is_file():
@@ -532,9 +582,11 @@ def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
             f"{shown(path.name)} is a {shown(str(class_name or 'unknown'))} folder: sdtui runs "
             "Stable Diffusion 1.x, 2.x and SDXL pipelines"
         )
-    if index.get("text_encoder") in (None, [None, None]):
+    no_clip_l = index.get("text_encoder") in (None, [None, None])
+    if no_clip_l and not (kind == "sdxl" and role == "refiner"):
         raise UserError(
-            f"{path.name} has no text encoder (an SDXL refiner?): use a base model folder"
+            f"{path.name} has no text encoder (an SDXL refiner?): use a base model folder, "
+            "and a refiner with --refiner"
         )
     extra: dict[str, Any] = {}
     if kind == "sd":
@@ -544,6 +596,8 @@ def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
             "requires_safety_checker": False,
         }
     pipe_cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    if no_clip_l:  # an SDXL refiner folder, asked for as one
+        pipe_cls = StableDiffusionXLImg2ImgPipeline
     try:
         extra[_dtype_keyword()] = dtype
         pipe = pipe_cls.from_pretrained(path, local_files_only=True, **extra)
@@ -553,7 +607,9 @@ def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
             "re-download the model",
             detail=f"{type(e).__name__}: {e}",
         ) from e
-    return pipe, _family_of_folder(pipe, kind == "sdxl")
+    family = _family_of_folder(pipe, kind == "sdxl")
+    _check_role(path.name, family, role)
+    return pipe, family
 
 
 def _size_on_disk(path: Path) -> int:
@@ -563,19 +619,29 @@ def _size_on_disk(path: Path) -> int:
 
 
 def load_pipeline(
-    path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None
+    path: Path, *, device: str = "cpu", dtype: torch.dtype | None = None, role: str = "base"
 ) -> LoadedModel:
-    """Load a checkpoint file or a diffusers folder into a ready pipeline on ``device``."""
+    """Load a checkpoint file or a diffusers folder into a ready pipeline on ``device``;
+    ``role`` "refiner" loads a model to finish an SDXL job (sdtui.engine.refiner): an SDXL
+    refiner then builds a ``StableDiffusionXLImg2ImgPipeline`` without CLIP-L."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: use one of {ROLES}")
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"model not found: {path}")
     _check_device(device)
+    from sdtui.engine import dit
+
     dtype = dtype or default_dtype(device)
     start = time.perf_counter()
-    if path.is_dir():
-        pipe, family = _load_folder(path, dtype)
+    parts_bytes = 0  # a Flux.1 / SD3.5 transformer's VAE and text encoder files
+    if dit.is_dit_path(path):  # Flux.1 / SD3.5: built by sdtui.engine.dit
+        pipe, family, parts_bytes = dit.load_dit(path, dtype)
+        _check_role(path.name, family, role)
+    elif path.is_dir():
+        pipe, family = _load_folder(path, dtype, role)
     else:
-        pipe, family = _load_single_file(path, dtype)
+        pipe, family = _load_single_file(path, dtype, role)
     pipe.set_progress_bar_config(disable=True)  # the engine reports progress itself
     try:
         if torch.device(device).type != "cpu":  # components are built on the CPU
@@ -592,16 +658,16 @@ def load_pipeline(
             f"could not move {path.name} to {device}: {str(e).splitlines()[0]}",
             detail=str(e),
         ) from e
-    if path.is_file():
+    if path.is_file() and not dit.is_dit_family(family):
         pipe, family = _settle_prediction_type(path, pipe, family)
     return LoadedModel(
         pipe=pipe,
         family=family,
         name=path.stem if path.is_file() else path.name,
         path=path,
-        size_bytes=_size_on_disk(path),
+        size_bytes=_size_on_disk(path) + parts_bytes,
         load_seconds=time.perf_counter() - start,
-        prediction_type=pipe.scheduler.config.prediction_type,
+        prediction_type=pipe.scheduler.config.get("prediction_type", "flow"),  # flow: Flux, SD3
         device=device,
         dtype=dtype,
     )

@@ -51,17 +51,20 @@ def hires_plan(p: GenerationParams, multiple: int = 8) -> Plan | None:
 
 def make_denoiser(pipes: Any, pipe: Any, conds: Any, plan: Plan, reporter: Any) -> Denoiser:
     """The CFG denoiser of ``plan`` over ``pipe``'s UNet; ``reporter`` is called after every
-    model call (generate.StepReporter)."""
+    model call (generate.StepReporter). With a refiner (``pipes.refiner_job``, set while a
+    job with one runs) the denoiser switches to it where A1111 does (sdtui.engine.refiner)."""
     device = getattr(pipe, "_execution_device", None) or torch.device(pipes.device)
-    return Denoiser(
-        pipe.unet,
-        conds,
-        plan.cfg_scale,
-        scheduler_config=pipes.scheduler_config,
-        alphas_cumprod=pipe.scheduler.alphas_cumprod,
-        device=torch.device(device),
-        size=(plan.height, plan.width),
-        on_call=reporter,
-        calls=model_calls(plan),
-        cfg_rescale=plan.cfg_rescale,
-    )
+    kwargs: dict[str, Any] = {
+        "scheduler_config": pipes.scheduler_config,
+        "alphas_cumprod": pipe.scheduler.alphas_cumprod,
+        "device": torch.device(device),
+        "size": (plan.height, plan.width),
+        "on_call": reporter,
+        "calls": model_calls(plan),
+        "cfg_rescale": plan.cfg_rescale,
+    }
+    refiner = getattr(pipes, "refiner_job", None)
+    if refiner is not None:
+        denoiser: Denoiser = refiner.denoiser(pipe, conds, plan, kwargs)
+        return denoiser
+    return Denoiser(pipe.unet, conds, plan.cfg_scale, **kwargs)

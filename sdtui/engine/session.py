@@ -16,9 +16,12 @@ from sdtui.engine.embeddings import Embedding
 from sdtui.engine.extra_networks import job_extras
 from sdtui.engine.fastpath import FastPathState
 from sdtui.engine.hires import run_hires_fix
+from sdtui.engine.job import job_settings
 from sdtui.engine.lora import ModuleIndex
 from sdtui.engine.models import free_pipeline
+from sdtui.engine.refiner import RefinerJob, RefinerSlot
 from sdtui.engine.vae import VaeCache
+from sdtui.model_family_dit import DIT_FAMILIES
 from sdtui.params import GenerationParams
 
 
@@ -50,6 +53,8 @@ class ModelSession:
     vae_cache: VaeCache = field(default_factory=VaeCache)
     lora_index: tuple[Any, ModuleIndex] | None = None
     embeddings: dict[tuple[str, int, int], Embedding] = field(default_factory=dict)
+    # the SDXL refiner (--refiner) loaded beside this model, kept between jobs
+    refiner: RefinerSlot = field(default_factory=RefinerSlot)
 
     @classmethod
     def create(cls, loaded: Any, device: str) -> ModelSession:
@@ -61,6 +66,11 @@ class ModelSession:
 
         pipe = loaded.pipe
         pipe.set_progress_bar_config(disable=True)
+        if loaded.family.family in DIT_FAMILIES:  # Flux.1 / SD3.5: txt2img only (engine.dit)
+            config = dict(pipe.scheduler.config)
+            return cls(
+                loaded=loaded, device=device, txt2img=pipe, img2img=None, scheduler_config=config
+            )
         if isinstance(pipe, StableDiffusionXLPipeline):
             img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
         else:
@@ -99,12 +109,33 @@ class ModelSession:
             pairs["Noise Schedule"] = "Zero Terminal SNR"
         return pairs
 
+    @property
+    def refiner_job(self) -> RefinerJob | None:
+        """While a job with a refiner runs: its refiner (plans.make_denoiser switches to it)."""
+        return self.refiner.job
+
     @contextmanager
     def job_scope(self, p: GenerationParams, ctx: Any) -> Iterator[dict[str, object]]:
-        """Apply what a job asks for beyond the checkpoint (LoRAs, embeddings, VAE) for this job
-        only; yields the infotext pairs that record them."""
-        with job_extras(self, p, ctx) as pairs:
+        """Apply what a job asks for beyond the checkpoint (LoRAs, embeddings, VAE, the
+        refiner) for this job only; yields the infotext pairs that record them."""
+        refiner = self.refiner.scope(
+            p,
+            base=self.loaded,
+            base_pipe=self.txt2img,
+            settings=job_settings(self, ctx) if p.refiner_checkpoint else None,
+            device=self.device,
+            base_mode=str(getattr(ctx, "memory_mode", "normal")),
+            log=ctx.log,
+        )
+        with refiner as title, job_extras(self, p, ctx) as pairs:
+            if title is not None:
+                # A1111 apply_refiner: extra_generation_params['Refiner'] = short_title
+                pairs["Refiner"] = title
             yield pairs
+
+    def close_refiner(self) -> None:
+        """Free the refiner (the base model stays)."""
+        self.refiner.close()
 
     def hires_fix(
         self,
@@ -122,6 +153,7 @@ class ModelSession:
     def close(self) -> None:
         """Drop every reference to the weights and give the memory back, even where a stray
         reference to a module survives (its tensors go to the meta device)."""
+        self.refiner.close()
         if self.loaded is not None:
             free_pipeline(self.loaded)
         self.settings = self.fast_path = self.text_pipe = self.lora_index = None

@@ -32,6 +32,7 @@ from sdtui.hashes import model_hash
 from sdtui.ipc import protocol as msg
 from sdtui.ipc.protocol import EngineOptions, EngineState, LogLevel
 from sdtui.jobstore import record_saved_image
+from sdtui.model_family_dit import DIT_FAMILIES
 from sdtui.model_index import discover_models, resolve_model
 from sdtui.outputs import OutputLayout
 from sdtui.units import format_bytes
@@ -340,6 +341,7 @@ class Engine:
             self.unload_model()
             return
         self.faults.remove()
+        session.close_refiner()  # a parked model keeps no refiner (its RAM and VRAM come back)
         if self.device == "cuda":
             session.txt2img.to("cpu")  # the VRAM goes back to the next model
         self.parked[str(session.path)] = session
@@ -440,6 +442,8 @@ class Engine:
     def _fast_path(self, loaded: Any) -> None:
         from sdtui.engine.fastpath import apply_fast_path, warm_up
 
+        if loaded.family.family in DIT_FAMILIES:
+            return  # the fast path (fused QKV, compiled blocks) is the UNet's; none for a DiT yet
         state = apply_fast_path(loaded.pipe, self.device, self.settings.fast_path, self._log)
         self.session.fast_path = state
         if state.compiling:
@@ -543,6 +547,11 @@ class Engine:
 
     def _run_generation(self, session: Any, params: Any, ctx: JobContext) -> Any:
         from sdtui.engine.generate import run_generation
+
+        if session.family in DIT_FAMILIES:  # Flux.1 / SD3.5 run through their own pipelines
+            from sdtui.engine.dit import run_dit_generation
+
+            return run_dit_generation(session, params, ctx)
 
         try:
             return run_generation(session.loaded, session, params, ctx)

@@ -1,0 +1,927 @@
+"""Flux.1 (dev, schnell) and SD3.5 (medium, large): loading fully offline and txt2img jobs.
+
+Loading: a single file (all-in-one, or the transformer alone with its VAE and text encoders
+found beside it in the A1111/Forge/ComfyUI folders), or a diffusers folder. Each part is built
+on the meta device from a bundled config folder (``assets/configs/flux1-dev``, ...) and gets
+its weights by ``load_state_dict(assign=True)``: no Hub, no random init of 12 B parameters.
+The transformer's shape settings (blocks, widths, dual attention) are read from its weights,
+so a pruned or older variant (SD3 medium) loads with the same config.
+
+Running: diffusers' FluxPipeline / StableDiffusion3Pipeline, with sdtui's job flow (JobStarted,
+Progress per step with cancel and skip, ImageSaved with the infotext Forge writes, JobDone).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtui.errors import UserError
+from sdtui.model_family import ModelFamily, UnknownArchitectureError, detect_family
+from sdtui.model_family_dit import (
+    DIT_FAMILIES,
+    PREFIX,
+    TEXT_ENCODERS,
+    TEXT_PREFIXES,
+    VAE_PREFIXES,
+    detect_dit,
+    dit_parts,
+)
+from sdtui.regular_files import shown
+from sdtui.safetensors_header import read_safetensors_header, read_safetensors_shapes
+
+log = logging.getLogger(__name__)
+
+FOLDER_PIPELINES = {"FluxPipeline": "Flux", "StableDiffusion3Pipeline": "SD3"}
+# where Forge, A1111 and ComfyUI keep the parts a transformer-only file needs
+TEXT_DIRS = ("text_encoder", "clip", "text_encoders")
+VAE_DIRS = ("VAE", "vae")
+MODEL_DIRS = ("Stable-diffusion", "unet", "diffusion_models", "checkpoints")
+TEXT_FILES = {  # what ComfyUI/Forge users download, named in the "missing file" message
+    "clip_l": "clip_l.safetensors",
+    "clip_g": "clip_g.safetensors",
+    "t5xxl": "t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors)",
+}
+TEXT_WORDS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}
+VAE_FILES = {"Flux": "ae.safetensors", "SD3": "the SD3.5 VAE (sd3.5_vae.safetensors)"}
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+# Forge's settings for these families (its UI presets and infotext)
+SAMPLERS = ("Euler",)
+SCHEDULES = ("Automatic", "Simple")  # Forge's "Simple" is the flow-matching default schedule
+
+
+def is_dit_family(family: ModelFamily | str) -> bool:
+    name = family.family if isinstance(family, ModelFamily) else family
+    return name in DIT_FAMILIES
+
+
+def is_dit_path(path: Path) -> bool:
+    """A Flux.1 / SD3.5 file or diffusers folder (cheap: a header or model_index.json)."""
+    from sdtui.model_index import read_small_json
+
+    try:
+        if path.is_dir():
+            index = read_small_json(path / "model_index.json")
+            return isinstance(index, dict) and index.get("_class_name") in FOLDER_PIPELINES
+        if path.suffix.lower() != ".safetensors":
+            return False
+        return detect_dit(read_shapes(path)) is not None
+    except Exception:  # noqa: BLE001 - damaged or hostile: the ordinary loader says what is wrong
+        return False
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (no weights read)."""
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(f"{shown(path.name)}: sdtui reads Flux.1 / SD3.5 parts from .safetensors")
+    return read_safetensors_shapes(path)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file on the CPU, its header checked field by field first
+    (as sdtui.engine.models reads checkpoints)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path, complete=True)
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"{shown(path.name)} is damaged ({shown(why)}): re-download it", detail=str(e)
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Original (BFL / SAI) key names -> diffusers
+# ---------------------------------------------------------------------------------------------
+
+_FLUX_TOP = {
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "txt_in": "context_embedder",
+    "img_in": "x_embedder",
+    "final_layer.linear": "proj_out",
+}
+_FLUX_DOUBLE = {
+    "img_mod.lin": "norm1.linear",
+    "txt_mod.lin": "norm1_context.linear",
+    "img_attn.norm.query_norm.scale": "attn.norm_q.weight",
+    "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
+    "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
+    "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
+    "img_mlp.0": "ff.net.0.proj",
+    "img_mlp.2": "ff.net.2",
+    "txt_mlp.0": "ff_context.net.0.proj",
+    "txt_mlp.2": "ff_context.net.2",
+    "img_attn.proj": "attn.to_out.0",
+    "txt_attn.proj": "attn.to_add_out",
+}
+_FLUX_SINGLE = {
+    "modulation.lin": "norm.linear",
+    "norm.query_norm.scale": "attn.norm_q.weight",
+    "norm.key_norm.scale": "attn.norm_k.weight",
+    "linear2": "proj_out",
+}
+_FLUX_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v")}
+_FLUX_QKV |= {"txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+
+
+def _swap_scale_shift(weight: torch.Tensor) -> torch.Tensor:
+    """BFL's final modulation is (shift, scale); diffusers' AdaLayerNormContinuous (scale, shift)."""
+    shift, scale = weight.chunk(2, dim=0)
+    return torch.cat([scale, shift], dim=0)
+
+
+def flux_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A BFL-layout Flux transformer state dict in diffusers' names. Unlike diffusers'
+    converter (which assumes Flux's width, 3072) the widths come from the weights."""
+    inner = int(sd["img_in.weight"].shape[0])
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        head, _, suffix = key.rpartition(".")  # suffix: weight / bias / scale
+        if key.startswith("final_layer.adaLN_modulation.1."):
+            out[f"norm_out.linear.{suffix}"] = _swap_scale_shift(value)
+        elif head in _FLUX_TOP:
+            out[f"{_FLUX_TOP[head]}.{suffix}"] = value
+        elif key.startswith(("double_blocks.", "single_blocks.")):
+            kind, index, rest = key.split(".", 2)
+            _flux_block(out, kind, int(index), rest, value, inner)
+        else:
+            raise KeyError(key)
+    return out
+
+
+def _flux_block(
+    out: dict[str, torch.Tensor], kind: str, i: int, rest: str, value: torch.Tensor, inner: int
+) -> None:
+    head, _, suffix = rest.rpartition(".")
+    if kind == "double_blocks":
+        prefix = f"transformer_blocks.{i}."
+        if rest in _FLUX_DOUBLE:  # the norms' ".scale" keys map whole
+            out[prefix + _FLUX_DOUBLE[rest]] = value
+        elif head in _FLUX_QKV:
+            for name, part in zip(_FLUX_QKV[head], value.chunk(3, dim=0), strict=True):
+                out[f"{prefix}{name}.{suffix}"] = part
+        elif head in _FLUX_DOUBLE:
+            out[f"{prefix}{_FLUX_DOUBLE[head]}.{suffix}"] = value
+        else:
+            raise KeyError(f"double_blocks.{i}.{rest}")
+        return
+    prefix = f"single_transformer_blocks.{i}."
+    if rest in _FLUX_SINGLE:
+        out[prefix + _FLUX_SINGLE[rest]] = value
+    elif head == "linear1":  # q, k, v and the MLP's input in one matrix
+        mlp = int(value.shape[0]) - 3 * inner
+        parts = torch.split(value, [inner, inner, inner, mlp], dim=0)
+        names = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        for name, part in zip(names, parts, strict=True):
+            out[f"{prefix}{name}.{suffix}"] = part
+    elif head in _FLUX_SINGLE:
+        out[f"{prefix}{_FLUX_SINGLE[head]}.{suffix}"] = value
+    else:
+        raise KeyError(f"single_blocks.{i}.{rest}")
+
+
+def sd3_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    return dict(convert_sd3_transformer_checkpoint_to_diffusers(dict(sd)))
+
+
+def _transformer_settings(family: str, sd: dict[str, torch.Tensor], base: dict[str, Any]) -> dict:
+    """The bundled transformer config with the shape settings its weights say."""
+    cfg = {k: v for k, v in base.items() if not k.startswith("_")}
+
+    def count(head: str) -> int:
+        return len({k.split(".")[1] for k in sd if k.startswith(head)})
+
+    if family == "Flux":
+        width = int(sd["x_embedder.weight"].shape[0])
+        cfg |= {
+            "num_layers": count("transformer_blocks."),
+            "num_single_layers": count("single_transformer_blocks."),
+            "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in sd,
+            "in_channels": int(sd["x_embedder.weight"].shape[1]),
+            "joint_attention_dim": int(sd["context_embedder.weight"].shape[1]),
+            "pooled_projection_dim": int(
+                sd["time_text_embed.text_embedder.linear_1.weight"].shape[1]
+            ),
+            "num_attention_heads": width // int(cfg["attention_head_dim"]),
+        }
+        return cfg
+    caption = int(sd["context_embedder.weight"].shape[0])
+    proj = sd["pos_embed.proj.weight"]
+    patch = int(proj.shape[2])
+    layers = count("transformer_blocks.")
+    cfg |= {
+        "num_layers": layers,
+        "dual_attention_layers": [
+            i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in sd
+        ],
+        "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in sd else None,
+        "caption_projection_dim": caption,
+        "num_attention_heads": caption // int(cfg["attention_head_dim"]),
+        "pos_embed_max_size": math.isqrt(int(sd["pos_embed.pos_embed"].shape[1])),
+        "joint_attention_dim": int(sd["context_embedder.weight"].shape[1]),
+        "pooled_projection_dim": int(sd["time_text_embed.text_embedder.linear_1.weight"].shape[1]),
+        "in_channels": int(proj.shape[1]),
+        "patch_size": patch,
+        "out_channels": int(sd["proj_out.weight"].shape[0]) // (patch * patch),
+    }
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Building modules from state dicts, on the meta device
+# ---------------------------------------------------------------------------------------------
+
+
+def _cast(
+    sd: dict[str, torch.Tensor], dtype: torch.dtype, keep: tuple[torch.dtype, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """``sd`` in ``dtype``; tensors of a ``keep`` dtype stay as they are."""
+    return {
+        k: v.to(dtype) if v.is_floating_point() and v.dtype not in keep else v
+        for k, v in sd.items()
+    }
+
+
+def _fill(
+    build: Callable[[], torch.nn.Module],
+    sd: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    what: str,
+    source: Path,
+    optional: Iterable[str] = (),
+    keep: tuple[torch.dtype, ...] = (),
+) -> Any:
+    """``build()`` on the meta device, given ``sd`` as its weights (cast to ``dtype``, but
+    those of a ``keep`` dtype)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = build()
+    result = model.load_state_dict(_cast(sd, dtype, keep), strict=False, assign=True)
+    allowed = set(optional)
+    missing = [k for k in result.missing_keys if k not in allowed]
+    left = [n for n, p in model.named_parameters() if p.is_meta and n not in allowed]
+    if missing or left:
+        first = (missing or left)[0]
+        raise UserError(
+            f"{shown(source.name)} does not hold a complete {what} ({len(missing or left)} "
+            f"tensors missing, e.g. {shown(first)}): it is another model's file or damaged — "
+            "use the file made for this model, or re-download it",
+            detail=f"missing: {missing[:20]}",
+        )
+    return model.eval().requires_grad_(False)
+
+
+def _refuse_scaled_fp8(sd: dict[str, torch.Tensor], source: Path) -> None:
+    if "scaled_fp8" in sd or any(k.endswith(".scale_weight") for k in sd):
+        raise UserError(
+            f"{shown(source.name)} holds ComfyUI's scaled fp8 weights, which sdtui does not "
+            "load yet: use the fp16/bf16 or plain fp8 (float8_e4m3fn) file of this model"
+        )
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, Any]:
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in sd):
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    return dict(sd)
+
+
+def _build_transformer(
+    family: str, sd: dict[str, torch.Tensor], cfg_dir: Path, dtype: torch.dtype, source: Path
+) -> Any:
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    _refuse_scaled_fp8(sd, source)
+    fp8 = next((v.dtype for v in sd.values() if v.dtype in FP8), None)
+    stripped = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
+    parts = dit_parts(stripped)
+    try:
+        if parts.diffusers_layout:
+            converted = stripped
+        elif family == "Flux":
+            converted = flux_to_diffusers(stripped)
+        else:
+            converted = sd3_to_diffusers(stripped)
+    except (KeyError, IndexError, RuntimeError, ValueError) as e:
+        raise UserError(
+            f"the transformer of {shown(source.name)} does not convert ({shown(str(e))}): the "
+            "file is damaged or a variant sdtui does not know — re-download it",
+            detail=f"{type(e).__name__}: {e}",
+        ) from None
+    cls = FluxTransformer2DModel if family == "Flux" else SD3Transformer2DModel
+    base = json.loads((cfg_dir / "transformer" / "config.json").read_text())
+    settings = _transformer_settings(family, converted, base)
+    if fp8 is None or dtype == torch.float32:  # (fp32: the CPU, where memory is not the limit)
+        return _fill(lambda: cls.from_config(settings), converted, dtype, "transformer", source)
+    # fp8 weights stay as the file has them (half of bf16), each layer widened as it computes;
+    # the layers diffusers leaves out of that (norms, embeddings, proj_out) are widened once
+    model = _fill(
+        lambda: cls.from_config(settings), converted, dtype, "transformer", source, keep=(fp8,)
+    )
+    model.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=dtype)
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook("layerwise_casting") is not None:
+            continue
+        for param in module.parameters(recurse=False):
+            if param.dtype in FP8:
+                param.data = param.data.to(dtype)
+    return model
+
+
+def _build_vae(sd: dict[str, torch.Tensor], cfg_dir: Path, dtype: torch.dtype, source: Path) -> Any:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    config = AutoencoderKL.load_config(cfg_dir / "vae")
+    vae_sd = _strip_prefixes(sd, VAE_PREFIXES)
+    if "decoder.conv_in.weight" in vae_sd:  # original (LDM) names; a diffusers VAE has them too
+        if "decoder.up.0.block.0.conv1.weight" in vae_sd:
+            vae_sd = convert_ldm_vae_checkpoint(vae_sd, config)
+    latent = vae_sd.get("decoder.conv_in.weight")
+    if latent is None or int(latent.shape[1]) != int(config["latent_channels"]):
+        got = "no VAE" if latent is None else f"a {int(latent.shape[1])}-channel VAE"
+        raise UserError(
+            f"{shown(source.name)} holds {got}; this model needs a 16-channel VAE "
+            "(Flux: ae.safetensors, SD3.5: its own VAE) in models/VAE"
+        )
+    return _fill(lambda: AutoencoderKL.from_config(config), vae_sd, dtype, "VAE", source)
+
+
+def _build_text_encoder(
+    kind: str,
+    family: str,
+    sd: dict[str, torch.Tensor],
+    cfg_dir: Path,
+    sub: str,
+    dtype: torch.dtype,
+    source: Path,
+) -> Any:
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    _refuse_scaled_fp8(sd, source)
+    te = _strip_prefixes(sd, (TEXT_PREFIXES[kind], "transformer.", "model."))
+    te.pop("text_model.embeddings.position_ids", None)
+    what = f"{TEXT_WORDS[kind]} text encoder"
+    if kind == "t5xxl":
+        te = {k: v for k, v in te.items() if not k.startswith(("decoder.", "lm_head."))}
+        if "shared.weight" in te:  # transformers 5 keeps the encoder's copy apart
+            te.setdefault("encoder.embed_tokens.weight", te["shared.weight"])
+        elif "encoder.embed_tokens.weight" in te:
+            te["shared.weight"] = te["encoder.embed_tokens.weight"]
+        t5_config = T5Config.from_pretrained(cfg_dir / sub)
+        # T5 overflows in fp16: its output projections stay fp32 (transformers' _keep_in_fp32)
+        model = _fill(lambda: T5EncoderModel(t5_config), te, dtype, what, source)
+        if dtype == torch.float16:
+            for name, module in model.named_modules():
+                if name.endswith(".wo"):
+                    module.to(torch.float32)
+        return model
+    clip_config = CLIPTextConfig.from_pretrained(cfg_dir / sub)
+    if family == "Flux":
+        te.pop("text_projection.weight", None)
+        return _fill(lambda: CLIPTextModel(clip_config), te, dtype, what, source)
+    optional = ("text_projection.weight",) if kind == "clip_l" else ()
+    model = _fill(
+        lambda: CLIPTextModelWithProjection(clip_config), te, dtype, what, source, optional
+    )
+    if model.text_projection.weight.is_meta:  # ComfyUI's CLIP-L files may leave it out
+        size = clip_config.hidden_size
+        model.text_projection.weight = torch.nn.Parameter(
+            torch.eye(size, dtype=dtype), requires_grad=False
+        )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the parts a transformer-only file needs
+# ---------------------------------------------------------------------------------------------
+
+
+def models_root(path: Path) -> Path:
+    """The models/ folder a checkpoint sits in (models/Stable-diffusion/x -> models)."""
+    parent = path.parent
+    for up in (parent, *parent.parents):
+        if up.name in MODEL_DIRS:
+            return up.parent
+        if up == parent.parent.parent:
+            break
+    return parent
+
+
+def _search_dirs(path: Path, names: Iterable[str]) -> list[Path]:
+    root = models_root(path)
+    dirs = [root / n for n in names] + [path.parent]
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def _text_file_matches(kind: str, name: str) -> bool:
+    lower = name.lower().replace("-", "_")
+    if kind == "t5xxl":
+        return "t5xxl" in lower or (lower.startswith("t5") and "xxl" in lower)
+    return kind in lower or kind.replace("_", "") in lower
+
+
+def find_text_encoder(path: Path, kind: str) -> Path | None:
+    found = [
+        f
+        for d in _search_dirs(path, TEXT_DIRS)
+        for f in sorted(d.glob("*.safetensors"))
+        if f.is_file() and _text_file_matches(kind, f.name) and f != path
+    ]
+    # full precision first: an fp8 T5 costs prompt following
+    found.sort(key=lambda f: ("fp8" in f.name.lower(), f.name.lower()))
+    return found[0] if found else None
+
+
+def _is_16ch_vae(file: Path) -> bool:
+    try:
+        shapes = read_shapes(file)
+    except (UserError, OSError, ValueError):
+        return False
+    for prefix in ("", *VAE_PREFIXES):
+        shape = shapes.get(prefix + "decoder.conv_in.weight")
+        if shape is not None:
+            return len(shape) == 4 and int(shape[1]) == 16
+    return False
+
+
+def _vae_hint(name: str) -> str | None:
+    """Which family a VAE file's name says it is for (BFL names Flux's "ae.safetensors")."""
+    lower = name.lower()
+    if lower == "ae.safetensors" or "flux" in lower:
+        return "Flux"
+    return "SD3" if "sd3" in lower else None
+
+
+def find_vae(path: Path, family: str) -> Path | None:
+    """A 16-channel VAE in models/VAE (or beside the file): one named for the family first,
+    then one named for no family; never the other family's."""
+    candidates = [
+        f
+        for d in _search_dirs(path, VAE_DIRS)
+        for f in sorted(d.glob("*.safetensors"))
+        if f.is_file() and f != path and _vae_hint(f.name) in (family, None)
+    ]
+    candidates.sort(key=lambda f: _vae_hint(f.name) != family)
+    return next((f for f in candidates if _is_16ch_vae(f)), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _tokenizers(family: str, cfg_dir: Path) -> dict[str, Any]:
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    if family == "Flux":
+        return {
+            "tokenizer": CLIPTokenizer.from_pretrained(cfg_dir / "tokenizer"),
+            "tokenizer_2": T5TokenizerFast.from_pretrained(cfg_dir / "tokenizer_2"),
+        }
+    return {
+        "tokenizer": CLIPTokenizer.from_pretrained(cfg_dir / "tokenizer"),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(cfg_dir / "tokenizer_2"),
+        "tokenizer_3": T5TokenizerFast.from_pretrained(cfg_dir / "tokenizer_3"),
+    }
+
+
+def _scheduler(cfg_dir: Path) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(cfg_dir, subfolder="scheduler")
+
+
+def load_dit_file(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily, list[Path]]:
+    """(pipeline, family, the other files it read) of a Flux.1 / SD3.5 single file."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from sdtui.engine.configs import config_dir
+
+    shapes = read_shapes(path)
+    try:
+        family = detect_family(shapes)
+    except UnknownArchitectureError as e:
+        raise UserError(f"cannot load {shown(path.name)}: {e}") from None
+    parts = dit_parts(shapes)
+    name = family.family
+    label = family.label
+    vae_file = None if parts.vae else find_vae(path, name)
+    text_files = {
+        kind: find_text_encoder(path, kind)
+        for kind in TEXT_ENCODERS[name]
+        if kind not in parts.text_encoders
+    }
+    root = models_root(path)
+    missing = [
+        f"the {TEXT_WORDS[k]} text encoder ({TEXT_FILES[k]}) in {shown(root / 'text_encoder')}"
+        for k, f in text_files.items()
+        if f is None
+    ]
+    if not parts.vae and vae_file is None:
+        missing.append(f"its VAE ({VAE_FILES[name]}) in {shown(root / 'VAE')}")
+    if missing:
+        raise UserError(
+            f"{shown(path.name)} holds the {label} transformer only; put "
+            + "; ".join(missing)
+            + " (Forge's folders; ComfyUI's models/clip and models/vae work too)"
+        )
+    cfg = config_dir(family.config)
+    t0 = time.perf_counter()
+    state = read_weights(path)
+    transformer_sd = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith((*VAE_PREFIXES, "text_encoders.", "conditioner.", "cond_stage_model."))
+    }
+    transformer = _build_transformer(name, transformer_sd, cfg, dtype, path)
+    for key in transformer_sd:  # a cast copy is the model's now: let the file's go
+        del state[key]
+    del transformer_sd
+    vae = _build_vae(
+        state if vae_file is None else read_weights(vae_file), cfg, dtype, vae_file or path
+    )
+    subs = {"clip_l": "text_encoder"} | (
+        {"t5xxl": "text_encoder_2"}
+        if name == "Flux"
+        else {"clip_g": "text_encoder_2", "t5xxl": "text_encoder_3"}
+    )
+    encoders: dict[str, Any] = {}
+    for kind in TEXT_ENCODERS[name]:
+        file = text_files.get(kind)
+        source_sd = state if file is None else read_weights(file)
+        encoders[subs[kind]] = _build_text_encoder(
+            kind, name, source_sd, cfg, subs[kind], dtype, file or path
+        )
+        del source_sd
+    del state
+    log.info("%s: built in %.1f s", path.name, time.perf_counter() - t0)
+    components = {"transformer": transformer, "vae": vae, "scheduler": _scheduler(cfg)}
+    components |= encoders | _tokenizers(name, cfg)
+    pipe_cls = FluxPipeline if name == "Flux" else StableDiffusion3Pipeline
+    pipe = pipe_cls(**components)
+    used = [f for f in (vae_file, *text_files.values()) if f is not None]
+    return pipe, family, used
+
+
+def load_dit_folder(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily]:
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from diffusers.utils import deprecation_utils
+
+    # diffusers renamed torch_dtype to dtype (as sdtui.engine.models._dtype_keyword says)
+    dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    index = json.loads((path / "model_index.json").read_text())
+    name = FOLDER_PIPELINES[index["_class_name"]]
+    pipe_cls = FluxPipeline if name == "Flux" else StableDiffusion3Pipeline
+    try:
+        pipe = pipe_cls.from_pretrained(path, local_files_only=True, **{dtype_key: dtype})
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"could not load the diffusers folder {shown(path.name)}: a file is missing or "
+            "damaged — re-download the model",
+            detail=f"{type(e).__name__}: {e}",
+        ) from e
+    return pipe, folder_family(pipe.transformer.config, name)
+
+
+def folder_family(config: Any, name: str) -> ModelFamily:
+    if name == "Flux":
+        dev = bool(config.get("guidance_embeds"))
+        return ModelFamily(
+            "Flux", "flux1-dev" if dev else "flux1-schnell", variant="dev" if dev else "schnell"
+        )
+    large = int(config.get("num_layers", 0)) >= 38
+    return ModelFamily(
+        "SD3", "sd35-large" if large else "sd35-medium", variant="large" if large else "medium"
+    )
+
+
+def load_dit(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily, int]:
+    """(pipeline, family, bytes of the other files it read) of a Flux.1 / SD3.5 file or
+    diffusers folder, built on the CPU in ``dtype`` (sdtui.engine.models.load_pipeline places
+    it and wraps it in a LoadedModel)."""
+    if path.is_dir():
+        pipe, family = load_dit_folder(path, dtype)
+        return pipe, family, 0
+    pipe, family, extra = load_dit_file(path, dtype)
+    return pipe, family, sum(f.stat().st_size for f in extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a txt2img job
+# ---------------------------------------------------------------------------------------------
+
+
+def check_params(p: Any, family: ModelFamily) -> Any:
+    """The job's params for a Flux.1 / SD3.5 model, or a UserError naming what does not apply."""
+    label = family.label
+    if p.schedule_type == "Simple":
+        p = p.replace(schedule_type="Automatic")
+    p = p.validated().with_seeds()
+    if p.sampler not in SAMPLERS:
+        raise UserError(
+            f"{label} runs the Euler sampler (flow matching) in sdtui, not {p.sampler}: "
+            "choose Sampler Euler (Forge's default for these models)"
+        )
+    if p.schedule_type not in SCHEDULES:
+        raise UserError(
+            f"{label} runs the Simple schedule, not {p.schedule_type}: choose Schedule type "
+            "Automatic or Simple"
+        )
+    unsupported = [
+        ("img2img", p.init_image is not None),
+        ("inpainting", p.mask is not None),
+        ("hires fix", p.enable_hr),
+        ("a refiner", p.refiner_checkpoint is not None),
+        ("variation seeds", p.subseed_strength > 0),
+        ("CFG Rescale", p.cfg_rescale > 0),
+        ("face restoration", p.restore_faces),
+        ("a separate VAE", p.vae not in ("Automatic", "None")),
+        ("LoRAs", "<lora:" in p.prompt or "<lyco:" in p.prompt),
+    ]
+    asked = [name for name, on in unsupported if on]
+    if asked:
+        raise UserError(
+            f"{label} runs txt2img only in this version of sdtui: {', '.join(asked)} "
+            "not supported yet for it — turn it off, or use an SD 1.x/SDXL model"
+        )
+    if p.width % 16 or p.height % 16:
+        raise UserError(
+            f"{label} needs width and height in multiples of 16, not {p.width}x{p.height}: "
+            "use 1024x1024, 896x1152, 1152x896, ..."
+        )
+    return p
+
+
+def infotext_pairs(p: Any, family: ModelFamily, seed: int, ctx: Any) -> dict[str, object]:
+    """The key/value line Forge writes for these families: Sampler Euler, Schedule type
+    Simple, and for Flux dev "Distilled CFG Scale" right after "CFG scale"."""
+    pairs = p.infotext_pairs(
+        seed=seed, model_name=ctx.model_name, model_hash=ctx.model_hash, extra={"RNG": "CPU"}
+    )
+    pairs["Schedule type"] = "Simple"
+    if family.family == "Flux" and family.variant == "dev":
+        ordered: dict[str, object] = {}
+        for key, value in pairs.items():
+            ordered[key] = value
+            if key == "CFG scale":
+                ordered["Distilled CFG Scale"] = _num(p.distilled_cfg_scale)
+        pairs = ordered
+    return pairs
+
+
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else round(float(v), 4)
+
+
+# Latent -> RGB factors for a cheap preview (rows: the 16 latent channels), from InvokeAI's
+# invokeai/app/util/step_callback.py (Apache-2.0), applied as sdtui.engine.preview does for SD
+LATENT_RGB = {
+    "Flux": [
+        [-0.0412, 0.0149, 0.0521],
+        [0.0056, 0.0291, 0.0768],
+        [0.0342, -0.0681, -0.0427],
+        [-0.0258, 0.0092, 0.0463],
+        [0.0863, 0.0784, 0.0547],
+        [-0.0017, 0.0402, 0.0158],
+        [0.0501, 0.1058, 0.1152],
+        [-0.0209, -0.0218, -0.0329],
+        [-0.0314, 0.0083, 0.0896],
+        [0.0851, 0.0665, -0.0472],
+        [-0.0534, 0.0238, -0.0024],
+        [0.0452, -0.0026, 0.0048],
+        [0.0892, 0.0831, 0.0881],
+        [-0.1117, -0.0304, -0.0789],
+        [0.0027, -0.0479, -0.0043],
+        [-0.1146, -0.0827, -0.0598],
+    ],
+    "SD3": [
+        [-0.0524, 0.0325, 0.0749],
+        [-0.0581, 0.0076, 0.0573],
+        [0.1614, 0.0127, -0.0377],
+        [0.1442, 0.0846, 0.1594],
+        [0.0489, 0.0056, -0.0669],
+        [0.0519, 0.1922, 0.0626],
+        [0.1539, 0.0482, 0.0710],
+        [-0.0860, 0.0901, 0.1089],
+        [-0.1240, -0.0677, 0.0034],
+        [-0.0440, 0.0783, 0.0226],
+        [0.0310, 0.0638, 0.0775],
+        [-0.0132, 0.0855, -0.0877],
+        [0.0646, 0.0591, 0.1326],
+        [-0.0786, -0.0226, -0.1276],
+        [-0.0992, -0.0801, -0.0626],
+        [-0.0339, -0.0804, -0.0608],
+    ],
+}
+
+
+def preview_image(latents: torch.Tensor, family: str, max_side: int = 256) -> Any:
+    """A (B, 16, h, w) latent batch as one small RGB image, the batch side by side."""
+    from PIL import Image
+
+    factors = torch.tensor(LATENT_RGB[family])
+    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors)
+    rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    b, h, w, _ = rgb.shape
+    grid = Image.new("RGB", (b * w, h))
+    for i in range(b):
+        grid.paste(Image.fromarray(rgb[i]), (i * w, 0))
+    if max(grid.size) > max_side:
+        grid.thumbnail((max_side, max_side))
+    return grid
+
+
+class StepProgress:
+    """Called after each step: cancel and skip (raised out of the pipeline), then Progress
+    with smoothed it/s, and a preview of the latents as often as the params ask."""
+
+    def __init__(self, ctx: Any, p: Any, batch_index: int, family: str) -> None:
+        self.ctx, self.p, self.batch_index, self.family = ctx, p, batch_index, family
+        self.steps = p.steps
+        self.last = time.perf_counter()
+        self.its = 0.0
+        self.preview_at = float("-inf")
+
+    def __call__(self, step: int, latents: Any = None) -> None:
+        from sdtui.engine import preview
+        from sdtui.engine.job import BatchSkipped, JobCancelled
+        from sdtui.ipc import protocol as msg
+
+        control = self.ctx.control
+        if control.cancel.is_set():
+            raise JobCancelled
+        if control.skip.is_set():
+            control.skip.clear()
+            raise BatchSkipped
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        rate = 1.0 / dt if dt > 0 else 0.0
+        self.its = rate if self.its == 0 else 0.7 * self.its + 0.3 * rate
+        done = step + 1
+        p = self.p
+        left = (self.steps - done) + (p.batch_count - self.batch_index - 1) * self.steps
+        vram = (None, None)
+        if torch.cuda.is_available():
+            vram = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
+        self.ctx.emit(
+            msg.Progress(
+                job_id=self.ctx.job_id,
+                step=done,
+                steps=self.steps,
+                batch_index=self.batch_index,
+                batch_count=p.batch_count,
+                its=round(self.its, 3),
+                eta_s=round(left / self.its, 1) if self.its > 0 else 0.0,
+                vram_allocated=vram[0],
+                vram_reserved=vram[1],
+            )
+        )
+        every = p.preview_every
+        due = bool(every) and done % every == 0 and now - self.preview_at >= p.preview_interval
+        if latents is not None and due and done < self.steps:
+            self.preview_at = now
+            image = preview_image(latents, self.family)
+            png = preview.to_png(image)
+            self.ctx.emit(msg.Preview(self.ctx.job_id, done, png, image.width, image.height))
+
+
+def plain_prompt(text: str) -> str:
+    """A1111 prompt text without its emphasis syntax: "(cat:1.3)" reads "cat", BREAK goes.
+    These pipelines take text only; the weights are not applied to their encoders yet."""
+    from sdtui.prompt_syntax import parse_prompt_attention
+
+    runs = parse_prompt_attention(text)
+    return " ".join("".join(" " if (t, w) == ("BREAK", -1) else t for t, w in runs).split())
+
+
+def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
+    """One txt2img job on a Flux.1 / SD3.5 model; emits JobStarted, Progress, ImageSaved;
+    returns JobDone. Raises UserError for what these models cannot do yet."""
+    from PIL import Image
+
+    from sdtui.engine.job import BatchSkipped, JobCancelled
+    from sdtui.infotext import format_infotext
+    from sdtui.ipc import protocol as msg
+
+    t_start = time.perf_counter()
+    family: ModelFamily = session.loaded.family
+    p = check_params(params, family)
+    pipe = session.txt2img
+    flux = family.family == "Flux"
+    if flux and p.cfg_scale > 1:
+        ctx.log(
+            f"CFG scale {_num(p.cfg_scale)} on {family.label} runs true CFG with the negative "
+            "prompt (twice the time a step); Forge's Flux setting is CFG scale 1"
+        )
+    prompt, negative = plain_prompt(p.prompt), plain_prompt(p.negative_prompt)
+    if (prompt, negative) != (" ".join(p.prompt.split()), " ".join(p.negative_prompt.split())):
+        ctx.log(
+            f"{family.label} reads the prompt as plain text: emphasis weights and BREAK are left out"
+        )
+    steps = p.steps
+    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps * p.batch_count))
+    earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
+    saved: dict[int, str] = dict(earlier)
+    made: dict[int, Image.Image] = {}
+    cancelled = False
+    for b in range(p.batch_count):
+        indices = [
+            b * p.batch_size + i for i in range(p.batch_size) if b * p.batch_size + i not in earlier
+        ]
+        if not indices:
+            continue
+        seeds = [p.seed + i for i in indices]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        reporter = StepProgress(ctx, p, b, family.family)
+
+        def on_step(
+            pipe: Any, i: int, _t: Any, kwargs: dict[str, Any], r: Any = reporter
+        ) -> dict[str, Any]:
+            latents = kwargs.get("latents")
+            if flux and latents is not None:  # packed 2x2 patches -> (B, 16, h, w)
+                latents = pipe._unpack_latents(latents, p.height, p.width, pipe.vae_scale_factor)
+            r(i, latents)
+            return kwargs
+
+        call: dict[str, Any] = dict(
+            prompt=prompt,
+            num_images_per_prompt=len(indices),
+            num_inference_steps=steps,
+            width=p.width,
+            height=p.height,
+            generator=generators,
+            callback_on_step_end=on_step,
+            output_type="pil",
+        )
+        if flux:
+            call |= dict(
+                guidance_scale=p.distilled_cfg_scale,
+                max_sequence_length=512 if family.variant == "dev" else 256,
+            )
+            if p.cfg_scale > 1:
+                call |= dict(true_cfg_scale=p.cfg_scale, negative_prompt=negative)
+        else:
+            call |= dict(
+                guidance_scale=p.cfg_scale,
+                negative_prompt=negative,
+                max_sequence_length=256,
+            )
+        try:
+            with torch.inference_mode():
+                images = pipe(**call).images
+        except BatchSkipped:
+            ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
+            continue
+        except JobCancelled:
+            cancelled = True
+            break
+        for k, image in enumerate(images):
+            index, seed = indices[k], seeds[k]
+            info = format_infotext(
+                p.prompt, p.negative_prompt, infotext_pairs(p, family, seed, ctx)
+            )
+            path = ctx.layout.save_image(image, "txt2img", seed, info)
+            saved[index] = str(path)
+            made[index] = image
+            ctx.emit(msg.ImageSaved(ctx.job_id, index, str(path), seed, info))
+        if ctx.control.cancel.is_set():
+            cancelled = True
+            break
+    grid_images = [made[i] for i in sorted(made)]
+    if len(grid_images) > 1 and not cancelled and not earlier:
+        info = format_infotext(p.prompt, p.negative_prompt, infotext_pairs(p, family, p.seed, ctx))
+        grid = ctx.layout.save_grid(grid_images, "txt2img", info)
+        ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
+    return msg.JobDone(
+        ctx.job_id,
+        tuple(saved[i] for i in sorted(saved)),
+        round(time.perf_counter() - t_start, 3),
+        cancelled=cancelled,
+    )
