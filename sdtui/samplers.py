@@ -41,7 +41,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
 # "Automatic" = the sampler's own default; the rest map to diffusers sigma options.
-SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Karras", "Exponential", "SGM Uniform", "Normal")
+SCHEDULE_TYPES: tuple[str, ...] = (
+    "Automatic",
+    "Karras",
+    "Exponential",
+    "SGM Uniform",
+    "Simple",
+    "Normal",
+)
 
 _SCHEDULE_SUFFIXES = {
     "karras": "Karras",
@@ -116,7 +123,7 @@ def normalize_schedule(schedule: str) -> str:
     for s in SCHEDULE_TYPES:
         if s.lower() == lowered:
             return s
-    if lowered in ("simple", "sgm_uniform"):
+    if lowered in ("sgm_uniform", "sgmuniform"):  # A1111's name and its alias "SGMUniform"
         return "SGM Uniform"
     raise UnknownSamplerError(
         f"unknown schedule type {schedule!r}: choose one of {', '.join(SCHEDULE_TYPES)}"

@@ -36,7 +36,7 @@ SD15 = {
 }
 STEPS = 20
 K_SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a"]
-SCHEDULES = ["Normal", "Karras", "Exponential", "SGM Uniform"]
+SCHEDULES = ["Normal", "Karras", "Exponential", "SGM Uniform", "Simple"]
 # A1111 samplers_k_diffusion 'scheduler' options (none: model.get_sigmas = Normal)
 AUTOMATIC = {
     "Euler a": "Normal",
@@ -92,6 +92,9 @@ def reference(sampler: str, schedule: str, n: int) -> np.ndarray:
         out = (smax ** (1 / 7) + ramp * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7
     elif schedule == "Exponential":
         out = np.exp(np.linspace(math.log(smax), math.log(smin), n))
+    elif schedule == "Simple":  # sd_schedulers.simple_scheduler, as written there
+        ss = len(sigmas) / n
+        out = np.array([sigmas[-(1 + int(x * ss))] for x in range(n)])
     else:  # sgm_uniform
         ts = np.linspace(_sigma_to_t(log_sigmas, smax), _sigma_to_t(log_sigmas, smin), n + 1)[:-1]
         out = _t_to_sigma(log_sigmas, ts)
@@ -99,6 +102,19 @@ def reference(sampler: str, schedule: str, n: int) -> np.ndarray:
     if discard:
         out = np.concatenate([out[:-2], out[-1:]])
     return out
+
+
+def test_simple_takes_every_len_over_n_th_model_sigma_from_the_top():
+    """A1111's "Simple" (ComfyUI's simple): 4 steps over 1000 sigmas are the model sigmas of
+    timesteps 999, 749, 499, 249, then 0; "simple" is no longer read as SGM Uniform."""
+    from sdtui.engine.samplers import a1111_sigmas
+    from sdtui.samplers import normalize_schedule
+
+    sigmas = _model_sigmas()
+    got = a1111_sigmas("Euler", "Simple", 4, torch.from_numpy(_alphas_cumprod())).numpy()
+    np.testing.assert_allclose(got, [*sigmas[[999, 749, 499, 249]], 0.0], rtol=1e-12)
+    assert normalize_schedule("simple") == "Simple"
+    assert normalize_schedule("sgm_uniform") == normalize_schedule("SGMUniform") == "SGM Uniform"
 
 
 def test_reference_is_the_a1111_normal_schedule_quoted_in_the_issue():

@@ -65,6 +65,9 @@ def a1111_sigmas(
         out = (hi + ramp * (lo - hi)) ** rho
     elif schedule == "Exponential":  # get_sigmas_exponential(n, sigma_min, sigma_max)
         out = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+    elif schedule == "Simple":  # sd_schedulers.simple_scheduler (ComfyUI's "simple")
+        stride = len(sigmas) / n
+        out = torch.stack([sigmas[-(1 + int(x * stride))] for x in range(n)])
     elif schedule == "SGM Uniform":  # sd_schedulers.sgm_uniform
         start = _sigma_to_t(log_sigmas, torch.tensor([sigma_max], dtype=torch.float64))[0]
         end = _sigma_to_t(log_sigmas, torch.tensor([sigma_min], dtype=torch.float64))[0]
