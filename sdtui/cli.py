@@ -39,7 +39,9 @@ SHELLS = ("bash", "zsh", "fish")
 
 def _device(text: str) -> str:
     if not valid_device(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cuda, cuda:N or cpu")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device: use auto, cuda, cuda:N, mps or cpu"
+        )
     return text
 
 
@@ -72,7 +74,8 @@ def _folder_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
     g.add_argument(
         "--device",
         type=_device,
-        help="where to run: auto (default: every GPU, else the CPU), cuda, cuda:N, cpu",
+        help="where to run: auto (default: every NVIDIA GPU, else the Apple GPU on a Mac, "
+        "else the CPU), cuda, cuda:N, mps, cpu",
         **d,
     )
     g.add_argument(
@@ -146,15 +149,29 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
         help="apply a prompt style from styles.csv (A1111's) to the prompt and negative; "
         "repeat it for several, applied in order (`sdtui styles` lists them)",
     )
-    g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+    # None: sdtui's stock value (A1111's), or a Flux/SD3.5 model's preset (sdtui.family_presets)
+    g.add_argument("--steps", type=int, default=None, help="default 20 (Flux/SD3.5: the preset's)")
+    g.add_argument(
+        "--cfg", type=float, default=None, help="CFG scale, default 7 (Flux: 1, SD3.5: 3.5-4.5)"
+    )
+    g.add_argument(
+        "--distilled-cfg",
+        type=float,
+        default=None,
+        metavar="SCALE",
+        help="Distilled CFG Scale (Forge's name): Flux.1 dev's guidance, default 3.5",
+    )
     g.add_argument(
         "--seed",
         type=int,
         default=-1,
         help="-1 = random; image i of the job uses seed+i (with a variation strength: the variation seed +i, as A1111)",
     )
-    g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
+    g.add_argument(
+        "--size",
+        default=None,
+        help="WIDTHxHEIGHT, multiples of 8 (default 512x512; Flux 896x1152, SD3.5 1024x1024)",
+    )
     g.add_argument("--width", type=int)
     g.add_argument("--height", type=int)
     if batches:
@@ -164,11 +181,14 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
         )
     g.add_argument(
         "--sampler",
-        default="Euler a",
-        help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too)",
+        default=None,
+        help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too); "
+        "default Euler a (Flux/SD3.5: Euler)",
     )
     g.add_argument(
-        "--schedule", default="Automatic", help=f"schedule type: {', '.join(SCHEDULE_TYPES)}"
+        "--schedule",
+        default=None,
+        help=f"schedule type: {', '.join(SCHEDULE_TYPES)}; default Automatic",
     )
     g.add_argument("--init-image", help="img2img: start from this image")
     g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")
@@ -183,8 +203,9 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
     i.add_argument(
         "--masked-content",
         choices=MASKED_CONTENT,
-        default="original",
-        help="what the masked area starts from (A1111's Masked content)",
+        default=None,
+        help="what the masked area starts from (A1111's Masked content; default original, "
+        "fill with --outpaint)",
     )
     i.add_argument(
         "--only-masked",
@@ -437,6 +458,29 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--upscaler-2", default=None)
     u.add_argument("--visibility", type=float, default=0.0, help="upscaler 2 visibility, 0 to 1")
     u.add_argument("--tile", type=int, default=192, help="tile size in pixels (0 = no tiling)")
+    u.add_argument(
+        "--gfpgan-visibility",
+        type=float,
+        default=0.0,
+        help="restore faces with GFPGAN (models/GFPGAN), blended 0 to 1",
+    )
+    u.add_argument(
+        "--codeformer-visibility",
+        type=float,
+        default=0.0,
+        help="restore faces with CodeFormer (models/Codeformer), blended 0 to 1",
+    )
+    u.add_argument(
+        "--codeformer-weight",
+        type=float,
+        default=0.0,
+        help="CodeFormer weight, 0 (maximum effect) to 1 (minimum effect)",
+    )
+    u.add_argument(
+        "--upscale-first",
+        action="store_true",
+        help="upscale before restoring faces (default: restore, then upscale)",
+    )
     u.add_argument("--json", action="store_true")
     u.add_argument("--detach", action="store_true", help="queue the job, print its id and return")
     _folder_flags(u)
@@ -555,17 +599,80 @@ def _main(argv: list[str] | None) -> int:
 # -- generate -------------------------------------------------------------------------------
 
 
+def absolute_path(path: str | Path | None) -> str | None:
+    """A file named on the command line, as an absolute path: the engine daemon runs in
+    another folder (``/``), so ``--init-image cat.png`` must not reach it as ``cat.png``."""
+    if path is None or str(path) == "":
+        return None if path is None else ""
+    return str(Path(path).expanduser().absolute())
+
+
+def model_argument(name: str | None) -> str | None:
+    """``--model``/``--refiner``: a name from `sdtui models` stays as it is; a file or folder
+    that exists from here goes to the daemon as an absolute path."""
+    if name and Path(name).expanduser().exists():
+        return absolute_path(name)
+    return name
+
+
+def job_family(model: str | None, settings: Settings) -> str | None:
+    """The family label ("SD1", "Flux.1 schnell") of the model a job names, None meaning the
+    one the engine picks (the default model, else the first listed), read from the headers as
+    `sdtui models` does; None when it cannot be told (the engine then says what is wrong)."""
+    from sdtui.model_index import discover_models, resolve_model
+
+    query = model or settings.default_model
+    if query and query.lower() in ("demo", "sdtui-demo"):
+        return "SD1"
+    try:
+        entries = discover_models(settings.models)
+        if not query:
+            return entries[0].family if entries else "SD1"  # else the engine runs the demo
+        return resolve_model(query, entries, folder=settings.checkpoints).family
+    except Exception:  # noqa: BLE001 - not found, unreadable: the engine's message says it
+        return None
+
+
+def _preset_for_flags(
+    args: argparse.Namespace, model: str | None, settings: Settings | None
+) -> Any:
+    """The Flux/SD3.5 family preset for the flags left out (None when all are given or the
+    model is an SD one: sdtui's stock defaults, as before), said once at -v."""
+    from sdtui.family_presets import preset_for
+
+    flags = (args.sampler, args.schedule, args.cfg, args.steps)
+    sized = args.size or (args.width is not None and args.height is not None)
+    if all(f is not None for f in flags) and sized:
+        return None
+    preset = preset_for(job_family(model, settings or settings_from(args)))
+    if (
+        preset is not None
+        and getattr(args, "level", NORMAL) >= VERBOSE
+        and not getattr(args, "json", False)
+    ):
+        print(f"sdtui: debug: {preset.describe()} for what the flags leave out", file=sys.stderr)
+    return preset
+
+
 def params_from(args: argparse.Namespace, settings: Settings | None = None) -> GenerationParams:
     """The job's params from the flags, with the --style styles applied to the prompts (as
-    A1111 applies them before the job: the infotext has the merged prompt)."""
-    width, height = 512, 512
+    A1111 applies them before the job: the infotext has the merged prompt). A flag left out
+    is sdtui's stock value, or on a Flux/SD3.5 model its family's preset (Forge's)."""
+    model = model_argument(args.model)
+    if args.demo and not model:
+        model = "demo"
+    preset = _preset_for_flags(args, model, settings)
+    stock = GenerationParams()
+    width, height = (preset.width, preset.height) if preset else (stock.width, stock.height)
     if args.size:
         width, height = parse_size(args.size)
     width = args.width if args.width is not None else width  # --width 0 is refused, not 512
     height = args.height if args.height is not None else height
-    model = args.model
-    if args.demo and not model:
-        model = "demo"
+    fill = preset.values() if preset else {}
+
+    def given(flag: Any, name: str) -> Any:
+        return flag if flag is not None else fill.get(name, getattr(stock, name))
+
     prompt, negative = args.prompt, args.negative
     names = list(getattr(args, "style", None) or [])
     if names:
@@ -575,16 +682,17 @@ def params_from(args: argparse.Namespace, settings: Settings | None = None) -> G
     return GenerationParams(
         prompt=prompt,
         negative_prompt=negative,
-        steps=args.steps,
-        sampler=args.sampler,
-        schedule_type=args.schedule,
-        cfg_scale=args.cfg,
+        steps=given(args.steps, "steps"),
+        sampler=given(args.sampler, "sampler"),
+        schedule_type=given(args.schedule, "schedule_type"),
+        cfg_scale=given(args.cfg, "cfg_scale"),
+        distilled_cfg_scale=given(getattr(args, "distilled_cfg", None), "distilled_cfg_scale"),
         seed=args.seed,
         width=width,
         height=height,
         batch_size=getattr(args, "batch_size", 1),
         batch_count=getattr(args, "batch_count", 1),
-        init_image=args.init_image,
+        init_image=absolute_path(args.init_image),
         denoising_strength=args.denoise,
         resize_mode=args.resize_mode,
         model=model,
@@ -598,9 +706,11 @@ def params_from(args: argparse.Namespace, settings: Settings | None = None) -> G
         hr_denoising_strength=args.hires_denoise,
         hr_upscaler=args.hires_upscaler,
         preview_every=args.preview_every,
-        mask=getattr(args, "mask", None),
+        mask=absolute_path(getattr(args, "mask", None)),
         mask_blur=getattr(args, "mask_blur", 4),
-        inpainting_fill=getattr(args, "masked_content", "original"),
+        # Poor man's outpainting starts the new area from "fill"; a plain mask from "original"
+        inpainting_fill=getattr(args, "masked_content", None)
+        or ("fill" if getattr(args, "outpaint", 0) else "original"),
         inpaint_full_res=getattr(args, "only_masked", False),
         inpaint_full_res_padding=getattr(args, "only_masked_padding", 32),
         inpainting_mask_invert=getattr(args, "invert_mask", False),
@@ -609,7 +719,7 @@ def params_from(args: argparse.Namespace, settings: Settings | None = None) -> G
         restore_faces=getattr(args, "restore_faces", False),
         face_restoration_model=getattr(args, "face_restorer", "CodeFormer"),
         code_former_weight=getattr(args, "codeformer_weight", 0.5),
-        refiner_checkpoint=getattr(args, "refiner", None),
+        refiner_checkpoint=model_argument(getattr(args, "refiner", None)),
         refiner_switch_at=getattr(args, "refiner_switch_at", 0.8),
         cfg_rescale=getattr(args, "cfg_rescale", 0.0),
     ).validated()
@@ -684,19 +794,19 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_init_image(path: str | None, settings: Settings) -> None:
-    """Fail before starting the engine: a missing, broken or too large init image (its
-    header says how large; nothing is decoded here) loses nothing."""
+def _check_init_image(path: str | None, settings: Settings, what: str = "init image") -> None:
+    """Fail before starting the engine: a missing, broken or too large init image or mask
+    (its header says how large; nothing is decoded here) loses nothing."""
     if path is None:
         return
     from sdtui.image_files import open_image_file
 
-    with open_image_file(path, "init image", settings.max_image_megapixels, load=False) as im:
+    with open_image_file(path, what, settings.max_image_megapixels, load=False) as im:
         try:
             im.verify()
         except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged file
             raise UserError(
-                f"init image {one_line(str(path))} is damaged ({type(e).__name__}): give another file"
+                f"{what} {one_line(str(path))} is damaged ({type(e).__name__}): give another file"
             ) from None
 
 
@@ -756,6 +866,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.output is not None:
         output = OutputFile.check(args.output, params.batch_size * params.batch_count, args.detach)
     _check_init_image(params.init_image, settings)
+    _check_init_image(params.mask, settings, "mask")
     _check_outputs(settings)
     started = _submit_and_follow(
         args, settings, level, "generate", params.model, lambda c: c.submit(params), output
@@ -1415,6 +1526,7 @@ def write_atomic(source: Path, dest: Path) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from sdtui.extra_networks_index import embedding_vectors, list_embeddings, list_loras, list_vaes
+    from sdtui.face_files import face_files_status
     from sdtui.hashes import cached_model_hash, model_hash, old_model_hash
     from sdtui.model_index import discover_models
     from sdtui.upscalers import list_upscalers
@@ -1451,6 +1563,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             {"name": x.name, "path": str(x.path) if x.path else None}
             for x in list_upscalers(settings.models)
         ],
+        "face_restoration": face_files_status(settings.models),
     }
     if args.json:
         print(json_dumps({"checkpoints": rows, **extras}, indent=2))
@@ -1486,6 +1599,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"\n{title} ({folder}): " + (", ".join(names) if names else "none"))
     models = [one_line(u["name"]) for u in extras["upscalers"] if u["path"]]
     print("\nUpscalers: Lanczos, Nearest" + ("".join(f", {m}" for m in models)))
+    print(f"\n{one_line(extras['face_restoration'])}")
     return EXIT_OK
 
 
@@ -1523,7 +1637,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if args.to:
         tw, th = parse_size(args.to)
     params = UpscaleParams(
-        image=str(args.image),
+        image=absolute_path(args.image) or "",
         upscaler=args.upscaler,
         scale=args.scale,
         target_width=tw,
@@ -1531,6 +1645,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         upscaler_2=args.upscaler_2,
         upscaler_2_visibility=args.visibility,
         tile=args.tile,
+        gfpgan_visibility=args.gfpgan_visibility,
+        codeformer_visibility=args.codeformer_visibility,
+        codeformer_weight=args.codeformer_weight,
+        upscale_first=args.upscale_first,
     ).validated()
     if not args.image.exists():
         raise UserError(f"{args.image} does not exist: give an image file or a folder of images")
@@ -1540,6 +1658,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
         check_pixels(tw, th, settings.max_image_megapixels, f"--to {tw}x{th}")
     _check_outputs(settings)
+    restorers = [
+        name
+        for name, visibility in (
+            ("GFPGAN", params.gfpgan_visibility),
+            ("CodeFormer", params.codeformer_visibility),
+        )
+        if visibility > 0
+    ]
+    if restorers:  # the missing weights said now, not by a failed job
+        from sdtui.face_files import check_face_weights
+
+        check_face_weights(restorers, settings.models)
     client = engine_client(args, settings, "sdtui upscale")
     try:
         job_id = client.submit_upscale(params)

@@ -17,13 +17,16 @@ import pytest
 from sdtui.infotext import parse_infotext, read_infotext
 
 
-def sdtui(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def sdtui(
+    env, *args: str, timeout: float = 180, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sdtui", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -96,6 +99,55 @@ def test_generate_demo_batch_then_img2img_then_info(env, tmp_path, demo_model):
     fields = json.loads(info.stdout)
     assert fields["prompt"] == "a black house cat" and fields["Denoising strength"] == "0.75"
     assert fields["Size"] == "128x128"
+
+
+def test_inpaint_and_outpaint_from_relative_paths(env, tmp_path, demo_model):
+    """--init-image and --mask name files from the shell's folder; the daemon runs elsewhere
+    (its cwd is /), so the CLI sends them as absolute paths."""
+    from PIL import Image
+
+    work = tmp_path / "work"
+    work.mkdir()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(work / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(work / "mask.png")
+    common = ("generate", "--demo", "a red door", "--size", "64x64", "--steps", "2")
+    proc = sdtui(
+        env,
+        *common,
+        "--init-image",
+        "init.png",
+        "--mask",
+        "mask.png",
+        "--mask-blur",
+        "0",
+        "--only-masked",
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [out] = [Path(line) for line in proc.stdout.splitlines()]
+    pairs = parse_infotext(read_infotext(out)).pairs
+    assert (pairs["Mask blur"], pairs["Inpaint area"], pairs["Masked area padding"]) == (
+        "0",
+        "Only masked",
+        "32",
+    )
+    with Image.open(out) as im:  # only the masked square changed
+        assert im.size == (64, 64) and im.convert("RGB").getpixel((2, 2)) == (200, 120, 40)
+
+    proc = sdtui(
+        env, *common, "--init-image", "init.png", "--outpaint", "16", "--outpaint-sides", "left",
+        cwd=work,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    [out] = [Path(line) for line in proc.stdout.splitlines()]
+    with Image.open(out) as im:
+        assert im.size == (80, 64)
+    assert parse_infotext(read_infotext(out)).pairs["Masked content"] == "fill"
+
+    missing = sdtui(env, *common, "--init-image", "init.png", "--mask", "nope.png", cwd=work)
+    assert_clean_failure(missing, "mask", "nope.png")
 
 
 def test_models_lists_family_size_and_hashes(env, tmp_path, demo_model):

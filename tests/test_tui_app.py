@@ -473,6 +473,8 @@ def test_the_form_table_names_real_fields_and_the_keys_a1111_writes() -> None:
         refiner_switch_at=0.7, cfg_rescale=0.5,
     )  # fmt: skip
     written |= inpaint.infotext_pairs(seed=5, model_name="m", model_hash="abc")
+    # Flux dev's guidance, which the engine writes for Flux dev (sdtui.engine.dit)
+    written["Distilled CFG Scale"] = 3.5
     assert {s.infotext for s in form_spec.FIELDS if s.infotext} <= set(written)
     # a number's key reads back into its field, as the form fills it from a PNG
     for key, (name, kind) in form_spec.infotext_numbers().items():
@@ -1236,6 +1238,84 @@ def test_sdtui_demo_starts_with_the_quick_form(tui_env: Settings) -> None:
     assert (p.width, p.steps) == (768, 30)  # what the user chose last time stays
 
 
+# -- Flux.1 / SD3.5: the family's rows and Forge's preset (issue 13) ---------------------------
+
+
+def _on_screen(form: SettingsForm, name: str) -> bool:
+    """The field is drawn: neither it, its row nor its section is hidden."""
+    widget: Any = form.query_one(f"#{name}")
+    while widget is not None and widget is not form:
+        if not widget.display:
+            return False
+        widget = widget.parent
+    return True
+
+
+@run_async
+async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Settings) -> None:
+    from test_family_presets import flux_header_file
+    from textual.widgets import Collapsible
+
+    flux_header_file(tui_env.checkpoints, "flux1-dev", dev=True)
+    flux_header_file(tui_env.checkpoints, "flux1-schnell", dev=False)
+    host = FakeHost()
+    stock = FormState(params=GenerationParams(model="demo", seed=42))  # Euler a, CFG 7, 512x512
+    app = fake_app(tui_env, host=host, form_state=stock)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: "flux1-dev" in app.main.catalog.models, 20)
+        form = app.main.form
+        assert _on_screen(form, "enable_hr") or form.query_one("#hires", Collapsible).collapsed
+        assert not _on_screen(form, "distilled_cfg_scale")  # SD: no Distilled CFG
+        app.main.set_form_field("enable_hr", "1")  # kept by the form, not sent to Flux
+        app.main.switch_model("flux1-dev")
+        await pilot.pause(0.2)
+        assert host.loaded == ["flux1-dev"]
+        assert _on_screen(form, "distilled_cfg_scale") and _on_screen(form, "cfg_scale")
+        for section in ("hires", "inpaint"):
+            assert not form.query_one(f"#{section}", Collapsible).display
+        for name in ("refiner_checkpoint", "clip_skip", "subseed", "vae"):
+            assert not _on_screen(form, name)
+        assert _on_screen(form, "memory_mode") or form.query_one("#more", Collapsible).collapsed
+        raw = form.raw_values()
+        assert (raw["sampler"], raw["cfg_scale"], raw["steps"], raw["width"], raw["height"]) == (
+            "Euler", "1", "20", "896", "1152",
+        )  # fmt: skip
+        assert raw["distilled_cfg_scale"] == "3.5"
+        assert log_text(app).count("Forge's preset") == 1
+        await type_prompt(pilot, "a fox")
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        [params] = host.pending.values()
+        assert (params.sampler, params.cfg_scale, params.enable_hr) == ("Euler", 1.0, False)
+
+        app.main.set_form_field("model", "flux1-schnell")  # the form's own model field
+        await pilot.pause(0.2)
+        assert not _on_screen(form, "distilled_cfg_scale")  # schnell has no guidance
+        assert form.raw_values()["steps"] == "4"
+
+        app.main.set_form_field("model", "demo")  # back to SD: every row, the stock values
+        await pilot.pause(0.2)
+        assert form.query_one("#hires", Collapsible).display
+        assert not _on_screen(form, "distilled_cfg_scale")
+        raw = form.raw_values()
+        assert (raw["sampler"], raw["cfg_scale"], raw["steps"], raw["width"], raw["enable_hr"]) == (
+            "Euler a", "7", "20", "512", "1",
+        )  # fmt: skip
+        assert "sdtui's defaults" in log_text(app)
+
+    # a model not listed (yet): the family the engine's ModelLoaded names decides
+    host2 = FakeHost()
+    named = FormState(params=GenerationParams(model="flux1-schnell", seed=1))
+    app2 = fake_app(tui_env, host=host2, form_state=named, discover=lambda catalog: catalog)
+    async with app2.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        assert app2.main.form.raw_values()["steps"] == "20"
+        host2.events = [msg.ModelLoaded("flux1-schnell", "Flux.1 schnell", 0.1, 1, "/m")]
+        await wait_for(pilot, lambda: "Forge's preset" in log_text(app2), 10)
+        assert app2.main.form.raw_values()["steps"] == "4"
+        assert not app2.main.form.query_one("#hires", Collapsible).display
+
+
 # -- snapshots --------------------------------------------------------------------------------
 
 
@@ -1312,6 +1392,7 @@ def test_snapshot_inpaint_section_open_80x24(
         main.set_form_field("inpaint_full_res", "1")
         main.form.reveal("outpaint_sides")
         await pilot.pause(0.2)
+        await pilot.wait_for_scheduled_animations()  # focusing scrolls smoothly: let it end
         # the section from its title (the values' summary) down
         main.form.scroll_to_widget(main.form.query_one("#inpaint"), animate=False, top=True)
         await pilot.pause()

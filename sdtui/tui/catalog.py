@@ -39,6 +39,8 @@ class Catalog:
     embedding_sizes: tuple[tuple[str, int], ...] = ()
     # one line each for the job log: a checkpoint with a bad header, a list that failed
     problems: tuple[str, ...] = ()
+    # (model name, family label) from the headers: the form shows a family's rows and preset
+    families: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def placeholder(cls, models: Sequence[str] = (), upscalers: Sequence[str] = ()) -> Catalog:
@@ -163,6 +165,7 @@ def discover_catalog(
         LISTING_TIMEOUT_S if timeout is None else timeout,
     )
     names: list[str] = [settings.default_model] if settings.default_model else []
+    families: list[tuple[str, str]] = []
     for entry in found.get("models", ()):
         error = getattr(entry, "error", None)
         name = getattr(entry, "name", None)
@@ -174,6 +177,7 @@ def discover_catalog(
             problems.append(f"{_where(settings, path)}: not listed, {one_line(reason)}")
         elif isinstance(name, str) and name:
             names.append(name)
+            families.append((name, str(getattr(entry, "family", "?"))))
     models = _unique([*names, *base.models])
     if "demo" in models:  # the demo model last, as before
         models = [*(m for m in models if m != "demo"), "demo"]
@@ -189,4 +193,5 @@ def discover_catalog(
         complete=True,
         embedding_sizes=tuple(sizes),
         problems=tuple(dict.fromkeys(problems)),
+        families=tuple(families),
     )

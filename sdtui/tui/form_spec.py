@@ -111,6 +111,18 @@ FIELDS: tuple[FieldSpec, ...] = (
     ),
     FieldSpec("steps", "Steps", "int", shown="gen", infotext="Steps"),
     FieldSpec("cfg_scale", "CFG", "float", shown="gen", beside=True, infotext="CFG scale"),
+    # Forge's "Distilled CFG Scale": Flux.1 dev's guidance. Shown for Flux dev only: the rows
+    # a model's family does not have are hidden (sdtui.family_presets.hidden_fields)
+    FieldSpec(
+        "distilled_cfg_scale",
+        "Dist. CFG",
+        "float",
+        shown="gen",
+        tooltip="Distilled CFG Scale (Forge): Flux.1 dev's guidance, 3.5 by default",
+        infotext="Distilled CFG Scale",
+        word="distilled CFG",
+        example="3.5",
+    ),
     FieldSpec("seed", "Seed", "int", shown="gen", infotext="Seed"),
     # A1111 writes width and height together, as "Size: 512x768"
     FieldSpec("width", "Size", "int", shown="gen"),

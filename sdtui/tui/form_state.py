@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtui.config import state_dir
+from sdtui.family_presets import at_a_preset, at_stock, preset_for, with_preset, with_stock
 from sdtui.params import GenerationParams, UpscaleParams
 from sdtui.tui import form_spec
 from sdtui.tui.form_spec import FieldSpec
@@ -126,6 +127,47 @@ def with_demo_defaults(state: FormState) -> FormState:
     if (p.width, p.height, p.steps) != (stock.width, stock.height, stock.steps):
         return state
     return state.with_params(width=DEMO_SIZE, height=DEMO_SIZE, steps=DEMO_STEPS)
+
+
+# -- a model family's defaults (Flux.1, SD3.5: Forge's presets) ------------------------------
+
+
+def _untouched(p: GenerationParams) -> bool:
+    """At sdtui's stock values, or at the demo model's quick form (256x256, 8 steps)."""
+    if (p.width, p.height, p.steps) == (DEMO_SIZE, DEMO_SIZE, DEMO_STEPS):
+        stock = GenerationParams()
+        p = p.replace(width=stock.width, height=stock.height, steps=stock.steps)
+    return at_stock(p)
+
+
+def with_family_defaults(state: FormState, family: str | None) -> tuple[FormState, str]:
+    """``state`` for a model of ``family`` (a label: "Flux.1 schnell", "SDXL"), and the line
+    that says what changed ("" for nothing). A form still at sdtui's stock sampler, CFG,
+    steps and size (or the demo's quick form), or at another family's preset, takes the
+    family's preset; back on an SD
+    model, a form still at a preset gets the stock values again. A form the user changed,
+    or an unknown family, is left as it is."""
+    p = state.params
+    if not family or family == "?":
+        return state, ""
+    preset = preset_for(family)
+    if preset is not None:
+        if not (_untouched(p) or at_a_preset(p) is not None):
+            return state, ""
+        new = state.replace(params=with_preset(p, preset))
+        if new == state:
+            return state, ""
+        line = f"{preset.describe()}: the form is set to it"
+        if family.startswith("Flux"):
+            line += " (a negative prompt needs CFG above 1)"
+        return new, line
+    if at_a_preset(p) is None:
+        return state, ""
+    back = with_stock(p)
+    return state.replace(params=back), (
+        f"{family}: the form is back at sdtui's defaults ({back.sampler}, {back.steps} steps, "
+        f"CFG {back.cfg_scale:g}, {back.width}x{back.height})"
+    )
 
 
 def _image_problem(path: str, what: str) -> str | None:

@@ -31,6 +31,7 @@ from textual.widget import Widget
 
 from sdtui.config import Settings
 from sdtui.errors import UserError
+from sdtui.family_presets import without_hidden
 from sdtui.ipc import protocol as msg
 from sdtui.jobstore import job_summary as summarize_job
 from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError, XYZParams
@@ -40,7 +41,13 @@ from sdtui.tui.catalog import Catalog
 from sdtui.tui.commands import SdtuiCommands, bindings, key_of, shown
 from sdtui.tui.engine_client import EngineClient
 from sdtui.tui.files import file_problem, image_size, params_from_file, seed_from_file, show
-from sdtui.tui.form_state import FormState, is_demo_model, save_form_state, with_demo_defaults
+from sdtui.tui.form_state import (
+    FormState,
+    is_demo_model,
+    save_form_state,
+    with_demo_defaults,
+    with_family_defaults,
+)
 from sdtui.tui.jobs import JobBook, JobInfo
 from sdtui.tui.screens.ask import AskTextScreen, ConfirmScreen
 from sdtui.tui.screens.error_detail import ErrorDetailScreen
@@ -140,6 +147,7 @@ class MainScreen(Screen[None]):
         self._restarting = False
         self._announced_ready = False
         self._demo_said = False
+        self._loaded_family: str | None = None  # the engine's model's (ModelLoaded)
         self._last_form_field: Widget | None = None
         self._catalog_problems: set[str] = set()  # said in the job log already
         self.style_book = StyleBook(settings.styles_file)
@@ -273,6 +281,7 @@ class MainScreen(Screen[None]):
         form.update_choices("hr_upscaler", catalog.hires_upscalers)
         form.update_choices("vae", catalog.vaes)
         self.prompt_editor.set_embedding_sizes(catalog.embedding_sizes)
+        self._use_family(self._family_of(form.state.params.model))
 
     def refresh_catalog(self) -> None:
         """List the folders again (a LoRA or VAE added while the app runs)."""
@@ -374,7 +383,30 @@ class MainScreen(Screen[None]):
     def on_model_loaded(self, message: m.ModelLoaded) -> None:
         # the engine logs the load itself (size, time, memory mode): no second line here
         self.status_bar.update_line(model=message.event.name)
+        self._loaded_family = message.event.family
+        if self.form.state.params.model in (None, message.event.name):
+            self._use_family(message.event.family)
         self._model_in_use(message.event.name)
+
+    def _family_of(self, model: str | None) -> str | None:
+        """The family label of the form's model (None: the engine's; unknown: None)."""
+        if model is None:
+            return self._loaded_family
+        if is_demo_model(model):
+            return "SD1"
+        return dict(getattr(self.catalog, "families", ())).get(model)
+
+    def _use_family(self, family: str | None) -> None:
+        """The form shows the rows of the model's family and, while it is at the stock values,
+        takes the family's preset (Flux.1, SD3.5: Forge's), as the demo gets its quick form."""
+        form = self.form
+        if family is None or family == form.family:
+            return  # unknown (not listed yet): the form stays as it is
+        form.set_family(family)
+        state, line = with_family_defaults(form.state, family)
+        if line:
+            form.load(state)
+            self.log_line("info", line)
 
     def _model_in_use(self, name: str) -> None:
         """The built-in demo model, the first time: a form still at the stock defaults gets
@@ -487,6 +519,7 @@ class MainScreen(Screen[None]):
             prompt=prompt, negative_prompt=negative
         ).replace(styles=self.form_state.styles)
         self.form_errors = message.errors
+        self._use_family(self._family_of(message.state.params.model))
         mode = message.state.memory_mode
         if mode and mode != self.memory_mode:
             self._apply_memory_mode(mode)
@@ -636,7 +669,8 @@ class MainScreen(Screen[None]):
             negative_prompt=self.form_state.params.negative_prompt,
         ).replace(styles=self.form_state.styles)
         self.form_state = state
-        errors = state.errors()
+        # a field the model's family does not have is not sent (without_hidden): nor checked
+        errors = {k: v for k, v in state.errors().items() if k not in self.form.hidden}
         if errors:
             field_name, first = next(iter(errors.items()))
             self.form.reveal(field_name)
@@ -653,7 +687,7 @@ class MainScreen(Screen[None]):
                 gen = state.generation_params().replace(
                     preview_every=self.settings.preview_every, preview_interval=PREVIEW_INTERVAL
                 )
-                gen = self._styled(gen, state.styles)
+                gen = without_hidden(self._styled(gen, state.styles), self.form.family)
                 job_id = self.host.submit(gen)
                 info = JobInfo(
                     gen.mode, summarize_job("generate", gen), gen.images_total, gen.steps
@@ -1113,7 +1147,7 @@ class MainScreen(Screen[None]):
             preview_every=self.settings.preview_every, preview_interval=PREVIEW_INTERVAL
         )
         try:
-            base = self._styled(base, state.styles)
+            base = without_hidden(self._styled(base, state.styles), self.form.family)
         except StyleError as e:
             problem = problem or f"{e.message}: turn it off in the styles picker"
 

@@ -4,7 +4,9 @@ mask, its blur and area, outpainting) and "More" (VAE, clip skip, variation seed
 face restoration, the refiner, memory mode), so the form still fits 80x24. The rows are those of
 ``form_spec.FIELDS``, in its order. Every edit is parsed and checked at once
 (``form_state.parse_form``, which uses ``GenerationParams.field_errors``); the problem shows
-under its field and FormChanged tells the app whether Generate may run."""
+under its field and FormChanged tells the app whether Generate may run. The rows a model's
+family does not have (``family_presets.hidden_fields``: Flux's hires fix, SD's Distilled CFG)
+are hidden, their values kept."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Collapsible, Input, Label, Select
 
+from sdtui.family_presets import hidden_fields
 from sdtui.safe_text import one_line
 from sdtui.tui import form_spec
 from sdtui.tui.form_spec import MODES, FieldSpec, Section
@@ -63,6 +66,8 @@ class SettingsForm(VerticalScroll):
     SettingsForm.mode-extras .extras { display: block; }
     SettingsForm.mode-extras .gen { display: none; }
     SettingsForm.mode-img2img .t2i { display: none; }
+    /* what the model's family does not have (Flux's hires fix, SD's Distilled CFG) */
+    SettingsForm .family-hidden { display: none !important; }
     SettingsForm Collapsible {
         padding: 0; border-top: none; background: transparent; height: auto;
     }
@@ -90,6 +95,7 @@ class SettingsForm(VerticalScroll):
         *,
         hires_upscalers: Sequence[str] = ("Latent",),
         vaes: Sequence[str] = ("Automatic", "None"),
+        family: str | None = None,
         id: str | None = None,
     ) -> None:
         # the mode's class is set before mounting: set later, it restyles every field
@@ -106,6 +112,12 @@ class SettingsForm(VerticalScroll):
         }
         self._choices: dict[str, list[str]] = {}
         self._posted = False
+        # the model's family label ("SD1", "Flux.1 dev"): its rows only (set_family)
+        self.family = family
+        self._hidden = hidden_fields(family)
+        # each field's row and its label, to hide what a family does not have
+        self._row_of: dict[str, Horizontal] = {}
+        self._label_of: dict[str, Label] = {}
 
     # -- building ------------------------------------------------------------------------
 
@@ -123,17 +135,50 @@ class SettingsForm(VerticalScroll):
         )
 
     def _error(self, name: str) -> Label:
-        return Label("", id=f"{name}-error", classes="error", markup=False)
+        hidden = " family-hidden" if name in self._hidden else ""
+        return Label("", id=f"{name}-error", classes="error" + hidden, markup=False)
+
+    @property
+    def hidden(self) -> frozenset[str]:
+        """The fields the model's family does not have (their rows are hidden)."""
+        return self._hidden
+
+    def _section_hidden(self, section: Section) -> bool:
+        names = [spec.name for spec in form_spec.FIELDS if spec.section == section]
+        return bool(names) and all(name in self._hidden for name in names)
+
+    def set_family(self, family: str | None) -> None:
+        """Show the rows the model's family has and hide the others (Flux: no hires fix,
+        inpainting, refiner, ...; Distilled CFG for Flux dev only). The values stay."""
+        self.family = family
+        hidden = hidden_fields(family)
+        if hidden == self._hidden:
+            return  # SD1 after SDXL: the same rows (no restyle of the whole form)
+        self._hidden = hidden
+        rows: dict[Horizontal, bool] = {}
+        for spec in form_spec.FIELDS:
+            gone = spec.name in hidden
+            row = self._row_of[spec.name]
+            rows[row] = rows.get(row, True) and gone
+            for widget in self.query(f"#{spec.name}, #{spec.name}-error"):
+                widget.set_class(gone, "family-hidden")
+            self._label_of[spec.name].set_class(gone, "family-hidden")
+        for row, gone in rows.items():
+            row.set_class(gone, "family-hidden")
+        for section in FOLDED:
+            collapsible = self.query_one(f"#{section}", Collapsible)
+            collapsible.set_class(self._section_hidden(section), "family-hidden")
 
     def compose(self) -> ComposeResult:
         values = form_fields(self.state)
         yield from self._rows("main", values)
         for section, classes in FOLDED.items():
             title = _title(section_title(section, self.state))
+            gone = " family-hidden" if self._section_hidden(section) else ""
             with Collapsible(
                 title=title,  # type: ignore[arg-type]  # a Content is drawn as it is, no markup
                 id=section,
-                classes=f"{classes} -collapsed",
+                classes=f"{classes} -collapsed{gone}",
             ):
                 yield from self._rows(section, values)
         yield Button(
@@ -144,14 +189,22 @@ class SettingsForm(VerticalScroll):
         """Each row of ``section``: its label and fields, then their error lines."""
         for row in form_spec.rows(section):
             first = row[0]
-            with Horizontal(classes="row" if first.shown == "all" else f"row {first.shown}"):
+            classes = "row" if first.shown == "all" else f"row {first.shown}"
+            if all(spec.name in self._hidden for spec in row):
+                classes += " family-hidden"
+            with Horizontal(classes=classes) as line:
                 for spec in row:
+                    hidden = " family-hidden" if spec.name in self._hidden else ""
                     if spec is first:
                         wide = len(spec.label) >= LABEL_WIDTH
-                        yield Label(spec.label, classes="wide" if wide else "")
+                        label = Label(spec.label, classes=("wide" if wide else "") + hidden)
                     else:
-                        yield Label(spec.label, classes="inner")
-                    yield self._field(spec, values[spec.name])
+                        label = Label(spec.label, classes="inner" + hidden)
+                    self._row_of[spec.name], self._label_of[spec.name] = line, label
+                    yield label
+                    field = self._field(spec, values[spec.name])
+                    field.set_class(bool(hidden), "family-hidden")
+                    yield field
                 # the widgets that edit no field of their own: seed buttons, size presets
                 if first.name == "seed":
                     yield Button("rnd", id="random-seed", compact=True, tooltip="random seed (-1)")
@@ -262,6 +315,8 @@ class SettingsForm(VerticalScroll):
     def reveal(self, name: str) -> None:
         """Unfold the section holding field ``name`` (to show its problem) and focus it."""
         spec = form_spec.field_spec(name)
+        if name in self._hidden:
+            return  # not a field of this model's family
         if spec is not None and spec.section in FOLDED:
             self.query_one(f"#{spec.section}", Collapsible).collapsed = False
         with contextlib.suppress(NoMatches):
