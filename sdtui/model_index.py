@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -42,6 +43,9 @@ from sdtui.safetensors_header import read_safetensors_header as read_safetensors
 from sdtui.units import format_bytes
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
+# where ComfyUI and Forge users keep transformer-only Flux.1 / SD3.5 files (listed beside the
+# checkpoints; their text encoders and VAE come from models/text_encoder and models/VAE)
+TRANSFORMER_SUBDIRS = ("unet", "diffusion_models")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".safetensors", ".ckpt")
 # A1111 keeps VAEs beside checkpoints out of the checkpoint list
 VAE_SUFFIXES: tuple[str, ...] = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
@@ -644,8 +648,36 @@ def discover_models(models_dir: Path | str) -> list[ModelEntry]:
             entry = _listed_entry(p, root)
             if entry is not None:
                 entries.append(entry)
+    entries += _transformer_entries(Path(models_dir).expanduser(), {e.name for e in entries})
     entries.sort(key=lambda e: e.name.lower())
     return entries
+
+
+def _transformer_entries(models_dir: Path, taken: set[str]) -> list[ModelEntry]:
+    """The Flux.1 / SD3.5 transformers in models/unet and models/diffusion_models, named
+    relative to their folder ("unet/" in front where a checkpoint has that name already);
+    text encoders, VAEs and SD UNets kept there are not models sdtui loads alone."""
+    from sdtui.model_family_dit import FAMILY_LABELS
+
+    out: list[ModelEntry] = []
+    for sub in TRANSFORMER_SUBDIRS:
+        folder = models_dir / sub
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.rglob("*.safetensors")):
+            try:
+                if not stat.S_ISREG(os.stat(p).st_mode):
+                    continue  # a named pipe or a device: never opened
+            except OSError:
+                continue
+            entry = _listed_entry(p, folder)
+            if entry is None or not entry.family.startswith(tuple(FAMILY_LABELS.values())):
+                continue
+            if entry.name in taken:
+                entry = dataclasses.replace(entry, name=f"{sub}/{entry.name}")
+            taken.add(entry.name)
+            out.append(entry)
+    return out
 
 
 def find_vae_beside(path: Path | str) -> Path | None:

@@ -760,3 +760,43 @@ def test_real_sized_original_keys_are_detected_converted_and_configured(name: st
     if not flux:
         expected = list(range(13)) if name == "sd35-medium" else []
         assert settings["dual_attention_layers"] == expected
+
+
+def test_transformer_only_files_in_unet_folders_are_listed_and_resolve(tmp_path: Path) -> None:
+    """ComfyUI/Forge keep transformer-only files in models/unet and models/diffusion_models:
+    listed with their family (headers only), named relative to their folder ("unet/" in front
+    where a checkpoint has the name); the text encoders and VAEs kept there are not models."""
+    from sdtui.model_index import resolve_model
+
+    models = tmp_path / "models"
+
+    def header_only(path: Path, keys: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: torch.zeros(1, 1) for k in keys}, path)
+
+    flux = ["double_blocks.0.img_attn.qkv.weight", "img_in.weight"]
+    header_only(models / "unet" / "flux1-schnell.safetensors", flux)
+    header_only(models / "Stable-diffusion" / "flux1-schnell.safetensors", flux)
+    header_only(
+        models / "diffusion_models" / "sd3" / "sd3.5_medium.safetensors",
+        ["joint_blocks.0.context_block.attn.qkv.weight", "joint_blocks.0.x_block.attn2.qkv.weight"],
+    )
+    header_only(
+        models / "unet" / "t5xxl_fp16.safetensors",
+        ["encoder.block.0.layer.0.SelfAttention.q.weight"],
+    )
+    header_only(models / "unet" / "ae.safetensors", ["decoder.conv_in.weight"])
+    listed = [(e.name, e.family) for e in discover_models(models)]
+    assert listed == [
+        ("flux1-schnell", "Flux.1 schnell"),
+        ("sd3/sd3.5_medium", "SD3.5 medium"),
+        ("unet/flux1-schnell", "Flux.1 schnell"),
+    ]
+    entries = discover_models(models)
+    assert (
+        resolve_model("unet/flux1-schnell", entries).path
+        == models / "unet" / "flux1-schnell.safetensors"
+    )
+    found = resolve_model("sd3.5_medium", entries)
+    assert found.path == models / "diffusion_models" / "sd3" / "sd3.5_medium.safetensors"
+    assert found.stem == "sd3.5_medium"  # the infotext's "Model"

@@ -9,6 +9,9 @@ so a pruned or older variant (SD3 medium) loads with the same config.
 
 Running: diffusers' FluxPipeline / StableDiffusion3Pipeline, with sdtui's job flow (JobStarted,
 Progress per step with cancel and skip, ImageSaved with the infotext Forge writes, JobDone).
+The prompt's ``<lora:name:w>`` tags are merged into the weights for the job and put back
+after it (``dit_loras``: kohya, BFL/ComfyUI and diffusers/ai-toolkit layouts); an
+out-of-memory error climbs ``DitLadder`` instead of failing the job.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -663,7 +667,6 @@ def check_params(p: Any, family: ModelFamily) -> Any:
         ("CFG Rescale", p.cfg_rescale > 0),
         ("face restoration", p.restore_faces),
         ("a separate VAE", p.vae not in ("Automatic", "None")),
-        ("LoRAs", "<lora:" in p.prompt or "<lyco:" in p.prompt),
     ]
     asked = [name for name, on in unsupported if on]
     if asked:
@@ -679,11 +682,16 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     return p
 
 
-def infotext_pairs(p: Any, family: ModelFamily, seed: int, ctx: Any) -> dict[str, object]:
+def infotext_pairs(
+    p: Any, family: ModelFamily, seed: int, ctx: Any, extra: dict[str, object] | None = None
+) -> dict[str, object]:
     """The key/value line Forge writes for these families: Sampler Euler, Schedule type
     Simple, and for Flux dev "Distilled CFG Scale" right after "CFG scale"."""
     pairs = p.infotext_pairs(
-        seed=seed, model_name=ctx.model_name, model_hash=ctx.model_hash, extra={"RNG": "CPU"}
+        seed=seed,
+        model_name=ctx.model_name,
+        model_hash=ctx.model_hash,
+        extra={"RNG": "CPU", **(extra or {})},
     )
     pairs["Schedule type"] = "Simple"
     if family.family == "Flux" and family.variant == "dev":
@@ -829,6 +837,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     from sdtui.engine.job import BatchSkipped, JobCancelled
     from sdtui.infotext import format_infotext
     from sdtui.ipc import protocol as msg
+    from sdtui.prompt_syntax import strip_extra_networks
 
     t_start = time.perf_counter()
     family: ModelFamily = session.loaded.family
@@ -840,8 +849,10 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             f"CFG scale {_num(p.cfg_scale)} on {family.label} runs true CFG with the negative "
             "prompt (twice the time a step); Forge's Flux setting is CFG scale 1"
         )
-    prompt, negative = plain_prompt(p.prompt), plain_prompt(p.negative_prompt)
-    if (prompt, negative) != (" ".join(p.prompt.split()), " ".join(p.negative_prompt.split())):
+    # the LoRA tags apply (dit_loras) and leave the text, in the negative prompt too (A1111)
+    texts = strip_extra_networks(p.prompt), strip_extra_networks(p.negative_prompt)
+    prompt, negative = plain_prompt(texts[0]), plain_prompt(texts[1])
+    if (prompt, negative) != tuple(" ".join(t.split()) for t in texts):
         ctx.log(
             f"{family.label} reads the prompt as plain text: emphasis weights and BREAK are left out"
         )
@@ -851,77 +862,522 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     saved: dict[int, str] = dict(earlier)
     made: dict[int, Image.Image] = {}
     cancelled = False
-    for b in range(p.batch_count):
-        indices = [
-            b * p.batch_size + i for i in range(p.batch_size) if b * p.batch_size + i not in earlier
-        ]
-        if not indices:
-            continue
-        seeds = [p.seed + i for i in indices]
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        reporter = StepProgress(ctx, p, b, family.family)
+    # the prompt's LoRAs and the out-of-memory ladder's measures last for this job only
+    ladder = DitLadder(
+        pipe,
+        device=str(session.device),
+        baseline=str(getattr(ctx, "memory_mode", "normal")),
+        width=p.width,
+        height=p.height,
+        log=ctx.log,
+    )
+    with dit_loras(session, p, ctx, family) as extra, ladder:
+        for b in range(p.batch_count):
+            indices = [
+                b * p.batch_size + i
+                for i in range(p.batch_size)
+                if b * p.batch_size + i not in earlier
+            ]
+            if not indices:
+                continue
+            seeds = [p.seed + i for i in indices]
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            reporter = StepProgress(ctx, p, b, family.family)
 
-        def on_step(
-            pipe: Any, i: int, _t: Any, kwargs: dict[str, Any], r: Any = reporter
-        ) -> dict[str, Any]:
-            latents = kwargs.get("latents")
-            if flux and latents is not None:  # packed 2x2 patches -> (B, 16, h, w)
-                latents = pipe._unpack_latents(latents, p.height, p.width, pipe.vae_scale_factor)
-            r(i, latents)
-            return kwargs
+            def on_step(
+                pipe: Any, i: int, _t: Any, kwargs: dict[str, Any], r: Any = reporter
+            ) -> dict[str, Any]:
+                latents = kwargs.get("latents")
+                if flux and latents is not None:  # packed 2x2 patches -> (B, 16, h, w)
+                    latents = pipe._unpack_latents(
+                        latents, p.height, p.width, pipe.vae_scale_factor
+                    )
+                r(i, latents)
+                return kwargs
 
-        call: dict[str, Any] = dict(
-            prompt=prompt,
-            num_images_per_prompt=len(indices),
-            num_inference_steps=steps,
-            width=p.width,
-            height=p.height,
-            generator=generators,
-            callback_on_step_end=on_step,
-            output_type="pil",
-        )
-        if flux:
-            call |= dict(
-                guidance_scale=p.distilled_cfg_scale,
-                max_sequence_length=512 if family.variant == "dev" else 256,
+            call: dict[str, Any] = dict(
+                prompt=prompt,
+                num_images_per_prompt=len(indices),
+                num_inference_steps=steps,
+                width=p.width,
+                height=p.height,
+                generator=generators,
+                callback_on_step_end=on_step,
+                output_type="pil",
             )
-            if p.cfg_scale > 1:
-                call |= dict(true_cfg_scale=p.cfg_scale, negative_prompt=negative)
-        else:
-            call |= dict(
-                guidance_scale=p.cfg_scale,
-                negative_prompt=negative,
-                max_sequence_length=256,
-            )
-        try:
-            with torch.inference_mode():
-                images = pipe(**call).images
-        except BatchSkipped:
-            ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
-            continue
-        except JobCancelled:
-            cancelled = True
-            break
-        for k, image in enumerate(images):
-            index, seed = indices[k], seeds[k]
+            if flux:
+                call |= dict(
+                    guidance_scale=p.distilled_cfg_scale,
+                    max_sequence_length=512 if family.variant == "dev" else 256,
+                )
+                if p.cfg_scale > 1:
+                    call |= dict(true_cfg_scale=p.cfg_scale, negative_prompt=negative)
+            else:
+                call |= dict(
+                    guidance_scale=p.cfg_scale,
+                    negative_prompt=negative,
+                    max_sequence_length=256,
+                )
+            try:
+                with torch.inference_mode():
+                    images = ladder.run(call)
+            except BatchSkipped:
+                ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
+                continue
+            except JobCancelled:
+                cancelled = True
+                break
+            for k, image in enumerate(images):
+                index, seed = indices[k], seeds[k]
+                info = format_infotext(
+                    p.prompt, p.negative_prompt, infotext_pairs(p, family, seed, ctx, extra)
+                )
+                path = ctx.layout.save_image(image, "txt2img", seed, info)
+                saved[index] = str(path)
+                made[index] = image
+                ctx.emit(msg.ImageSaved(ctx.job_id, index, str(path), seed, info))
+            if ctx.control.cancel.is_set():
+                cancelled = True
+                break
+        grid_images = [made[i] for i in sorted(made)]
+        if len(grid_images) > 1 and not cancelled and not earlier:
             info = format_infotext(
-                p.prompt, p.negative_prompt, infotext_pairs(p, family, seed, ctx)
+                p.prompt, p.negative_prompt, infotext_pairs(p, family, p.seed, ctx, extra)
             )
-            path = ctx.layout.save_image(image, "txt2img", seed, info)
-            saved[index] = str(path)
-            made[index] = image
-            ctx.emit(msg.ImageSaved(ctx.job_id, index, str(path), seed, info))
-        if ctx.control.cancel.is_set():
-            cancelled = True
-            break
-    grid_images = [made[i] for i in sorted(made)]
-    if len(grid_images) > 1 and not cancelled and not earlier:
-        info = format_infotext(p.prompt, p.negative_prompt, infotext_pairs(p, family, p.seed, ctx))
-        grid = ctx.layout.save_grid(grid_images, "txt2img", info)
-        ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
+            grid = ctx.layout.save_grid(grid_images, "txt2img", info)
+            ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
     return msg.JobDone(
         ctx.job_id,
         tuple(saved[i] for i in sorted(saved)),
         round(time.perf_counter() - t_start, 3),
         cancelled=cancelled,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRAs: merged into the weights for one job and put back bit for bit (sdtui.engine.lora)
+# ---------------------------------------------------------------------------------------------
+
+# diffusers' own converters (lora_conversion_utils) assume Flux's real widths and block counts
+# and its load_lora_weights needs peft; these names come from the loaded model instead
+_LORA_SUFFIXES = (
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    (".alpha", "alpha"),
+)
+_TE_LORA_PREFIXES = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+_SD_LORA_MARKS = ("down_blocks", "input_blocks", "up_blocks", "output_blocks", "mid_block")
+
+# one LoRA layer's target: (component, module, swap its scale/shift halves). A layer with
+# several targets (BFL's fused qkv, linear1) gives each the next rows of its up matrix.
+_Target = tuple[str, torch.nn.Module, bool]
+
+
+def _flux_bfl_stems(transformer: Any) -> dict[str, list[tuple[str, bool]]]:
+    """BFL module name -> the diffusers modules it became, in the order of its output rows
+    (and whether the halves swap), for the loaded Flux transformer's own block counts."""
+    cfg = transformer.config
+    stems: dict[str, list[tuple[str, bool]]] = {
+        bfl: [(diffusers, False)] for bfl, diffusers in _FLUX_TOP.items()
+    }
+    stems["final_layer.adaLN_modulation.1"] = [("norm_out.linear", True)]
+    for i in range(int(cfg.num_layers)):
+        for bfl, diffusers in _FLUX_DOUBLE.items():
+            if not bfl.endswith(".scale"):
+                stems[f"double_blocks.{i}.{bfl}"] = [(f"transformer_blocks.{i}.{diffusers}", False)]
+        for bfl, names in _FLUX_QKV.items():
+            stems[f"double_blocks.{i}.{bfl}"] = [
+                (f"transformer_blocks.{i}.{n}", False) for n in names
+            ]
+    for i in range(int(cfg.num_single_layers)):
+        head = f"single_transformer_blocks.{i}."
+        stems[f"single_blocks.{i}.linear1"] = [
+            (head + n, False) for n in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        stems[f"single_blocks.{i}.linear2"] = [(head + "proj_out", False)]
+        stems[f"single_blocks.{i}.modulation.lin"] = [(head + "norm.linear", False)]
+    return stems
+
+
+def dit_lora_index(pipe: Any, family: str) -> dict[str, list[_Target]]:
+    """Every name a LoRA file may give a layer of this pipeline, -> where its delta goes."""
+    index: dict[str, list[_Target]] = {}
+    transformer = pipe.transformer
+    modules = dict(transformer.named_modules())
+    for name, module in modules.items():
+        if isinstance(module, torch.nn.Linear):
+            for key in (name, "transformer." + name, "lora_transformer_" + name.replace(".", "_")):
+                index.setdefault(key, [("transformer", module, False)])
+    if family == "Flux":
+        for stem, parts in _flux_bfl_stems(transformer).items():
+            targets: list[_Target] = [("transformer", modules[n], swap) for n, swap in parts]
+            for key in (stem, "lora_unet_" + stem.replace(".", "_")):
+                index[key] = targets
+    for component, kohya in _TE_LORA_PREFIXES.items():
+        te = getattr(pipe, component, None)
+        if te is None or (family == "Flux" and component != "text_encoder"):  # Flux's is T5
+            continue
+        for name, module in te.named_modules():
+            if not isinstance(module, torch.nn.Linear) or name == "text_projection":
+                continue
+            bare = name[len("text_model.") :] if name.startswith("text_model.") else name
+            target: list[_Target] = [(component, module, False)]
+            keys = [f"{component}.{bare}", f"{component}.text_model.{bare}"]
+            keys += [kohya + "text_model_" + bare.replace(".", "_")]
+            if component == "text_encoder":
+                keys.append("lora_te_text_model_" + bare.replace(".", "_"))
+            for key in keys:
+                index.setdefault(key, target)
+    return index
+
+
+def _lora_stem(key: str) -> tuple[str, str] | None:
+    for suffix, role in _LORA_SUFFIXES:
+        if key.endswith(suffix):
+            stem = key[: -len(suffix)]
+            for prefix in ("model.diffusion_model.", "diffusion_model."):
+                if stem.startswith(prefix):
+                    stem = stem[len(prefix) :]
+            return stem, role
+    return None
+
+
+def plan_dit_loras(
+    requests: list[Any], index: dict[str, list[_Target]], label: str, log: Callable[[str], None]
+) -> dict[int, tuple[torch.nn.Module, list[Any]]]:
+    """The low-rank pieces to add to each layer, in sdtui.engine.lora's plan format."""
+    from sdtui.engine.lora import _Patch, _peft_alpha, read_lora
+
+    plan: dict[int, tuple[torch.nn.Module, list[Any]]] = {}
+    for req in requests:
+        tensors, metadata = read_lora(req.path)
+        layers: dict[str, dict[str, Any]] = {}
+        unknown = 0
+        for key, tensor in tensors.items():
+            found = _lora_stem(key)
+            if found is None:
+                unknown += 1
+                continue
+            layers.setdefault(found[0], {})[found[1]] = tensor
+        default = _peft_alpha(metadata).get("*", 1.0)
+        applied = skipped = 0
+        for stem, parts in layers.items():
+            targets = index.get(stem)
+            up, down = parts.get("up"), parts.get("down")
+            if targets is None or up is None or down is None:
+                skipped += 1
+                continue
+            mult = req.unet_multiplier if targets[0][0] == "transformer" else req.te_multiplier
+            if mult == 0:
+                continue
+            rank = int(down.shape[0]) if down.ndim == 2 else 0
+            alpha = parts.get("alpha")
+            scale = float(alpha.float().item()) / rank if alpha is not None and rank else default
+            total = sum(int(m.weight.shape[0]) for _, m, _ in targets)  # qkv: q, k and v
+            if (
+                up.ndim != 2
+                or rank == 0
+                or int(up.shape[1]) != rank
+                or int(up.shape[0]) != total
+                or any(int(down.shape[1]) != int(m.weight.shape[1]) for _, m, _ in targets)
+                or not math.isfinite(scale)
+            ):
+                raise UserError(
+                    f"LoRA {req.name!r} does not fit this {label} model: layer {shown(stem)} "
+                    f"has shape {tuple(up.shape[:1]) + tuple(down.shape[1:])}; it was made for "
+                    "another model (another family or a differently sized variant) or is damaged"
+                )
+            start = 0
+            for _, module, swap in targets:
+                n = int(module.weight.shape[0])
+                part = up[start : start + n]
+                start += n
+                if swap:  # BFL's final modulation is (shift, scale); diffusers' (scale, shift)
+                    part = _swap_scale_shift(part)
+                plan.setdefault(id(module), (module, []))[1].append(
+                    _Patch(req.name, part, down, scale * mult)
+                )
+            applied += 1
+        if applied == 0 and layers:
+            if req.te_multiplier == 0 and req.unet_multiplier == 0:
+                continue
+            sd_like = any(mark in stem for stem in layers for mark in _SD_LORA_MARKS)
+            kind = "an SD 1.x/2.x/SDXL LoRA" if sd_like else "a LoRA for another model type"
+            raise UserError(
+                f"LoRA {req.name!r} is {kind}: it has no layer {label} has — use a LoRA made "
+                f"for {label}"
+            )
+        if applied == 0:
+            raise UserError(
+                f"LoRA {req.name!r} holds no LoRA layers sdtui can apply (LoHa, LoKr or another "
+                "kind, or not a LoRA): use a plain LoRA file"
+            )
+        if skipped or unknown:
+            log(
+                f"LoRA {req.name}: {applied} layers applied, {skipped + unknown} entries "
+                f"skipped (not in this model or of a kind sdtui does not apply)"
+            )
+    return plan
+
+
+@contextmanager
+def dit_loras(session: Any, p: Any, ctx: Any, family: ModelFamily) -> Iterator[dict[str, object]]:
+    """The prompt's ``<lora:name:w>`` tags applied to the pipeline for this job only (the
+    weights put back exactly, however the job ends); yields the ``Lora hashes`` pair."""
+    from sdtui.engine.job import job_settings
+    from sdtui.engine.lora import LoraRequest, apply_plan
+    from sdtui.extra_networks_index import hashes_value, list_loras, lora_hash, resolve_lora
+    from sdtui.prompt_syntax import extract_lora_tags
+
+    _, tags = extract_lora_tags(p.prompt)
+    if not tags:
+        yield {}
+        return
+    models = job_settings(session, ctx).models
+    entries = list_loras(models)
+    requests = []
+    for tag in tags:
+        entry = resolve_lora(tag.name, entries, models)
+        unet = tag.weight if tag.unet_weight is None else tag.unet_weight
+        requests.append(LoraRequest(tag.name, entry.path, tag.weight, unet))
+    pipe = session.txt2img
+    cached = getattr(session, "lora_index", None)
+    if cached is None or cached[0] is not pipe.transformer:
+        cached = (pipe.transformer, dit_lora_index(pipe, family.family))
+        session.lora_index = cached
+    plan = plan_dit_loras(requests, cached[1], family.label, lambda t: ctx.log(t, "warning"))
+    applied = apply_plan(plan)
+    try:
+        hashes = {r.name: lora_hash(r.path) for r in requests}
+        yield {"Lora hashes": hashes_value(hashes.items())}
+    finally:
+        applied.restore()
+
+
+# ---------------------------------------------------------------------------------------------
+# The out-of-memory ladder of a DiT job (sdtui.engine.memory's words, Forge's order)
+# ---------------------------------------------------------------------------------------------
+
+DIT_RUNG_WORDS = {
+    "encoders_off": "text encoders on the CPU after encoding",
+    "tiled_vae": "tiled VAE decode",
+    "offload": "model offload",
+    "sequential": "sequential offload",
+}
+
+
+class DitLadder:
+    """Runs a DiT pipeline call, climbing on out-of-memory errors: free the cache, then the
+    text encoders (T5 first of all: the largest) off the GPU once the prompts are encoded,
+    tiled and sliced VAE decode, model CPU offload, sequential offload, then a message. Each
+    retry draws the same noise (the generators are rewound); what a rung turns on stays on
+    for the rest of the job, and ``restore()`` turns it off."""
+
+    RUNGS = ("encoders_off", "tiled_vae", "offload", "sequential")
+
+    def __init__(
+        self, pipe: Any, *, device: str, baseline: str, width: int, height: int, log: Any
+    ) -> None:
+        self.pipe, self.device, self.baseline, self.log = pipe, device, baseline, log
+        self.width, self.height = width, height
+        self.batch = 1
+        self.applied: list[str] = []
+        self.climbs: list[str] = []
+        self._freed_logged = False
+        self._cuda = torch.device(device).type == "cuda"
+
+    def __enter__(self) -> DitLadder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+    def run(self, call: dict[str, Any]) -> Any:
+        from sdtui.engine.memory import is_oom
+
+        self.batch = int(call.get("num_images_per_prompt") or 1)
+        first_try = True
+        while True:
+            generators = call.get("generator") or []
+            states = [g.get_state() for g in generators]
+            try:
+                return self._call(call)
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            # outside the except block: the error's frames (and their tensors) are gone
+            for g, state in zip(generators, states, strict=True):
+                g.set_state(state)  # a retry draws the same noise as an unbroken run
+            self._recover(detail, first_try)
+            first_try = False
+
+    def _call(self, call: dict[str, Any]) -> Any:
+        offloaded = "offload" in self.applied or "sequential" in self.applied
+        if "encoders_off" not in self.applied or offloaded or self.baseline != "normal":
+            return self.pipe(**call).images
+        return self.pipe(**self._encoded(call)).images
+
+    def _encoders(self) -> list[Any]:
+        names = ("text_encoder_3", "text_encoder_2", "text_encoder")  # T5 first
+        return [m for n in names if (m := getattr(self.pipe, n, None)) is not None]
+
+    def _encoded(self, call: dict[str, Any]) -> dict[str, Any]:
+        """``call`` with the prompts encoded (text encoders on the GPU for that alone, then
+        back on the CPU), so the transformer and the VAE have the GPU to themselves."""
+        from sdtui.engine.memory import free_caches
+
+        pipe, device = self.pipe, torch.device(self.device)
+        encoders = self._encoders()
+        for module in encoders:
+            module.to(device)
+        n = int(call.get("num_images_per_prompt") or 1)
+        rest = {
+            k: v
+            for k, v in call.items()
+            if k not in ("prompt", "negative_prompt", "true_cfg_scale")
+        }
+        rest["num_images_per_prompt"] = 1  # the embeddings are per image already
+        length = call["max_sequence_length"]
+        try:
+            if hasattr(pipe, "text_encoder_3"):  # SD3
+                cfg = float(call.get("guidance_scale", 1.0)) > 1
+                pe, npe, ppe, nppe = pipe.encode_prompt(
+                    call["prompt"],
+                    None,
+                    None,
+                    device=device,
+                    num_images_per_prompt=n,
+                    do_classifier_free_guidance=cfg,
+                    negative_prompt=call.get("negative_prompt"),
+                    max_sequence_length=length,
+                )
+                rest |= dict(prompt_embeds=pe, pooled_prompt_embeds=ppe)
+                if cfg:
+                    rest |= dict(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe)
+            else:
+                pe, ppe, _ = pipe.encode_prompt(
+                    call["prompt"],
+                    device=device,
+                    num_images_per_prompt=n,
+                    max_sequence_length=length,
+                )
+                rest |= dict(prompt_embeds=pe, pooled_prompt_embeds=ppe)
+                if "true_cfg_scale" in call:
+                    npe, nppe, _ = pipe.encode_prompt(
+                        call["negative_prompt"],
+                        device=device,
+                        num_images_per_prompt=n,
+                        max_sequence_length=length,
+                    )
+                    rest |= dict(
+                        true_cfg_scale=call["true_cfg_scale"],
+                        negative_prompt_embeds=npe,
+                        negative_pooled_prompt_embeds=nppe,
+                    )
+        finally:
+            for module in encoders:
+                module.to("cpu")
+            free_caches()
+        return rest
+
+    def _recover(self, detail: str, first_try: bool) -> None:
+        from sdtui.engine.memory import MemoryExhausted, free_caches
+
+        free_caches()
+        if first_try:
+            self.climbs.append("free")
+            if not self._freed_logged:  # each rung logged once a job
+                self._freed_logged = True
+                self.log(
+                    "out of memory while sampling: freed cached memory, trying again", "warning"
+                )
+            return
+        for rung in self.RUNGS:
+            if rung not in self.applied and self._usable(rung):
+                self._apply(rung)
+                return
+        raise MemoryExhausted(self._failure_message(), detail=detail)
+
+    def _usable(self, rung: str) -> bool:
+        from sdtui.engine.memory import has_accelerate
+
+        if rung == "encoders_off":
+            return self.baseline == "normal"
+        if rung == "tiled_vae":
+            return hasattr(self.pipe.vae, "enable_tiling")
+        if rung == "offload":
+            return self._cuda and self.baseline == "normal" and has_accelerate()
+        return self._cuda and self.baseline != "lowest" and has_accelerate()
+
+    def _apply(self, rung: str) -> None:
+        self.climbs.append(rung)
+        self.applied.append(rung)
+        if rung == "encoders_off":
+            self.log(
+                "still out of memory: encoding the prompts, then moving the text encoders "
+                "(T5 first) to the CPU",
+                "warning",
+            )
+        elif rung == "tiled_vae":
+            self.pipe.vae.enable_tiling()
+            self.pipe.vae.enable_slicing()
+            self.log("still out of memory: decoding the VAE in tiles", "warning")
+        elif rung == "offload":
+            self.pipe.enable_model_cpu_offload(device=self.device)
+            self.log(
+                "still out of memory: moving idle model parts to the CPU (model offload)", "warning"
+            )
+        else:
+            if "offload" in self.applied or self.baseline == "low":
+                self.pipe.remove_all_hooks()  # model offload's hooks first, on the CPU
+                self.pipe.to("cpu")
+            self.pipe.enable_sequential_cpu_offload(device=self.device)
+            self.log(
+                "still out of memory: streaming the layers to the GPU one by one (sequential "
+                "offload, slow)",
+                "warning",
+            )
+
+    def _failure_message(self) -> str:
+        tried = [DIT_RUNG_WORDS[r] for r in self.applied] or ["freed caches"]
+        if self.baseline in ("low", "lowest"):
+            tried.append(f"memory mode {self.baseline}")
+        what = tried[0] if len(tried) == 1 else ", ".join(tried[:-1]) + " and " + tried[-1]
+        advice = ["batch size 1"] if self.batch > 1 else []
+        side = int(math.sqrt(self.width * self.height / 2)) // 64 * 64
+        if side >= 256:
+            advice.append(f"a smaller size such as {side}x{side}")
+        if self._cuda and self.baseline != "lowest" and "sequential" not in self.applied:
+            advice.append("--memory-mode lowest")
+        if not advice:
+            advice.append("closing other programs" + (" using the GPU" if self._cuda else ""))
+        return (
+            f"out of memory even with {what} at {self.width}x{self.height} batch {self.batch}: "
+            f"try {' or '.join(advice)}"
+        )
+
+    def restore(self) -> None:
+        """Turn off what the ladder turned on, so the next job runs at full speed."""
+        from sdtui.engine.memory import free_caches, unplace_pipeline
+
+        if "tiled_vae" in self.applied:
+            self.pipe.vae.disable_tiling()
+            self.pipe.vae.disable_slicing()
+        if "offload" in self.applied or "sequential" in self.applied:
+            unplace_pipeline(self.pipe, "low", self.device)  # hooks off, weights put back
+            if self.baseline == "low":
+                self.pipe.to("cpu")
+                self.pipe.enable_model_cpu_offload(device=self.device)
+        elif "encoders_off" in self.applied and self._cuda:
+            for module in self._encoders():
+                module.to(self.device)
+        if self.applied:
+            used = ", ".join(DIT_RUNG_WORDS[r] for r in self.applied)
+            self.log(f"memory settings back to normal after the job (it needed {used})", "info")
+            free_caches()
+        self.applied.clear()
