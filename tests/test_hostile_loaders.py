@@ -77,7 +77,8 @@ import torch
 from safetensors.torch import save_file
 
 from sdtui.engine import upscale as up
-from sdtui.engine.models import load_pipeline, read_checkpoint, read_shapes
+from sdtui.engine.checkpoint_files import read_checkpoint, read_shapes
+from sdtui.engine.models import load_pipeline
 from sdtui.errors import UserError
 from sdtui.extra_networks_index import (
     embedding_vectors,
@@ -588,7 +589,7 @@ def _lightning_pickle(state: bytes, args: bytes = b")") -> bytes:
 def test_lightning_callback_with_odd_state_loads_or_says_so(
     args: bytes, state: bytes, tmp_path: Path
 ) -> None:
-    from sdtui.engine.models import _read_pickled
+    from sdtui.engine.checkpoint_files import _read_pickled
 
     path = _zip_ckpt(tmp_path / "cb.ckpt", _lightning_pickle(state, args))
     obj = _read_pickled(path)  # harmless stand-in: it loads

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdtui.engine import configs, demo
+from sdtui.engine.checkpoint_files import read_checkpoint, read_shapes
 from sdtui.engine.configs import config_dir
 from sdtui.engine.convert import openclip_to_ldm, unet_to_ldm, vae_to_ldm
 from sdtui.engine.demo import DemoModel, ensure_demo_model
@@ -24,8 +25,6 @@ from sdtui.engine.models import (
     LoadedModel,
     free_pipeline,
     load_pipeline,
-    read_checkpoint,
-    read_shapes,
     unet_predicts_v,
     yaml_v_prediction,
 )

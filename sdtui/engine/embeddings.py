@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sdtui.engine.models import _read_pickled, read_checkpoint
+from sdtui.engine.checkpoint_files import _read_pickled, read_checkpoint
 from sdtui.errors import UserError
 from sdtui.extra_networks_index import EmbeddingEntry, embedding_hash
 from sdtui.prompt_syntax import parse_prompt_attention, strip_extra_networks

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
+from sdtui.engine.checkpoint_files import read_checkpoint
 from sdtui.engine.convert import unet_to_ldm
 from sdtui.engine.fastpath import FusedPart
-from sdtui.engine.models import read_checkpoint
 from sdtui.errors import UserError
 from sdtui.regular_files import shown
 from sdtui.safetensors_header import safetensors_metadata

@@ -29,7 +29,7 @@ PICKLED_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 def read_weights(path: Path, what: str = "upscaler") -> Any:
     """What the file holds, read with the checkpoint readers (no code runs, no TorchScript)."""
-    from sdtui.engine.models import _read_pickled, _read_safetensors
+    from sdtui.engine.checkpoint_files import _read_pickled, _read_safetensors
 
     suffix = path.suffix.lower()
     if suffix == ".safetensors":

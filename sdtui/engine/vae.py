@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from sdtui.engine.checkpoint_files import read_checkpoint
 from sdtui.engine.lora import param_storage
-from sdtui.engine.models import read_checkpoint
 from sdtui.errors import UserError
 from sdtui.regular_files import shown
 
