@@ -676,8 +676,8 @@ def test_what_these_models_cannot_run_is_said() -> None:
     flux = ModelFamily("Flux", "flux1-dev", variant="dev")
     with pytest.raises(UserError, match=r"Euler sampler .* not DPM\+\+ 2M: choose Sampler Euler"):
         check_params(FLUX_PARAMS.replace(sampler="DPM++ 2M"), flux)
-    with pytest.raises(UserError, match="img2img, hires fix not supported yet"):
-        check_params(FLUX_PARAMS.replace(init_image="x.png", enable_hr=True), flux)
+    with pytest.raises(UserError, match="inpainting, hires fix not supported yet"):
+        check_params(FLUX_PARAMS.replace(init_image="x.png", mask="m.png", enable_hr=True), flux)
     with pytest.raises(UserError, match="multiples of 16, not 520x512"):
         check_params(FLUX_PARAMS.replace(width=520, height=512), flux)
 

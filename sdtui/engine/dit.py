@@ -1,4 +1,5 @@
-"""Flux.1 (dev, schnell) and SD3.5 (medium, large): loading fully offline and txt2img jobs.
+"""Flux.1 (dev, schnell) and SD3.5 (medium, large): loading fully offline, txt2img and img2img
+jobs.
 
 Loading: a single file (all-in-one, or the transformer alone with its VAE and text encoders
 found beside it in the A1111/Forge/ComfyUI folders), or a diffusers folder. Each part is built
@@ -7,7 +8,8 @@ its weights by ``load_state_dict(assign=True)``: no Hub, no random init of 12 B 
 The transformer's shape settings (blocks, widths, dual attention) are read from its weights,
 so a pruned or older variant (SD3 medium) loads with the same config.
 
-Running: diffusers' FluxPipeline / StableDiffusion3Pipeline, with sdtui's job flow (JobStarted,
+Running: diffusers' FluxPipeline / StableDiffusion3Pipeline (their Img2Img pipelines over the
+same components for an init image), with sdtui's job flow (JobStarted,
 Progress per step with cancel and skip, ImageSaved with the infotext Forge writes, JobDone).
 The prompt's ``<lora:name:w>`` tags are merged into the weights for the job and put back
 after it (``dit_loras``: kohya, BFL/ComfyUI and diffusers/ai-toolkit layouts); an
@@ -638,7 +640,7 @@ def load_dit(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running a txt2img job
+# Running a txt2img / img2img job
 # ---------------------------------------------------------------------------------------------
 
 
@@ -659,8 +661,8 @@ def check_params(p: Any, family: ModelFamily) -> Any:
             "Automatic or Simple"
         )
     unsupported = [
-        ("img2img", p.init_image is not None),
         ("inpainting", p.mask is not None),
+        ("outpainting", p.outpaint_pixels > 0),
         ("hires fix", p.enable_hr),
         ("a refiner", p.refiner_checkpoint is not None),
         ("variation seeds", p.subseed_strength > 0),
@@ -671,7 +673,7 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     asked = [name for name, on in unsupported if on]
     if asked:
         raise UserError(
-            f"{label} runs txt2img only in this version of sdtui: {', '.join(asked)} "
+            f"{label} runs txt2img and img2img in this version of sdtui: {', '.join(asked)} "
             "not supported yet for it — turn it off, or use an SD 1.x/SDXL model"
         )
     if p.width % 16 or p.height % 16:
@@ -770,9 +772,9 @@ class StepProgress:
     """Called after each step: cancel and skip (raised out of the pipeline), then Progress
     with smoothed it/s, and a preview of the latents as often as the params ask."""
 
-    def __init__(self, ctx: Any, p: Any, batch_index: int, family: str) -> None:
+    def __init__(self, ctx: Any, p: Any, batch_index: int, family: str, steps: int) -> None:
         self.ctx, self.p, self.batch_index, self.family = ctx, p, batch_index, family
-        self.steps = p.steps
+        self.steps = steps  # the steps that run: img2img runs fewer than p.steps
         self.last = time.perf_counter()
         self.its = 0.0
         self.preview_at = float("-inf")
@@ -829,11 +831,45 @@ def plain_prompt(text: str) -> str:
     return " ".join("".join(" " if (t, w) == ("BREAK", -1) else t for t, w in runs).split())
 
 
+def img2img_pipeline(pipe: Any) -> Any:
+    """The img2img view of a loaded FluxPipeline / StableDiffusion3Pipeline: the same
+    components (no second copy of the weights, the memory mode's hooks kept)."""
+    from diffusers import (
+        FluxImg2ImgPipeline,
+        FluxPipeline,
+        StableDiffusion3Img2ImgPipeline,
+    )
+
+    kind = (
+        FluxImg2ImgPipeline if isinstance(pipe, FluxPipeline) else StableDiffusion3Img2ImgPipeline
+    )
+    view = kind(**pipe.components)
+    view.set_progress_bar_config(disable=True)
+    return view
+
+
+def img2img_strength(p: Any) -> tuple[int, float]:
+    """(steps run, diffusers' ``strength``) of an img2img job, as Forge counts them.
+
+    Forge (A1111's ``setup_img2img_steps``, sdtui.steps.img2img_schedule) runs ``t_enc + 1``
+    steps of a ``p.steps``-long schedule, ``t_enc = int(min(denoise, 0.999) * steps)``: 20
+    steps at 0.75 run 16, and denoise 0 still runs the last one. diffusers runs
+    ``steps - int(steps - steps * strength)`` of the same schedule (15 at 0.75, and refuses
+    0), starting at the sigma of the first step run, as Forge does. A ``strength`` half a step
+    under ``run / steps`` makes diffusers run exactly Forge's count, whatever the float
+    rounding. The infotext's Steps is ``p.steps``, the schedule's length, as Forge writes it."""
+    from sdtui.steps import img2img_schedule
+
+    steps, run = img2img_schedule(p)
+    return run, (run - 0.5) / steps
+
+
 def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
-    """One txt2img job on a Flux.1 / SD3.5 model; emits JobStarted, Progress, ImageSaved;
-    returns JobDone. Raises UserError for what these models cannot do yet."""
+    """One txt2img or img2img job on a Flux.1 / SD3.5 model; emits JobStarted, Progress,
+    ImageSaved; returns JobDone. Raises UserError for what these models cannot do yet."""
     from PIL import Image
 
+    from sdtui.engine.inpaint import read_init_image, resize_image
     from sdtui.engine.job import BatchSkipped, JobCancelled
     from sdtui.infotext import format_infotext
     from sdtui.ipc import protocol as msg
@@ -856,7 +892,15 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
         ctx.log(
             f"{family.label} reads the prompt as plain text: emphasis weights and BREAK are left out"
         )
-    steps = p.steps
+    init: Image.Image | None = None
+    strength = 1.0
+    steps = p.steps  # the steps that run in each batch (Progress's total)
+    if p.init_image is not None:
+        limit = getattr(ctx.settings, "max_image_megapixels", None)
+        # A1111's resize modes, as sdtui.engine.generate.resize_image applies them
+        init = resize_image(p.resize_mode, read_init_image(p.init_image, limit), p.width, p.height)
+        steps, strength = img2img_strength(p)
+        pipe = img2img_pipeline(pipe)
     ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps * p.batch_count))
     earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
     saved: dict[int, str] = dict(earlier)
@@ -882,7 +926,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 continue
             seeds = [p.seed + i for i in indices]
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            reporter = StepProgress(ctx, p, b, family.family)
+            reporter = StepProgress(ctx, p, b, family.family, steps)
 
             def on_step(
                 pipe: Any, i: int, _t: Any, kwargs: dict[str, Any], r: Any = reporter
@@ -898,13 +942,17 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             call: dict[str, Any] = dict(
                 prompt=prompt,
                 num_images_per_prompt=len(indices),
-                num_inference_steps=steps,
+                num_inference_steps=p.steps,
                 width=p.width,
                 height=p.height,
                 generator=generators,
                 callback_on_step_end=on_step,
                 output_type="pil",
             )
+            if init is not None:
+                # one copy per image: image i's generator encodes its own copy, then draws its
+                # noise, so image i is the same alone as in a batch
+                call |= dict(image=[init] * len(indices), strength=strength)
             if flux:
                 call |= dict(
                     guidance_scale=p.distilled_cfg_scale,
@@ -932,7 +980,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 info = format_infotext(
                     p.prompt, p.negative_prompt, infotext_pairs(p, family, seed, ctx, extra)
                 )
-                path = ctx.layout.save_image(image, "txt2img", seed, info)
+                path = ctx.layout.save_image(image, p.mode, seed, info)
                 saved[index] = str(path)
                 made[index] = image
                 ctx.emit(msg.ImageSaved(ctx.job_id, index, str(path), seed, info))
@@ -944,7 +992,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             info = format_infotext(
                 p.prompt, p.negative_prompt, infotext_pairs(p, family, p.seed, ctx, extra)
             )
-            grid = ctx.layout.save_grid(grid_images, "txt2img", info)
+            grid = ctx.layout.save_grid(grid_images, p.mode, info)
             ctx.emit(msg.ImageSaved(ctx.job_id, -1, str(grid), p.seed, info, is_grid=True))
     return msg.JobDone(
         ctx.job_id,
@@ -1014,6 +1062,8 @@ def dit_lora_index(pipe: Any, family: str) -> dict[str, list[_Target]]:
                 index.setdefault(key, [("transformer", module, False)])
     if family == "Flux":
         for stem, parts in _flux_bfl_stems(transformer).items():
+            if any(n not in modules for n, _ in parts):  # schnell has no guidance_in
+                continue
             targets: list[_Target] = [("transformer", modules[n], swap) for n, swap in parts]
             for key in (stem, "lora_unet_" + stem.replace(".", "_")):
                 index[key] = targets

@@ -15,18 +15,18 @@ import time
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from sdtui.engine import inpaint, sampling
 from sdtui.engine import preview as preview_mod
 from sdtui.engine.conditioning import JobConds, encode_job_conds, schedule_steps
 from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
 from sdtui.engine.hires import hires_noise
+from sdtui.engine.inpaint import read_init_image
 from sdtui.engine.job import BatchSkipped, JobCancelled, JobContext, JobControl, job_settings
 from sdtui.engine.latents import decode_latents, encode_images, latent_channels, make_noise
 from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
-from sdtui.image_files import open_image_file
 from sdtui.infotext import format_infotext
 from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
@@ -56,19 +56,6 @@ def load_init_image(
     """The init image, decoded and resized; more than ``megapixels`` (the settings'
     ``max_image_megapixels``) is refused before it is decoded."""
     return resize_image(read_init_image(path, megapixels), width, height, resize_mode)
-
-
-def read_init_image(path: str, megapixels: float | None = None) -> Image.Image:
-    """The init image at its own size, upright (EXIF), RGB with any transparency flattened
-    onto white (A1111 ``images.flatten`` with its img2img background colour, #ffffff)."""
-    with open_image_file(path, "init image", megapixels) as im:
-        image = ImageOps.exif_transpose(im)
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            flat.alpha_composite(rgba)
-            return flat.convert("RGB")
-        return image.convert("RGB")
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:

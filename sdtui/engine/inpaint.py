@@ -464,3 +464,16 @@ def image_conditioning(
     latents = encode_pixels(pipe, masked)
     m = F.interpolate(m, size=latents.shape[-2:]).to(latents)
     return torch.cat([m, latents], dim=1)
+
+
+def read_init_image(path: str, megapixels: float | None = None) -> Image.Image:
+    """The init image at its own size, upright (EXIF), RGB with any transparency flattened
+    onto white (A1111 ``images.flatten`` with its img2img background colour, #ffffff)."""
+    with open_image_file(path, "init image", megapixels) as im:
+        image = ImageOps.exif_transpose(im)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            flat.alpha_composite(rgba)
+            return flat.convert("RGB")
+        return image.convert("RGB")
