@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from sdtui.engine.progress import StepMeter
 from sdtui.errors import UserError
 from sdtui.model_family import ModelFamily, UnknownArchitectureError, detect_family
 from sdtui.model_family_dit import (
@@ -768,58 +769,19 @@ def preview_image(latents: torch.Tensor, family: str, max_side: int = 256) -> An
     return grid
 
 
-class StepProgress:
-    """Called after each step: cancel and skip (raised out of the pipeline), then Progress
-    with smoothed it/s, and a preview of the latents as often as the params ask."""
+class StepProgress(StepMeter):
+    """Called after each pipeline step (sdtui.engine.progress): cancel and skip raised out of
+    the pipeline, Progress, and a preview of the latents as often as the params ask."""
 
     def __init__(self, ctx: Any, p: Any, batch_index: int, family: str, steps: int) -> None:
-        self.ctx, self.p, self.batch_index, self.family = ctx, p, batch_index, family
-        self.steps = steps  # the steps that run: img2img runs fewer than p.steps
-        self.last = time.perf_counter()
-        self.its = 0.0
-        self.preview_at = float("-inf")
+        # steps: the steps that run (img2img runs fewer than p.steps)
+        super().__init__(ctx, p, batch_index, steps)
+        self.family = family
 
     def __call__(self, step: int, latents: Any = None) -> None:
-        from sdtui.engine import preview
-        from sdtui.engine.job import BatchSkipped, JobCancelled
-        from sdtui.ipc import protocol as msg
-
-        control = self.ctx.control
-        if control.cancel.is_set():
-            raise JobCancelled
-        if control.skip.is_set():
-            control.skip.clear()
-            raise BatchSkipped
-        now = time.perf_counter()
-        dt, self.last = now - self.last, now
-        rate = 1.0 / dt if dt > 0 else 0.0
-        self.its = rate if self.its == 0 else 0.7 * self.its + 0.3 * rate
         done = step + 1
-        p = self.p
-        left = (self.steps - done) + (p.batch_count - self.batch_index - 1) * self.steps
-        vram = (None, None)
-        if torch.cuda.is_available():
-            vram = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
-        self.ctx.emit(
-            msg.Progress(
-                job_id=self.ctx.job_id,
-                step=done,
-                steps=self.steps,
-                batch_index=self.batch_index,
-                batch_count=p.batch_count,
-                its=round(self.its, 3),
-                eta_s=round(left / self.its, 1) if self.its > 0 else 0.0,
-                vram_allocated=vram[0],
-                vram_reserved=vram[1],
-            )
-        )
-        every = p.preview_every
-        due = bool(every) and done % every == 0 and now - self.preview_at >= p.preview_interval
-        if latents is not None and due and done < self.steps:
-            self.preview_at = now
-            image = preview_image(latents, self.family)
-            png = preview.to_png(image)
-            self.ctx.emit(msg.Preview(self.ctx.job_id, done, png, image.width, image.height))
+        if self.step(done, can_preview=latents is not None):
+            self.preview(done, lambda: preview_image(latents, self.family))
 
 
 def plain_prompt(text: str) -> str:

@@ -27,6 +27,7 @@ from sdtui.engine.job import BatchSkipped, JobCancelled, JobContext, JobControl,
 from sdtui.engine.latents import decode_latents, encode_images, latent_channels, make_noise
 from sdtui.engine.memory import MemoryLadder
 from sdtui.engine.plans import first_pass_plan, hires_plan, make_denoiser
+from sdtui.engine.progress import StepMeter
 from sdtui.infotext import format_infotext
 from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams
@@ -75,10 +76,11 @@ def image_seeds(p: GenerationParams, indices: list[int]) -> tuple[list[int], lis
     return seeds, subseeds
 
 
-class StepReporter:
+class StepReporter(StepMeter):
     """Called after every model call: progress with smoothed it/s, previews of the denoised
-    latents, cancel and skip. A batch may run in two passes (hires fix): ``first`` and
-    ``second`` are their model calls, and the second pass counts on from the first."""
+    latents, cancel and skip (sdtui.engine.progress). A batch may run in two passes (hires
+    fix): ``first`` and ``second`` are their model calls, and the second pass counts on from
+    the first."""
 
     def __init__(
         self,
@@ -88,62 +90,13 @@ class StepReporter:
         first: int,
         second: int = 0,
     ):
-        self.ctx, self.params, self.batch_index = ctx, params, batch_index
+        super().__init__(ctx, params, batch_index, first + second)
         self.pass_offset = 0  # calls done in earlier passes of this batch
-        self.steps = first + second
-        self.last = time.perf_counter()
-        self.its = 0.0
-        self.preview_s = 0.0
-        self.preview_at = float("-inf")
 
     def __call__(self, call: int, calls: int, denoised: torch.Tensor) -> None:
-        control = self.ctx.control
-        if control.cancel.is_set():
-            raise JobCancelled
-        if control.skip.is_set():
-            control.skip.clear()
-            raise BatchSkipped
-        now = time.perf_counter()
-        dt, self.last = now - self.last, now
-        rate = 1.0 / dt if dt > 0 else 0.0
-        self.its = rate if self.its == 0 else 0.7 * self.its + 0.3 * rate
         done = self.pass_offset + call + 1
-        p = self.params
-        steps_left = (self.steps - done) + (p.batch_count - self.batch_index - 1) * self.steps
-        vram_a = vram_r = None
-        if torch.cuda.is_available():
-            vram_a, vram_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-        elif torch.backends.mps.is_available():  # Apple silicon: what Metal holds for torch
-            vram_a, vram_r = (
-                torch.mps.current_allocated_memory(),
-                torch.mps.driver_allocated_memory(),
-            )
-        self.ctx.emit(
-            msg.Progress(
-                job_id=self.ctx.job_id,
-                step=done,
-                steps=self.steps,
-                batch_index=self.batch_index,
-                batch_count=p.batch_count,
-                its=round(self.its, 3),
-                eta_s=round(steps_left / self.its, 1) if self.its > 0 else 0.0,
-                vram_allocated=vram_a,
-                vram_reserved=vram_r,
-            )
-        )
-        every = p.preview_every
-        due = bool(every) and done % every == 0 and now - self.preview_at >= p.preview_interval
-        if due and done < self.steps:
-            t0 = self.preview_at = time.perf_counter()
-            image = preview_mod.latents_to_image(denoised, self.ctx.family)
-            self.ctx.emit(
-                msg.Preview(
-                    self.ctx.job_id, done, preview_mod.to_png(image), image.width, image.height
-                )
-            )
-            self.preview_s += time.perf_counter() - t0
-        # no reset of self.last here: a preview copies the latents to the CPU, which waits for
-        # the GPU's queued work, so the wait belongs to the steps; start-to-start is wall time
+        if self.step(done):
+            self.preview(done, lambda: preview_mod.latents_to_image(denoised, self.ctx.family))
 
 
 def job_conds(pipes: Any, p: GenerationParams, *, hires: bool = False) -> JobConds:
