@@ -41,3 +41,40 @@ def run_job(
         family="SD1",
     )
     return run_generation(session.loaded, session, params, ctx), events
+
+
+def tiny_config_folder(root: Path, base: str, parts: dict[str, Any]) -> Path:
+    """A copy of the bundled config folder ``base`` with the tiny components' configs (the
+    real widths are too big for a CPU test) and tokenizer files."""
+    import shutil
+
+    from sdtui.clip_vocab import write_tokenizer_files
+    from sdtui.engine import configs
+
+    folder = root / f"{base}-tiny"
+    shutil.copytree(configs.BUNDLED / base, folder)
+    for sub, model in parts.items():
+        if hasattr(model, "save_config"):
+            model.save_config(folder / sub)
+        else:
+            model.config.save_pretrained(folder / sub)
+    for sub in ("tokenizer", "tokenizer_2"):
+        if (folder / sub).is_dir():
+            write_tokenizer_files(folder / sub)
+    return folder
+
+
+def tiny_clip_config(act: str, hidden: int = 32) -> Any:
+    """A two-layer CLIP text config with the real vocabulary's special tokens."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=hidden,
+        hidden_act=act,
+        bos_token_id=49406,
+        eos_token_id=49407,
+    )

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from engine_helpers import tiny_clip_config, tiny_config_folder
 from safetensors.torch import load_file, save_file
 
 from sdtui.engine import configs, demo
@@ -572,40 +573,6 @@ def test_openclip_conversion_round_trips() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tiny_config_folder(tmp_path: Path, base: str, parts: dict[str, object]) -> Path:
-    """A copy of a bundled config folder with tiny component configs, plus tokenizer files."""
-    import shutil
-
-    from sdtui.clip_vocab import write_tokenizer_files
-
-    folder = tmp_path / f"{base}-tiny"
-    shutil.copytree(configs.BUNDLED / base, folder)
-    for sub, model in parts.items():
-        if hasattr(model, "save_config"):
-            model.save_config(folder / sub)
-        else:
-            model.config.save_pretrained(folder / sub)
-    for sub in ("tokenizer", "tokenizer_2"):
-        if (folder / sub).is_dir():
-            write_tokenizer_files(folder / sub)
-    return folder
-
-
-def _tiny_text_config(act: str, hidden: int = 32):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        projection_dim=hidden,
-        hidden_act=act,
-        bos_token_id=49406,
-        eos_token_id=49407,
-    )
-
-
 def test_sdxl_single_file_builds_both_text_encoders(tmp_path, monkeypatch) -> None:
     from diffusers import (
         AutoencoderKL,
@@ -635,10 +602,10 @@ def test_sdxl_single_file_builds_both_text_encoders(tmp_path, monkeypatch) -> No
         cross_attention_dim=32 + 48,
     )
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir("sdtui-demo") / "vae"))
-    te1 = CLIPTextModel(_tiny_text_config("quick_gelu"))
+    te1 = CLIPTextModel(tiny_clip_config("quick_gelu"))
     # Widths differ as in SDXL (768 / 1280): diffusers tells the two encoders apart by width.
-    te2 = CLIPTextModelWithProjection(_tiny_text_config("gelu", hidden=48))
-    folder = _tiny_config_folder(
+    te2 = CLIPTextModelWithProjection(tiny_clip_config("gelu", hidden=48))
+    folder = tiny_config_folder(
         tmp_path,
         "sdxl-base",
         {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2},
@@ -680,9 +647,9 @@ def test_sd2_single_file_asks_the_unet_when_there_is_no_yaml(tmp_path, monkeypat
     demo_unet = UNet2DConditionModel.load_config(config_dir("sdtui-demo") / "unet")
     unet = UNet2DConditionModel.from_config(demo_unet, use_linear_projection=True)
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir("sdtui-demo") / "vae"))
-    te = CLIPTextModel(_tiny_text_config("gelu"))
+    te = CLIPTextModel(tiny_clip_config("gelu"))
     folders = {
-        name: _tiny_config_folder(
+        name: tiny_config_folder(
             tmp_path / name, name, {"unet": unet, "vae": vae, "text_encoder": te}
         )
         for name in ("sd21-768-v", "sd21-512")
@@ -804,9 +771,9 @@ def test_sdxl_v_pred_ztsnr_single_file_loads_with_its_schedule(tmp_path, monkeyp
         cross_attention_dim=32 + 48,
     )
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir("sdtui-demo") / "vae"))
-    te1 = CLIPTextModel(_tiny_text_config("quick_gelu"))
-    te2 = CLIPTextModelWithProjection(_tiny_text_config("gelu", hidden=48))
-    folder = _tiny_config_folder(
+    te1 = CLIPTextModel(tiny_clip_config("quick_gelu"))
+    te2 = CLIPTextModelWithProjection(tiny_clip_config("gelu", hidden=48))
+    folder = tiny_config_folder(
         tmp_path,
         "sdxl-base",
         {"unet": unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2},

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from engine_helpers import demo_session, run_job
+from engine_helpers import demo_session, run_job, tiny_clip_config, tiny_config_folder
 from PIL import Image
 
 torch = pytest.importorskip("torch")
@@ -20,7 +20,7 @@ pytest.importorskip("diffusers")
 from safetensors.torch import save_file  # noqa: E402
 
 from sdtui.config import Settings  # noqa: E402
-from sdtui.engine import configs, models  # noqa: E402
+from sdtui.engine import models  # noqa: E402
 from sdtui.engine.configs import config_dir  # noqa: E402
 from sdtui.engine.convert import (  # noqa: E402
     UNET_PREFIX,
@@ -55,21 +55,6 @@ JOB = dict(
 # -- tiny models -------------------------------------------------------------------------------
 
 
-def _text_config(act: str, hidden: int) -> Any:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        projection_dim=hidden,
-        hidden_act=act,
-        bos_token_id=49406,
-        eos_token_id=49407,
-    )
-
-
 def _unet(cross: int, pooled: int, time_ids: int) -> Any:
     from diffusers import UNet2DConditionModel
 
@@ -88,23 +73,6 @@ def _unet(cross: int, pooled: int, time_ids: int) -> Any:
     )
 
 
-def _config_folder(root: Path, base: str, parts: dict[str, Any]) -> Path:
-    """A copy of a bundled config folder with the tiny components' configs."""
-    from sdtui.clip_vocab import write_tokenizer_files
-
-    folder = root / f"{base}-tiny"
-    shutil.copytree(configs.BUNDLED / base, folder)
-    for sub, model in parts.items():
-        if hasattr(model, "save_config"):
-            model.save_config(folder / sub)
-        else:
-            model.config.save_pretrained(folder / sub)
-    for sub in ("tokenizer", "tokenizer_2"):
-        if (folder / sub).is_dir():
-            write_tokenizer_files(folder / sub)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A tiny SDXL base and a tiny SDXL refiner saved as single files in models/, with the
@@ -118,10 +86,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir("sdtui-demo") / "vae"))
 
     torch.manual_seed(0)
-    te1 = CLIPTextModel(_text_config("quick_gelu", 32))
-    te2 = CLIPTextModelWithProjection(_text_config("gelu", 48))
+    te1 = CLIPTextModel(tiny_clip_config("quick_gelu", 32))
+    te2 = CLIPTextModelWithProjection(tiny_clip_config("gelu", 48))
     base_unet = _unet(cross=32 + 48, pooled=48, time_ids=6)
-    base_cfg = _config_folder(
+    base_cfg = tiny_config_folder(
         root,
         "sdxl-base",
         {"unet": base_unet, "vae": vae, "text_encoder": te1, "text_encoder_2": te2},
@@ -132,9 +100,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     # the refiner: OpenCLIP-G alone as conditioner.embedders.0, 5 time ids (size, crop, score)
     torch.manual_seed(1)
-    ref_te = CLIPTextModelWithProjection(_text_config("gelu", 48))
+    ref_te = CLIPTextModelWithProjection(tiny_clip_config("gelu", 48))
     ref_unet = _unet(cross=48, pooled=48, time_ids=5)
-    ref_cfg = _config_folder(
+    ref_cfg = tiny_config_folder(
         root, "sdxl-refiner", {"unet": ref_unet, "vae": vae, "text_encoder_2": ref_te}
     )
     sd = {U + k: v for k, v in unet_to_ldm(ref_unet.state_dict(), ref_unet.config).items()}
