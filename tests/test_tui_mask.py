@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_tui_app
 from image_app import make_sample_image
 from PIL import Image
 from test_tui_app import TINY, fake_app, log_text, run_async
 
 from sdtui.config import Settings
-from sdtui.tui import graphics
 from sdtui.tui.form_state import FormState
 from sdtui.tui.screens.mask_editor import (
     FAST_STEP,
@@ -25,17 +25,9 @@ from sdtui.tui.screens.mask_editor import (
 )
 from sdtui.tui.widgets.settings_form import SettingsForm
 
+# the autouse fixture that puts every folder in tmp, shared with test_tui_app
+tui_env = test_tui_app.tui_env
 IMAGE_SIZE = (96, 64)  # not square, not the grid's size: cells are 1.68 pixels
-
-
-@pytest.fixture(autouse=True)
-def tui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("SDTUI_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SDTUI_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("SDTUI_CONFIG", str(tmp_path / "config.toml"))
-    monkeypatch.setenv("SDTUI_OUTPUTS_DIR", str(tmp_path / "outputs"))
-    graphics.set_mode("halfcell", "tests")
-    return Settings(outputs_dir=tmp_path / "outputs", models_dir=tmp_path / "models")
 
 
 @pytest.fixture

@@ -6,110 +6,40 @@ pane shows as the job's result, and the queue row names the plot and its cell.""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import pytest
+import test_tui_app
 from PIL import Image
+from test_tui_app import FakeHost as AppFakeHost
+from test_tui_app import log_text, run_async, wait_for
 
 from sdtui.config import Settings
 from sdtui.infotext import parse_infotext, read_infotext
 from sdtui.ipc import protocol as msg
 from sdtui.params import GenerationParams, XYZParams
-from sdtui.tui import graphics
 from sdtui.tui.app import SdtuiApp
 from sdtui.tui.form_state import FormState
 from sdtui.tui.jobs import JobBook, JobInfo
 from sdtui.tui.screens.xyz import XYZScreen, axis_hint, plot_problem, shape_line
 from sdtui.tui.widgets.image_view import ImageGrid
-from sdtui.tui.widgets.job_log import JobLog
 from sdtui.tui.widgets.queue_view import QueueView
 from sdtui.xyz import AXIS_TYPES
 
+# the autouse fixture that puts every folder in tmp, shared with test_tui_app
+tui_env = test_tui_app.tui_env
 TINY = GenerationParams(
     prompt="a black house cat", model="demo", steps=2, width=64, height=64, seed=1234
 )
 
 
-@pytest.fixture(autouse=True)
-def tui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("SDTUI_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SDTUI_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("SDTUI_CONFIG", str(tmp_path / "config.toml"))
-    monkeypatch.setenv("SDTUI_OUTPUTS_DIR", str(tmp_path / "outputs"))
-    graphics.set_mode("halfcell", "tests")
-    return Settings(outputs_dir=tmp_path / "outputs", models_dir=tmp_path / "models")
-
-
-def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return wrapper
-
-
-async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; job log:\n{log_text(pilot.app)}")
-        await pilot.pause(0.05)
-
-
-def log_text(app: SdtuiApp) -> str:
-    return app.main.query_one(JobLog).plain
-
-
-class FakeHost:
-    """An idle engine with DaemonClient's shape: keeps the plots submitted."""
-
-    def __init__(self) -> None:
-        self.pending: dict[int, Any] = {}
-        self.running_job: int | None = None
-        self.state = "ready"
-        self.pid: int | None = None
-        self.events: list[Any] = []
-
-    @property
-    def queued(self) -> list[int]:
-        return [j for j in self.pending if j != self.running_job]
+class FakeHost(AppFakeHost):
+    """An idle engine with DaemonClient's shape: a plot must come through submit_xyz."""
 
     def submit(self, params: Any) -> int:
         raise AssertionError("a plot is submitted with submit_xyz")
 
     submit_upscale = submit
-
-    def submit_xyz(self, params: XYZParams) -> int:
-        from sdtui.xyz import prepare_xyz
-
-        job_id = len(self.pending) + 1
-        self.pending[job_id] = prepare_xyz(params)
-        return job_id
-
-    def cancel(self, job_id: int | None = None) -> None:
-        pass
-
-    def skip(self) -> None:
-        pass
-
-    def load_model(self, model: str) -> None:
-        pass
-
-    def set_memory_mode(self, mode: str) -> None:
-        pass
-
-    def restart(self) -> list[int]:
-        return []
-
-    def poll(self, timeout: float = 0.0) -> list[Any]:
-        events, self.events = self.events, []
-        return events
 
 
 def fake_app(settings: Settings, host: Any = None, form: FormState | None = None) -> SdtuiApp:
