@@ -810,6 +810,12 @@ def _check_init_image(path: str | None, settings: Settings, what: str = "init im
             ) from None
 
 
+def _check_input_images(params: GenerationParams, settings: Settings) -> None:
+    """The job's init image and mask, checked before the engine starts."""
+    _check_init_image(params.init_image, settings)
+    _check_init_image(params.mask, settings, "mask")
+
+
 def _check_outputs(settings: Settings) -> None:
     out = settings.outputs
     try:
@@ -865,8 +871,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     output = None
     if args.output is not None:
         output = OutputFile.check(args.output, params.batch_size * params.batch_count, args.detach)
-    _check_init_image(params.init_image, settings)
-    _check_init_image(params.mask, settings, "mask")
+    _check_input_images(params, settings)
     _check_outputs(settings)
     started = _submit_and_follow(
         args, settings, level, "generate", params.model, lambda c: c.submit(params), output
@@ -1042,7 +1047,7 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     output = None
     if args.output is not None:
         output = OutputFile.check(args.output, 1, args.detach, grid=True)
-    _check_init_image(params.base.init_image, settings)
+    _check_input_images(params.base, settings)
     _check_outputs(settings)
     started = _submit_and_follow(
         args, settings, level, "xyz", params.base.model, lambda c: c.submit_xyz(params), output

@@ -148,6 +148,9 @@ def test_inpaint_and_outpaint_from_relative_paths(env, tmp_path, demo_model):
 
     missing = sdtui(env, *common, "--init-image", "init.png", "--mask", "nope.png", cwd=work)
     assert_clean_failure(missing, "mask", "nope.png")
+    plot = ("xyz", "--demo", "x", "--init-image", "init.png", "--mask", "nope.png")
+    missing = sdtui(env, *plot, "--x-type", "Steps", "--x-values", "1-2", cwd=work)
+    assert_clean_failure(missing, "mask", "nope.png")  # before the daemon starts, as generate
 
 
 def test_models_lists_family_size_and_hashes(env, tmp_path, demo_model):
