@@ -203,7 +203,10 @@ def test_real_terminal_generate_crash_restart_hangup(tmux: tuple[Tmux, Path]) ->
 def test_quitting_leaves_the_job_running_and_sdtui_attaches_again(
     tmp_path: Path, demo_model: object
 ) -> None:
-    long_form = {**SMALL_FORM, "params": {**SMALL_FORM["params"], "steps": 400, "batch_count": 20}}
+    # 128x128: an image every ~20 s on this CPU, so the second app's few log rows still show
+    # its attach line when it draws (at 64x64 two saves, 6 rows, could push it out first)
+    long = {"steps": 400, "batch_count": 20, "width": 128, "height": 128}
+    long_form = {**SMALL_FORM, "params": {**SMALL_FORM["params"], **long}}
     t = start_tmux(tmp_path, long_form, idle_minutes="30")
     try:
         t.wait(lambda s: "attached to the engine daemon" in s, 30, "the app to attach")
