@@ -599,7 +599,12 @@ def test_flux_schnell_fp8_file_keeps_fp8_weights(tmp_path: Path) -> None:
     }
     sd |= {"vae." + k: v.contiguous() for k, v in vae_to_ldm(parts["vae"].state_dict(), 2).items()}
     sd |= text_sd(parts["text_encoder"], "text_encoders.clip_l.transformer.")
-    sd |= text_sd(parts["text_encoder_2"], "text_encoders.t5xxl.transformer.")
+    # the T5 as t5xxl_fp8_e4m3fn.safetensors holds it: fp8 too
+    t5_fp8 = {
+        k: v.to(torch.float8_e4m3fn)
+        for k, v in text_sd(parts["text_encoder_2"], "text_encoders.t5xxl.transformer.").items()
+    }
+    sd |= t5_fp8
     path = tmp_path / "flux1-schnell-fp8.safetensors"
     save_file(sd, path)
     loaded = load(path, cfg, dtype=torch.bfloat16)
@@ -608,6 +613,30 @@ def test_flux_schnell_fp8_file_keeps_fp8_weights(tmp_path: Path) -> None:
     assert weight.dtype == torch.float8_e4m3fn
     # what diffusers' layerwise casting leaves out computes in bf16 (here: the final norm)
     assert loaded.pipe.transformer.norm_out.linear.weight.dtype == torch.bfloat16
+    # the T5 keeps its fp8 weights (half the memory of bf16) but for its norms, its token
+    # embedding and the .wo projections (T5 casts its input to wo's stored dtype), and
+    # encodes exactly as the same weights widened to bf16 up front do
+    t5 = loaded.pipe.text_encoder_2
+    assert t5.dtype == torch.bfloat16  # what the pipeline casts the prompt embeddings to
+    linears = {n: m for n, m in t5.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {n for n, m in linears.items() if m.weight.dtype == torch.float8_e4m3fn} == {
+        n for n in linears if not n.endswith(".wo")
+    }
+    block = t5.encoder.block[0]
+    assert block.layer[1].DenseReluDense.wo.weight.dtype == torch.bfloat16
+    assert block.layer[0].layer_norm.weight.dtype == torch.bfloat16
+    wide = parts["text_encoder_2"].__class__(parts["text_encoder_2"].config)
+    wide.load_state_dict(
+        {
+            k: v.to(torch.float8_e4m3fn).to(torch.bfloat16)
+            for k, v in parts["text_encoder_2"].state_dict().items()
+        }
+    )
+    ids = torch.tensor([[3, 9, 1202, 13, 3, 9, 1712, 1]])
+    with torch.inference_mode():
+        got = t5(ids)[0]
+        want = wide.to(torch.bfloat16).eval()(ids)[0]
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
     params = FLUX_PARAMS.replace(batch_size=1, steps=1)
     done, events = job(ModelSession.create(loaded, "cpu"), params, tmp_path / "out", "fp8")
     info = next(e.infotext for e in events if isinstance(e, msg.ImageSaved))

@@ -345,6 +345,14 @@ def _build_transformer(
         lambda: cls.from_config(settings), converted, dtype, "transformer", source, keep=(fp8,)
     )
     model.enable_layerwise_casting(storage_dtype=fp8, compute_dtype=dtype)
+    _widen_uncast(model, dtype)
+    return model
+
+
+def _widen_uncast(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """fp8 weights left in a module without a layerwise-casting hook (norms, embeddings
+    diffusers skips) widened once to ``dtype``: they are small, and nothing would widen them
+    as they compute."""
     for module in model.modules():
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and registry.get_hook("layerwise_casting") is not None:
@@ -352,7 +360,6 @@ def _build_transformer(
         for param in module.parameters(recurse=False):
             if param.dtype in FP8:
                 param.data = param.data.to(dtype)
-    return model
 
 
 def _build_vae(sd: dict[str, torch.Tensor], cfg_dir: Path, dtype: torch.dtype, source: Path) -> Any:
@@ -402,12 +409,28 @@ def _build_text_encoder(
         elif "encoder.embed_tokens.weight" in te:
             te["shared.weight"] = te["encoder.embed_tokens.weight"]
         t5_config = T5Config.from_pretrained(cfg_dir / sub)
+        fp8 = next((v.dtype for v in te.values() if v.dtype in FP8), None)
+        keep = (fp8,) if fp8 is not None and dtype != torch.float32 else ()
+        model = _fill(lambda: T5EncoderModel(t5_config), te, dtype, what, source, keep=keep)
+        wo = [module for name, module in model.named_modules() if name.endswith(".wo")]
         # T5 overflows in fp16: its output projections stay fp32 (transformers' _keep_in_fp32)
-        model = _fill(lambda: T5EncoderModel(t5_config), te, dtype, what, source)
-        if dtype == torch.float16:
-            for name, module in model.named_modules():
-                if name.endswith(".wo"):
-                    module.to(torch.float32)
+        wide = torch.float32 if dtype == torch.float16 else dtype
+        for module in wo:
+            module.to(wide)
+        if keep:
+            # t5xxl_fp8_e4m3fn: 4.9 GB stays 4.9 GB instead of 9.5 GB in bf16; each layer is
+            # widened as it computes (diffusers' layerwise casting, as for the transformer).
+            # Left wide: the .wo projections (T5 casts its input to wo's stored dtype) and the
+            # token embedding (0.13 GB; the pipeline takes T5's dtype from its first weight).
+            from diffusers.hooks import apply_layerwise_casting
+
+            apply_layerwise_casting(
+                model,
+                storage_dtype=keep[0],
+                compute_dtype=dtype,
+                skip_modules_pattern=(r"\.wo$", "layer_norm", "^shared$", "embed_tokens"),
+            )
+            _widen_uncast(model, dtype)
         return model
     clip_config = CLIPTextConfig.from_pretrained(cfg_dir / sub)
     if family == "Flux":
