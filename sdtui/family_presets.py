@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdtui.params import GenerationParams
+from sdtui.samplers import FLOW_SAMPLER_NAMES, SAMPLER_NAMES
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,12 @@ def preset_for(family: str | None) -> FamilyPreset | None:
 def is_dit(family: str | None) -> bool:
     """A Flux.1 / SD3.5 label, whichever variant (a new one still hides what they lack)."""
     return bool(family) and str(family).startswith(("Flux.1", "SD3"))
+
+
+def sampler_names(family: str | None) -> tuple[str, ...]:
+    """The samplers a family runs: all of A1111's, or on Flux.1 / SD3.5 (flow matching)
+    the k-diffusion ones, as Forge (not DDIM, PLMS, UniPC)."""
+    return FLOW_SAMPLER_NAMES if is_dit(family) else SAMPLER_NAMES
 
 
 def hidden_fields(family: str | None) -> frozenset[str]:

@@ -40,6 +40,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
+# A1111's own timestep samplers: they work in SD's discrete timesteps (alphas_cumprod), which
+# a flow-matching model (Flux.1, SD3.5) does not have; Forge runs the others on those models
+TIMESTEP_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC")
+FLOW_SAMPLER_NAMES: tuple[str, ...] = tuple(
+    name for name in SAMPLER_NAMES if name not in TIMESTEP_SAMPLERS
+)
+
 # "Automatic" = the sampler's own default; the rest map to diffusers sigma options.
 SCHEDULE_TYPES: tuple[str, ...] = (
     "Automatic",

@@ -703,8 +703,8 @@ def test_what_these_models_cannot_run_is_said() -> None:
     )
 
     flux = ModelFamily("Flux", "flux1-dev", variant="dev")
-    with pytest.raises(UserError, match=r"Euler sampler .* not DPM\+\+ 2M: choose Sampler Euler"):
-        check_params(FLUX_PARAMS.replace(sampler="DPM++ 2M"), flux)
+    with pytest.raises(UserError, match=r"DDIM works in SD's timestep space.* Choose one of Euler"):
+        check_params(FLUX_PARAMS.replace(sampler="DDIM"), flux)
     with pytest.raises(UserError, match="inpainting, hires fix not supported yet"):
         check_params(FLUX_PARAMS.replace(init_image="x.png", mask="m.png", enable_hr=True), flux)
     with pytest.raises(UserError, match="multiples of 16, not 520x512"):
@@ -727,13 +727,13 @@ def test_the_engine_runs_a_flux_job_and_refuses_a_sampler_it_cannot_run(
     params = FLUX_PARAMS.replace(model="flux1-dev-tiny", batch_size=1, steps=1)
     with mock.patch.object(configs_module, "config_dir", lambda name: flux_files["configs"]):
         eng._run(msg.SubmitGenerate(1, params))
-        eng._run(msg.SubmitGenerate(2, params.replace(sampler="DPM++ 2M")))
+        eng._run(msg.SubmitGenerate(2, params.replace(sampler="PLMS")))
     loaded = next(e for e in events if isinstance(e, msg.ModelLoaded))
     assert loaded.family == "Flux.1 dev"
     done = next(e for e in events if isinstance(e, msg.JobDone))
     assert done.job_id == 1 and len(done.paths) == 1 and Path(done.paths[0]).is_file()
     failed = next(e for e in events if isinstance(e, msg.JobFailed))
-    assert failed.job_id == 2 and "choose Sampler Euler" in failed.message
+    assert failed.job_id == 2 and "Choose one of Euler a, Euler, LMS" in failed.message
 
 
 def test_skip_drops_the_batch_and_cancel_stops_the_job(

@@ -21,6 +21,7 @@ from sdtui.config import Settings
 from sdtui.infotext import parse_infotext, read_infotext
 from sdtui.ipc import protocol as msg
 from sdtui.params import RESIZE_MODES, GenerationParams
+from sdtui.samplers import FLOW_SAMPLER_NAMES, SAMPLER_NAMES
 from sdtui.tui import form_spec, graphics
 from sdtui.tui.app import SdtuiApp
 from sdtui.tui.form_spec import FieldSpec
@@ -1282,6 +1283,9 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         )  # fmt: skip
         assert raw["distilled_cfg_scale"] == "3.5"
         assert log_text(app).count("Forge's preset") == 1
+        # the Sampler list: what a flow model runs (Forge's k-diffusion ones, no DDIM/PLMS/UniPC)
+        assert form._choices["sampler"] == list(FLOW_SAMPLER_NAMES)
+        assert "DPM++ 2M" in form._choices["sampler"] and "DDIM" not in form._choices["sampler"]
         await type_prompt(pilot, "a fox")
         await pilot.press("ctrl+g")
         await pilot.pause()
@@ -1302,6 +1306,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
             "Euler a", "7", "20", "512", "1",
         )  # fmt: skip
         assert "sdtui's defaults" in log_text(app)
+        assert form._choices["sampler"] == list(SAMPLER_NAMES)  # DDIM, PLMS, UniPC again
 
     # a model not listed (yet): the family the engine's ModelLoaded names decides
     host2 = FakeHost()

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from sdtui.engine import ksampling
+from sdtui.engine.flow_samplers import FLOW_SAMPLERS, FlowKSampler
 from sdtui.engine.progress import StepMeter
 from sdtui.errors import UserError
 from sdtui.model_family import ModelFamily, UnknownArchitectureError, detect_family
@@ -61,7 +63,6 @@ VAE_FILES = {"Flux": "ae.safetensors", "SD3": "the SD3.5 VAE (sd3.5_vae.safetens
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 # Forge's settings for these families (its UI presets and infotext)
-SAMPLERS = ("Euler",)
 SCHEDULES = ("Automatic", "Simple")  # Forge's "Simple" is the flow-matching default schedule
 
 
@@ -674,10 +675,11 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     if p.schedule_type == "Simple":
         p = p.replace(schedule_type="Automatic")
     p = p.validated().with_seeds()
-    if p.sampler not in SAMPLERS:
+    if p.sampler not in FLOW_SAMPLERS:
         raise UserError(
-            f"{label} runs the Euler sampler (flow matching) in sdtui, not {p.sampler}: "
-            "choose Sampler Euler (Forge's default for these models)"
+            f"{label} is a flow-matching model: {p.sampler} works in SD's timestep space, "
+            f"which it does not have. Choose one of {', '.join(FLOW_SAMPLERS)} (Forge's "
+            "default is Euler)"
         )
     if p.schedule_type not in SCHEDULES:
         raise UserError(
@@ -816,21 +818,71 @@ def plain_prompt(text: str) -> str:
     return " ".join("".join(" " if (t, w) == ("BREAK", -1) else t for t, w in runs).split())
 
 
-def img2img_pipeline(pipe: Any) -> Any:
-    """The img2img view of a loaded FluxPipeline / StableDiffusion3Pipeline: the same
-    components (no second copy of the weights, the memory mode's hooks kept)."""
+def pipeline_view(pipe: Any, img2img: bool, scheduler: FlowKSampler | None = None) -> Any:
+    """A txt2img or img2img view of a loaded FluxPipeline / StableDiffusion3Pipeline: the same
+    components (no second copy of the weights, the memory mode's hooks kept), with a k-diffusion
+    sampler in the scheduler's place where one is given (sdtui.engine.flow_samplers)."""
     from diffusers import (
         FluxImg2ImgPipeline,
         FluxPipeline,
         StableDiffusion3Img2ImgPipeline,
+        StableDiffusion3Pipeline,
     )
 
-    kind = (
-        FluxImg2ImgPipeline if isinstance(pipe, FluxPipeline) else StableDiffusion3Img2ImgPipeline
-    )
-    view = kind(**pipe.components)
+    flux = isinstance(pipe, FluxPipeline)
+    if img2img:
+        kind = FluxImg2ImgPipeline if flux else StableDiffusion3Img2ImgPipeline
+    else:
+        kind = FluxPipeline if flux else StableDiffusion3Pipeline
+    if kind is type(pipe) and scheduler is None:
+        return pipe
+    components = dict(pipe.components)
+    if scheduler is not None:
+        components["scheduler"] = scheduler
+    view = kind(**components)
     view.set_progress_bar_config(disable=True)
+    if scheduler is not None and img2img:
+        # the pipeline's own slices a one-call-a-step list; the sampler's lists every call
+        view.get_timesteps = scheduler.get_timesteps
     return view
+
+
+def flow_sampler(pipe: Any, p: Any, flux: bool, start: int) -> FlowKSampler | None:
+    """The scheduler stand-in running ``p.sampler`` (None for Euler: diffusers' own)."""
+    return None if p.sampler == "Euler" else make_flow_sampler(pipe, p.sampler, p, flux, start)
+
+
+def make_flow_sampler(pipe: Any, name: str, p: Any, flux: bool, start: int) -> FlowKSampler:
+    """A FlowKSampler running ``name`` for ``p``'s size; img2img skips ``start`` steps."""
+    if flux:
+        # Flux's latent as its pipeline draws it: 16 x H/8 x W/8, packed in 2x2 patches
+        f = 2 * int(pipe.vae_scale_factor)
+        c, h, w = (
+            int(pipe.transformer.config.in_channels) // 4,
+            2 * (p.height // f),
+            2 * (p.width // f),
+        )
+
+        def pack(batch: torch.Tensor) -> torch.Tensor:
+            return pipe._pack_latents(batch, batch.shape[0], c, h, w)
+
+        return FlowKSampler(
+            pipe.scheduler,
+            name,
+            generators=(),
+            seeds=(),
+            noise_shape=lambda x: (c, h, w),
+            pack=pack,
+            start=start,
+        )
+    return FlowKSampler(
+        pipe.scheduler,
+        name,
+        generators=(),
+        seeds=(),
+        noise_shape=lambda x: tuple(x.shape[1:]),
+        start=start,
+    )
 
 
 def img2img_strength(p: Any) -> tuple[int, float]:
@@ -879,14 +931,16 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
         )
     init: Image.Image | None = None
     strength = 1.0
-    steps = p.steps  # the steps that run in each batch (Progress's total)
+    steps = p.steps  # the schedule steps that run in each batch
     if p.init_image is not None:
         limit = getattr(ctx.settings, "max_image_megapixels", None)
         # A1111's resize modes, as sdtui.engine.generate.resize_image applies them
         init = resize_image(p.resize_mode, read_init_image(p.init_image, limit), p.width, p.height)
         steps, strength = img2img_strength(p)
-        pipe = img2img_pipeline(pipe)
-    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, steps * p.batch_count))
+    sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
+    pipe = pipeline_view(pipe, img2img=init is not None, scheduler=sampler)
+    calls = ksampling.model_calls(p.sampler, steps)  # Progress counts model calls (Heun: 2)
+    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, calls * p.batch_count))
     earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
     saved: dict[int, str] = dict(earlier)
     made: dict[int, Image.Image] = {}
@@ -911,7 +965,9 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 continue
             seeds = [p.seed + i for i in indices]
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            reporter = StepProgress(ctx, p, b, family.family, steps)
+            if sampler is not None:  # step noise: each image's generator, after its first draw
+                sampler.generators, sampler.seeds = generators, seeds
+            reporter = StepProgress(ctx, p, b, family.family, calls)
 
             def on_step(
                 pipe: Any, i: int, _t: Any, kwargs: dict[str, Any], r: Any = reporter
@@ -960,6 +1016,9 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             except JobCancelled:
                 cancelled = True
                 break
+            finally:
+                if sampler is not None:
+                    sampler.close()  # a stopped call leaves its sampler thread waiting
             for k, image in enumerate(images):
                 index, seed = indices[k], seeds[k]
                 info = format_infotext(

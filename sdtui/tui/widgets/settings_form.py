@@ -23,7 +23,7 @@ from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Collapsible, Input, Label, Select
 
-from sdtui.family_presets import hidden_fields
+from sdtui.family_presets import hidden_fields, sampler_names
 from sdtui.safe_text import one_line
 from sdtui.tui import form_spec
 from sdtui.tui.form_spec import MODES, FieldSpec, Section
@@ -151,6 +151,8 @@ class SettingsForm(VerticalScroll):
         """Show the rows the model's family has and hide the others (Flux: no hires fix,
         inpainting, refiner, ...; Distilled CFG for Flux dev only). The values stay."""
         self.family = family
+        # Flux.1 / SD3.5 list the samplers they run (a value already picked stays listed)
+        self.update_choices("sampler", sampler_names(family))
         hidden = hidden_fields(family)
         if hidden == self._hidden:
             return  # SD1 after SDXL: the same rows (no restyle of the whole form)
@@ -226,6 +228,8 @@ class SettingsForm(VerticalScroll):
     def _field(self, spec: FieldSpec, value: str) -> Widget:
         tooltip = spec.tooltip or None
         if spec.kind == "choice":
+            if spec.name == "sampler":
+                return self._select(spec.name, sampler_names(self.family), value)
             return self._select(spec.name, spec.choices or self._given[spec.name], value)
         if spec.kind == "check":
             return Checkbox(spec.hint, bool(value), id=spec.name, compact=True, tooltip=tooltip)

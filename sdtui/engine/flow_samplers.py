@@ -1,0 +1,218 @@
+"""A1111's k-diffusion samplers on Flux.1 / SD3.5, as Forge runs them.
+
+Forge samples flow-matching models with the same k-diffusion functions as SD: the model's
+velocity ``v`` becomes a denoised prediction ``x - sigma * v`` (k-diffusion's CONST
+parameterisation; Forge ``backend/modules/k_prediction.py``), over the flow sigmas (1 at pure
+noise, 0 at the image). So "DPM++ 2M" on Flux is ``sdtui.engine.ksampling.dpmpp_2m`` over
+those sigmas, and "Euler" is diffusers' own FlowMatchEulerDiscreteScheduler step.
+
+diffusers' FluxPipeline / StableDiffusion3Pipeline (and their img2img forms) keep doing
+everything else - prompt encoding, true CFG, packing, img2img noising, decoding, the memory
+hooks - through ``FlowKSampler``, a stand-in for their scheduler: the pipeline calls the
+transformer once per entry of ``timesteps`` and hands each velocity to ``step``. The sampler
+runs in a helper thread with a model function that, for each call, hands the latents to
+evaluate back to the pipeline and waits for their velocity. ``timesteps`` lists exactly the
+sigmas the sampler will ask for (a dry run over the schedule finds them: Heun and DPM2 ask for
+two a step, the last step one), so the pipeline's loop and the sampler stay in step.
+
+The sampler keeps its latents in fp32 between calls (the pipeline's bf16 copy is only what the
+transformer reads), and its step noise comes from each image's own generator after the
+pipeline drew the initial noise from it (A1111's ImageRNG), or from Brownian trees seeded per
+image for the SDE samplers, so an image is the same alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from sdtui.engine import ksampling
+from sdtui.samplers import FLOW_SAMPLER_NAMES
+
+# Euler stays diffusers' own scheduler (bit-identical to raw diffusers); the rest run here.
+# DDIM, PLMS and UniPC work in A1111's timestep space (alphas_cumprod), which a flow model
+# does not have.
+FLOW_SAMPLERS = FLOW_SAMPLER_NAMES
+
+_ABORT = object()
+
+
+class _Aborted(Exception):
+    """The pipeline stopped (cancel, skip, out of memory): the sampler thread ends."""
+
+
+def call_sigmas(sampler: str, sigmas: torch.Tensor) -> list[float]:
+    """The sigmas ``sampler`` evaluates the model at over ``sigmas`` (a dry run: which sigmas
+    a sampler asks for depends on the schedule only)."""
+    asked: list[float] = []
+
+    def model(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        asked.append(float(sigma[0]))
+        return torch.zeros_like(x)
+
+    def noise(_a: Any = None, _b: Any = None) -> torch.Tensor:
+        return torch.zeros(1, 1)
+
+    ksampling.SIGMA_SAMPLERS[sampler](model, torch.zeros(1, 1), sigmas.double(), noise)
+    return asked
+
+
+class FlowKSampler:
+    """A diffusers scheduler stand-in that runs one of A1111's k-diffusion samplers (see the
+    module's doc). One instance serves one pipeline call at a time; ``close`` ends its thread
+    whatever happened to the call."""
+
+    order = 1
+
+    def __init__(
+        self,
+        base: Any,
+        sampler: str,
+        *,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int],
+        noise_shape: Callable[[torch.Tensor], tuple[int, ...]],
+        pack: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        start: int = 0,
+    ) -> None:
+        """``base``: the pipeline's FlowMatchEulerDiscreteScheduler (its sigmas, shift and
+        config); ``start``: the schedule steps an img2img job skips; ``noise_shape(x)``: one
+        image's step noise shape as A1111 draws it (the unpacked latent), ``pack`` turning a
+        batch of those into the pipeline's layout (Flux packs 2x2 patches)."""
+        if sampler not in ksampling.SIGMA_SAMPLERS:
+            raise ValueError(f"not a sigma sampler: {sampler}")
+        self.base = base
+        self.config = base.config
+        self.sampler = sampler
+        self.generators = list(generators)
+        self.seeds = list(seeds)
+        self.noise_shape = noise_shape
+        self.pack = pack
+        self.start = start
+        self.sigmas = torch.zeros(0)
+        self.timesteps = torch.zeros(0)
+        self._thread: threading.Thread | None = None
+        self._requests: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+        self._replies: queue.Queue[Any] = queue.Queue()
+        self._x: torch.Tensor | None = None
+
+    # -- what the pipelines call -------------------------------------------------------------
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        sigmas: Any = None,
+        mu: float | None = None,
+        timesteps: Any = None,
+    ) -> None:
+        self.close()
+        kwargs: dict[str, Any] = {"device": "cpu"}
+        if sigmas is not None:
+            kwargs["sigmas"] = sigmas
+        else:
+            kwargs["num_inference_steps"] = num_inference_steps
+        if mu is not None:
+            kwargs["mu"] = mu
+        self.base.set_timesteps(**kwargs)
+        # the schedule's sigmas from where this job starts, ending at 0
+        self.sigmas = self.base.sigmas[self.start :].to(torch.float32).cpu()
+        asked = call_sigmas(self.sampler, self.sigmas)
+        steps = ksampling.model_calls(self.sampler, len(self.sigmas) - 1)
+        if len(asked) != steps:  # a guard on the dry run, not a user error
+            raise RuntimeError(f"{self.sampler}: {len(asked)} model calls, expected {steps}")
+        train = float(self.config.get("num_train_timesteps", 1000))
+        self.timesteps = (torch.tensor(asked, dtype=torch.float32) * train).to(device)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """The img2img pipelines' skip: ``start`` already holds it (see ``get_timesteps``)."""
+
+    def get_timesteps(self, num_inference_steps: int, strength: float, device: Any) -> Any:
+        """Stands in for the img2img pipelines' own ``get_timesteps``, which slices a
+        one-call-a-step list: every call of the run, from ``start``."""
+        return self.timesteps, len(self.timesteps)
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> Any:
+        """img2img's noised init latents at the first sigma run (diffusers' and Forge's flow
+        noising: ``sigma * noise + (1 - sigma) * latents``)."""
+        sigma = self.sigmas[0].to(sample.device, torch.float32)
+        return (sigma * noise.float() + (1 - sigma) * sample.float()).to(sample.dtype)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        return_dict: bool = False,
+        **_: Any,
+    ) -> tuple[torch.Tensor]:
+        if self._thread is None:
+            self._start(sample)
+            kind, _x, _sigma = self._next()
+            assert kind == "eval"
+        self._replies.put(model_output.float())
+        kind, x, _sigma = self._next()
+        return (x.to(model_output.dtype),)
+
+    # -- the sampler thread --------------------------------------------------------------------
+
+    def _start(self, sample: torch.Tensor) -> None:
+        x0 = sample.float()
+        sigmas = self.sigmas.to(x0.device)
+        noise = self._noise(x0, sigmas)
+        fn = ksampling.SIGMA_SAMPLERS[self.sampler]
+        inference = torch.is_inference_mode_enabled()  # thread-local: carried over
+
+        def model(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            self._requests.put(("eval", x, sigma))
+            v = self._replies.get()
+            if v is _ABORT:
+                raise _Aborted
+            return x - sigma.view(-1, *[1] * (x.ndim - 1)).to(x) * v
+
+        def body() -> None:
+            try:
+                with torch.inference_mode(inference):
+                    out = fn(model, x0, sigmas, noise)
+                self._requests.put(("done", out, None))
+            except _Aborted:
+                return
+            except BaseException as e:  # handed to the pipeline's thread, raised there
+                self._requests.put(("error", e, None))
+
+        self._thread = threading.Thread(target=body, name="sdtui-flow-sampler", daemon=True)
+        self._thread.start()
+
+    def _next(self) -> tuple[str, Any, Any]:
+        kind, x, sigma = self._requests.get()
+        if kind == "error":
+            self._thread = None
+            raise x
+        if kind == "done":
+            self._thread = None
+        return kind, x, sigma
+
+    def _noise(self, x: torch.Tensor, sigmas: torch.Tensor) -> ksampling.Noise:
+        if self.sampler in ksampling.BROWNIAN:
+            return ksampling.brownian_noise(x, sigmas, self.seeds)
+        draw = ksampling.ImageNoise(self.generators, self.noise_shape(x))
+        pack = self.pack
+
+        def noise(_sigma: Any = None, _sigma_next: Any = None) -> torch.Tensor:
+            batch = draw()
+            return (pack(batch) if pack is not None else batch).to(x.device, x.dtype)
+
+        return noise
+
+    def close(self) -> None:
+        """Ends a sampler thread a stopped pipeline call left waiting."""
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._replies.put(_ABORT)
+            thread.join(timeout=10)
+        self._requests = queue.Queue()
+        self._replies = queue.Queue()
