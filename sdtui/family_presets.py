@@ -129,22 +129,18 @@ INPAINT_FIELDS = frozenset(
         "outpaint_sides",
     }
 )
-DIT_LACKS = (
-    HIRES_FIELDS
-    | INPAINT_FIELDS
-    | {
-        "vae",
-        "clip_skip",
-        "subseed",
-        "subseed_strength",
-        "cfg_rescale",
-        "restore_faces",
-        "face_restoration_model",
-        "code_former_weight",
-        "refiner_checkpoint",
-        "refiner_switch_at",
-    }
-)
+DIT_LACKS = INPAINT_FIELDS | {
+    "vae",
+    "clip_skip",
+    "subseed",
+    "subseed_strength",
+    "cfg_rescale",
+    "restore_faces",
+    "face_restoration_model",
+    "code_former_weight",
+    "refiner_checkpoint",
+    "refiner_switch_at",
+}
 DISTILLED = "distilled_cfg_scale"
 
 

@@ -705,7 +705,7 @@ def test_what_these_models_cannot_run_is_said() -> None:
     flux = ModelFamily("Flux", "flux1-dev", variant="dev")
     with pytest.raises(UserError, match=r"DDIM works in SD's timestep space.* Choose one of Euler"):
         check_params(FLUX_PARAMS.replace(sampler="DDIM"), flux)
-    with pytest.raises(UserError, match="inpainting, hires fix not supported yet"):
+    with pytest.raises(UserError, match="inpainting not supported yet"):
         check_params(FLUX_PARAMS.replace(init_image="x.png", mask="m.png", enable_hr=True), flux)
     with pytest.raises(UserError, match="multiples of 16, not 520x512"):
         check_params(FLUX_PARAMS.replace(width=520, height=512), flux)

@@ -1267,13 +1267,14 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         form = app.main.form
         assert _on_screen(form, "enable_hr") or form.query_one("#hires", Collapsible).collapsed
         assert not _on_screen(form, "distilled_cfg_scale")  # SD: no Distilled CFG
-        app.main.set_form_field("enable_hr", "1")  # kept by the form, not sent to Flux
+        app.main.set_form_field("enable_hr", "1")  # hires fix runs on Flux too
+        app.main.set_form_field("clip_skip", "2")  # kept by the form, not sent to Flux
         app.main.switch_model("flux1-dev")
         await pilot.pause(0.2)
         assert host.loaded == ["flux1-dev"]
         assert _on_screen(form, "distilled_cfg_scale") and _on_screen(form, "cfg_scale")
-        for section in ("hires", "inpaint"):
-            assert not form.query_one(f"#{section}", Collapsible).display
+        assert not form.query_one("#inpaint", Collapsible).display
+        assert form.query_one("#hires", Collapsible).display
         for name in ("refiner_checkpoint", "clip_skip", "subseed", "vae"):
             assert not _on_screen(form, name)
         assert _on_screen(form, "memory_mode") or form.query_one("#more", Collapsible).collapsed
@@ -1290,7 +1291,8 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         await pilot.press("ctrl+g")
         await pilot.pause()
         [params] = host.pending.values()
-        assert (params.sampler, params.cfg_scale, params.enable_hr) == ("Euler", 1.0, False)
+        assert (params.sampler, params.cfg_scale, params.enable_hr) == ("Euler", 1.0, True)
+        assert params.clip_skip == GenerationParams().clip_skip
 
         app.main.set_form_field("model", "flux1-schnell")  # the form's own model field
         await pilot.pause(0.2)
@@ -1318,7 +1320,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         host2.events = [msg.ModelLoaded("flux1-schnell", "Flux.1 schnell", 0.1, 1, "/m")]
         await wait_for(pilot, lambda: "Forge's preset" in log_text(app2), 10)
         assert app2.main.form.raw_values()["steps"] == "4"
-        assert not app2.main.form.query_one("#hires", Collapsible).display
+        assert not app2.main.form.query_one("#inpaint", Collapsible).display
 
 
 # -- snapshots --------------------------------------------------------------------------------

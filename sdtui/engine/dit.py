@@ -689,7 +689,6 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     unsupported = [
         ("inpainting", p.mask is not None),
         ("outpainting", p.outpaint_pixels > 0),
-        ("hires fix", p.enable_hr),
         ("a refiner", p.refiner_checkpoint is not None),
         ("variation seeds", p.subseed_strength > 0),
         ("CFG Rescale", p.cfg_rescale > 0),
@@ -699,7 +698,7 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     asked = [name for name, on in unsupported if on]
     if asked:
         raise UserError(
-            f"{label} runs txt2img and img2img in this version of sdtui: {', '.join(asked)} "
+            f"{label} runs txt2img, img2img and hires fix in this version of sdtui: {', '.join(asked)} "
             "not supported yet for it — turn it off, or use an SD 1.x/SDXL model"
         )
     if p.width % 16 or p.height % 16:
@@ -907,7 +906,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     from PIL import Image
 
     from sdtui.engine.inpaint import read_init_image, resize_image
-    from sdtui.engine.job import BatchSkipped, JobCancelled
+    from sdtui.engine.job import BatchSkipped, JobCancelled, job_settings
     from sdtui.infotext import format_infotext
     from sdtui.ipc import protocol as msg
     from sdtui.prompt_syntax import strip_extra_networks
@@ -938,9 +937,18 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
         init = resize_image(p.resize_mode, read_init_image(p.init_image, limit), p.width, p.height)
         steps, strength = img2img_strength(p)
     sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
+    hires = None
+    if p.enable_hr and init is None:
+        from sdtui.engine.dit_hires import DitHires
+        from sdtui.upscalers import check_hires_upscaler
+
+        check_hires_upscaler(p.hr_upscaler, job_settings(session, ctx).models)  # before a step
+        hires = DitHires(pipe, p, flux, pipeline_view, flow_sampler)
     pipe = pipeline_view(pipe, img2img=init is not None, scheduler=sampler)
-    calls = ksampling.model_calls(p.sampler, steps)  # Progress counts model calls (Heun: 2)
-    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, calls * p.batch_count))
+    # Progress counts model calls (Heun: 2 a step), the hires pass's after the first's
+    calls = ksampling.model_calls(p.sampler, steps)
+    hr_calls = hires.calls if hires is not None else 0
+    ctx.emit(msg.JobStarted(ctx.job_id, p.images_total, (calls + hr_calls) * p.batch_count))
     earlier = {i: path for i, path in ctx.done.items() if 0 <= i < p.images_total}
     saved: dict[int, str] = dict(earlier)
     made: dict[int, Image.Image] = {}
@@ -967,18 +975,19 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             if sampler is not None:  # step noise: each image's generator, after its first draw
                 sampler.generators, sampler.seeds = generators, seeds
-            reporter = StepProgress(ctx, p, b, family.family, calls)
+            reporter = StepProgress(ctx, p, b, family.family, calls + hr_calls)
 
-            def on_step(
-                pipe: Any, i: int, _t: Any, kwargs: dict[str, Any], r: Any = reporter
-            ) -> dict[str, Any]:
-                latents = kwargs.get("latents")
-                if flux and latents is not None:  # packed 2x2 patches -> (B, 16, h, w)
-                    latents = pipe._unpack_latents(
-                        latents, p.height, p.width, pipe.vae_scale_factor
-                    )
-                r(i, latents)
-                return kwargs
+            def stepper(offset: int, height: int, width: int, r: Any = reporter) -> Any:
+                def on_step(pipe: Any, n: int, _t: Any, kwargs: dict[str, Any]) -> Any:
+                    latents = kwargs.get("latents")
+                    if flux and latents is not None:  # packed 2x2 patches -> (B, 16, h, w)
+                        latents = pipe._unpack_latents(
+                            latents, height, width, pipe.vae_scale_factor
+                        )
+                    r(offset + n, latents)
+                    return kwargs
+
+                return on_step
 
             call: dict[str, Any] = dict(
                 prompt=prompt,
@@ -987,8 +996,8 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 width=p.width,
                 height=p.height,
                 generator=generators,
-                callback_on_step_end=on_step,
-                output_type="pil",
+                callback_on_step_end=stepper(0, p.height, p.width),
+                output_type="pil" if hires is None else hires.first_output,
             )
             if init is not None:
                 # one copy per image: image i's generator encodes its own copy, then draws its
@@ -1010,6 +1019,17 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             try:
                 with torch.inference_mode():
                     images = ladder.run(call)
+                    if hires is not None:
+                        images = hires.second_pass(
+                            images,
+                            call,
+                            seeds,
+                            run=ladder.run_on,
+                            on_step=stepper(calls, hires.height, hires.width),
+                            models_dir=Path(job_settings(session, ctx).models),
+                            device=session.device,
+                            log=ctx.log,
+                        )
             except BatchSkipped:
                 ctx.log(f"skipped batch {b + 1} of {p.batch_count}")
                 continue
@@ -1309,6 +1329,18 @@ class DitLadder:
                 g.set_state(state)  # a retry draws the same noise as an unbroken run
             self._recover(detail, first_try)
             first_try = False
+
+    def run_on(self, pipe: Any, call: dict[str, Any]) -> Any:
+        """``run`` on another view of the same components (hires fix's img2img pass): the
+        rungs climbed so far apply to it, as they are on the shared modules."""
+        own, self.pipe = self.pipe, pipe
+        size = self.width, self.height
+        self.width, self.height = int(call["width"]), int(call["height"])
+        try:
+            return self.run(call)
+        finally:
+            self.pipe = own
+            self.width, self.height = size
 
     def _call(self, call: dict[str, Any]) -> Any:
         offloaded = "offload" in self.applied or "sequential" in self.applied
