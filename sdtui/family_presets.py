@@ -135,9 +135,6 @@ DIT_LACKS = INPAINT_FIELDS | {
     "subseed",
     "subseed_strength",
     "cfg_rescale",
-    "restore_faces",
-    "face_restoration_model",
-    "code_former_weight",
     "refiner_checkpoint",
     "refiner_switch_at",
 }

@@ -106,3 +106,19 @@ def test_denoise_0_keeps_the_upscaled_first_pass(flux_session: Any, tmp_path: Pa
 def test_an_unknown_hires_upscaler_is_said_before_a_step(flux_session: Any, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="4x-Nothing"):
         job(flux_session, _params(hr_upscaler="4x-Nothing"), tmp_path / "x", NAMES["flux"])
+
+
+def test_restore_faces_without_weights_fails_before_a_step(
+    flux_session: Any, tmp_path: Path
+) -> None:
+    """ "Restore faces" runs on these families after decoding, through SD's code
+    (tests/test_faces.py); its weights are checked when the job starts, so a missing file is
+    said before a step is spent, and nothing is saved."""
+    from sdtui.family_presets import hidden_fields
+
+    assert "restore_faces" not in hidden_fields("Flux.1 dev")  # the form shows the row
+    p = _params(enable_hr=False, restore_faces=True, face_restoration_model="CodeFormer")
+    with pytest.raises(UserError) as err:
+        job(flux_session, p, tmp_path / "out", NAMES["flux"])
+    assert "codeformer-v0.1.0.pth" in str(err.value) and "Codeformer" in str(err.value)
+    assert not list((tmp_path / "out").rglob("*.png"))

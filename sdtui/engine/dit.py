@@ -692,7 +692,6 @@ def check_params(p: Any, family: ModelFamily) -> Any:
         ("a refiner", p.refiner_checkpoint is not None),
         ("variation seeds", p.subseed_strength > 0),
         ("CFG Rescale", p.cfg_rescale > 0),
-        ("face restoration", p.restore_faces),
         ("a separate VAE", p.vae not in ("Automatic", "None")),
     ]
     asked = [name for name, on in unsupported if on]
@@ -905,6 +904,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     ImageSaved; returns JobDone. Raises UserError for what these models cannot do yet."""
     from PIL import Image
 
+    from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
     from sdtui.engine.inpaint import read_init_image, resize_image
     from sdtui.engine.job import BatchSkipped, JobCancelled, job_settings
     from sdtui.infotext import format_infotext
@@ -914,6 +914,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     t_start = time.perf_counter()
     family: ModelFamily = session.loaded.family
     p = check_params(params, family)
+    check_restore_faces(p, job_settings(session, ctx))  # missing weights: said before a step
     pipe = session.txt2img
     flux = family.family == "Flux"
     if flux and p.cfg_scale > 1:
@@ -1039,6 +1040,10 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             finally:
                 if sampler is not None:
                     sampler.close()  # a stopped call leaves its sampler thread waiting
+            # A1111: restore faces after decoding, before saving
+            images = restore_faces_for_job(
+                images, p, job_settings(session, ctx), ctx.log, device=session.device
+            )
             for k, image in enumerate(images):
                 index, seed = indices[k], seeds[k]
                 info = format_infotext(
