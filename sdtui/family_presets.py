@@ -111,33 +111,20 @@ PRESETS: dict[str, FamilyPreset] = {
 # the fields a preset sets, and sdtui's stock values of them (GenerationParams' defaults)
 PRESET_FIELDS = ("sampler", "schedule_type", "cfg_scale", "steps", "width", "height")
 
-# what Flux.1 and SD3.5 run without in sdtui for now (sdtui.engine.dit refuses each):
-# hires fix, inpainting/outpainting, a separate VAE, clip skip, variation seeds, rescaled
-# CFG, face restoration, the refiner
-HIRES_FIELDS = frozenset(
-    {"enable_hr", "hr_scale", "hr_second_pass_steps", "hr_upscaler", "hr_denoising_strength"}
-)
-INPAINT_FIELDS = frozenset(
+# what Flux.1 and SD3.5 run without in sdtui for now (sdtui.engine.dit refuses each): a
+# separate VAE, clip skip (CLIP-L's last layer is what they read), variation seeds, rescaled
+# CFG, the refiner
+DIT_LACKS = frozenset(
     {
-        "mask",
-        "mask_blur",
-        "inpaint_full_res_padding",
-        "inpainting_fill",
-        "inpaint_full_res",
-        "inpainting_mask_invert",
-        "outpaint_pixels",
-        "outpaint_sides",
+        "vae",
+        "clip_skip",
+        "subseed",
+        "subseed_strength",
+        "cfg_rescale",
+        "refiner_checkpoint",
+        "refiner_switch_at",
     }
 )
-DIT_LACKS = INPAINT_FIELDS | {
-    "vae",
-    "clip_skip",
-    "subseed",
-    "subseed_strength",
-    "cfg_rescale",
-    "refiner_checkpoint",
-    "refiner_switch_at",
-}
 DISTILLED = "distilled_cfg_scale"
 
 

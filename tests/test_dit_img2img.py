@@ -309,14 +309,15 @@ def test_the_init_image_is_read_as_sdtui_reads_it(tmp_path: Path) -> None:
     assert ours.getpixel((12, 35)) == (255, 255, 255)  # transparent: white, as A1111
 
 
-def test_inpainting_and_outpainting_stay_refused() -> None:
+def test_what_stays_refused_is_said() -> None:
     flux = ModelFamily("Flux", "flux1-schnell", variant="schnell")
     p = _params(Path("x.png"))
     assert check_params(p, flux).init_image == "x.png"
-    with pytest.raises(UserError, match="inpainting not supported yet"):
-        check_params(p.replace(mask="m.png"), flux)
-    with pytest.raises(UserError, match="outpainting not supported yet"):
-        check_params(p.replace(outpaint_pixels=64), flux)
+    assert check_params(p.replace(mask="m.png"), flux).mask == "m.png"  # tests/test_dit_inpaint.py
+    with pytest.raises(UserError, match="variation seeds not supported yet"):
+        check_params(p.replace(subseed_strength=0.5), flux)
+    with pytest.raises(UserError, match="a refiner not supported yet"):
+        check_params(p.replace(refiner_checkpoint="r"), flux)
 
 
 def test_the_form_keeps_the_img2img_rows_for_these_families() -> None:
@@ -325,4 +326,5 @@ def test_the_form_keeps_the_img2img_rows_for_these_families() -> None:
     rows = {"init_image", "denoising_strength", "resize_mode"}
     for family in ("Flux.1 dev", "Flux.1 schnell", "SD3.5 medium", "SD3.5 large"):
         assert not rows & hidden_fields(family)
-        assert {"mask", "outpaint_pixels"} <= hidden_fields(family)  # still refused
+        assert not {"mask", "outpaint_pixels"} & hidden_fields(family)  # inpainting runs
+        assert {"subseed", "refiner_checkpoint"} <= hidden_fields(family)  # still refused

@@ -373,7 +373,7 @@ def test_masked_content_fill_paints_the_hole_from_around_it_before_encoding(tmp_
 
 
 def test_latent_noise_is_the_jobs_first_seeds_noise_as_a1111_draws_it():
-    from sdtui.engine.generate import _masked_content
+    from sdtui.engine.generate import masked_content
     from sdtui.engine.latents import make_noise
 
     p = GenerationParams(**TINY, batch_size=2, batch_count=2, inpainting_fill="latent noise")
@@ -381,11 +381,11 @@ def test_latent_noise_is_the_jobs_first_seeds_noise_as_a1111_draws_it():
     latmask = torch.zeros(1, 1, 8, 8)
     latmask[..., :4, :] = 1
     # the second batch (images 2, 3): A1111's init draws from all_seeds[0:batch_size]
-    out = _masked_content(p, latents, latmask, [2, 3], (4, 8, 8))
+    out = masked_content(p, latents, latmask, [2, 3], (4, 8, 8))
     for k in range(2):
         assert torch.equal(out[k, :, :4], make_noise(5 + k, (4, 8, 8), None, 0)[:, :4])
         assert (out[k, :, 4:] == 1).all()
-    nothing = _masked_content(
+    nothing = masked_content(
         p.replace(inpainting_fill="latent nothing"), latents, latmask, [0, 1], (4, 8, 8)
     )
     assert (nothing[:, :, :4] == 0).all() and (nothing[:, :, 4:] == 1).all()

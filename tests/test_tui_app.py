@@ -1273,8 +1273,9 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         await pilot.pause(0.2)
         assert host.loaded == ["flux1-dev"]
         assert _on_screen(form, "distilled_cfg_scale") and _on_screen(form, "cfg_scale")
-        assert not form.query_one("#inpaint", Collapsible).display
-        assert form.query_one("#hires", Collapsible).display
+        assert form.query_one("#hires", Collapsible).display  # hires fix runs on Flux
+        # inpainting too (its section shows in img2img mode)
+        assert not form.query_one("#inpaint", Collapsible).has_class("family-hidden")
         for name in ("refiner_checkpoint", "clip_skip", "subseed", "vae"):
             assert not _on_screen(form, name)
         assert _on_screen(form, "memory_mode") or form.query_one("#more", Collapsible).collapsed
@@ -1320,7 +1321,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         host2.events = [msg.ModelLoaded("flux1-schnell", "Flux.1 schnell", 0.1, 1, "/m")]
         await wait_for(pilot, lambda: "Forge's preset" in log_text(app2), 10)
         assert app2.main.form.raw_values()["steps"] == "4"
-        assert not app2.main.form.query_one("#inpaint", Collapsible).display
+        assert not _on_screen(app2.main.form, "refiner_checkpoint")
 
 
 # -- snapshots --------------------------------------------------------------------------------

@@ -687,8 +687,6 @@ def check_params(p: Any, family: ModelFamily) -> Any:
             "Automatic or Simple"
         )
     unsupported = [
-        ("inpainting", p.mask is not None),
-        ("outpainting", p.outpaint_pixels > 0),
         ("a refiner", p.refiner_checkpoint is not None),
         ("variation seeds", p.subseed_strength > 0),
         ("CFG Rescale", p.cfg_rescale > 0),
@@ -697,7 +695,7 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     asked = [name for name, on in unsupported if on]
     if asked:
         raise UserError(
-            f"{label} runs txt2img, img2img and hires fix in this version of sdtui: {', '.join(asked)} "
+            f"{label} runs txt2img, img2img, inpainting and hires fix in this version of sdtui: {', '.join(asked)} "
             "not supported yet for it — turn it off, or use an SD 1.x/SDXL model"
         )
     if p.width % 16 or p.height % 16:
@@ -904,7 +902,9 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     ImageSaved; returns JobDone. Raises UserError for what these models cannot do yet."""
     from PIL import Image
 
+    from sdtui.engine import inpaint
     from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
+    from sdtui.engine.generate import masked_content
     from sdtui.engine.inpaint import read_init_image, resize_image
     from sdtui.engine.job import BatchSkipped, JobCancelled, job_settings
     from sdtui.infotext import format_infotext
@@ -932,12 +932,35 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     init: Image.Image | None = None
     strength = 1.0
     steps = p.steps  # the schedule steps that run in each batch
+    job: inpaint.InpaintJob | None = None
     if p.init_image is not None:
         limit = getattr(ctx.settings, "max_image_megapixels", None)
-        # A1111's resize modes, as sdtui.engine.generate.resize_image applies them
-        init = resize_image(p.resize_mode, read_init_image(p.init_image, limit), p.width, p.height)
+        source = read_init_image(p.init_image, limit)
+        if p.inpainting:  # A1111's img2img init up to the VAE (sdtui.engine.inpaint), as SD
+            mask = inpaint.load_mask(p.mask, limit) if p.mask is not None else None
+            job = inpaint.prepare(p, source, mask, ctx.log)
+            init = job.image
+            p = p.replace(width=job.width, height=job.height, inpaint_full_res=job.only_masked)
+            if job.latent_mask is None:  # a blank mask: plain img2img, as in A1111
+                job = None
+            if p.width % 16 or p.height % 16:
+                raise UserError(
+                    f"the outpainted canvas is {p.width}x{p.height}; {family.label} needs "
+                    "multiples of 16: make the image or the outpaint pixels a multiple of 16"
+                )
+        else:
+            # A1111's resize modes, as sdtui.engine.generate.resize_image applies them
+            init = resize_image(p.resize_mode, source, p.width, p.height)
         steps, strength = img2img_strength(p)
-    sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
+    if job is not None:
+        # inpainting always runs the k-diffusion stand-in (its Euler is diffusers' Euler): it
+        # blends the latents with the init's outside the mask after each call, as A1111
+        sampler = make_flow_sampler(pipe, p.sampler, p, flux, start=p.steps - steps)
+        factor = int(pipe.vae_scale_factor)
+        assert job.latent_mask is not None
+        sampler.mask = inpaint.latent_mask(job.latent_mask, p.height // factor, p.width // factor)
+    else:
+        sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
     hires = None
     if p.enable_hr and init is None:
         from sdtui.engine.dit_hires import DitHires
@@ -976,6 +999,13 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             if sampler is not None:  # step noise: each image's generator, after its first draw
                 sampler.generators, sampler.seeds = generators, seeds
+                latmask = sampler.mask
+                if latmask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
+
+                    def fill(latents: Any, m: Any = latmask, ix: list[int] = indices) -> Any:
+                        return masked_content(p, latents, m, ix, tuple(latents.shape[1:]))
+
+                    sampler.fill = fill
             reporter = StepProgress(ctx, p, b, family.family, calls + hr_calls)
 
             def stepper(offset: int, height: int, width: int, r: Any = reporter) -> Any:
@@ -1040,10 +1070,12 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             finally:
                 if sampler is not None:
                     sampler.close()  # a stopped call leaves its sampler thread waiting
-            # A1111: restore faces after decoding, before saving
+            # A1111: restore faces after decoding, then the original over the unmasked pixels
             images = restore_faces_for_job(
                 images, p, job_settings(session, ctx), ctx.log, device=session.device
             )
+            if job is not None and job.overlay is not None:
+                images = [inpaint.apply_overlay(im, job.paste_to, job.overlay) for im in images]
             for k, image in enumerate(images):
                 index, seed = indices[k], seeds[k]
                 info = format_infotext(

@@ -93,6 +93,14 @@ class FlowKSampler:
         self.noise_shape = noise_shape
         self.pack = pack
         self.start = start
+        # inpainting: A1111's latent mask blend (sdtui.engine.sampling.LatentBlend) of the
+        # denoised prediction after each call and of the result, with the init latents the
+        # pipeline noises (``scale_noise`` sees them); ``fill`` changes those first (masked
+        # content "latent noise" / "latent nothing")
+        self.mask: torch.Tensor | None = None  # (1, 1, h, w), 1 = resampled
+        self.fill: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._init: torch.Tensor | None = None  # the init latents, as the pipeline lays out
+        self._nmask: torch.Tensor | None = None  # the mask, laid out so
         self.sigmas = torch.zeros(0)
         self.timesteps = torch.zeros(0)
         self._thread: threading.Thread | None = None
@@ -139,8 +147,22 @@ class FlowKSampler:
     def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> Any:
         """img2img's noised init latents at the first sigma run (diffusers' and Forge's flow
         noising: ``sigma * noise + (1 - sigma) * latents``)."""
+        if self.fill is not None:
+            sample = self.fill(sample)
+        if self.mask is not None:
+            init = sample.float()
+            nmask = self.mask.to(init).expand(init.shape[0], init.shape[1], -1, -1)
+            if self.pack is not None:
+                init, nmask = self.pack(init), self.pack(nmask.contiguous())
+            self._init, self._nmask = init, nmask
         sigma = self.sigmas[0].to(sample.device, torch.float32)
         return (sigma * noise.float() + (1 - sigma) * sample.float()).to(sample.dtype)
+
+    def _blend(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._init is None or self._nmask is None:
+            return latents
+        nmask = self._nmask.to(latents)
+        return latents * nmask + self._init.to(latents) * (1 - nmask)
 
     def step(
         self,
@@ -172,12 +194,12 @@ class FlowKSampler:
             v = self._replies.get()
             if v is _ABORT:
                 raise _Aborted
-            return x - sigma.view(-1, *[1] * (x.ndim - 1)).to(x) * v
+            return self._blend(x - sigma.view(-1, *[1] * (x.ndim - 1)).to(x) * v)
 
         def body() -> None:
             try:
                 with torch.inference_mode(inference):
-                    out = fn(model, x0, sigmas, noise)
+                    out = self._blend(fn(model, x0, sigmas, noise))
                 self._requests.put(("done", out, None))
             except _Aborted:
                 return

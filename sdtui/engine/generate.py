@@ -270,7 +270,7 @@ def run_generation(
             if init is not None:
                 call["image"] = encode_images(pipe, [init] * n, seeds)
                 if latmask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
-                    call["image"] = _masked_content(p, call["image"], latmask, indices, shape)
+                    call["image"] = masked_content(p, call["image"], latmask, indices, shape)
             elif second is not None:
                 call["hires_noise"] = hires_noise(p, seeds, subseeds, shape[0], pipes.vae_scale)
             try:
@@ -337,7 +337,7 @@ def run_generation(
     )
 
 
-def _masked_content(
+def masked_content(
     p: GenerationParams,
     latents: torch.Tensor,
     latmask: torch.Tensor,
