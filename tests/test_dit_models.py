@@ -697,7 +697,7 @@ def test_what_these_models_cannot_run_is_said() -> None:
     from sdtui.engine.dit import plain_prompt
     from sdtui.model_family import ModelFamily
 
-    # A1111 emphasis and BREAK are taken out of the text these pipelines read (weights: later)
+    # the CLIP encoders read the text without A1111's syntax (the weights go to T5)
     assert (
         plain_prompt("a (red:1.3) fox, [blurry] BREAK ((detailed))") == "a red fox, blurry detailed"
     )
@@ -705,8 +705,8 @@ def test_what_these_models_cannot_run_is_said() -> None:
     flux = ModelFamily("Flux", "flux1-dev", variant="dev")
     with pytest.raises(UserError, match=r"DDIM works in SD's timestep space.* Choose one of Euler"):
         check_params(FLUX_PARAMS.replace(sampler="DDIM"), flux)
-    with pytest.raises(UserError, match="inpainting not supported yet"):
-        check_params(FLUX_PARAMS.replace(init_image="x.png", mask="m.png", enable_hr=True), flux)
+    with pytest.raises(UserError, match="variation seeds, CFG Rescale not supported yet"):
+        check_params(FLUX_PARAMS.replace(subseed_strength=0.2, cfg_rescale=0.7), flux)
     with pytest.raises(UserError, match="multiples of 16, not 520x512"):
         check_params(FLUX_PARAMS.replace(width=520, height=512), flux)
 

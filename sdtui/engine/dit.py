@@ -807,7 +807,7 @@ class StepProgress(StepMeter):
 
 def plain_prompt(text: str) -> str:
     """A1111 prompt text without its emphasis syntax: "(cat:1.3)" reads "cat", BREAK goes.
-    These pipelines take text only; the weights are not applied to their encoders yet."""
+    What the CLIP encoders read; the weights go to T5 (sdtui.engine.dit_prompts)."""
     from sdtui.prompt_syntax import parse_prompt_attention
 
     runs = parse_prompt_attention(text)
@@ -903,6 +903,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     from PIL import Image
 
     from sdtui.engine import inpaint
+    from sdtui.engine.dit_prompts import t5_emphasis
     from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
     from sdtui.engine.generate import masked_content
     from sdtui.engine.inpaint import read_init_image, resize_image
@@ -925,10 +926,10 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     # the LoRA tags apply (dit_loras) and leave the text, in the negative prompt too (A1111)
     texts = strip_extra_networks(p.prompt), strip_extra_networks(p.negative_prompt)
     prompt, negative = plain_prompt(texts[0]), plain_prompt(texts[1])
-    if (prompt, negative) != tuple(" ".join(t.split()) for t in texts):
-        ctx.log(
-            f"{family.label} reads the prompt as plain text: emphasis weights and BREAK are left out"
-        )
+    if any("BREAK" in t for t in texts) and (prompt, negative) != tuple(
+        " ".join(t.split()) for t in texts
+    ):
+        ctx.log(f"{family.label} encodes one T5 sequence: BREAK is left out")
     init: Image.Image | None = None
     strength = 1.0
     steps = p.steps  # the schedule steps that run in each batch
@@ -986,7 +987,15 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
         height=p.height,
         log=ctx.log,
     )
-    with dit_loras(session, p, ctx, family) as extra, ladder:
+    views = [pipe] + ([hires.view] if hires is not None else [])
+    weighted_texts = {prompt: texts[0], negative: texts[1]}
+    with (
+        dit_loras(session, p, ctx, family) as extra,
+        ladder,
+        t5_emphasis(views, weighted_texts, flux) as weighted,
+    ):
+        if weighted:
+            ctx.log(f"{family.label}: emphasis weights apply to T5, as Forge applies them")
         for b in range(p.batch_count):
             indices = [
                 b * p.batch_size + i
