@@ -112,14 +112,11 @@ PRESETS: dict[str, FamilyPreset] = {
 PRESET_FIELDS = ("sampler", "schedule_type", "cfg_scale", "steps", "width", "height")
 
 # what Flux.1 and SD3.5 run without in sdtui for now (sdtui.engine.dit refuses each): a
-# separate VAE, clip skip (CLIP-L's last layer is what they read), variation seeds, rescaled
-# CFG, the refiner
+# separate VAE, clip skip (CLIP-L's last layer is what they read), rescaled CFG, the refiner
 DIT_LACKS = frozenset(
     {
         "vae",
         "clip_skip",
-        "subseed",
-        "subseed_strength",
         "cfg_rescale",
         "refiner_checkpoint",
         "refiner_switch_at",

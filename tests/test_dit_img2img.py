@@ -314,8 +314,8 @@ def test_what_stays_refused_is_said() -> None:
     p = _params(Path("x.png"))
     assert check_params(p, flux).init_image == "x.png"
     assert check_params(p.replace(mask="m.png"), flux).mask == "m.png"  # tests/test_dit_inpaint.py
-    with pytest.raises(UserError, match="variation seeds not supported yet"):
-        check_params(p.replace(subseed_strength=0.5), flux)
+    with pytest.raises(UserError, match="CFG Rescale not supported yet"):
+        check_params(p.replace(cfg_rescale=0.5), flux)
     with pytest.raises(UserError, match="a refiner not supported yet"):
         check_params(p.replace(refiner_checkpoint="r"), flux)
 
@@ -327,4 +327,4 @@ def test_the_form_keeps_the_img2img_rows_for_these_families() -> None:
     for family in ("Flux.1 dev", "Flux.1 schnell", "SD3.5 medium", "SD3.5 large"):
         assert not rows & hidden_fields(family)
         assert not {"mask", "outpaint_pixels"} & hidden_fields(family)  # inpainting runs
-        assert {"subseed", "refiner_checkpoint"} <= hidden_fields(family)  # still refused
+        assert {"cfg_rescale", "refiner_checkpoint"} <= hidden_fields(family)  # still refused

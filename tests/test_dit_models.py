@@ -705,8 +705,8 @@ def test_what_these_models_cannot_run_is_said() -> None:
     flux = ModelFamily("Flux", "flux1-dev", variant="dev")
     with pytest.raises(UserError, match=r"DDIM works in SD's timestep space.* Choose one of Euler"):
         check_params(FLUX_PARAMS.replace(sampler="DDIM"), flux)
-    with pytest.raises(UserError, match="variation seeds, CFG Rescale not supported yet"):
-        check_params(FLUX_PARAMS.replace(subseed_strength=0.2, cfg_rescale=0.7), flux)
+    with pytest.raises(UserError, match="a refiner, CFG Rescale not supported yet"):
+        check_params(FLUX_PARAMS.replace(refiner_checkpoint="r", cfg_rescale=0.7), flux)
     with pytest.raises(UserError, match="multiples of 16, not 520x512"):
         check_params(FLUX_PARAMS.replace(width=520, height=512), flux)
 

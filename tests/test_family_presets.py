@@ -67,17 +67,19 @@ def test_each_family_hides_the_fields_it_does_not_have() -> None:
     dev, schnell, sd35 = (hidden_fields(f) for f in ("Flux.1 dev", "Flux.1 schnell", "SD3.5 large"))
     assert dev <= names and schnell <= names  # each one a row of the form
     assert "distilled_cfg_scale" not in dev and "distilled_cfg_scale" in schnell & sd35
-    for gone in ("refiner_checkpoint", "subseed", "clip_skip", "vae"):
+    for gone in ("refiner_checkpoint", "clip_skip", "vae", "cfg_rescale"):
         assert gone in dev and gone in sd35
     for kept in ("sampler", "cfg_scale", "steps", "width", "seed", "batch_size", "memory_mode"):
         assert kept not in dev
-    for kept in ("enable_hr", "hr_upscaler", "mask", "outpaint_pixels", "restore_faces"):
-        assert kept not in dev and kept not in sd35  # hires fix, inpainting, faces run
-    # what an SD model's form keeps (a VAE, a variation seed) is not sent to Flux, which
-    # refuses it; hires fix is sent
-    sd = GenerationParams(enable_hr=True, vae="x.safetensors", subseed_strength=0.3)
+    for kept in ("enable_hr", "mask", "outpaint_pixels", "restore_faces", "subseed_strength"):
+        assert kept not in dev and kept not in sd35  # hires fix, inpainting, faces, variation
+    # what an SD model's form keeps (a VAE, clip skip) is not sent to Flux, which refuses
+    # it; hires fix and a variation seed are sent
+    sd = GenerationParams(enable_hr=True, vae="x.safetensors", subseed_strength=0.3, clip_skip=2)
     flux = without_hidden(sd, "Flux.1 dev")
-    assert (flux.enable_hr, flux.vae, flux.subseed_strength) == (True, "Automatic", 0.0)
+    assert (flux.enable_hr, flux.vae, flux.subseed_strength, flux.clip_skip) == (
+        True, "Automatic", 0.3, 1,
+    )  # fmt: skip
     assert without_hidden(sd, "SDXL") == sd
 
 

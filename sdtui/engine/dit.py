@@ -688,7 +688,6 @@ def check_params(p: Any, family: ModelFamily) -> Any:
         )
     unsupported = [
         ("a refiner", p.refiner_checkpoint is not None),
-        ("variation seeds", p.subseed_strength > 0),
         ("CFG Rescale", p.cfg_rescale > 0),
         ("a separate VAE", p.vae not in ("Automatic", "None")),
     ]
@@ -707,12 +706,18 @@ def check_params(p: Any, family: ModelFamily) -> Any:
 
 
 def infotext_pairs(
-    p: Any, family: ModelFamily, seed: int, ctx: Any, extra: dict[str, object] | None = None
+    p: Any,
+    family: ModelFamily,
+    seed: int,
+    ctx: Any,
+    extra: dict[str, object] | None = None,
+    subseed: int | None = None,
 ) -> dict[str, object]:
     """The key/value line Forge writes for these families: Sampler Euler, Schedule type
     Simple, and for Flux dev "Distilled CFG Scale" right after "CFG scale"."""
     pairs = p.infotext_pairs(
         seed=seed,
+        subseed=subseed,
         model_name=ctx.model_name,
         model_hash=ctx.model_hash,
         extra={"RNG": "CPU", **(extra or {})},
@@ -897,6 +902,32 @@ def img2img_strength(p: Any) -> tuple[int, float]:
     return run, (run - 0.5) / steps
 
 
+def latent_shape(pipe: Any, width: int, height: int, flux: bool) -> tuple[int, int, int]:
+    """One image's latent as its pipeline draws the noise: (C, H/8, W/8); Flux's C is its
+    transformer's input / 4 (it packs 2x2 patches)."""
+    f = int(pipe.vae_scale_factor)
+    if flux:
+        c = int(pipe.transformer.config.in_channels) // 4
+        return c, 2 * (height // (2 * f)), 2 * (width // (2 * f))
+    return int(pipe.transformer.config.in_channels), height // f, width // f
+
+
+def variation_noise(
+    pipe: Any, p: Any, seeds: list[int], subseeds: list[int], size: tuple[int, int], flux: bool
+) -> torch.Tensor:
+    """A1111's first noise with a variation seed (``ImageRNG.first``: the seed's noise
+    slerped toward the variation seed's), one (C, h, w) per image, stacked."""
+    from sdtui.engine.latents import make_noise
+
+    shape = latent_shape(pipe, size[0], size[1], flux)
+    return torch.stack(
+        [
+            make_noise(s, shape, ss, p.subseed_strength)
+            for s, ss in zip(seeds, subseeds, strict=True)
+        ]
+    )
+
+
 def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     """One txt2img or img2img job on a Flux.1 / SD3.5 model; emits JobStarted, Progress,
     ImageSaved; returns JobDone. Raises UserError for what these models cannot do yet."""
@@ -905,7 +936,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     from sdtui.engine import inpaint
     from sdtui.engine.dit_prompts import t5_emphasis
     from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
-    from sdtui.engine.generate import masked_content
+    from sdtui.engine.generate import image_seeds, masked_content
     from sdtui.engine.inpaint import read_init_image, resize_image
     from sdtui.engine.job import BatchSkipped, JobCancelled, job_settings
     from sdtui.infotext import format_infotext
@@ -953,22 +984,32 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             # A1111's resize modes, as sdtui.engine.generate.resize_image applies them
             init = resize_image(p.resize_mode, source, p.width, p.height)
         steps, strength = img2img_strength(p)
-    if job is not None:
-        # inpainting always runs the k-diffusion stand-in (its Euler is diffusers' Euler): it
-        # blends the latents with the init's outside the mask after each call, as A1111
+    variation = p.subseed_strength > 0
+    if job is not None or (variation and init is not None):
+        # the k-diffusion stand-in (its Euler is diffusers' Euler) for what diffusers' own
+        # scheduler cannot do: inpainting's latent blend after each call, as A1111, and
+        # img2img's first noise from a variation seed
         sampler = make_flow_sampler(pipe, p.sampler, p, flux, start=p.steps - steps)
+    else:
+        sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
+    if job is not None and sampler is not None:
         factor = int(pipe.vae_scale_factor)
         assert job.latent_mask is not None
         sampler.mask = inpaint.latent_mask(job.latent_mask, p.height // factor, p.width // factor)
-    else:
-        sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
     hires = None
     if p.enable_hr and init is None:
         from sdtui.engine.dit_hires import DitHires
         from sdtui.upscalers import check_hires_upscaler
 
         check_hires_upscaler(p.hr_upscaler, job_settings(session, ctx).models)  # before a step
-        hires = DitHires(pipe, p, flux, pipeline_view, flow_sampler)
+
+        # a variation seed: the stand-in takes A1111's first noise of the hires pass too
+        def hires_sampler(view: Any, q: Any, fl: bool, start: int) -> FlowKSampler | None:
+            if variation:
+                return make_flow_sampler(view, q.sampler, q, fl, start)
+            return flow_sampler(view, q, fl, start)
+
+        hires = DitHires(pipe, p, flux, pipeline_view, hires_sampler)
     pipe = pipeline_view(pipe, img2img=init is not None, scheduler=sampler)
     # Progress counts model calls (Heun: 2 a step), the hires pass's after the first's
     calls = ksampling.model_calls(p.sampler, steps)
@@ -1004,8 +1045,13 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             ]
             if not indices:
                 continue
-            seeds = [p.seed + i for i in indices]
+            seeds, subseeds = image_seeds(p, indices)  # a variation: one seed, its subseeds
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            first_noise = None
+            if variation:
+                first_noise = variation_noise(pipe, p, seeds, subseeds, (p.width, p.height), flux)
+                for g in generators:  # past the first draw, as ImageRNG.first() leaves them
+                    torch.randn(first_noise.shape[1:], generator=g)
             if sampler is not None:  # step noise: each image's generator, after its first draw
                 sampler.generators, sampler.seeds = generators, seeds
                 latmask = sampler.mask
@@ -1043,6 +1089,12 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 # one copy per image: image i's generator encodes its own copy, then draws its
                 # noise, so image i is the same alone as in a batch
                 call |= dict(image=[init] * len(indices), strength=strength)
+                if sampler is not None:
+                    sampler.initial_noise = first_noise
+            elif first_noise is not None:
+                c, h, w = first_noise.shape[1:]
+                packed = pipe._pack_latents(first_noise, len(indices), c, h, w) if flux else None
+                call["latents"] = packed if packed is not None else first_noise
             if flux:
                 call |= dict(
                     guidance_scale=p.distilled_cfg_scale,
@@ -1064,6 +1116,13 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                             images,
                             call,
                             seeds,
+                            noise=(
+                                variation_noise(
+                                    pipe, p, seeds, subseeds, (hires.width, hires.height), flux
+                                )
+                                if variation
+                                else None
+                            ),
                             run=ladder.run_on,
                             on_step=stepper(calls, hires.height, hires.width),
                             models_dir=Path(job_settings(session, ctx).models),
@@ -1087,9 +1146,8 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 images = [inpaint.apply_overlay(im, job.paste_to, job.overlay) for im in images]
             for k, image in enumerate(images):
                 index, seed = indices[k], seeds[k]
-                info = format_infotext(
-                    p.prompt, p.negative_prompt, infotext_pairs(p, family, seed, ctx, extra)
-                )
+                pairs = infotext_pairs(p, family, seed, ctx, extra, subseed=subseeds[k])
+                info = format_infotext(p.prompt, p.negative_prompt, pairs)
                 path = ctx.layout.save_image(image, p.mode, seed, info)
                 saved[index] = str(path)
                 made[index] = image

@@ -98,6 +98,7 @@ class DitHires:
         first: Any,
         call: dict[str, Any],
         seeds: list[int],
+        noise: torch.Tensor | None,
         run: Callable[[Any, dict[str, Any]], Any],
         on_step: Callable[..., Any],
         models_dir: Path,
@@ -105,7 +106,8 @@ class DitHires:
         log: Any,
     ) -> list[Any]:
         """Upscale ``first`` and run the second pass (``run(view, call)``: the job's memory
-        ladder); the images at the hires size."""
+        ladder); the images at the hires size. ``noise``: the pass's first noise when a
+        variation seed makes it (A1111's hires ImageRNG, slerped), else the generators draw it."""
         image = self.upscaled(first, models_dir, device, log)
         if not self.steps:
             log("hires fix: denoising strength 0; upscaled without a second pass")
@@ -114,7 +116,12 @@ class DitHires:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         if self.sampler is not None:
             self.sampler.generators, self.sampler.seeds = generators, list(seeds)
-        second = {k: v for k, v in call.items() if k not in ("image", "strength", "output_type")}
+            self.sampler.initial_noise = noise
+            if noise is not None:
+                for g in generators:  # past the first draw, as ImageRNG.first() leaves them
+                    torch.randn(tuple(noise.shape[1:]), generator=g)
+        skip = ("image", "strength", "output_type", "latents")
+        second = {k: v for k, v in call.items() if k not in skip}
         second |= dict(
             image=image,
             # exactly ``steps`` of a ``schedule``-long schedule (see sdtui.engine.dit's

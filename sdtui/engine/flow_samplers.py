@@ -99,6 +99,9 @@ class FlowKSampler:
         # content "latent noise" / "latent nothing")
         self.mask: torch.Tensor | None = None  # (1, 1, h, w), 1 = resampled
         self.fill: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # img2img with a variation seed: A1111's slerped first noise (B, C, h, w) replaces the
+        # pipeline's draw
+        self.initial_noise: torch.Tensor | None = None
         self._init: torch.Tensor | None = None  # the init latents, as the pipeline lays out
         self._nmask: torch.Tensor | None = None  # the mask, laid out so
         self.sigmas = torch.zeros(0)
@@ -149,6 +152,8 @@ class FlowKSampler:
         noising: ``sigma * noise + (1 - sigma) * latents``)."""
         if self.fill is not None:
             sample = self.fill(sample)
+        if self.initial_noise is not None:
+            noise = self.initial_noise.to(noise)
         if self.mask is not None:
             init = sample.float()
             nmask = self.mask.to(init).expand(init.shape[0], init.shape[1], -1, -1)
