@@ -111,11 +111,10 @@ PRESETS: dict[str, FamilyPreset] = {
 # the fields a preset sets, and sdtui's stock values of them (GenerationParams' defaults)
 PRESET_FIELDS = ("sampler", "schedule_type", "cfg_scale", "steps", "width", "height")
 
-# what Flux.1 and SD3.5 run without in sdtui for now (sdtui.engine.dit refuses each): a
-# separate VAE, clip skip (CLIP-L's last layer is what they read), rescaled CFG, the refiner
+# what Flux.1 and SD3.5 run without in sdtui for now (sdtui.engine.dit refuses each): clip
+# skip (CLIP-L's last layer is what they read), rescaled CFG, the refiner
 DIT_LACKS = frozenset(
     {
-        "vae",
         "clip_skip",
         "cfg_rescale",
         "refiner_checkpoint",

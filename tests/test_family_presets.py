@@ -67,19 +67,20 @@ def test_each_family_hides_the_fields_it_does_not_have() -> None:
     dev, schnell, sd35 = (hidden_fields(f) for f in ("Flux.1 dev", "Flux.1 schnell", "SD3.5 large"))
     assert dev <= names and schnell <= names  # each one a row of the form
     assert "distilled_cfg_scale" not in dev and "distilled_cfg_scale" in schnell & sd35
-    for gone in ("refiner_checkpoint", "clip_skip", "vae", "cfg_rescale"):
+    for gone in ("refiner_checkpoint", "clip_skip", "cfg_rescale"):
         assert gone in dev and gone in sd35
     for kept in ("sampler", "cfg_scale", "steps", "width", "seed", "batch_size", "memory_mode"):
         assert kept not in dev
-    for kept in ("enable_hr", "mask", "outpaint_pixels", "restore_faces", "subseed_strength"):
+    for kept in ("enable_hr", "mask", "restore_faces", "subseed_strength", "vae"):
         assert kept not in dev and kept not in sd35  # hires fix, inpainting, faces, variation
-    # what an SD model's form keeps (a VAE, clip skip) is not sent to Flux, which refuses
-    # it; hires fix and a variation seed are sent
+    # what an SD model's form keeps (clip skip, CFG rescale) is not sent to Flux, which
+    # refuses it; hires fix, a variation seed and a VAE are sent
     sd = GenerationParams(enable_hr=True, vae="x.safetensors", subseed_strength=0.3, clip_skip=2)
-    flux = without_hidden(sd, "Flux.1 dev")
+    flux = without_hidden(sd.replace(cfg_rescale=0.7), "Flux.1 dev")
     assert (flux.enable_hr, flux.vae, flux.subseed_strength, flux.clip_skip) == (
-        True, "Automatic", 0.3, 1,
+        True, "x.safetensors", 0.3, 1,
     )  # fmt: skip
+    assert flux.cfg_rescale == 0
     assert without_hidden(sd, "SDXL") == sd
 
 

@@ -1276,7 +1276,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         assert form.query_one("#hires", Collapsible).display  # hires fix runs on Flux
         # inpainting too (its section shows in img2img mode)
         assert not form.query_one("#inpaint", Collapsible).has_class("family-hidden")
-        for name in ("refiner_checkpoint", "clip_skip", "subseed", "vae"):
+        for name in ("refiner_checkpoint", "clip_skip", "cfg_rescale"):
             assert not _on_screen(form, name)
         assert _on_screen(form, "memory_mode") or form.query_one("#more", Collapsible).collapsed
         raw = form.raw_values()

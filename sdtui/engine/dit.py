@@ -689,7 +689,6 @@ def check_params(p: Any, family: ModelFamily) -> Any:
     unsupported = [
         ("a refiner", p.refiner_checkpoint is not None),
         ("CFG Rescale", p.cfg_rescale > 0),
-        ("a separate VAE", p.vae not in ("Automatic", "None")),
     ]
     asked = [name for name, on in unsupported if on]
     if asked:
@@ -1031,10 +1030,12 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     views = [pipe] + ([hires.view] if hires is not None else [])
     weighted_texts = {prompt: texts[0], negative: texts[1]}
     with (
-        dit_loras(session, p, ctx, family) as extra,
+        dit_vae(session, p, ctx) as vae_pairs,
+        dit_loras(session, p, ctx, family) as lora_pairs,
         ladder,
         t5_emphasis(views, weighted_texts, flux) as weighted,
     ):
+        extra = {**vae_pairs, **lora_pairs}
         if weighted:
             ctx.log(f"{family.label}: emphasis weights apply to T5, as Forge applies them")
         for b in range(p.batch_count):
@@ -1340,6 +1341,27 @@ def plan_dit_loras(
                 f"skipped (not in this model or of a kind sdtui does not apply)"
             )
     return plan
+
+
+@contextmanager
+def dit_vae(session: Any, p: Any, ctx: Any) -> Iterator[dict[str, object]]:
+    """The job's VAE choice (a file from models/VAE: Flux's ae.safetensors, SD3.5's VAE)
+    written into the model's own VAE for this job, as SD's (sdtui.engine.vae); yields the
+    ``VAE`` / ``VAE hash`` pairs. A 4-channel SD VAE is refused by its shapes."""
+    from sdtui.engine.extra_networks import pick_vae
+    from sdtui.engine.job import job_settings
+    from sdtui.engine.vae import swap_vae
+    from sdtui.extra_networks_index import vae_hash
+
+    vae = pick_vae(p.vae, getattr(session, "path", None), job_settings(session, ctx).models)
+    if vae is None:
+        yield {}
+        return
+    swapped = swap_vae(session.txt2img.vae, vae.path, session.vae_cache)
+    try:
+        yield {"VAE hash": vae_hash(vae.path), "VAE": vae.name}
+    finally:
+        swapped.restore()
 
 
 @contextmanager
