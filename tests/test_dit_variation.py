@@ -76,9 +76,15 @@ def test_img2img_and_hires_take_the_variation_too(
     plain, _ = job(session, i2i, tmp_path / "p", NAMES[which])
     varied, _ = job(session, i2i.replace(subseed_strength=0.8), tmp_path / "v", NAMES[which])
     assert pixel_diff(plain.paths[0], varied.paths[0]) > 0
+    # the pass's own noise (drawn after the VAE's sample) slerped toward the variation's: a
+    # strength near 0 is the plain picture (Euler through the stand-in: a grey level at most)
+    near, _ = job(session, i2i.replace(subseed_strength=1e-6), tmp_path / "n", NAMES[which])
+    assert pixel_diff(plain.paths[0], near.paths[0]) <= 1
     hires = _params(enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2, hr_denoising_strength=0.5)
     a, _ = job(session, hires, tmp_path / "h", NAMES[which])
     b, _ = job(session, hires.replace(subseed_strength=0.8), tmp_path / "hv", NAMES[which])
     assert pixel_diff(a.paths[0], b.paths[0]) > 0
+    near, _ = job(session, hires.replace(subseed_strength=1e-6), tmp_path / "hn", NAMES[which])
+    assert pixel_diff(a.paths[0], near.paths[0]) <= 1
     with Image.open(b.paths[0]) as im:
         assert im.size == (2 * W, 2 * H)

@@ -915,7 +915,8 @@ def variation_noise(
     pipe: Any, p: Any, seeds: list[int], subseeds: list[int], size: tuple[int, int], flux: bool
 ) -> torch.Tensor:
     """A1111's first noise with a variation seed (``ImageRNG.first``: the seed's noise
-    slerped toward the variation seed's), one (C, h, w) per image, stacked."""
+    slerped toward the variation seed's), one (C, h, w) per image, stacked: txt2img's, where
+    it is the seed generator's first draw."""
     from sdtui.engine.latents import make_noise
 
     shape = latent_shape(pipe, size[0], size[1], flux)
@@ -925,6 +926,19 @@ def variation_noise(
             for s, ss in zip(seeds, subseeds, strict=True)
         ]
     )
+
+
+def variation_toward(
+    pipe: Any, p: Any, subseeds: list[int], size: tuple[int, int], flux: bool
+) -> tuple[torch.Tensor, float]:
+    """(the variation seeds' noise, strength) for a pass whose pipeline draws its own noise
+    (img2img, the hires pass: after the VAE's sample): the stand-in slerps that draw toward
+    this, so a strength near 0 is the plain picture, as in txt2img."""
+    shape = latent_shape(pipe, size[0], size[1], flux)
+    sub = torch.stack(
+        [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in subseeds]
+    )
+    return sub, float(p.subseed_strength)
 
 
 def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
@@ -1049,7 +1063,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             seeds, subseeds = image_seeds(p, indices)  # a variation: one seed, its subseeds
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             first_noise = None
-            if variation:
+            if variation and init is None:  # txt2img: handed over as the pipeline's latents
                 first_noise = variation_noise(pipe, p, seeds, subseeds, (p.width, p.height), flux)
                 for g in generators:  # past the first draw, as ImageRNG.first() leaves them
                     torch.randn(first_noise.shape[1:], generator=g)
@@ -1090,8 +1104,10 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                 # one copy per image: image i's generator encodes its own copy, then draws its
                 # noise, so image i is the same alone as in a batch
                 call |= dict(image=[init] * len(indices), strength=strength)
-                if sampler is not None:
-                    sampler.initial_noise = first_noise
+                if sampler is not None and variation:
+                    sampler.variation = variation_toward(
+                        pipe, p, subseeds, (p.width, p.height), flux
+                    )
             elif first_noise is not None:
                 c, h, w = first_noise.shape[1:]
                 packed = pipe._pack_latents(first_noise, len(indices), c, h, w) if flux else None
@@ -1117,9 +1133,9 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
                             images,
                             call,
                             seeds,
-                            noise=(
-                                variation_noise(
-                                    pipe, p, seeds, subseeds, (hires.width, hires.height), flux
+                            variation=(
+                                variation_toward(
+                                    pipe, p, subseeds, (hires.width, hires.height), flux
                                 )
                                 if variation
                                 else None
@@ -1139,6 +1155,10 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             finally:
                 if sampler is not None:
                     sampler.close()  # a stopped call leaves its sampler thread waiting
+                if pipe is not session.txt2img or hires is not None:
+                    # a view has no offload hooks of its own: the model's pipeline puts its
+                    # parts back on the CPU (memory mode low), as after its own call
+                    session.txt2img.maybe_free_model_hooks()
             # A1111: restore faces after decoding, then the original over the unmasked pixels
             images = restore_faces_for_job(
                 images, p, job_settings(session, ctx), ctx.log, device=session.device

@@ -72,11 +72,28 @@ class DitHires:
         assert self.mode is not None
         return _upscale_latents(latents, (self.height // factor, self.width // factor), self.mode)
 
-    def _decode(self, latents: torch.Tensor) -> list[Any]:
+    def _decode(self, latents: torch.Tensor, log: Any) -> list[Any]:
+        """The upscaled latents as images (hires at denoise 0); out of memory at the hires
+        size, decoded again in tiles (the ladder's rung for a decode)."""
+        from sdtui.engine.memory import free_caches, is_oom
+
         vae = self.pipe.vae
         shift = vae.config.shift_factor or 0.0
-        z = latents.to(vae.dtype) / vae.config.scaling_factor + shift
-        images = vae.decode(z, return_dict=False)[0]
+        z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
+        try:
+            images = vae.decode(z, return_dict=False)[0]
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            images = None
+        if images is None:  # outside the except block: the error's tensors are gone
+            free_caches()
+            log("out of memory decoding the upscaled latents: decoding in tiles", "warning")
+            vae.enable_tiling()
+            try:
+                images = vae.decode(z, return_dict=False)[0]
+            finally:
+                vae.disable_tiling()
         return list(self.pipe.image_processor.postprocess(images, output_type="pil"))
 
     def upscaled(self, first: Any, models_dir: Path, device: Any, log: Any) -> Any:
@@ -98,7 +115,7 @@ class DitHires:
         first: Any,
         call: dict[str, Any],
         seeds: list[int],
-        noise: torch.Tensor | None,
+        variation: tuple[torch.Tensor, float] | None,
         run: Callable[[Any, dict[str, Any]], Any],
         on_step: Callable[..., Any],
         models_dir: Path,
@@ -106,20 +123,18 @@ class DitHires:
         log: Any,
     ) -> list[Any]:
         """Upscale ``first`` and run the second pass (``run(view, call)``: the job's memory
-        ladder); the images at the hires size. ``noise``: the pass's first noise when a
-        variation seed makes it (A1111's hires ImageRNG, slerped), else the generators draw it."""
+        ladder); the images at the hires size. ``variation``: the variation seeds' noise at
+        the hires size and the strength to slerp the pass's own noise toward it (A1111's
+        hires ImageRNG)."""
         image = self.upscaled(first, models_dir, device, log)
         if not self.steps:
             log("hires fix: denoising strength 0; upscaled without a second pass")
-            return self._decode(image) if isinstance(image, torch.Tensor) else image
+            return self._decode(image, log) if isinstance(image, torch.Tensor) else image
         # A1111's sample_hr_pass: a new ImageRNG of the same seeds for the pass's noise
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         if self.sampler is not None:
             self.sampler.generators, self.sampler.seeds = generators, list(seeds)
-            self.sampler.initial_noise = noise
-            if noise is not None:
-                for g in generators:  # past the first draw, as ImageRNG.first() leaves them
-                    torch.randn(tuple(noise.shape[1:]), generator=g)
+            self.sampler.variation = variation
         skip = ("image", "strength", "output_type", "latents")
         second = {k: v for k, v in call.items() if k not in skip}
         second |= dict(

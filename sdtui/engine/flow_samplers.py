@@ -99,9 +99,10 @@ class FlowKSampler:
         # content "latent noise" / "latent nothing")
         self.mask: torch.Tensor | None = None  # (1, 1, h, w), 1 = resampled
         self.fill: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # img2img with a variation seed: A1111's slerped first noise (B, C, h, w) replaces the
-        # pipeline's draw
-        self.initial_noise: torch.Tensor | None = None
+        # a variation seed where the pipeline draws the noise (img2img, the hires pass): the
+        # variation seeds' noise (B, C, h, w) and the strength to slerp that draw toward it
+        self.variation: tuple[torch.Tensor, float] | None = None
+        self._full = torch.zeros(0)  # the whole schedule (the Brownian trees span it)
         self._init: torch.Tensor | None = None  # the init latents, as the pipeline lays out
         self._nmask: torch.Tensor | None = None  # the mask, laid out so
         self.sigmas = torch.zeros(0)
@@ -131,7 +132,8 @@ class FlowKSampler:
             kwargs["mu"] = mu
         self.base.set_timesteps(**kwargs)
         # the schedule's sigmas from where this job starts, ending at 0
-        self.sigmas = self.base.sigmas[self.start :].to(torch.float32).cpu()
+        self._full = self.base.sigmas.to(torch.float32).cpu()
+        self.sigmas = self._full[self.start :]
         asked = call_sigmas(self.sampler, self.sigmas)
         steps = ksampling.model_calls(self.sampler, len(self.sigmas) - 1)
         if len(asked) != steps:  # a guard on the dry run, not a user error
@@ -152,8 +154,14 @@ class FlowKSampler:
         noising: ``sigma * noise + (1 - sigma) * latents``)."""
         if self.fill is not None:
             sample = self.fill(sample)
-        if self.initial_noise is not None:
-            noise = self.initial_noise.to(noise)
+        if self.variation is not None:  # A1111's ImageRNG.first, per image
+            from sdtui.engine.latents import slerp
+
+            sub, strength = self.variation
+            drawn = noise.float().cpu()
+            noise = torch.stack(
+                [slerp(strength, drawn[i], sub[i].float()) for i in range(drawn.shape[0])]
+            ).to(noise)
         if self.mask is not None:
             init = sample.float()
             nmask = self.mask.to(init).expand(init.shape[0], init.shape[1], -1, -1)
@@ -189,14 +197,18 @@ class FlowKSampler:
 
     def _start(self, sample: torch.Tensor) -> None:
         x0 = sample.float()
-        sigmas = self.sigmas.to(x0.device)
-        noise = self._noise(x0, sigmas)
+        # on the CPU, as SD's sampling keeps them: comparing a CUDA sigma with 0 would wait
+        # for the GPU at every step
+        sigmas = self.sigmas
+        noise = self._noise(x0, self._full)
         fn = ksampling.SIGMA_SAMPLERS[self.sampler]
         inference = torch.is_inference_mode_enabled()  # thread-local: carried over
+        # this run's own queues: a thread that outlived close() cannot reach the next run's
+        requests, replies = self._requests, self._replies
 
         def model(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            self._requests.put(("eval", x, sigma))
-            v = self._replies.get()
+            requests.put(("eval", x, sigma))
+            v = replies.get()
             if v is _ABORT:
                 raise _Aborted
             return self._blend(x - sigma.view(-1, *[1] * (x.ndim - 1)).to(x) * v)
@@ -205,11 +217,11 @@ class FlowKSampler:
             try:
                 with torch.inference_mode(inference):
                     out = self._blend(fn(model, x0, sigmas, noise))
-                self._requests.put(("done", out, None))
+                requests.put(("done", out, None))
             except _Aborted:
                 return
             except BaseException as e:  # handed to the pipeline's thread, raised there
-                self._requests.put(("error", e, None))
+                requests.put(("error", e, None))
 
         self._thread = threading.Thread(target=body, name="sdtui-flow-sampler", daemon=True)
         self._thread.start()
@@ -224,6 +236,8 @@ class FlowKSampler:
         return kind, x, sigma
 
     def _noise(self, x: torch.Tensor, sigmas: torch.Tensor) -> ksampling.Noise:
+        """The step noise; ``sigmas``: the whole schedule, which the Brownian trees span even
+        where img2img runs its tail (A1111's sample_img2img, SD's sampling.sample)."""
         if self.sampler in ksampling.BROWNIAN:
             return ksampling.brownian_noise(x, sigmas, self.seeds)
         draw = ksampling.ImageNoise(self.generators, self.noise_shape(x))
