@@ -15,7 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdtui.params import GenerationParams
-from sdtui.samplers import FLOW_SAMPLER_NAMES, SAMPLER_NAMES
+from sdtui.samplers import (
+    FLOW_SAMPLER_NAMES,
+    FLOW_SCHEDULE_TYPES,
+    SAMPLER_NAMES,
+    SCHEDULE_TYPES,
+)
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,11 @@ def sampler_names(family: str | None) -> tuple[str, ...]:
     """The samplers a family runs: all of A1111's, or on Flux.1 / SD3.5 (flow matching)
     the k-diffusion ones, as Forge (not DDIM, PLMS, UniPC)."""
     return FLOW_SAMPLER_NAMES if is_dit(family) else SAMPLER_NAMES
+
+
+def schedule_names(family: str | None) -> tuple[str, ...]:
+    """The schedule types a family runs: A1111's, or on Flux.1 / SD3.5 Forge's Simple."""
+    return FLOW_SCHEDULE_TYPES if is_dit(family) else SCHEDULE_TYPES
 
 
 def hidden_fields(family: str | None) -> frozenset[str]:

@@ -46,6 +46,8 @@ TIMESTEP_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC")
 FLOW_SAMPLER_NAMES: tuple[str, ...] = tuple(
     name for name in SAMPLER_NAMES if name not in TIMESTEP_SAMPLERS
 )
+# the schedule a flow model runs: Forge's "Simple" (its own shifted sigmas; "Automatic" too)
+FLOW_SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Simple")
 
 # "Automatic" = the sampler's own default; the rest map to diffusers sigma options.
 SCHEDULE_TYPES: tuple[str, ...] = (

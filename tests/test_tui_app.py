@@ -1288,6 +1288,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         # the Sampler list: what a flow model runs (Forge's k-diffusion ones, no DDIM/PLMS/UniPC)
         assert form._choices["sampler"] == list(FLOW_SAMPLER_NAMES)
         assert "DPM++ 2M" in form._choices["sampler"] and "DDIM" not in form._choices["sampler"]
+        assert form._choices["schedule_type"] == ["Automatic", "Simple"]
         await type_prompt(pilot, "a fox")
         await pilot.press("ctrl+g")
         await pilot.pause()
@@ -1310,6 +1311,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         )  # fmt: skip
         assert "sdtui's defaults" in log_text(app)
         assert form._choices["sampler"] == list(SAMPLER_NAMES)  # DDIM, PLMS, UniPC again
+        assert "Karras" in form._choices["schedule_type"]
 
     # a model not listed (yet): the family the engine's ModelLoaded names decides
     host2 = FakeHost()

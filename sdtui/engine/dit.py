@@ -45,6 +45,7 @@ from sdtui.model_family_dit import (
 )
 from sdtui.regular_files import shown
 from sdtui.safetensors_header import read_safetensors_header, read_safetensors_shapes
+from sdtui.samplers import FLOW_SCHEDULE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ VAE_FILES = {"Flux": "ae.safetensors", "SD3": "the SD3.5 VAE (sd3.5_vae.safetens
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 # Forge's settings for these families (its UI presets and infotext)
-SCHEDULES = ("Automatic", "Simple")  # Forge's "Simple" is the flow-matching default schedule
+SCHEDULES = FLOW_SCHEDULE_TYPES  # Forge's "Simple" is the flow-matching default schedule
 
 
 def is_dit_family(family: ModelFamily | str) -> bool:

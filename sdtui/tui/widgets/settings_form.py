@@ -23,7 +23,7 @@ from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Collapsible, Input, Label, Select
 
-from sdtui.family_presets import hidden_fields, sampler_names
+from sdtui.family_presets import hidden_fields, sampler_names, schedule_names
 from sdtui.safe_text import one_line
 from sdtui.tui import form_spec
 from sdtui.tui.form_spec import MODES, FieldSpec, Section
@@ -153,6 +153,7 @@ class SettingsForm(VerticalScroll):
         self.family = family
         # Flux.1 / SD3.5 list the samplers they run (a value already picked stays listed)
         self.update_choices("sampler", sampler_names(family))
+        self.update_choices("schedule_type", schedule_names(family))
         hidden = hidden_fields(family)
         if hidden == self._hidden:
             return  # SD1 after SDXL: the same rows (no restyle of the whole form)
@@ -230,6 +231,8 @@ class SettingsForm(VerticalScroll):
         if spec.kind == "choice":
             if spec.name == "sampler":
                 return self._select(spec.name, sampler_names(self.family), value)
+            if spec.name == "schedule_type":
+                return self._select(spec.name, schedule_names(self.family), value)
             return self._select(spec.name, spec.choices or self._given[spec.name], value)
         if spec.kind == "check":
             return Checkbox(spec.hint, bool(value), id=spec.name, compact=True, tooltip=tooltip)
