@@ -27,7 +27,8 @@ from test_dit_models import (  # noqa: F401 - fixtures
 )
 
 from sdtui.config import Settings
-from sdtui.engine.dit import dit_lora_index, dit_loras, flux_to_diffusers, plan_dit_loras
+from sdtui.engine.dit import flux_to_diffusers
+from sdtui.engine.dit_lora import dit_lora_index, dit_loras, plan_dit_loras
 from sdtui.engine.job import JobContext, JobControl
 from sdtui.engine.lora import LoraRequest
 from sdtui.engine.session import ModelSession

@@ -1,4 +1,4 @@
-"""The out-of-memory ladder of Flux.1 / SD3.5 jobs (sdtui.engine.dit.DitLadder), on the CPU.
+"""The out-of-memory ladder of Flux.1 / SD3.5 jobs (sdtui.engine.dit_memory.DitLadder), on the CPU.
 
 No GPU here: the one fake is the error, torch's real OutOfMemoryError raised by a forward hook
 on the transformer for its first N calls (as tests/test_memory.py injects it into the UNet).
