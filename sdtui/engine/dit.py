@@ -1004,7 +1004,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
     if job is not None or (variation and init is not None):
         # the k-diffusion stand-in (its Euler is diffusers' Euler) for what diffusers' own
         # scheduler cannot do: inpainting's latent blend after each call, as A1111, and
-        # img2img's first noise from a variation seed
+        # img2img's noise slerped toward a variation seed's
         sampler = make_flow_sampler(pipe, p.sampler, p, flux, start=p.steps - steps)
     else:
         sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
@@ -1019,7 +1019,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
 
         check_hires_upscaler(p.hr_upscaler, job_settings(session, ctx).models)  # before a step
 
-        # a variation seed: the stand-in takes A1111's first noise of the hires pass too
+        # a variation seed: the stand-in slerps the hires pass's own noise toward it too
         def hires_sampler(view: Any, q: Any, fl: bool, start: int) -> FlowKSampler | None:
             if variation:
                 return make_flow_sampler(view, q.sampler, q, fl, start)
