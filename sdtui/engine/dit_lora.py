@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sdtui.engine.dit import _FLUX_DOUBLE, _FLUX_QKV, _FLUX_TOP, _swap_scale_shift
+from sdtui.engine.dit_keys import _FLUX_DOUBLE, _FLUX_QKV, _FLUX_TOP, _swap_scale_shift
 from sdtui.errors import UserError
 from sdtui.model_family import ModelFamily
 from sdtui.regular_files import shown
