@@ -145,6 +145,14 @@ def sampler_names(family: str | None) -> tuple[str, ...]:
     return FLOW_SAMPLER_NAMES if is_dit(family) else SAMPLER_NAMES
 
 
+def t5_limit(family: str | None) -> int | None:
+    """The T5 sequence a family's prompt is read as (diffusers' max_sequence_length, as the
+    engine passes it: Flux.1 dev 512, schnell and SD3.5 256); None: CLIP's 75-token chunks."""
+    if not is_dit(family):
+        return None
+    return 512 if str(family) == "Flux.1 dev" else 256
+
+
 def schedule_names(family: str | None) -> tuple[str, ...]:
     """The schedule types a family runs: A1111's, or on Flux.1 / SD3.5 Forge's Simple."""
     return FLOW_SCHEDULE_TYPES if is_dit(family) else SCHEDULE_TYPES

@@ -185,6 +185,15 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 # -- extra networks -------------------------------------------------------------------------
 
 
+def plain_text(text: str) -> str:
+    """The prompt without A1111's syntax, as a text encoder that takes no weights reads it:
+    "(cat:1.3)" reads "cat", BREAK becomes a space, whitespace is collapsed."""
+    runs = parse_prompt_attention(text)
+    return " ".join(
+        "".join(" " if (t, w) == ("BREAK", BREAK_WEIGHT) else t for t, w in runs).split()
+    )
+
+
 def strip_extra_networks(text: str) -> str:
     """``text`` with every ``<name:args>`` tag removed (never raises)."""
     return RE_EXTRA_NETWORK.sub("", text)

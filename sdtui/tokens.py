@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdtui.clip_vocab import vocab_and_merges
@@ -22,6 +23,7 @@ from sdtui.prompt_syntax import (
     BREAK_WEIGHT,
     PromptSyntaxError,
     parse_prompt_attention,
+    plain_text,
     strip_extra_networks,
 )
 
@@ -242,6 +244,34 @@ def _embedding_table(embeddings: tuple[tuple[str, int], ...]) -> NameTable:
     usable = [(name, n) for name, n in embeddings if n > 0]
     names = tokenize([name for name, _ in usable])
     return name_table((name_ids, (0,) * n) for name_ids, (_, n) in zip(names, usable, strict=True))
+
+
+# the T5 tokenizer Flux.1 and SD3.5 read (sdtui.engine.t5_tokenizer bundles it; read here as a
+# file, so the UI counts without importing the engine)
+T5_TOKENIZER = Path(__file__).parent / "engine" / "assets" / "t5" / "tokenizer.json.gz"
+
+
+@lru_cache(maxsize=1)
+def t5_tokenizer() -> Tokenizer:
+    """The T5 tokenizer (``tokenizers``, built once from the bundled file)."""
+    import gzip
+
+    from tokenizers import Tokenizer
+
+    with gzip.open(T5_TOKENIZER, "rt", encoding="utf-8") as f:
+        return Tokenizer.from_str(f.read())
+
+
+def count_t5_tokens(prompt: str, limit: int) -> TokenCount:
+    """What Flux.1 / SD3.5's T5 reads of the prompt: its text without A1111's syntax (the
+    weights apply to these tokens, BREAK is left out) as one sequence of at most ``limit``
+    tokens with the closing ``</s>``; over it, the rest is cut off (``chunks`` 2 says so)."""
+    try:
+        text = plain_text(strip_extra_networks(prompt))
+    except PromptSyntaxError:  # a weight being typed ("(cat:1."): count the text as it is
+        text = " ".join(prompt.split())
+    tokens = len(t5_tokenizer().encode(text, add_special_tokens=False).ids) if text else 0
+    return TokenCount(tokens=tokens, chunks=1 if tokens + 1 <= limit else 2, limit=limit)
 
 
 @lru_cache(maxsize=512)

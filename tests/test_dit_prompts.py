@@ -100,3 +100,20 @@ def test_a_weighted_prompt_draws_another_picture(
     assert "_get_t5_prompt_embeds" not in vars(session.txt2img)
     again, _ = job(session, params, tmp_path / "again", NAMES[which])
     assert pixel_diff(plain.paths[0], again.paths[0]) == 0
+
+
+def test_the_ui_counts_the_tokens_t5_reads(flux_session: Any) -> None:
+    """sdtui.tokens.count_t5_tokens (torch-free, for the prompt box) counts what the engine's
+    T5 tokenizer makes of the text the pipeline gets, without the closing </s>."""
+    from sdtui.engine.dit import plain_prompt
+    from sdtui.tokens import count_t5_tokens
+
+    tokenizer = flux_session.txt2img.tokenizer_2
+    for prompt in ("a photo of a cat", "a (red:1.3) fox, [blurry] BREAK ((detailed)) 12 pm", ""):
+        ids = tokenizer(plain_prompt(prompt)).input_ids
+        count = count_t5_tokens(prompt, 256)
+        assert count.tokens == len(ids) - 1 and str(count) == f"{len(ids) - 1}/256"
+        assert count.chunks == 1
+    long = count_t5_tokens("fox " * 300, 256)
+    assert long.tokens == len(tokenizer("fox " * 300).input_ids) - 1 > 255
+    assert long.chunks == 2  # past 255 + </s>: cut off, shown as over

@@ -1242,6 +1242,12 @@ def test_sdtui_demo_starts_with_the_quick_form(tui_env: Settings) -> None:
 # -- Flux.1 / SD3.5: the family's rows and Forge's preset (issue 13) ---------------------------
 
 
+def _tokens_shown(app: SdtuiApp) -> str:
+    from sdtui.tui.widgets.text_line import TextLine
+
+    return app.main.query_one("#prompt-tokens", TextLine).text
+
+
 def _on_screen(form: SettingsForm, name: str) -> bool:
     """The field is drawn: neither it, its row nor its section is hidden."""
     widget: Any = form.query_one(f"#{name}")
@@ -1289,7 +1295,10 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         assert form._choices["sampler"] == list(FLOW_SAMPLER_NAMES)
         assert "DPM++ 2M" in form._choices["sampler"] and "DDIM" not in form._choices["sampler"]
         assert form._choices["schedule_type"] == ["Automatic", "Simple"]
+        # the prompt box counts T5's tokens of Flux dev's 512-token sequence ("a fox" is
+        # "▁", "a", "▁", "fox" to T5; 2 tokens to CLIP)
         await type_prompt(pilot, "a fox")
+        await wait_for(pilot, lambda: _tokens_shown(app) == "4/512", 10)
         await pilot.press("ctrl+g")
         await pilot.pause()
         [params] = host.pending.values()
@@ -1300,6 +1309,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         await pilot.pause(0.2)
         assert not _on_screen(form, "distilled_cfg_scale")  # schnell has no guidance
         assert form.raw_values()["steps"] == "4"
+        await wait_for(pilot, lambda: _tokens_shown(app) == "4/256", 10)
 
         app.main.set_form_field("model", "demo")  # back to SD: every row, the stock values
         await pilot.pause(0.2)
@@ -1311,6 +1321,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         )  # fmt: skip
         assert "sdtui's defaults" in log_text(app)
         assert form._choices["sampler"] == list(SAMPLER_NAMES)  # DDIM, PLMS, UniPC again
+        await wait_for(pilot, lambda: _tokens_shown(app) == "2/75", 10)
         assert "Karras" in form._choices["schedule_type"]
 
     # a model not listed (yet): the family the engine's ModelLoaded names decides

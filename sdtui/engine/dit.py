@@ -671,10 +671,9 @@ class StepProgress(StepMeter):
 def plain_prompt(text: str) -> str:
     """A1111 prompt text without its emphasis syntax: "(cat:1.3)" reads "cat", BREAK goes.
     What the CLIP encoders read; the weights go to T5 (sdtui.engine.dit_prompts)."""
-    from sdtui.prompt_syntax import parse_prompt_attention
+    from sdtui.prompt_syntax import plain_text
 
-    runs = parse_prompt_attention(text)
-    return " ".join("".join(" " if (t, w) == ("BREAK", -1) else t for t, w in runs).split())
+    return plain_text(text)
 
 
 def pipeline_view(pipe: Any, img2img: bool, scheduler: FlowKSampler | None = None) -> Any:

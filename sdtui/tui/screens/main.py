@@ -31,7 +31,7 @@ from textual.widget import Widget
 
 from sdtui.config import Settings
 from sdtui.errors import UserError
-from sdtui.family_presets import without_hidden
+from sdtui.family_presets import t5_limit, without_hidden
 from sdtui.ipc import protocol as msg
 from sdtui.jobstore import job_summary as summarize_job
 from sdtui.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, ParamError, XYZParams
@@ -403,6 +403,7 @@ class MainScreen(Screen[None]):
         if family is None or family == form.family:
             return  # unknown (not listed yet): the form stays as it is
         form.set_family(family)
+        self.prompt_editor.set_t5_limit(t5_limit(family))
         state, line = with_family_defaults(form.state, family)
         if line:
             form.load(state)

@@ -16,7 +16,7 @@ from textual.widgets.text_area import Edit, EditResult, TextAreaTheme
 from sdtui.prompt_syntax import highlight_spans
 from sdtui.safe_text import has_controls, visible
 from sdtui.styles import apply_styles_to_prompt
-from sdtui.tokens import count_tokens
+from sdtui.tokens import count_t5_tokens, count_tokens
 from sdtui.tui.messages import PromptChanged
 from sdtui.tui.widgets.text_line import TextLine
 
@@ -126,9 +126,17 @@ class PromptEditor(Vertical):
         self._key = key  # the key that moves here, shown after "Prompt"
         # (name, vectors) of the embeddings on disk: each counts as its vectors, as in A1111
         self._embedding_sizes: tuple[tuple[str, int], ...] = ()
+        self._t5_limit: int | None = None  # Flux.1 / SD3.5: T5's sequence length
         # the chosen styles' texts: the counters count the prompts as they will be sent, as
         # A1111's do
         self._style_texts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+    def set_t5_limit(self, limit: int | None) -> None:
+        """Count as the model reads the prompt: T5 tokens of one ``limit``-long sequence
+        (Flux.1, SD3.5), or None for CLIP's 75-token chunks."""
+        if limit != self._t5_limit:
+            self._t5_limit = limit
+            self._count(*self.texts)
 
     def set_embedding_sizes(self, sizes: tuple[tuple[str, int], ...]) -> None:
         if sizes != self._embedding_sizes:
@@ -194,7 +202,11 @@ class PromptEditor(Vertical):
         style_prompts, style_negatives = self._style_texts
         prompt = apply_styles_to_prompt(prompt, style_prompts)
         negative = apply_styles_to_prompt(negative, style_negatives)
-        counts = (count_tokens(prompt, sizes), count_tokens(negative, sizes))
+        limit = self._t5_limit
+        if limit is not None:
+            counts = (count_t5_tokens(prompt, limit), count_t5_tokens(negative, limit))
+        else:
+            counts = (count_tokens(prompt, sizes), count_tokens(negative, sizes))
         self.app.call_from_thread(self._show_counts, *counts)
 
     def _show_counts(self, *counts: object) -> None:
