@@ -336,6 +336,52 @@ def test_a_slow_client_gets_the_newest_preview_and_nothing_piles_up():
     assert inbox.get(timeout=1)[:3:2] == ("gone", "stopped reading")
 
 
+def test_a_closed_session_leaves_no_reader_on_a_reused_descriptor():
+    """The daemon lets a client go (it stopped reading, or detached): its reader thread,
+    blocked in recv, wakes with EOF and ends before the descriptor is closed. Closed under
+    it, the descriptor's number goes to the next connection and the stale reader takes that
+    client's bytes (a CI run of the test above saw exactly that: EOFError mid-stream)."""
+    import queue
+    import threading
+
+    from sdtui.ipc.daemon import ClientSession
+    from sdtui.ipc.paths import wake_readers
+
+    ours, theirs = mp.Pipe()
+    session = ClientSession(ours, {"who": "gone"}, 1, queue.Queue())
+    session.start()
+    session.close()  # nothing waiting: the writer closes the connection
+    assert session.flushed.wait(5)
+    assert session._reader is not None and not session._reader.is_alive()
+    # the next connection (likely on the same descriptor numbers) keeps its own bytes
+    a, b = mp.Pipe()
+    for i in range(20):
+        b.send(("hello", i))
+        assert a.poll(2) and a.recv() == ("hello", i)
+    theirs.close()
+    a.close()
+    b.close()
+
+    # the helper alone: a thread blocked in recv wakes with EOF
+    c, d = mp.Pipe()
+    woke: list[str] = []
+
+    def read() -> None:
+        try:
+            c.recv()
+        except EOFError:
+            woke.append("eof")
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    time.sleep(0.1)
+    wake_readers(c)
+    t.join(5)
+    assert woke == ["eof"] and not t.is_alive()
+    c.close()
+    d.close()
+
+
 def test_two_workers_run_two_jobs_at_the_same_time(attach, tmp_path):
     client = attach(settings_in(tmp_path, devices=("cpu", "cpu")))
     assert [w.device for w in client.daemon.workers] == ["cpu", "cpu"]

@@ -28,7 +28,7 @@ from typing import Any, cast
 from sdtui.config import Settings, state_dir
 from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
-from sdtui.ipc.paths import WINDOWS, DaemonPaths, check_owned
+from sdtui.ipc.paths import WINDOWS, DaemonPaths, check_owned, wake_readers
 from sdtui.params import GenerationParams, MemoryMode, UpscaleParams, XYZParams
 
 ENGINE_LOG = "engine.log"
@@ -272,6 +272,7 @@ class DaemonClient:
         self.who = who
         self.private = private
         self.conn: Connection | None = None
+        self._reader: threading.Thread | None = None  # the connection's reader thread
         self.daemon: msg.DaemonState | None = None
         self.welcome: dict[str, Any] = {}
         self.pending: dict[int, msg.JobInfo] = {}  # queued and running, in queue order
@@ -335,7 +336,10 @@ class DaemonClient:
         self.conn = conn
         self._gone_said = False
         self._events = queue.Queue()
-        threading.Thread(target=self._read, args=(conn,), name="daemon-reader", daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read, args=(conn,), name="daemon-reader", daemon=True
+        )
+        self._reader.start()
         # the daemon's first word is its state, the queue as it is now (the app hears it too)
         first = self._reply(ATTACH_TOKEN)
         if isinstance(first, msg.DaemonState):
@@ -348,6 +352,12 @@ class DaemonClient:
     def detach(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
+            # the reader thread wakes with EOF and ends before the descriptor is closed (and
+            # its number reused by the next connection, e.g. F12's re-attach)
+            wake_readers(conn)
+            reader = self._reader
+            if reader is not None and reader is not threading.current_thread():
+                reader.join(timeout=2)
             with contextlib.suppress(OSError):
                 conn.close()
 

@@ -42,7 +42,7 @@ from sdtui.config import (
 )
 from sdtui.errors import UserError
 from sdtui.ipc import protocol as msg
-from sdtui.ipc.paths import DaemonPaths
+from sdtui.ipc.paths import DaemonPaths, wake_readers
 from sdtui.jobstore import (
     FOLDER_KEYS,
     JobRecord,
@@ -156,9 +156,13 @@ class ClientSession:
         self.closed = False
         self.dropped = 0
         self.flushed = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._read, name=f"client-{self.number}-read", daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read, name=f"client-{self.number}-read", daemon=True
+        )
+        self._reader.start()
         threading.Thread(
             target=self._write, name=f"client-{self.number}-write", daemon=True
         ).start()
@@ -203,6 +207,13 @@ class ClientSession:
                     self.inbox.put(("gone", self, "connection lost"))
                     return
         finally:
+            # wake the reader thread (blocked in recv) with EOF before the descriptor goes:
+            # closed under it, its number could be a new client's next, and the stale reader
+            # would take that client's commands
+            wake_readers(self.conn)
+            reader = self._reader
+            if reader is not None and reader is not threading.current_thread():
+                reader.join(timeout=2)
             with contextlib.suppress(OSError):
                 self.conn.close()
             self.flushed.set()

@@ -9,6 +9,7 @@ must survive a reboot, which ``$XDG_RUNTIME_DIR`` does not.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -170,3 +171,19 @@ def check_owned(path: Path | str) -> None:
             f"{path} belongs to another user (uid {st.st_uid}): refusing to connect to it; "
             "set SDTUI_RUNTIME_DIR to a folder of yours"
         )
+
+
+def wake_readers(conn: Any) -> None:
+    """Shut down the socket under ``conn`` so a thread blocked in ``conn.recv()`` wakes at
+    once with EOF, before the connection is closed. Closing alone would leave that thread
+    reading a file descriptor number the process may hand to its next connection, where it
+    would steal that connection's bytes. (Windows' named pipes have no socket: nothing to do;
+    closing a pipe wakes its reader there.)"""
+    if WINDOWS:
+        return
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))  # a second handle on the socket
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
