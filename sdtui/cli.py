@@ -170,7 +170,8 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
     g.add_argument(
         "--size",
         default=None,
-        help="WIDTHxHEIGHT, multiples of 8 (default 512x512; Flux 896x1152, SD3.5 1024x1024)",
+        help="WIDTHxHEIGHT, multiples of 8 (default 512x512; Flux 896x1152 and SD3.5 "
+        "1024x1024, multiples of 16)",
     )
     g.add_argument("--width", type=int)
     g.add_argument("--height", type=int)
@@ -183,12 +184,13 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
         "--sampler",
         default=None,
         help=f"one of: {', '.join(SAMPLER_NAMES)} (old names like 'DPM++ 2M Karras' too); "
-        "default Euler a (Flux/SD3.5: Euler)",
+        "default Euler a (Flux/SD3.5: Euler; DDIM, PLMS and UniPC are SD's only)",
     )
     g.add_argument(
         "--schedule",
         default=None,
-        help=f"schedule type: {', '.join(SCHEDULE_TYPES)}; default Automatic",
+        help=f"schedule type: {', '.join(SCHEDULE_TYPES)}; default Automatic "
+        "(Flux/SD3.5: Automatic or Simple, the same)",
     )
     g.add_argument("--init-image", help="img2img: start from this image")
     g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")

@@ -134,11 +134,12 @@ def test_the_latents_outside_the_mask_are_the_init_latents(
             output_type="latent",
         ).images
     stand_in.close()
-    assert stand_in._init is not None and stand_in._nmask is not None
-    keep = stand_in._nmask == 0
+    blend = stand_in._blend  # the init latents and the mask, as the pipeline lays them out
+    assert blend is not None
+    keep = blend.nmask == 0
     assert keep.any() and (~keep).any()
-    assert torch.equal(out.float()[keep], stand_in._init[keep])
-    assert not torch.equal(out.float()[~keep], stand_in._init[~keep])
+    assert torch.equal(out.float()[keep], blend.init[keep])
+    assert not torch.equal(out.float()[~keep], blend.init[~keep])
 
 
 def test_a_white_mask_is_img2img(sd35_session: Any, init_png: Path, tmp_path: Path) -> None:

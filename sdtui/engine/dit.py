@@ -712,35 +712,14 @@ def flow_sampler(pipe: Any, p: Any, flux: bool, start: int) -> FlowKSampler | No
 
 def make_flow_sampler(pipe: Any, name: str, p: Any, flux: bool, start: int) -> FlowKSampler:
     """A FlowKSampler running ``name`` for ``p``'s size; img2img skips ``start`` steps."""
-    if flux:
-        # Flux's latent as its pipeline draws it: 16 x H/8 x W/8, packed in 2x2 patches
-        f = 2 * int(pipe.vae_scale_factor)
-        c, h, w = (
-            int(pipe.transformer.config.in_channels) // 4,
-            2 * (p.height // f),
-            2 * (p.width // f),
-        )
+    shape = latent_shape(pipe, p.width, p.height, flux)
+    pack = None
+    if flux:  # the pipeline's layout: 2x2 patches
 
         def pack(batch: torch.Tensor) -> torch.Tensor:
-            return pipe._pack_latents(batch, batch.shape[0], c, h, w)
+            return pipe._pack_latents(batch, batch.shape[0], *shape)
 
-        return FlowKSampler(
-            pipe.scheduler,
-            name,
-            generators=(),
-            seeds=(),
-            noise_shape=lambda x: (c, h, w),
-            pack=pack,
-            start=start,
-        )
-    return FlowKSampler(
-        pipe.scheduler,
-        name,
-        generators=(),
-        seeds=(),
-        noise_shape=lambda x: tuple(x.shape[1:]),
-        start=start,
-    )
+    return FlowKSampler(pipe.scheduler, name, noise_shape=shape, pack=pack, start=start)
 
 
 def img2img_strength(p: Any) -> tuple[int, float]:

@@ -25,6 +25,7 @@ import torch
 
 from sdtui.engine import ksampling
 from sdtui.engine.flow_samplers import FlowKSampler
+from sdtui.engine.hires import upscale_latents
 from sdtui.params import GenerationParams, UpscaleParams
 from sdtui.steps import hires_schedule, hires_size
 from sdtui.upscalers import hires_image_upscaler, latent_mode
@@ -63,14 +64,12 @@ class DitHires:
 
     def _latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The first pass's latents as (B, C, h, w), upscaled to the hires size."""
-        from sdtui.engine.hires import _upscale_latents
-
         pipe, p = self.pipe, self.p
         if self.flux:  # packed (B, tokens, 64) -> (B, 16, h, w)
             latents = pipe._unpack_latents(latents, p.height, p.width, pipe.vae_scale_factor)
         factor = int(pipe.vae_scale_factor)
         assert self.mode is not None
-        return _upscale_latents(latents, (self.height // factor, self.width // factor), self.mode)
+        return upscale_latents(latents, (self.height // factor, self.width // factor), self.mode)
 
     def _decode(self, latents: torch.Tensor, log: Any) -> list[Any]:
         """The upscaled latents as images (hires at denoise 0); out of memory at the hires

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from sdtui.engine import ksampling
+from sdtui.engine.sampling import LatentBlend
 from sdtui.samplers import FLOW_SAMPLER_NAMES
 
 # Euler stays diffusers' own scheduler (bit-identical to raw diffusers); the rest run here.
@@ -73,23 +74,22 @@ class FlowKSampler:
         base: Any,
         sampler: str,
         *,
-        generators: Sequence[torch.Generator],
-        seeds: Sequence[int],
-        noise_shape: Callable[[torch.Tensor], tuple[int, ...]],
+        noise_shape: tuple[int, ...],
         pack: Callable[[torch.Tensor], torch.Tensor] | None = None,
         start: int = 0,
     ) -> None:
         """``base``: the pipeline's FlowMatchEulerDiscreteScheduler (its sigmas, shift and
-        config); ``start``: the schedule steps an img2img job skips; ``noise_shape(x)``: one
-        image's step noise shape as A1111 draws it (the unpacked latent), ``pack`` turning a
-        batch of those into the pipeline's layout (Flux packs 2x2 patches)."""
+        config); ``start``: the schedule steps an img2img job skips; ``noise_shape``: one
+        image's step noise as A1111 draws it (the unpacked latent), ``pack`` turning a batch
+        of those into the pipeline's layout (Flux packs 2x2 patches). ``generators`` and
+        ``seeds`` are each batch's (set before its pipeline call)."""
         if sampler not in ksampling.SIGMA_SAMPLERS:
             raise ValueError(f"not a sigma sampler: {sampler}")
         self.base = base
         self.config = base.config
         self.sampler = sampler
-        self.generators = list(generators)
-        self.seeds = list(seeds)
+        self.generators: list[torch.Generator] = []
+        self.seeds: list[int] = []
         self.noise_shape = noise_shape
         self.pack = pack
         self.start = start
@@ -103,14 +103,12 @@ class FlowKSampler:
         # variation seeds' noise (B, C, h, w) and the strength to slerp that draw toward it
         self.variation: tuple[torch.Tensor, float] | None = None
         self._full = torch.zeros(0)  # the whole schedule (the Brownian trees span it)
-        self._init: torch.Tensor | None = None  # the init latents, as the pipeline lays out
-        self._nmask: torch.Tensor | None = None  # the mask, laid out so
+        self._blend: LatentBlend | None = None  # the mask and init latents, as laid out
         self.sigmas = torch.zeros(0)
         self.timesteps = torch.zeros(0)
         self._thread: threading.Thread | None = None
         self._requests: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
         self._replies: queue.Queue[Any] = queue.Queue()
-        self._x: torch.Tensor | None = None
 
     # -- what the pipelines call -------------------------------------------------------------
 
@@ -167,15 +165,12 @@ class FlowKSampler:
             nmask = self.mask.to(init).expand(init.shape[0], init.shape[1], -1, -1)
             if self.pack is not None:
                 init, nmask = self.pack(init), self.pack(nmask.contiguous())
-            self._init, self._nmask = init, nmask
+            self._blend = LatentBlend(init, nmask)
         sigma = self.sigmas[0].to(sample.device, torch.float32)
         return (sigma * noise.float() + (1 - sigma) * sample.float()).to(sample.dtype)
 
-    def _blend(self, latents: torch.Tensor) -> torch.Tensor:
-        if self._init is None or self._nmask is None:
-            return latents
-        nmask = self._nmask.to(latents)
-        return latents * nmask + self._init.to(latents) * (1 - nmask)
+    def _blended(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents if self._blend is None else self._blend(latents)
 
     def step(
         self,
@@ -211,12 +206,12 @@ class FlowKSampler:
             v = replies.get()
             if v is _ABORT:
                 raise _Aborted
-            return self._blend(x - sigma.view(-1, *[1] * (x.ndim - 1)).to(x) * v)
+            return self._blended(x - sigma.view(-1, *[1] * (x.ndim - 1)).to(x) * v)
 
         def body() -> None:
             try:
                 with torch.inference_mode(inference):
-                    out = self._blend(fn(model, x0, sigmas, noise))
+                    out = self._blended(fn(model, x0, sigmas, noise))
                 requests.put(("done", out, None))
             except _Aborted:
                 return
@@ -240,7 +235,7 @@ class FlowKSampler:
         where img2img runs its tail (A1111's sample_img2img, SD's sampling.sample)."""
         if self.sampler in ksampling.BROWNIAN:
             return ksampling.brownian_noise(x, sigmas, self.seeds)
-        draw = ksampling.ImageNoise(self.generators, self.noise_shape(x))
+        draw = ksampling.ImageNoise(self.generators, self.noise_shape)
         pack = self.pack
 
         def noise(_sigma: Any = None, _sigma_next: Any = None) -> torch.Tensor:

@@ -52,7 +52,7 @@ from sdtui.steps import hires_size
 from sdtui.upscalers import hires_image_upscaler, latent_mode
 
 
-def _upscale_latents(
+def upscale_latents(
     latents: torch.Tensor, size: tuple[int, int], mode: tuple[str, bool]
 ) -> torch.Tensor:
     interp, antialias = mode
@@ -102,7 +102,7 @@ def run_hires_fix(
     seeds = [g.initial_seed() for g in generators]
 
     if mode is not None:
-        image = _upscale_latents(latents, latent_size, mode)
+        image = upscale_latents(latents, latent_size, mode)
     else:
         models_dir = Path(job_settings(session, ctx).models)
         up = UpscaleParams(
