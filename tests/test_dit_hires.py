@@ -20,27 +20,18 @@ from sdtui.params import GenerationParams
 flux_session = test_dit_img2img.flux_session
 sd35_session = test_dit_img2img.sd35_session
 
-NAMES = {"flux": "flux1-schnell-tiny", "sd35": "sd3.5_medium_tiny"}
+NAMES = test_dit_img2img.DIT_NAMES
 
 
 def _params(**kw: Any) -> GenerationParams:
-    base = GenerationParams(
-        prompt="a red fox",
-        steps=2,
-        sampler="Euler",
-        schedule_type="Simple",
-        cfg_scale=1,
-        seed=42,
-        width=W,
-        height=H,
+    hires = dict(
         enable_hr=True,
         hr_scale=2.0,
         hr_upscaler="Latent",
         hr_second_pass_steps=2,
         hr_denoising_strength=0.5,
-        preview_every=0,
     )
-    return base.replace(**kw)
+    return test_dit_img2img.dit_params(**{**hires, **kw})
 
 
 @pytest.mark.parametrize(

@@ -120,21 +120,30 @@ def init_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _params(init: Path, **kw: Any) -> GenerationParams:
+# the module's tiny models by their file stems, for the job's Model name (the DiT test files
+# that share these sessions import this and dit_params)
+DIT_NAMES = {"flux": "flux1-schnell-tiny", "sd35": "sd3.5_medium_tiny"}
+
+
+def dit_params(**kw: Any) -> GenerationParams:
+    """A tiny Flux / SD3.5 job: "a red fox", 64x64, Euler + Simple, CFG 1, seed 42, 2 steps,
+    no previews; ``kw`` on top."""
     base = GenerationParams(
         prompt="a red fox",
-        steps=20,
+        steps=2,
         sampler="Euler",
         schedule_type="Simple",
         cfg_scale=1,
         seed=42,
         width=W,
         height=H,
-        init_image=str(init),
-        denoising_strength=0.75,
         preview_every=0,
     )
     return base.replace(**kw)
+
+
+def _params(init: Path, **kw: Any) -> GenerationParams:
+    return dit_params(**{"steps": 20, "init_image": str(init), "denoising_strength": 0.75, **kw})
 
 
 def _roundtrip(session: Any, init: Path, seed: int) -> np.ndarray:

@@ -23,7 +23,7 @@ flux_session = test_dit_img2img.flux_session
 sd35_session = test_dit_img2img.sd35_session
 init_png = test_dit_img2img.init_png
 
-NAMES = {"flux": "flux1-schnell-tiny", "sd35": "sd3.5_medium_tiny"}
+NAMES = test_dit_img2img.DIT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +45,14 @@ def square_png(init_png: Path) -> Path:
 
 
 def _params(init: Path, mask: Path | None, **kw: Any) -> GenerationParams:
-    base = GenerationParams(
-        prompt="a red fox",
+    inpaint = dict(
         steps=4,
-        sampler="Euler",
-        schedule_type="Simple",
-        cfg_scale=1,
-        seed=42,
-        width=W,
-        height=H,
         init_image=str(init),
         mask=None if mask is None else str(mask),
         mask_blur=0,
         denoising_strength=0.75,
-        preview_every=0,
     )
-    return base.replace(**kw)
+    return test_dit_img2img.dit_params(**{**inpaint, **kw})
 
 
 def _pixels(path: str | Path) -> np.ndarray:

@@ -9,16 +9,15 @@ from typing import Any
 import pytest
 import test_dit_img2img
 import torch
-from test_dit_models import H, W, job, pixel_diff
+from test_dit_models import job, pixel_diff
 
 from sdtui.engine.dit_prompts import emphasis_runs, weighted_t5
 from sdtui.ipc import protocol as msg
-from sdtui.params import GenerationParams
 
 flux_session = test_dit_img2img.flux_session
 sd35_session = test_dit_img2img.sd35_session
 
-NAMES = {"flux": "flux1-schnell-tiny", "sd35": "sd3.5_medium_tiny"}
+NAMES = test_dit_img2img.DIT_NAMES
 
 
 def _t5(session: Any, flux: bool) -> tuple[Any, Any]:
@@ -76,16 +75,8 @@ def test_a_weighted_prompt_draws_another_picture(
     which: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     session = request.getfixturevalue(f"{which}_session")
-    params = GenerationParams(
-        prompt="a red fox",
-        negative_prompt="blurry",
-        steps=2,
-        sampler="Euler",
-        cfg_scale=1 if which == "flux" else 4.5,
-        seed=3,
-        width=W,
-        height=H,
-        preview_every=0,
+    params = test_dit_img2img.dit_params(
+        negative_prompt="blurry", cfg_scale=1 if which == "flux" else 4.5, seed=3
     )
     plain, _ = job(session, params, tmp_path / "plain", NAMES[which])
     same, _ = job(session, params.replace(prompt="a (red:1.0) fox"), tmp_path / "same", "x")

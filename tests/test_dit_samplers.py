@@ -32,23 +32,13 @@ flux_session = test_dit_img2img.flux_session
 sd35_session = test_dit_img2img.sd35_session
 init_png = test_dit_img2img.init_png
 
-NAMES = {"flux": "flux1-schnell-tiny", "sd35": "sd3.5_medium_tiny"}
+NAMES = test_dit_img2img.DIT_NAMES
 
 
 def _params(**kw: Any) -> GenerationParams:
-    base = GenerationParams(
-        prompt="a red fox",
-        negative_prompt="blurry",
-        steps=4,
-        sampler="DPM++ 2M",
-        schedule_type="Simple",
-        cfg_scale=1,
-        seed=42,
-        width=W,
-        height=H,
-        preview_every=0,
+    return test_dit_img2img.dit_params(
+        **{"negative_prompt": "blurry", "steps": 4, "sampler": "DPM++ 2M", **kw}
     )
-    return base.replace(**kw)
 
 
 def _call(pipe: Any, flux: bool, seed: int, **kw: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 import test_dit_img2img
 import torch
 from safetensors.torch import save_file
-from test_dit_models import H, W, job, pixel_diff, tiny_vae, vae_to_ldm
+from test_dit_models import job, pixel_diff, tiny_vae, vae_to_ldm
 
 from sdtui.errors import UserError
 from sdtui.infotext import parse_infotext, read_infotext
@@ -20,10 +20,7 @@ flux_session = test_dit_img2img.flux_session
 
 
 def _params(**kw: Any) -> GenerationParams:
-    base = GenerationParams(
-        prompt="a red fox", steps=2, sampler="Euler", cfg_scale=1, seed=5, width=W, height=H
-    )
-    return base.replace(preview_every=0, **kw)
+    return test_dit_img2img.dit_params(**{"seed": 5, **kw})
 
 
 def test_a_vae_file_applies_for_one_job(flux_session: Any, tmp_path: Path) -> None:

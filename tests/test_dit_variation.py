@@ -18,23 +18,11 @@ flux_session = test_dit_img2img.flux_session
 sd35_session = test_dit_img2img.sd35_session
 init_png = test_dit_img2img.init_png
 
-NAMES = {"flux": "flux1-schnell-tiny", "sd35": "sd3.5_medium_tiny"}
+NAMES = test_dit_img2img.DIT_NAMES
 
 
 def _params(**kw: Any) -> GenerationParams:
-    base = GenerationParams(
-        prompt="a red fox",
-        steps=3,
-        sampler="Euler",
-        schedule_type="Simple",
-        cfg_scale=1,
-        seed=42,
-        subseed=7,
-        width=W,
-        height=H,
-        preview_every=0,
-    )
-    return base.replace(**kw)
+    return test_dit_img2img.dit_params(**{"steps": 3, "subseed": 7, **kw})
 
 
 @pytest.mark.parametrize("which", ["flux", "sd35"])
