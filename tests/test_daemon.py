@@ -178,7 +178,8 @@ def test_daemon_stop_asks_first_and_now_cancels_keeping_images(cli_env, tmp_path
     )
     job = int(proc.stdout)
     watcher = DaemonClient(Settings(), paths=daemon_paths, who="watcher").attach(start=False)
-    until(watcher, lambda e: isinstance(e, msg.ImageSaved) and e.job_id == job)
+    # an image is 200 steps: on a CPU shared with the other test worker, minutes at worst
+    until(watcher, lambda e: isinstance(e, msg.ImageSaved) and e.job_id == job, timeout=360)
     status = json.loads(sdtui(cli_env, "daemon", "status", "--json").stdout)
     assert status["pid"] == watcher.pid and status["workers"][0]["device"] == "cpu"
     assert status["jobs"][0]["job_id"] == job and status["jobs"][0]["state"] == "running"
