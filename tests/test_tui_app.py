@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from textual.widgets import Input
 
 from sdtui.config import Settings
 from sdtui.infotext import parse_infotext, read_infotext
@@ -627,7 +628,7 @@ def test_parse_form_reads_the_inpaint_faces_refiner_and_extras_rows(tmp_path: Pa
 async def test_the_inpaint_rows_show_in_img2img_and_reach_the_job(
     tui_env: Settings, tmp_path: Path
 ) -> None:
-    from textual.widgets import Collapsible, Input, Select
+    from textual.widgets import Collapsible, Select
 
     init, mask = tmp_path / "init.png", tmp_path / "mask.png"
     Image.new("RGB", (64, 64)).save(init)
@@ -1374,9 +1375,34 @@ async def _steady(pilot: Any) -> None:
 
     labels = [pilot.app.main.query_one(f"#{n}-tokens", TextLine) for n in ("prompt", "negative")]
     await wait_for(pilot, lambda: all("/75" in str(lb.render()) for lb in labels), 10)
+    # a blinking cursor makes the picture depend on timing
     for area in pilot.app.main.query(PromptArea):
-        area.cursor_blink = False  # a blinking cursor makes the picture depend on timing
+        area.cursor_blink = False
+    for line in pilot.app.main.query(Input):
+        line.cursor_blink = False
     await pilot.pause()
+
+
+async def _focus_settled(pilot: Any, field: str) -> None:
+    """Wait until ``field`` has the focus and every scroll it started has ended.
+
+    ``reveal`` focuses after a refresh, and the focus scrolls smoothly after *another* one:
+    on a loaded machine a fixed pause ends before that animation even starts, and it then
+    moves the view after the test has placed it (a CI run caught exactly that).
+    """
+    app = pilot.app
+    await wait_for(pilot, lambda: app.focused is not None and app.focused.id == field, 10)
+    form = app.main.form
+    last = None
+    for _ in range(100):
+        await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
+        where = (form.scroll_x, form.scroll_y, app.screen.scroll_y)
+        if where == last and not app.animator.is_being_animated(form, "scroll_y"):
+            return
+        last = where
+        await pilot.pause(0.05)
+    raise AssertionError("the settings form never stopped scrolling")
 
 
 def test_snapshot_main_80x24(snap_compare: Any, tui_env: Settings) -> None:
@@ -1393,9 +1419,9 @@ def test_snapshot_hires_section_open_80x24(snap_compare: Any, tui_env: Settings)
         pilot.app.main.set_form_field("enable_hr", "1")
         pilot.app.main.set_form_field("hr_scale", "1.5")
         pilot.app.main.form.reveal("hr_scale")
-        await pilot.pause(0.2)
+        await _focus_settled(pilot, "hr_scale")
         pilot.app.main.form.scroll_end(animate=False)
-        await pilot.pause()
+        await _focus_settled(pilot, "hr_scale")
 
     assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=open_hires)
 
@@ -1415,10 +1441,9 @@ def test_snapshot_inpaint_section_open_80x24(
         main.set_form_field("mask", "mask.png")
         main.set_form_field("inpaint_full_res", "1")
         main.form.reveal("outpaint_sides")
-        await pilot.pause(0.2)
-        await pilot.wait_for_scheduled_animations()  # focusing scrolls smoothly: let it end
+        await _focus_settled(pilot, "outpaint_sides")
         # the section from its title (the values' summary) down
         main.form.scroll_to_widget(main.form.query_one("#inpaint"), animate=False, top=True)
-        await pilot.pause()
+        await _focus_settled(pilot, "outpaint_sides")
 
     assert snap_compare(_snapshot_app(tui_env), terminal_size=(80, 24), run_before=open_inpaint)
