@@ -29,7 +29,7 @@ from sdtui.params import (
     parse_size,
 )
 from sdtui.safe_text import json_dumps, one_line, visible
-from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from sdtui.samplers import FLOW_SCHEDULE_TYPES, SAMPLER_NAMES, SCHEDULE_TYPES
 from sdtui.units import format_bytes, format_uptime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -190,7 +190,7 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
         "--schedule",
         default=None,
         help=f"schedule type: {', '.join(SCHEDULE_TYPES)}; default Automatic "
-        "(Flux/SD3.5: Automatic or Simple, the same)",
+        f"(Flux/SD3.5: {', '.join(FLOW_SCHEDULE_TYPES)})",
     )
     g.add_argument("--init-image", help="img2img: start from this image")
     g.add_argument("--denoise", type=float, default=0.75, help="img2img denoising strength, 0 to 1")

@@ -27,8 +27,7 @@ from sdtui.samplers import (
 class FamilyPreset:
     family: str  # ModelFamily.label: "Flux.1 schnell"
     sampler: str
-    # Forge's "Simple": these families' flow-matching schedule (the engine also runs it for
-    # "Automatic", and writes "Schedule type: Simple" as Forge does)
+    # Forge's "Simple": the flow-matching schedule Forge's presets pick for these families
     schedule_type: str
     cfg_scale: float
     steps: int
@@ -154,7 +153,7 @@ def t5_limit(family: str | None) -> int | None:
 
 
 def schedule_names(family: str | None) -> tuple[str, ...]:
-    """The schedule types a family runs: A1111's, or on Flux.1 / SD3.5 Forge's Simple."""
+    """The schedule types a family runs: A1111's, or on Flux.1 / SD3.5 Forge's flow ones."""
     return FLOW_SCHEDULE_TYPES if is_dit(family) else SCHEDULE_TYPES
 
 

@@ -46,8 +46,10 @@ TIMESTEP_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC")
 FLOW_SAMPLER_NAMES: tuple[str, ...] = tuple(
     name for name in SAMPLER_NAMES if name not in TIMESTEP_SAMPLERS
 )
-# the schedule a flow model runs: Forge's "Simple" (its own shifted sigmas; "Automatic" too)
-FLOW_SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Simple")
+# the schedules a flow model runs, as Forge computes them over the model's own shifted sigmas
+# (sdtui.engine.flow_samplers.flow_schedule); "Automatic" as Forge resolves it
+# (resolve_flow_schedule)
+FLOW_SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Simple", "Karras", "Exponential")
 
 # "Automatic" = the sampler's own default; the rest map to diffusers sigma options.
 SCHEDULE_TYPES: tuple[str, ...] = (
@@ -113,6 +115,19 @@ def resolve_schedule(sampler: str, schedule: str = "Automatic") -> str:
     """The schedule a sampler runs: "Automatic" becomes A1111's per-sampler default."""
     name, sched = normalize_sampler(sampler, schedule)
     return SAMPLERS[name].default_schedule if sched == "Automatic" else sched
+
+
+def resolve_flow_schedule(sampler: str, schedule: str = "Automatic") -> str:
+    """The schedule a sampler runs on a flow model (Flux.1, SD3.5). Forge's
+    ``KDiffusionSampler.get_sigmas`` resolves "Automatic" to the sampler's own 'scheduler'
+    option, as A1111 does: DPM++ 2M on Flux runs Karras and its infotext says so. Samplers
+    without one (Euler, Euler a, LMS, Heun) fail there ("Wrong scheduler!"), and Forge's Flux
+    preset picks Simple for them: here they run Simple."""
+    name, sched = normalize_sampler(sampler, schedule)
+    if sched != "Automatic":
+        return sched
+    default = SAMPLERS[name].default_schedule
+    return default if default in FLOW_SCHEDULE_TYPES else "Simple"
 
 
 def infotext_schedule(sampler: str, schedule: str = "Automatic") -> str:

@@ -167,3 +167,109 @@ def test_samplers_a_flow_model_has_not_are_refused_with_the_list() -> None:
         with pytest.raises(UserError, match=f"{name} works in SD's timestep space") as e:
             check_params(_params(sampler=name), flux)
         assert "Euler a, Euler, LMS, Heun" in str(e.value) and "DPM++ 2M SDE" in str(e.value)
+
+
+# -- schedule types ---------------------------------------------------------------------------
+
+CONFIGS = Path(__file__).parent.parent / "sdtui" / "engine" / "assets" / "configs"
+
+
+def _base(model: str) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(CONFIGS / model, subfolder="scheduler")
+
+
+# Reference values, computed by hand from the formulas they come from:
+# - the flow sigma of t: Forge backend/modules/k_prediction.py flux_time_shift(mu, 1, t) =
+#   e^mu / (e^mu + 1/t - 1) (Flux dev at 1024x1024: mu = 1.15, BFL's and diffusers' shift
+#   for 4096 image tokens); SD3's static shift 3: 3t / (1 + 2t);
+# - the table's smallest t: Forge's PredictionFlux has 10000 entries (t = 1e-4), SD3's
+#   discrete flow table 1000 (t = 1e-3);
+# - k-diffusion get_sigmas_karras(4, sigma_min, 1.0, rho=7) / get_sigmas_exponential.
+FLUX_DEV_SIGMA_MIN = 0.0003157511457805717
+FLUX_DEV_KARRAS_4 = [1.0, 0.16350484844410124, 0.014118448186809811, 0.0003157511457805719, 0.0]
+FLUX_DEV_EXPONENTIAL_4 = [1.0, 0.06809496145601944, 0.004636923775696774, FLUX_DEV_SIGMA_MIN, 0]
+SD3_KARRAS_4 = [1.0, 0.23273677891594388, 0.036831667025476224, 0.002994011976047908, 0.0]
+
+
+def test_flow_schedules_as_forge_builds_them() -> None:
+    import math
+
+    from sdtui.engine.flow_samplers import flow_schedule
+
+    mu = 1.15
+    flux = _base("flux1-dev")
+    karras = flow_schedule(flux, "Karras", "DPM++ 2M", 4, mu=mu, flux=True)
+    torch.testing.assert_close(karras, torch.tensor(FLUX_DEV_KARRAS_4), rtol=1e-6, atol=0)
+    exponential = flow_schedule(flux, "Exponential", "DPM++ 2M SDE", 4, mu=mu, flux=True)
+    torch.testing.assert_close(
+        exponential, torch.tensor(FLUX_DEV_EXPONENTIAL_4, dtype=torch.float32), rtol=1e-6, atol=0
+    )
+    sd3 = flow_schedule(_base("sd35-large"), "Karras", "DPM++ 2M", 4)
+    torch.testing.assert_close(sd3, torch.tensor(SD3_KARRAS_4), rtol=1e-6, atol=0)
+    # Simple: FluxPipeline's linspace(1, 1/n, n) shifted (Forge's simple_scheduler picks the
+    # same t from its 10000-entry table), then 0
+    simple = flow_schedule(flux, "Simple", "Euler", 4, mu=mu, flux=True)
+    by_hand = [math.exp(mu) / (math.exp(mu) + 1 / t - 1) for t in (1.0, 0.75, 0.5, 0.25)]
+    torch.testing.assert_close(simple, torch.tensor([*by_hand, 0.0]), rtol=1e-6, atol=0)
+    # DPM2 / DPM2 a: one sigma more, the next-to-last dropped (discard_next_to_last_sigma)
+    for schedule in ("Simple", "Karras"):
+        five = flow_schedule(flux, schedule, "Euler", 5, mu=mu, flux=True)
+        dpm2 = flow_schedule(flux, schedule, "DPM2", 4, mu=mu, flux=True)
+        assert len(dpm2) == 5
+        torch.testing.assert_close(dpm2, torch.cat([five[:-2], five[-1:]]), rtol=0, atol=0)
+
+
+def test_automatic_resolves_as_forge() -> None:
+    """Forge's KDiffusionSampler.get_sigmas: "Automatic" is the sampler's own 'scheduler'
+    option (DPM++ 2M: karras, DPM++ 2M SDE: exponential); the samplers without one run the
+    Simple schedule Forge's Flux preset picks."""
+    from sdtui.samplers import resolve_flow_schedule
+
+    assert resolve_flow_schedule("DPM++ 2M") == "Karras"
+    assert resolve_flow_schedule("DPM++ SDE") == "Karras"
+    assert resolve_flow_schedule("DPM2 a") == "Karras"
+    assert resolve_flow_schedule("DPM++ 2M SDE") == "Exponential"
+    for name in ("Euler", "Euler a", "LMS", "Heun"):
+        assert resolve_flow_schedule(name) == "Simple"
+    assert resolve_flow_schedule("DPM++ 2M", "Simple") == "Simple"
+    assert resolve_flow_schedule("DPM++ 2M Karras") == "Karras"  # the old combined name
+
+
+@pytest.mark.parametrize("which", ["flux", "sd35"])
+def test_karras_runs_and_the_infotext_names_it(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Euler on Karras runs the k-diffusion stand-in (diffusers' scheduler has no Karras
+    here): another picture than Euler on Simple, "Schedule type: Karras" written, and the
+    PNG's infotext read back runs the same picture again."""
+    session = request.getfixturevalue(f"{which}_session")
+    params = _params(sampler="Euler", schedule_type="Karras", steps=3)
+    done, events = job(session, params, tmp_path / "k", NAMES[which])
+    assert next(e for e in events if isinstance(e, msg.JobStarted)).steps_total == 3
+    info = read_infotext(done.paths[0])
+    assert info is not None
+    pairs = parse_infotext(info).pairs
+    assert pairs["Schedule type"] == "Karras" and pairs["Sampler"] == "Euler"
+    simple, _ = job(session, params.replace(schedule_type="Simple"), tmp_path / "s", "x")
+    assert pixel_diff(done.paths[0], simple.paths[0]) > 0
+    again, _ = job(session, params, tmp_path / "again", NAMES[which])
+    assert pixel_diff(done.paths[0], again.paths[0]) == 0
+
+
+def test_automatic_on_dpmpp_2m_writes_karras(flux_session: Any, tmp_path: Path) -> None:
+    params = _params(sampler="DPM++ 2M", schedule_type="Automatic", steps=2)
+    done, _ = job(flux_session, params, tmp_path / "a", NAMES["flux"])
+    karras, _ = job(flux_session, params.replace(schedule_type="Karras"), tmp_path / "k", "x")
+    info = read_infotext(done.paths[0])
+    assert info is not None and "Schedule type: Karras" in info
+    assert pixel_diff(done.paths[0], karras.paths[0]) == 0
+
+
+def test_sd_only_schedules_are_refused_with_the_list() -> None:
+    flux = ModelFamily("Flux", "flux1-dev", variant="dev")
+    for name in ("Normal", "SGM Uniform"):
+        with pytest.raises(UserError, match=f"the {name} schedule") as e:
+            check_params(_params(schedule_type=name), flux)
+        assert "Automatic, Simple, Karras, Exponential" in str(e.value)

@@ -1298,7 +1298,8 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         # the Sampler list: what a flow model runs (Forge's k-diffusion ones, no DDIM/PLMS/UniPC)
         assert form._choices["sampler"] == list(FLOW_SAMPLER_NAMES)
         assert "DPM++ 2M" in form._choices["sampler"] and "DDIM" not in form._choices["sampler"]
-        assert form._choices["schedule_type"] == ["Automatic", "Simple"]
+        # and the schedules Forge builds on one (none from SD's timesteps: Normal, SGM Uniform)
+        assert form._choices["schedule_type"] == ["Automatic", "Simple", "Karras", "Exponential"]
         # the prompt box counts T5's tokens of Flux dev's 512-token sequence ("a fox" is
         # "▁", "a", "▁", "fox" to T5; 2 tokens to CLIP)
         await type_prompt(pilot, "a fox")

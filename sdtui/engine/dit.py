@@ -47,7 +47,7 @@ from sdtui.model_family_dit import (
 )
 from sdtui.regular_files import shown
 from sdtui.safetensors_header import read_safetensors_header, read_safetensors_shapes
-from sdtui.samplers import FLOW_SCHEDULE_TYPES
+from sdtui.samplers import FLOW_SCHEDULE_TYPES, resolve_flow_schedule
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ VAE_FILES = {"Flux": "ae.safetensors", "SD3": "the SD3.5 VAE (sd3.5_vae.safetens
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 # Forge's settings for these families (its UI presets and infotext)
-SCHEDULES = FLOW_SCHEDULE_TYPES  # Forge's "Simple" is the flow-matching default schedule
+SCHEDULES = FLOW_SCHEDULE_TYPES  # Forge's flow-matching schedules (Simple is its default)
 
 
 def is_dit_family(family: ModelFamily | str) -> bool:
@@ -531,8 +531,6 @@ def load_dit(path: Path, dtype: torch.dtype) -> tuple[Any, ModelFamily, int]:
 def check_params(p: Any, family: ModelFamily) -> Any:
     """The job's params for a Flux.1 / SD3.5 model, or a UserError naming what does not apply."""
     label = family.label
-    if p.schedule_type == "Simple":
-        p = p.replace(schedule_type="Automatic")
     p = p.validated().with_seeds()
     if p.sampler not in FLOW_SAMPLERS:
         raise UserError(
@@ -542,8 +540,9 @@ def check_params(p: Any, family: ModelFamily) -> Any:
         )
     if p.schedule_type not in SCHEDULES:
         raise UserError(
-            f"{label} runs the Simple schedule, not {p.schedule_type}: choose Schedule type "
-            "Automatic or Simple"
+            f"{label} is a flow-matching model: the {p.schedule_type} schedule is built from "
+            f"SD's timesteps, which it does not have. Choose Schedule type "
+            f"{', '.join(SCHEDULES)} (Forge's default is Simple)"
         )
     unsupported = [
         ("a refiner", p.refiner_checkpoint is not None),
@@ -571,8 +570,9 @@ def infotext_pairs(
     extra: dict[str, object] | None = None,
     subseed: int | None = None,
 ) -> dict[str, object]:
-    """The key/value line Forge writes for these families: Sampler Euler, Schedule type
-    Simple, and for Flux dev "Distilled CFG Scale" right after "CFG scale"."""
+    """The key/value line Forge writes for these families: the schedule run as "Schedule
+    type" (Simple, Karras, ...; Forge writes the resolved one), and for Flux dev "Distilled
+    CFG Scale" right after "CFG scale"."""
     pairs = p.infotext_pairs(
         seed=seed,
         subseed=subseed,
@@ -580,7 +580,7 @@ def infotext_pairs(
         model_hash=ctx.model_hash,
         extra={"RNG": "CPU", **(extra or {})},
     )
-    pairs["Schedule type"] = "Simple"
+    pairs["Schedule type"] = resolve_flow_schedule(p.sampler, p.schedule_type)
     if family.family == "Flux" and family.variant == "dev":
         ordered: dict[str, object] = {}
         for key, value in pairs.items():
@@ -706,8 +706,11 @@ def pipeline_view(pipe: Any, img2img: bool, scheduler: FlowKSampler | None = Non
 
 
 def flow_sampler(pipe: Any, p: Any, flux: bool, start: int) -> FlowKSampler | None:
-    """The scheduler stand-in running ``p.sampler`` (None for Euler: diffusers' own)."""
-    return None if p.sampler == "Euler" else make_flow_sampler(pipe, p.sampler, p, flux, start)
+    """The scheduler stand-in running ``p.sampler`` (None for Euler on the Simple schedule:
+    diffusers' own scheduler, which the stand-in's Euler equals)."""
+    if p.sampler == "Euler" and resolve_flow_schedule(p.sampler, p.schedule_type) == "Simple":
+        return None
+    return make_flow_sampler(pipe, p.sampler, p, flux, start)
 
 
 def make_flow_sampler(pipe: Any, name: str, p: Any, flux: bool, start: int) -> FlowKSampler:
@@ -719,7 +722,16 @@ def make_flow_sampler(pipe: Any, name: str, p: Any, flux: bool, start: int) -> F
         def pack(batch: torch.Tensor) -> torch.Tensor:
             return pipe._pack_latents(batch, batch.shape[0], *shape)
 
-    return FlowKSampler(pipe.scheduler, name, noise_shape=shape, pack=pack, start=start)
+    schedule = resolve_flow_schedule(name, p.schedule_type)
+    return FlowKSampler(
+        pipe.scheduler,
+        name,
+        noise_shape=shape,
+        pack=pack,
+        start=start,
+        schedule=schedule,
+        flux=flux,
+    )
 
 
 def img2img_strength(p: Any) -> tuple[int, float]:

@@ -28,9 +28,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from sdtui.engine import ksampling
+from sdtui.engine.samplers import DISCARD_NEXT_TO_LAST_SIGMA, exponential_sigmas, karras_sigmas
 from sdtui.engine.sampling import LatentBlend
 from sdtui.samplers import FLOW_SAMPLER_NAMES
 
@@ -44,6 +46,57 @@ _ABORT = object()
 
 class _Aborted(Exception):
     """The pipeline stopped (cancel, skip, out of memory): the sampler thread ends."""
+
+
+# The smallest t of the sigma table Forge's schedules span: Flux's PredictionFlux has 10000
+# entries (backend/modules/k_prediction.py), SD3's discrete flow table (ComfyUI's
+# ModelSamplingDiscreteFlow, diffusers' sigma_min) num_train_timesteps = 1000.
+FLUX_TABLE_T_MIN = 1e-4
+
+
+def flow_schedule(
+    base: Any,
+    schedule: str,
+    sampler: str,
+    steps: int,
+    *,
+    mu: float | None = None,
+    flux: bool = False,
+) -> torch.Tensor:
+    """The whole schedule (trailing 0, float32, CPU) ``sampler`` runs for ``steps`` steps on a
+    flow model whose scheduler is ``base`` (its shift: static, or dynamic with the pipeline's
+    ``mu``), as Forge's ``KDiffusionSampler.get_sigmas`` builds it:
+
+    - Simple: the pipelines' own sigmas (FluxPipeline's ``linspace(1, 1/n, n)``, which is
+      Forge's ``simple_scheduler`` over its table; SD3's scheduler default), shifted;
+    - Karras / Exponential: k-diffusion's ``get_sigmas_karras`` / ``get_sigmas_exponential``
+      between the table's ends, ``sigma_max`` = 1 and ``sigma_min`` = the shifted smallest t;
+    - DPM2 and DPM2 a take one more sigma and drop the next-to-last (Forge's and A1111's
+      ``discard_next_to_last_sigma``).
+
+    Leaves ``base`` set to the run's schedule (``base.sigmas`` is the returned one's source
+    for Simple)."""
+    discard = sampler in DISCARD_NEXT_TO_LAST_SIGMA
+    n = steps + 1 if discard else steps
+    if schedule == "Simple":
+        if flux:  # what FluxPipeline hands its scheduler
+            base.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
+        else:
+            base.set_timesteps(num_inference_steps=n, mu=mu, device="cpu")
+        out = base.sigmas.to(torch.float32).cpu()
+    elif schedule in ("Karras", "Exponential"):
+        train = int(base.config.get("num_train_timesteps", 1000))
+        t_min = FLUX_TABLE_T_MIN if flux else 1 / train
+        base.set_timesteps(sigmas=np.array([1.0, t_min]), mu=mu, device="cpu")
+        sigma_max, sigma_min = (float(v) for v in base.sigmas[:2])
+        make = karras_sigmas if schedule == "Karras" else exponential_sigmas
+        out = torch.cat([make(n, sigma_min, sigma_max), torch.zeros(1, dtype=torch.float64)])
+        out = out.to(torch.float32)
+    else:
+        raise ValueError(f"not a flow schedule: {schedule}")
+    if discard:
+        out = torch.cat([out[:-2], out[-1:]])
+    return out
 
 
 def call_sigmas(sampler: str, sigmas: torch.Tensor) -> list[float]:
@@ -77,9 +130,12 @@ class FlowKSampler:
         noise_shape: tuple[int, ...],
         pack: Callable[[torch.Tensor], torch.Tensor] | None = None,
         start: int = 0,
+        schedule: str = "Simple",
+        flux: bool = False,
     ) -> None:
         """``base``: the pipeline's FlowMatchEulerDiscreteScheduler (its sigmas, shift and
-        config); ``start``: the schedule steps an img2img job skips; ``noise_shape``: one
+        config); ``schedule``: Simple, Karras or Exponential (``flow_schedule``), ``flux``
+        whether the model is Flux; ``start``: the schedule steps an img2img job skips; ``noise_shape``: one
         image's step noise as A1111 draws it (the unpacked latent), ``pack`` turning a batch
         of those into the pipeline's layout (Flux packs 2x2 patches). ``generators`` and
         ``seeds`` are each batch's (set before its pipeline call)."""
@@ -88,6 +144,8 @@ class FlowKSampler:
         self.base = base
         self.config = base.config
         self.sampler = sampler
+        self.schedule = schedule
+        self.flux = flux
         self.generators: list[torch.Generator] = []
         self.seeds: list[int] = []
         self.noise_shape = noise_shape
@@ -121,16 +179,11 @@ class FlowKSampler:
         timesteps: Any = None,
     ) -> None:
         self.close()
-        kwargs: dict[str, Any] = {"device": "cpu"}
-        if sigmas is not None:
-            kwargs["sigmas"] = sigmas
-        else:
-            kwargs["num_inference_steps"] = num_inference_steps
-        if mu is not None:
-            kwargs["mu"] = mu
-        self.base.set_timesteps(**kwargs)
+        steps = len(sigmas) if sigmas is not None else int(num_inference_steps or 0)
+        self._full = flow_schedule(
+            self.base, self.schedule, self.sampler, steps, mu=mu, flux=self.flux
+        )
         # the schedule's sigmas from where this job starts, ending at 0
-        self._full = self.base.sigmas.to(torch.float32).cpu()
         self.sigmas = self._full[self.start :]
         asked = call_sigmas(self.sampler, self.sigmas)
         steps = ksampling.model_calls(self.sampler, len(self.sigmas) - 1)

@@ -41,6 +41,20 @@ def _sigma_to_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return ((1 - w) * low + w * high).view(sigma.shape)
 
 
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """k-diffusion's ``get_sigmas_karras(n, sigma_min, sigma_max, rho=7.)`` without the
+    trailing 0, float64."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """k-diffusion's ``get_sigmas_exponential(n, sigma_min, sigma_max)`` without the trailing
+    0, float64."""
+    return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+
+
 def a1111_sigmas(
     sampler: str, schedule: str, steps: int, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:
@@ -58,13 +72,10 @@ def a1111_sigmas(
     n = steps + 1 if discard else steps
     if schedule == "Normal":  # DiscreteSchedule.get_sigmas(n)
         out = _t_to_sigma(log_sigmas, torch.linspace(len(sigmas) - 1, 0, n, dtype=torch.float64))
-    elif schedule == "Karras":  # get_sigmas_karras(n, sigma_min, sigma_max, rho=7.)
-        rho = 7.0
-        ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-        out = (hi + ramp * (lo - hi)) ** rho
-    elif schedule == "Exponential":  # get_sigmas_exponential(n, sigma_min, sigma_max)
-        out = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+    elif schedule == "Karras":
+        out = karras_sigmas(n, sigma_min, sigma_max)
+    elif schedule == "Exponential":
+        out = exponential_sigmas(n, sigma_min, sigma_max)
     elif schedule == "Simple":  # sd_schedulers.simple_scheduler (ComfyUI's "simple")
         stride = len(sigmas) / n
         out = torch.stack([sigmas[-(1 + int(x * stride))] for x in range(n)])
