@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from palette import run_command
 from PIL import Image
 from textual.widgets import Input
 
@@ -288,7 +289,7 @@ async def test_daemon_killed_f12_starts_a_new_one_and_the_queue_resumes(
         await wait_for(pilot, lambda: "saved " in log_text(app), 90)
         old_pid = engine.pid
         os.kill(old_pid, signal.SIGKILL)  # the OOM killer, say
-        await wait_for(pilot, lambda: app.main.engine_state == "crashed", 10)
+        await wait_for(pilot, lambda: app.main.engine_state == "crashed", 60)
         assert app.main.query_one(StatusBar).line.state == "crashed"
         assert "press F12" in log_text(app) and "the queue is kept on disk" in log_text(app)
         await pilot.press("ctrl+g")  # no daemon to take it: said, and the form is kept
@@ -361,7 +362,7 @@ async def test_a_cli_job_shows_in_the_tui_queue_with_who_queued_it(
         assert proc.returncode == 0, proc.stderr
         cli_job = int(proc.stdout)
         queue = app.main.query_one(QueueView)
-        await wait_for(pilot, lambda: cli_job in [e.job_id for e in queue.entries], 20)
+        await wait_for(pilot, lambda: cli_job in [e.job_id for e in queue.entries], 60)
         await wait_for(
             pilot, lambda: f"job #{cli_job} queued by sdtui generate (pid" in log_text(app), 20
         )
@@ -746,13 +747,13 @@ async def test_engine_events_drive_status_preview_grid_and_log(
             msg.Progress(1, 1, 2, 0, 2, its=3.5, eta_s=75),
         ]
         status = app.main.query_one(StatusBar)
-        await wait_for(pilot, lambda: status.line.its == 3.5, 10)
+        await wait_for(pilot, lambda: status.line.its == 3.5, 60)
         assert status.line.its == 3.5 and status.line.model == "sdtui-demo"
         assert "1:15" in str(status.render())
         buf = __import__("io").BytesIO()
         Image.new("RGB", (16, 16), "blue").save(buf, "PNG")
         host.events = [msg.Preview(1, 1, buf.getvalue(), 16, 16)]
-        await wait_for(pilot, lambda: "preview" in app.main.preview.caption, 10)
+        await wait_for(pilot, lambda: "preview" in app.main.preview.caption, 60)
         host.pending.clear()
         host.running_job = None
         host.events = [
@@ -760,7 +761,7 @@ async def test_engine_events_drive_status_preview_grid_and_log(
             msg.JobDone(1, (str(image),), 2.0),
             msg.JobFailed(2, "out of memory: lower the size", "Traceback"),
         ]
-        await wait_for(pilot, lambda: "job #2 failed" in log_text(app), 10)
+        await wait_for(pilot, lambda: "job #2 failed" in log_text(app), 60)
         text = log_text(app)
         assert text.count("loaded sdtui-demo") <= 1, "one line per model load"
         assert f"saved {image}" in text and "job #1 done: 1 image in 2.0 s" in text
@@ -910,12 +911,7 @@ def _networks(settings: Settings, tmp_path: Path) -> Settings:
 
 
 async def _palette(pilot: Any, text: str) -> None:
-    await pilot.press("ctrl+p")
-    await pilot.pause()
-    await pilot.press(*text)
-    await pilot.pause(0.3)
-    await pilot.press("enter")
-    await pilot.pause()
+    await run_command(pilot, text)
 
 
 @run_async
@@ -924,7 +920,7 @@ async def test_palette_and_picker_insert_loras_and_embeddings(
 ) -> None:
     app = fake_app(_networks(tui_env, tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.main.catalog.complete, 10)
+        await wait_for(pilot, lambda: app.main.catalog.complete, 60)
         assert app.main.catalog.loras == ["shiny_style"] and app.main.catalog.embeddings == [
             "easynegative"
         ]
@@ -963,7 +959,7 @@ async def test_token_counter_counts_an_embedding_as_its_vectors(
     torch.save({"string_to_param": {"*": torch.zeros(8, 768)}, "name": "easynegative"}, emb)
     app = fake_app(tui_env.replace(embeddings_dir=emb.parent))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.main.catalog.complete, 10)
+        await wait_for(pilot, lambda: app.main.catalog.complete, 60)
         assert app.main.catalog.embedding_sizes == (("easynegative", 8),)
         negative = app.main.query_one("#negative", PromptArea)
         negative.load_text("blurry, easynegative")
@@ -972,7 +968,7 @@ async def test_token_counter_counts_an_embedding_as_its_vectors(
         from sdtui.tui.widgets.text_line import TextLine
 
         label = app.main.query_one("#negative-tokens", TextLine)
-        await wait_for(pilot, lambda: str(label.render()) == f"{want}/75", 10)
+        await wait_for(pilot, lambda: str(label.render()) == f"{want}/75", 60)
 
 
 @run_async
@@ -1132,7 +1128,7 @@ async def test_each_pane_has_a_key_the_active_one_shows_and_f2_takes_the_grids_p
             *(msg.ImageSaved(1, i, str(p), 10 + i, "") for i, p in enumerate(paths)),
             msg.JobDone(1, tuple(str(p) for p in paths), 1.0),
         ]
-        await wait_for(pilot, lambda: len(main.grid.paths) == 3, 10)
+        await wait_for(pilot, lambda: len(main.grid.paths) == 3, 60)
         prompt = main.query_one("#prompt", PromptArea)
         assert app.focused is prompt and main.prompt_editor.has_class("-active-pane")
         assert "F1" in str(main.grid.border_title) and "F11" in str(
@@ -1210,7 +1206,7 @@ async def test_the_demo_model_gets_quick_defaults_and_one_line_saying_what_it_is
     loaded = msg.ModelLoaded("sdtui-demo", "SD1", 0.1, 9_900_000, "/m")
     async with app.run_test(size=(80, 24)) as pilot:
         host.events = [loaded]
-        await wait_for(pilot, lambda: "demo model" in log_text(app), 10)
+        await wait_for(pilot, lambda: "demo model" in log_text(app), 60)
         raw = app.main.form.raw_values()
         assert (raw["width"], raw["height"], raw["steps"]) == ("256", "256", "8")
         [line] = [text for _, text in app.main.job_log.entries if "demo model" in text]
@@ -1229,7 +1225,7 @@ async def test_the_demo_model_gets_quick_defaults_and_one_line_saying_what_it_is
     app2 = fake_app(tui_env, host=host2)  # 64x64, 2 steps
     async with app2.run_test(size=(80, 24)) as pilot:
         host2.events = [loaded]
-        await wait_for(pilot, lambda: "demo model" in log_text(app2), 10)
+        await wait_for(pilot, lambda: "demo model" in log_text(app2), 60)
         raw = app2.main.form.raw_values()
         assert (raw["width"], raw["steps"]) == ("64", "2") and "form set" not in log_text(app2)
 
@@ -1273,7 +1269,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
     stock = FormState(params=GenerationParams(model="demo", seed=42))  # Euler a, CFG 7, 512x512
     app = fake_app(tui_env, host=host, form_state=stock)
     async with app.run_test(size=(100, 40)) as pilot:
-        await wait_for(pilot, lambda: "flux1-dev" in app.main.catalog.models, 20)
+        await wait_for(pilot, lambda: "flux1-dev" in app.main.catalog.models, 60)
         form = app.main.form
         assert _on_screen(form, "enable_hr") or form.query_one("#hires", Collapsible).collapsed
         assert not _on_screen(form, "distilled_cfg_scale")  # SD: no Distilled CFG
@@ -1303,7 +1299,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         # the prompt box counts T5's tokens of Flux dev's 512-token sequence ("a fox" is
         # "▁", "a", "▁", "fox" to T5; 2 tokens to CLIP)
         await type_prompt(pilot, "a fox")
-        await wait_for(pilot, lambda: _tokens_shown(app) == "4/512", 10)
+        await wait_for(pilot, lambda: _tokens_shown(app) == "4/512", 60)
         await pilot.press("ctrl+g")
         await pilot.pause()
         [params] = host.pending.values()
@@ -1314,7 +1310,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         await pilot.pause(0.2)
         assert not _on_screen(form, "distilled_cfg_scale")  # schnell has no guidance
         assert form.raw_values()["steps"] == "4"
-        await wait_for(pilot, lambda: _tokens_shown(app) == "4/256", 10)
+        await wait_for(pilot, lambda: _tokens_shown(app) == "4/256", 60)
 
         app.main.set_form_field("model", "demo")  # back to SD: every row, the stock values
         await pilot.pause(0.2)
@@ -1326,7 +1322,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         )  # fmt: skip
         assert "sdtui's defaults" in log_text(app)
         assert form._choices["sampler"] == list(SAMPLER_NAMES)  # DDIM, PLMS, UniPC again
-        await wait_for(pilot, lambda: _tokens_shown(app) == "2/75", 10)
+        await wait_for(pilot, lambda: _tokens_shown(app) == "2/75", 60)
         assert "Karras" in form._choices["schedule_type"]
 
     # a model not listed (yet): the family the engine's ModelLoaded names decides
@@ -1337,7 +1333,7 @@ async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Sett
         await pilot.pause()
         assert app2.main.form.raw_values()["steps"] == "20"
         host2.events = [msg.ModelLoaded("flux1-schnell", "Flux.1 schnell", 0.1, 1, "/m")]
-        await wait_for(pilot, lambda: "Forge's preset" in log_text(app2), 10)
+        await wait_for(pilot, lambda: "Forge's preset" in log_text(app2), 60)
         assert app2.main.form.raw_values()["steps"] == "4"
         assert not _on_screen(app2.main.form, "refiner_checkpoint")
 
@@ -1375,7 +1371,7 @@ async def _steady(pilot: Any) -> None:
     from sdtui.tui.widgets.text_line import TextLine
 
     labels = [pilot.app.main.query_one(f"#{n}-tokens", TextLine) for n in ("prompt", "negative")]
-    await wait_for(pilot, lambda: all("/75" in str(lb.render()) for lb in labels), 10)
+    await wait_for(pilot, lambda: all("/75" in str(lb.render()) for lb in labels), 60)
     # a blinking cursor makes the picture depend on timing
     for area in pilot.app.main.query(PromptArea):
         area.cursor_blink = False
@@ -1392,7 +1388,7 @@ async def _focus_settled(pilot: Any, field: str) -> None:
     moves the view after the test has placed it (a CI run caught exactly that).
     """
     app = pilot.app
-    await wait_for(pilot, lambda: app.focused is not None and app.focused.id == field, 10)
+    await wait_for(pilot, lambda: app.focused is not None and app.focused.id == field, 60)
     form = app.main.form
     last = None
     for _ in range(100):

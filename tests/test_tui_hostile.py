@@ -461,8 +461,8 @@ async def test_a_bomb_selected_shows_a_placeholder_everywhere(
             await pilot.pause()
         assert "bomb.png" in log_entries(app)[-2][1] or "bomb.png" in log_text(app)
         await pilot.press("f8")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HistoryScreen", 60)
         await pilot.pause(0.3)
-        assert type(app.screen).__name__ == "HistoryScreen"
         assert_no_leak(app, "history with bombs")
         await pilot.press("escape")
         await pilot.pause()
@@ -488,7 +488,7 @@ async def test_escape_sequences_in_a_png_never_reach_the_terminal(tui_env: Setti
     app = fake_app(tui_env)
     async with app.run_test(size=(140, 44)) as pilot:
         select(app, png)
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "evil^[]2;pwned^G[bol" in "\n".join(drawn(app)), 60)
         text = assert_no_leak(app, "grid tile and preview")
         assert "evil^[]2;pwned^G[bol" in text  # the tile label, as named (cut to fit)
 
@@ -501,7 +501,7 @@ async def test_escape_sequences_in_a_png_never_reach_the_terminal(tui_env: Setti
 
         await pilot.press("f8")  # history: list, preview and parameters
         await wait_for(pilot, lambda: type(app.screen).__name__ == "HistoryScreen")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "^[]2;pwned^G" in "\n".join(drawn(app)), 60)
         text = assert_no_leak(app, "history")
         assert "^[]2;pwned^G" in text
         await pilot.press("escape")
@@ -546,7 +546,7 @@ async def test_a_pasted_prompt_with_escapes_on_the_real_engine(
         assert_no_leak(app, "main screen after the job")
         await pilot.press("f8")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "HistoryScreen")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "[bold]loud[/bold]" in "\n".join(drawn(app)), 60)
         assert "[bold]loud[/bold]" in assert_no_leak(app, "history of the job")
         await pilot.press("escape")
         await pilot.pause()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import test_tui_app
 from image_app import make_sample_image
+from palette import run_command
 from PIL import Image
 from test_tui_app import TINY, fake_app, log_text, run_async
 
@@ -278,12 +279,7 @@ async def test_the_palette_opens_the_mask_editor(tui_env: Settings, picture: Pat
     app = img2img_app(tui_env, picture)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        await pilot.press("ctrl+p")
-        await pilot.pause()
-        await pilot.press(*"inpaint mask")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await pilot.pause()
+        await run_command(pilot, "inpaint mask")
         assert isinstance(app.screen, MaskEditorScreen)
 
 

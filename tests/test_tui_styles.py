@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from palette import run_command
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from test_tui_app import (
@@ -90,12 +91,7 @@ async def type_negative(pilot: Any, text: str) -> None:
 
 async def palette(pilot: Any, title: str) -> None:
     """Run the command palette's command whose title starts with ``title``."""
-    await pilot.press("ctrl+p")
-    await pilot.pause()
-    await pilot.press(*title)
-    await pilot.pause(0.3)
-    await pilot.press("enter")
-    await pilot.pause()
+    await run_command(pilot, title)
 
 
 # -- where the file is ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import test_tui_app
+from palette import run_command
 from PIL import Image
 from test_tui_app import FakeHost as AppFakeHost
 from test_tui_app import log_text, run_async, wait_for
@@ -218,12 +219,8 @@ async def test_a_form_with_a_batch_says_so_and_queues_nothing(tui_env: Settings)
 async def test_the_palette_opens_the_plot(tui_env: Settings) -> None:
     app = fake_app(tui_env)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("ctrl+p")
-        await pilot.pause()
-        await pilot.press(*"X/Y/Z plot")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, XYZScreen), 5)
+        await run_command(pilot, "X/Y/Z plot")
+        await wait_for(pilot, lambda: isinstance(app.screen, XYZScreen), 60)
 
 
 def test_snapshot_xyz_80x24(snap_compare: Any, tui_env: Settings) -> None:
