@@ -1259,6 +1259,50 @@ def _on_screen(form: SettingsForm, name: str) -> bool:
 
 
 @run_async
+async def test_with_no_model_named_the_form_takes_the_checkpoint_the_engine_loaded(
+    tui_env: Settings,
+) -> None:
+    """A first run with a checkpoint in the folder: the engine loads it (no model named), and
+    the form's Model, which started on the "demo" its list held before the folders were read,
+    shows it; the next job runs on it instead of switching the engine to the demo. Once only:
+    another client's load later leaves the form alone."""
+    from test_family_presets import flux_header_file
+
+    flux_header_file(tui_env.checkpoints, "flux1-dev", dev=True)
+    host = FakeHost()
+    app = fake_app(tui_env, host=host, form_state=FormState())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: "flux1-dev" in app.main.catalog.models, 60)
+        form = app.main.form
+        assert form.raw_values()["model"] == "demo"  # the list's pick until the engine says
+        host.events = [msg.ModelLoaded("flux1-dev", "Flux.1 dev", 0.1, 1, "/m")]
+        await wait_for(pilot, lambda: "the checkpoint the engine loaded" in log_text(app), 60)
+        assert form.raw_values()["model"] == "flux1-dev"
+        assert form.state.params.model == "flux1-dev"
+        assert "Forge's preset" in log_text(app)  # and the family's preset, as when picked
+        await type_prompt(pilot, "a fox")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: bool(host.pending), 60)
+        [params] = host.pending.values()
+        assert params.model == "flux1-dev"
+        # a later load (another client's job) does not move the form
+        host.events = [msg.ModelLoaded("other", "SDXL", 0.1, 1, "/o")]
+        await wait_for(pilot, lambda: app.main.status_bar.line.model == "other", 60)
+        assert form.raw_values()["model"] == "flux1-dev"
+
+    # no checkpoint: the engine's pick is the demo, which the form shows already
+    bare = tui_env.replace(models_dir=tui_env.models_dir.parent / "empty-models")
+    host2 = FakeHost()
+    app2 = fake_app(bare, host=host2, form_state=FormState())
+    async with app2.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: app2.main.catalog.complete, 60)
+        host2.events = [msg.ModelLoaded("sdtui-demo", "SD1", 0.1, 1, "/d")]
+        await wait_for(pilot, lambda: "demo model" in log_text(app2), 60)
+        assert app2.main.form.raw_values()["model"] == "demo"
+        assert "the checkpoint the engine loaded" not in log_text(app2)
+
+
+@run_async
 async def test_a_flux_model_shows_its_rows_and_takes_forges_preset(tui_env: Settings) -> None:
     from test_family_presets import flux_header_file
     from textual.widgets import Collapsible

@@ -127,6 +127,10 @@ class MainScreen(Screen[None]):
         self.host = host
         self.settings = settings
         self.form_state = form_state
+        # no model named (a first run, no --model, nothing remembered): the engine picks one
+        # (the first checkpoint, else the demo) and the form's Model, which can only show
+        # what it lists, shows the engine's pick once it is known (``_follow_engine_model``)
+        self._engine_picks_model = form_state.params.model is None
         self.memory_mode: str = form_state.memory_mode or "auto"
         self.form_errors: dict[str, str] = {}
         self.catalog = catalog
@@ -360,6 +364,7 @@ class MainScreen(Screen[None]):
             self.query_one(GpuPane).our_pids = self.our_pids()
         for worker in d.workers:
             if worker.model:
+                self._follow_engine_model(worker.model)
                 self._model_in_use(worker.model)
         self.refresh_queue()
         self.refresh_bindings()
@@ -384,9 +389,25 @@ class MainScreen(Screen[None]):
         # the engine logs the load itself (size, time, memory mode): no second line here
         self.status_bar.update_line(model=message.event.name)
         self._loaded_family = message.event.family
-        if self.form.state.params.model in (None, message.event.name):
+        followed = self._follow_engine_model(message.event.name)
+        if followed or self.form.state.params.model in (None, message.event.name):
             self._use_family(message.event.family)
         self._model_in_use(message.event.name)
+
+    def _follow_engine_model(self, name: str) -> bool:
+        """Where no model was named, the form's Model shows the one the engine loaded (a
+        checkpoint it picked) instead of the "demo" its list started with, so the next job
+        runs on it rather than switching to the demo. Once: a model picked in the form,
+        ctrl+l or a loaded PNG is the user's, and another client's load later changes
+        nothing here. True when the form now names ``name``."""
+        if not self._engine_picks_model:
+            return False
+        self._engine_picks_model = False
+        if is_demo_model(name) or not is_demo_model(self.form.raw_values().get("model") or "demo"):
+            return False  # the demo (what the form shows already), or the user picked one
+        self.form.set_field("model", name)
+        self.log_line("info", f"Model set to {name}, the checkpoint the engine loaded")
+        return True
 
     def _family_of(self, model: str | None) -> str | None:
         """The family label of the form's model (None: the engine's; unknown: None)."""
@@ -627,6 +648,8 @@ class MainScreen(Screen[None]):
     def apply_form(self, state: FormState) -> None:
         """Show ``state`` in the prompt editor and the form."""
         self.form_state = state
+        if state.params.model is not None:
+            self._engine_picks_model = False
         self.prompt_editor.set_texts(state.params.prompt, state.params.negative_prompt)
         self.form.load(state)
         self.show_styles()
@@ -924,6 +947,7 @@ class MainScreen(Screen[None]):
         self.app.search_commands(commands, placeholder="Switch model…")
 
     def switch_model(self, name: str) -> None:
+        self._engine_picks_model = False
         self.form.set_field("model", name)
         self.host.load_model(name)
         self.log_line("info", f"switching to {name}")
