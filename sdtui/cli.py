@@ -23,6 +23,7 @@ from sdtui.params import (
     MASKED_CONTENT,
     OUTPAINT_SIDES,
     RESIZE_MODES,
+    RNG_SOURCES,
     GenerationParams,
     ParamError,
     UpscaleParams,
@@ -269,6 +270,13 @@ def _generation_flags(g: argparse.ArgumentParser, *, batches: bool = True) -> No
         help="rescaled CFG, 0 (off) to 1; 0.7 suits v-prediction / zero-terminal-SNR models",
     )
     g.add_argument("--clip-skip", type=int, default=1)
+    g.add_argument(
+        "--rng",
+        choices=RNG_SOURCES,
+        default="CPU",
+        help="noise source, as A1111's setting: CPU (the same on any machine), GPU (A1111's "
+        "default: an NVIDIA card's noise, drawn the same on a CPU) or NV",
+    )
     g.add_argument("--variation-seed", type=int, default=-1)
     g.add_argument("--variation-strength", type=float, default=0.0)
     g.add_argument(
@@ -702,6 +710,7 @@ def params_from(args: argparse.Namespace, settings: Settings | None = None) -> G
         clip_skip=args.clip_skip,
         subseed=args.variation_seed,
         subseed_strength=args.variation_strength,
+        rng=getattr(args, "rng", "CPU"),
         enable_hr=args.hires is not None,
         hr_scale=args.hires if args.hires is not None else 2.0,
         hr_second_pass_steps=args.hires_steps,

@@ -30,6 +30,9 @@ MASK_MODES: tuple[str, ...] = ("Inpaint masked", "Inpaint not masked")
 OUTPAINT_SIDES: tuple[str, ...] = ("left", "right", "up", "down")
 # A1111's face restorers (Settings > Face restoration > face_restoration_model)
 FACE_RESTORERS: tuple[str, ...] = ("CodeFormer", "GFPGAN")
+# A1111's random number generator sources (Settings > randn_source; infotext "RNG", left out
+# for its default GPU); sdtui.engine.rng draws them
+RNG_SOURCES: tuple[str, ...] = ("CPU", "GPU", "NV")
 # where the engine keeps the model, like A1111's --medvram / --lowvram: auto (from free VRAM),
 # normal, low (model CPU offload), lowest (sequential offload); config.MEMORY_MODES lists them
 MemoryMode = Literal["auto", "normal", "low", "lowest"]
@@ -87,6 +90,9 @@ class GenerationParams:
     clip_skip: int = 1
     subseed: int = -1
     subseed_strength: float = 0.0
+    # where the noise comes from (A1111's randn_source): CPU, GPU (A1111's default: the CUDA
+    # generator, drawn as an NVIDIA card would anywhere else) or NV; sdtui.engine.rng
+    rng: str = "CPU"
     # hires fix (txt2img)
     enable_hr: bool = False
     hr_scale: float = 2.0
@@ -159,6 +165,8 @@ class GenerationParams:
     def field_errors(self) -> dict[str, str]:
         """Every problem, keyed by field, in words a user can act on."""
         errors: dict[str, str] = {}
+        if self.rng not in RNG_SOURCES:
+            errors["rng"] = f"RNG {self.rng!r} is not one of: {', '.join(RNG_SOURCES)}"
         for name in ("width", "height"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < MIN_SIZE or v > MAX_SIZE:
@@ -325,6 +333,8 @@ class GenerationParams:
         if self.clip_skip > 1:
             pairs["Clip skip"] = self.clip_skip
         extra = dict(extra or {})
+        if self.rng != "GPU":  # create_infotext: opts.randn_source if not "GPU"
+            extra.setdefault("RNG", self.rng)
         # A1111 processing.py create_infotext: these are generation_params keys, written
         # before **p.extra_generation_params (where the Hires keys, LoRA hashes, ... live)
         for key in _A1111_BEFORE_EXTRA:
@@ -441,6 +451,12 @@ class GenerationParams:
                     except ValueError:
                         bad(old_key, pairs[old_key])
                     break
+        # A1111 leaves RNG out for its default, GPU (A1111_DEFAULTS in sdtui.infotext)
+        rng = pairs.get("RNG", "GPU")
+        if rng in RNG_SOURCES:
+            changes["rng"] = rng
+        else:
+            bad("RNG", rng, f"is not one of: {', '.join(RNG_SOURCES)}")
         if "Face restoration" in pairs:
             changes["restore_faces"] = True
             if pairs["Face restoration"] in FACE_RESTORERS:
@@ -475,6 +491,7 @@ class GenerationParams:
             "Schedule type",
             "Denoising strength",
             "Face restoration",
+            "RNG",
             "Refiner",
             "Masked content",
             "Inpaint area",

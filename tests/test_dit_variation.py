@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import test_dit_img2img
+import torch
 from PIL import Image
 from test_dit_models import H, W, job, pixel_diff
 
@@ -76,3 +77,56 @@ def test_img2img_and_hires_take_the_variation_too(
     assert pixel_diff(a.paths[0], near.paths[0]) <= 1
     with Image.open(b.paths[0]) as im:
         assert im.size == (2 * W, 2 * H)
+
+
+@pytest.mark.parametrize("which", ["flux", "sd35"])
+def test_the_nv_rng_in_every_pass(
+    which: str,
+    request: pytest.FixtureRequest,
+    init_png: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RNG GPU / NV (sdtui.engine.rng): txt2img starts from the seed's NV draw (GPU off a
+    card draws the same), img2img's and the hires pass's noise are fresh NV draws (not the
+    pipeline's CPU one), step noise continues each image's NV generator, and the infotext
+    says NV as A1111 writes it (GPU: no key)."""
+    from sdtui.engine import rng
+    from sdtui.engine.flow_samplers import FlowKSampler
+
+    session = request.getfixturevalue(f"{which}_session")
+    name = NAMES[which]
+    drawn: list[tuple[tuple[int, ...], torch.Tensor]] = []
+    first_draw = FlowKSampler._first_draw
+
+    def record(self: FlowKSampler, like: torch.Tensor) -> torch.Tensor:
+        out = first_draw(self, like)
+        drawn.append((self.noise_shape, out.float().cpu()))
+        return out
+
+    monkeypatch.setattr(FlowKSampler, "_first_draw", record)
+    txt = _params(sampler="Euler a")
+    cpu, _ = job(session, txt, tmp_path / "c", name)
+    nv, _ = job(session, txt.replace(rng="NV"), tmp_path / "n", name)
+    gpu, _ = job(session, txt.replace(rng="GPU"), tmp_path / "g", name)
+    assert pixel_diff(cpu.paths[0], nv.paths[0]) > 0
+    assert pixel_diff(nv.paths[0], gpu.paths[0]) == 0
+    assert parse_infotext(read_infotext(nv.paths[0]) or "").pairs["RNG"] == "NV"
+    assert "RNG" not in parse_infotext(read_infotext(gpu.paths[0]) or "").pairs
+    i2i = txt.replace(init_image=str(init_png), denoising_strength=0.6)
+    a, _ = job(session, i2i, tmp_path / "ic", name)
+    b, _ = job(session, i2i.replace(rng="NV", batch_size=2), tmp_path / "in", name)
+    alone, _ = job(session, i2i.replace(rng="NV", seed=43), tmp_path / "ia", name)
+    assert pixel_diff(a.paths[0], b.paths[0]) > 0
+    assert pixel_diff(b.paths[1], alone.paths[0]) <= 1
+    i2i_shape, noise = drawn[-1]  # the last img2img job's: seed 43
+    torch.testing.assert_close(noise[0], rng.Philox(43).randn(i2i_shape))
+    drawn.clear()
+    hires = _params(enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2, hr_denoising_strength=0.5)
+    h_cpu, _ = job(session, hires, tmp_path / "hc", name)
+    h_nv, _ = job(session, hires.replace(rng="NV"), tmp_path / "hn", name)
+    assert pixel_diff(h_cpu.paths[0], h_nv.paths[0]) > 0
+    # the hires pass: a fresh NV generator per seed at the hires size (A1111 sample_hr_pass)
+    (shape, noise), *_ = drawn
+    assert shape == (i2i_shape[0], 2 * i2i_shape[1], 2 * i2i_shape[2])  # hr_scale 2
+    torch.testing.assert_close(noise[0], rng.Philox(42).randn(shape))

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sdtui.engine import ksampling
+from sdtui.engine import ksampling, rng
 from sdtui.engine.dit_keys import _transformer_settings, flux_to_diffusers, sd3_to_diffusers
 from sdtui.engine.dit_lora import dit_loras
 from sdtui.engine.dit_memory import DitLadder
@@ -578,7 +578,7 @@ def infotext_pairs(
         subseed=subseed,
         model_name=ctx.model_name,
         model_hash=ctx.model_hash,
-        extra={"RNG": "CPU", **(extra or {})},
+        extra=dict(extra or {}),
     )
     pairs["Schedule type"] = resolve_flow_schedule(p.sampler, p.schedule_type)
     if family.family == "Flux" and family.variant == "dev":
@@ -731,7 +731,15 @@ def make_flow_sampler(pipe: Any, name: str, p: Any, flux: bool, start: int) -> F
         start=start,
         schedule=schedule,
         flux=flux,
+        source=p.rng,
+        device=run_device(pipe),
     )
+
+
+def run_device(pipe: Any) -> Any:
+    """Where the pipeline runs its models (with model offload: the GPU, not the CPU its
+    weights wait on): where a "GPU" RNG draws."""
+    return getattr(pipe, "_execution_device", None) or getattr(pipe, "device", "cpu")
 
 
 def img2img_strength(p: Any) -> tuple[int, float]:
@@ -761,7 +769,13 @@ def latent_shape(pipe: Any, width: int, height: int, flux: bool) -> tuple[int, i
 
 
 def variation_noise(
-    pipe: Any, p: Any, seeds: list[int], subseeds: list[int], size: tuple[int, int], flux: bool
+    pipe: Any,
+    p: Any,
+    seeds: list[int],
+    subseeds: list[int],
+    size: tuple[int, int],
+    flux: bool,
+    device: Any = "cpu",
 ) -> torch.Tensor:
     """A1111's first noise with a variation seed (``ImageRNG.first``: the seed's noise
     slerped toward the variation seed's), one (C, h, w) per image, stacked: txt2img's, where
@@ -771,7 +785,7 @@ def variation_noise(
     shape = latent_shape(pipe, size[0], size[1], flux)
     return torch.stack(
         [
-            make_noise(s, shape, ss, p.subseed_strength)
+            make_noise(s, shape, ss, p.subseed_strength, p.rng, device)
             for s, ss in zip(seeds, subseeds, strict=True)
         ]
     )
@@ -784,9 +798,7 @@ def variation_toward(
     (img2img, the hires pass: after the VAE's sample): the stand-in slerps that draw toward
     this, so a strength near 0 is the plain picture, as in txt2img."""
     shape = latent_shape(pipe, size[0], size[1], flux)
-    sub = torch.stack(
-        [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in subseeds]
-    )
+    sub = torch.stack([rng.draw(p.rng, s, shape, run_device(pipe)) for s in subseeds])
     return sub, float(p.subseed_strength)
 
 
@@ -847,10 +859,10 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             init = resize_image(p.resize_mode, source, p.width, p.height)
         steps, strength = img2img_strength(p)
     variation = p.subseed_strength > 0
-    if job is not None or (variation and init is not None):
+    if job is not None or ((variation or p.rng != "CPU") and init is not None):
         # the k-diffusion stand-in (its Euler is diffusers' Euler) for what diffusers' own
         # scheduler cannot do: inpainting's latent blend after each call, as A1111, and
-        # img2img's noise slerped toward a variation seed's
+        # img2img's noise slerped toward a variation seed's, or drawn from another RNG
         sampler = make_flow_sampler(pipe, p.sampler, p, flux, start=p.steps - steps)
     else:
         sampler = flow_sampler(pipe, p, flux, start=p.steps - steps)
@@ -867,7 +879,7 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
 
         # a variation seed: the stand-in slerps the hires pass's own noise toward it too
         def hires_sampler(view: Any, q: Any, fl: bool, start: int) -> FlowKSampler | None:
-            if variation:
+            if variation or q.rng != "CPU":
                 return make_flow_sampler(view, q.sampler, q, fl, start)
             return flow_sampler(view, q, fl, start)
 
@@ -910,14 +922,22 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             if not indices:
                 continue
             seeds, subseeds = image_seeds(p, indices)  # a variation: one seed, its subseeds
+            # the pipeline's generators (its own draws: img2img's VAE sample and noise)
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            # the noise's: the same with RNG CPU; else the job's source (sdtui.engine.rng)
+            noise_gens: list[Any] = list(generators)
+            if p.rng != "CPU":
+                noise_gens = [rng.create(p.rng, s, session.device) for s in seeds]
             first_noise = None
-            if variation and init is None:  # txt2img: handed over as the pipeline's latents
-                first_noise = variation_noise(pipe, p, seeds, subseeds, (p.width, p.height), flux)
-                for g in generators:  # past the first draw, as ImageRNG.first() leaves them
-                    torch.randn(first_noise.shape[1:], generator=g)
+            if (variation or p.rng != "CPU") and init is None:
+                # txt2img: A1111's ImageRNG.first, handed over as the pipeline's latents
+                first_noise = variation_noise(
+                    pipe, p, seeds, subseeds, (p.width, p.height), flux, session.device
+                )
+                for g in noise_gens:  # past the first draw, as ImageRNG.first() leaves them
+                    rng.randn(g, first_noise.shape[1:])
             if sampler is not None:  # step noise: each image's generator, after its first draw
-                sampler.generators, sampler.seeds = generators, seeds
+                sampler.generators, sampler.seeds = noise_gens, seeds
                 latmask = sampler.mask
                 if latmask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
 

@@ -132,13 +132,17 @@ class FlowKSampler:
         start: int = 0,
         schedule: str = "Simple",
         flux: bool = False,
+        source: str = "CPU",
+        device: Any = "cpu",
     ) -> None:
         """``base``: the pipeline's FlowMatchEulerDiscreteScheduler (its sigmas, shift and
         config); ``schedule``: Simple, Karras or Exponential (``flow_schedule``), ``flux``
         whether the model is Flux; ``start``: the schedule steps an img2img job skips; ``noise_shape``: one
         image's step noise as A1111 draws it (the unpacked latent), ``pack`` turning a batch
         of those into the pipeline's layout (Flux packs 2x2 patches). ``generators`` and
-        ``seeds`` are each batch's (set before its pipeline call)."""
+        ``seeds`` are each batch's (set before its pipeline call). ``source``: the job's RNG
+        (sdtui.engine.rng); other than CPU, img2img's noise is the first draw of a fresh
+        generator of it per seed on ``device`` (A1111's ImageRNG), not the pipeline's."""
         if sampler not in ksampling.SIGMA_SAMPLERS:
             raise ValueError(f"not a sigma sampler: {sampler}")
         self.base = base
@@ -146,7 +150,9 @@ class FlowKSampler:
         self.sampler = sampler
         self.schedule = schedule
         self.flux = flux
-        self.generators: list[torch.Generator] = []
+        self.source = source
+        self.device = device
+        self.generators: list[Any] = []
         self.seeds: list[int] = []
         self.noise_shape = noise_shape
         self.pack = pack
@@ -205,7 +211,9 @@ class FlowKSampler:
         noising: ``sigma * noise + (1 - sigma) * latents``)."""
         if self.fill is not None:
             sample = self.fill(sample)
-        if self.variation is not None:  # A1111's ImageRNG.first, per image
+        if self.source != "CPU":  # A1111's ImageRNG.first from the job's RNG, per image
+            noise = self._first_draw(noise)
+        elif self.variation is not None:  # A1111's ImageRNG.first, per image
             from sdtui.engine.latents import slerp
 
             sub, strength = self.variation
@@ -221,6 +229,22 @@ class FlowKSampler:
             self._blend = LatentBlend(init, nmask)
         sigma = self.sigmas[0].to(sample.device, torch.float32)
         return (sigma * noise.float() + (1 - sigma) * sample.float()).to(sample.dtype)
+
+    def _first_draw(self, like: torch.Tensor) -> torch.Tensor:
+        """Each seed's first draw from a fresh generator of ``source`` (slerped toward the
+        variation seed's), shaped and placed as ``like``; the generators then give the step noise."""
+        from sdtui.engine import rng
+        from sdtui.engine.latents import slerp
+
+        self.generators = [rng.create(self.source, s, self.device) for s in self.seeds]
+        drawn = torch.stack([rng.randn(g, self.noise_shape).cpu() for g in self.generators])
+        if self.variation is not None:
+            sub, strength = self.variation
+            drawn = torch.stack(
+                [slerp(strength, drawn[i], sub[i].float()) for i in range(drawn.shape[0])]
+            )
+        # (unpacked: the img2img pipelines noise the latents before Flux packs them)
+        return drawn.to(like.device, like.dtype)
 
     def _blended(self, latents: torch.Tensor) -> torch.Tensor:
         return latents if self._blend is None else self._blend(latents)

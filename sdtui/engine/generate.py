@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sdtui.engine import inpaint, sampling
+from sdtui.engine import inpaint, rng, sampling
 from sdtui.engine import preview as preview_mod
 from sdtui.engine.conditioning import JobConds, encode_job_conds, schedule_steps
 from sdtui.engine.faces import check_restore_faces, restore_faces_for_job
@@ -254,15 +254,22 @@ def run_generation(
             seeds, subseeds = image_seeds(p, indices)
             # one generator per image (A1111's ImageRNG): its first draw is the image's noise,
             # the rest its step noise; image i of a job is reproducible alone with its seeds
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            generators = [rng.create(p.rng, s, pipes.device) for s in seeds]
             noise = torch.stack(
                 [
-                    make_noise(s, shape, ss if p.subseed_strength > 0 else None, p.subseed_strength)
+                    make_noise(
+                        s,
+                        shape,
+                        ss if p.subseed_strength > 0 else None,
+                        p.subseed_strength,
+                        p.rng,
+                        pipes.device,
+                    )
                     for s, ss in zip(seeds, subseeds, strict=True)
                 ]
             )
             for g in generators:  # past the first draw, as ImageRNG.first() leaves them
-                torch.randn(shape, generator=g)
+                rng.randn(g, shape)
             reporter = StepReporter(ctx, p, b, calls_first, calls_second)
             call: dict[str, Any] = dict(
                 num_images_per_prompt=n, latents=noise, generator=generators, reporter=reporter
@@ -272,7 +279,9 @@ def run_generation(
                 if latmask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
                     call["image"] = masked_content(p, call["image"], latmask, indices, shape)
             elif second is not None:
-                call["hires_noise"] = hires_noise(p, seeds, subseeds, shape[0], pipes.vae_scale)
+                call["hires_noise"] = hires_noise(
+                    p, seeds, subseeds, shape[0], pipes.vae_scale, pipes.device
+                )
             try:
                 latents = ladder.sample(call, sample)
             except BatchSkipped:
@@ -352,7 +361,9 @@ def masked_content(
     if p.inpainting_fill == "latent nothing":
         return latents * (1 - nmask)
     fill_seeds, _ = image_seeds(p, [i % p.batch_size for i in indices])
-    noise = torch.stack([make_noise(s, shape, None, 0.0) for s in fill_seeds]).to(latents)
+    noise = torch.stack(
+        [make_noise(s, shape, None, 0.0, p.rng, latents.device) for s in fill_seeds]
+    ).to(latents)
     return latents * (1 - nmask) + noise * nmask
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sdtui.engine import sampling
+from sdtui.engine import rng, sampling
 from sdtui.engine.inpaint import image_conditioning, needs_image_conditioning
 from sdtui.engine.job import JobContext, job_settings
 from sdtui.engine.latents import decode_latents, encode_images, make_noise
@@ -64,7 +64,12 @@ def upscale_latents(
 
 
 def hires_noise(
-    p: GenerationParams, seeds: list[int], subseeds: list[int], channels: int, factor: int = 8
+    p: GenerationParams,
+    seeds: list[int],
+    subseeds: list[int],
+    channels: int,
+    factor: int = 8,
+    device: Any = "cpu",
 ) -> torch.Tensor | None:
     """The hires pass's noise: A1111's ``sample_hr_pass`` makes a new ``ImageRNG`` at the
     hires size from the same seeds (and variation), and takes its first draw."""
@@ -75,7 +80,7 @@ def hires_noise(
     strength = p.subseed_strength
     return torch.stack(
         [
-            make_noise(s, shape, ss if strength > 0 else None, strength)
+            make_noise(s, shape, ss if strength > 0 else None, strength, p.rng, device)
             for s, ss in zip(seeds, subseeds, strict=True)
         ]
     )
@@ -85,7 +90,7 @@ def run_hires_fix(
     session: Any,
     p: GenerationParams,
     latents: torch.Tensor,
-    generators: list[torch.Generator],
+    generators: list[rng.Generator],
     conds: Any,
     reporter: Any,
     ctx: JobContext,
@@ -123,9 +128,9 @@ def run_hires_fix(
     if noise is None or noise.shape[0] != image.shape[0]:
         raise ValueError("the hires pass needs its noise, one per image")
     # the new ImageRNG's generators, past their first draw (the noise above)
-    fresh = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    fresh = [rng.fresh(g, s) for g, s in zip(generators, seeds, strict=True)]
     for g in fresh:
-        torch.randn(tuple(noise.shape[1:]), generator=g)
+        rng.randn(g, tuple(noise.shape[1:]))
     denoiser = make_denoiser(session, pipe, conds, plan, reporter)
     if needs_image_conditioning(pipe):  # A1111 sample_hr_pass: img2img_image_conditioning
         denoiser.image_cond = image_conditioning(pipe, None, None, width, height)

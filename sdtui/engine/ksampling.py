@@ -28,18 +28,21 @@ Noise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ImageNoise:
-    """Step noise from per-image CPU generators, as A1111's ``ImageRNG.next()`` after the
-    first draw: one ``randn`` of an image's shape from each image's generator, stacked. Has
-    the generator interface the memory ladder saves and restores."""
+    """Step noise from per-image generators (sdtui.engine.rng: CPU, CUDA or NV), as A1111's
+    ``ImageRNG.next()`` after the first draw: one ``randn`` of an image's shape from each
+    image's generator, stacked. Has the generator interface the memory ladder saves and
+    restores."""
 
-    def __init__(self, generators: Sequence[torch.Generator], shape: tuple[int, ...]):
+    def __init__(self, generators: Sequence[Any], shape: tuple[int, ...]):
         self.generators = list(generators)
         self.shape = tuple(shape)
 
     def __call__(
         self, sigma: Any = None, sigma_next: Any = None, *, like: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        from sdtui.engine import rng
+
+        x = torch.stack([rng.randn(g, self.shape) for g in self.generators])
         return x if like is None else x.to(like.device, like.dtype)
 
 
@@ -47,7 +50,10 @@ def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seeds: Sequence[int]) 
     """k-diffusion's ``BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=seeds)`` as A1111's
     ``KDiffusionSampler.create_noise_sampler`` builds it: one torchsde Brownian tree per image,
     seeded with the image's seed, over [smallest nonzero sigma, largest sigma]; a query returns
-    the tree's increment over [sigma_next, sigma] divided by its standard deviation."""
+    the tree's increment over [sigma_next, sigma] divided by its standard deviation. The
+    trees draw as an NVIDIA card draws them, on any device (``rng.card_brownian``)."""
+    from sdtui.engine.rng import card_brownian
+
     try:
         import torchsde
     except ImportError as e:  # a dependency; only a broken install lacks it
@@ -59,12 +65,13 @@ def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seeds: Sequence[int]) 
     positive = sigmas[sigmas > 0]
     t0, t1 = positive.min(), sigmas.max()
     w0 = torch.zeros_like(x[0])
-    trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
+    with card_brownian(x.device):
+        trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
 
     def noise(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), card_brownian(x.device):
             # torchsde compares float32 sigmas with its float64 interval ends and warns
             # "Should have tb<=t1" at sigma_max (A1111's console shows it too); harmless
             warnings.filterwarnings("ignore", message="Should have", category=UserWarning)

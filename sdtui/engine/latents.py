@@ -12,15 +12,22 @@ from sdtui.engine.job import JobContext
 
 
 def make_noise(
-    seed: int, shape: tuple[int, ...], subseed: int | None, strength: float
+    seed: int,
+    shape: tuple[int, ...],
+    subseed: int | None,
+    strength: float,
+    source: str = "CPU",
+    device: Any = "cpu",
 ) -> torch.Tensor:
-    """Initial noise for one image from its own CPU generator (A1111's "RNG: CPU"), with
-    A1111's variation seed (modules/rng.py ``ImageRNG.first``): noise from the seed,
-    subnoise from the subseed, ``slerp(subseed_strength, noise, subnoise)``."""
-    noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+    """Initial noise for one image, on the CPU: the first draw of its seed's generator of
+    ``source`` (A1111's RNG setting, sdtui.engine.rng) on ``device``, with A1111's variation
+    seed (modules/rng.py ``ImageRNG.first``): noise from the seed, subnoise from the
+    subseed, ``slerp(subseed_strength, noise, subnoise)``."""
+    from sdtui.engine import rng
+
+    noise = rng.draw(source, seed, shape, device)
     if subseed is not None and strength != 0:
-        other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(subseed))
-        noise = slerp(strength, noise, other)
+        noise = slerp(strength, noise, rng.draw(source, subseed, shape, device))
     return noise
 
 

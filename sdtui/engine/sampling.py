@@ -244,7 +244,7 @@ def sample(
     denoiser: Denoiser,
     plan: Plan,
     noise: torch.Tensor,
-    generators: list[torch.Generator],
+    generators: list[Any],
     init: torch.Tensor | None = None,
     scheduler_config: dict[str, Any] | None = None,
 ) -> torch.Tensor:

@@ -102,7 +102,7 @@ class ModelSession:
         return int(self.txt2img.vae_scale_factor)
 
     def extra_infotext(self, p: GenerationParams) -> dict[str, object]:
-        pairs: dict[str, object] = {"RNG": "CPU"}
+        pairs: dict[str, object] = {}
         if self.scheduler_config.get("rescale_betas_zero_snr"):
             # A1111 apply_alpha_schedule_override adds this extra_generation_params key (after
             # the Hires ones) when it samples a zero-terminal-SNR schedule

@@ -21,8 +21,9 @@ from sdtui.params import GenerationParams, MemoryMode, UpscaleParams, XYZParams
 
 # 1 was the engine child of a single TUI (multiprocessing queues); 3 added X/Y/Z plot jobs;
 # 4 the inpaint, outpaint, face restoration, refiner, CFG rescale and distilled CFG fields of
-# GenerationParams and the face fields of UpscaleParams (a daemon of 3 would refuse them)
-PROTOCOL_VERSION = 4
+# GenerationParams and the face fields of UpscaleParams (a daemon of 3 would refuse them);
+# 5 GenerationParams.rng
+PROTOCOL_VERSION = 5
 HELLO, WELCOME, REFUSED = "sdtui-hello", "sdtui-welcome", "sdtui-refused"
 
 # -- daemon -> engine worker -----------------------------------------------------------------

@@ -23,6 +23,7 @@ from sdtui.params import (
     FACE_RESTORERS,
     MASKED_CONTENT,
     OUTPAINT_SIDES,
+    RNG_SOURCES,
     GenerationParams,
 )
 from sdtui.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
@@ -285,6 +286,19 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("vae", "VAE", "choice", section="more", infotext="VAE"),
     FieldSpec(
         "clip_skip", "Clip skip", "int", section="more", infotext="Clip skip", word="clip skip"
+    ),
+    # A1111's "Random number generator source" setting; an image without the key is GPU's
+    FieldSpec(
+        "rng",
+        "RNG",
+        "choice",
+        section="more",
+        beside=True,
+        choices=RNG_SOURCES,
+        closed=True,
+        tooltip="noise source: CPU, the same on any machine; GPU, A1111's default (an NVIDIA "
+        "card's noise, drawn the same here without one); NV",
+        infotext="RNG",
     ),
     FieldSpec(
         "subseed",

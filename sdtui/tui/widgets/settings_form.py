@@ -433,6 +433,8 @@ def more_title(state: FormState) -> str:
     parts = [f"VAE {p.vae}"]
     if p.clip_skip != 1:
         parts.append(f"clip skip {p.clip_skip}")
+    if p.rng != "CPU":
+        parts.append(f"RNG {p.rng}")
     if p.subseed_strength > 0:
         parts.append(f"var. {p.subseed_strength:g}")
     if p.cfg_rescale > 0:
