@@ -185,6 +185,14 @@ class FlowKSampler:
         timesteps: Any = None,
     ) -> None:
         self.close()
+        if self.source != "CPU" and self.seeds:
+            # each call (an out-of-memory retry too) starts its generators afresh, past the
+            # first draw (txt2img's noise, handed over as latents; img2img redraws it)
+            from sdtui.engine import rng
+
+            self.generators = [rng.create(self.source, s, self.device) for s in self.seeds]
+            for g in self.generators:
+                rng.randn(g, self.noise_shape)
         steps = len(sigmas) if sigmas is not None else int(num_inference_steps or 0)
         self._full = flow_schedule(
             self.base, self.schedule, self.sampler, steps, mu=mu, flux=self.flux
