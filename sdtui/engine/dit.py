@@ -922,22 +922,19 @@ def run_dit_generation(session: Any, params: Any, ctx: Any) -> Any:
             if not indices:
                 continue
             seeds, subseeds = image_seeds(p, indices)  # a variation: one seed, its subseeds
-            # the pipeline's generators (its own draws: img2img's VAE sample and noise)
+            # the pipeline's own draws (img2img's VAE sample and noise) and, with RNG CPU, the
+            # step noise; another RNG's generators are the stand-in's (set_timesteps)
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            # the noise's: the same with RNG CPU; else the job's source (sdtui.engine.rng)
-            noise_gens: list[Any] = list(generators)
-            if p.rng != "CPU":
-                noise_gens = [rng.create(p.rng, s, session.device) for s in seeds]
             first_noise = None
             if (variation or p.rng != "CPU") and init is None:
                 # txt2img: A1111's ImageRNG.first, handed over as the pipeline's latents
                 first_noise = variation_noise(
                     pipe, p, seeds, subseeds, (p.width, p.height), flux, session.device
                 )
-                for g in noise_gens:  # past the first draw, as ImageRNG.first() leaves them
-                    rng.randn(g, first_noise.shape[1:])
+                for g in generators:  # past the first draw, as ImageRNG.first() leaves them
+                    torch.randn(first_noise.shape[1:], generator=g)
             if sampler is not None:  # step noise: each image's generator, after its first draw
-                sampler.generators, sampler.seeds = noise_gens, seeds
+                sampler.generators, sampler.seeds = generators, seeds
                 latmask = sampler.mask
                 if latmask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
 

@@ -190,7 +190,7 @@ class FlowKSampler:
             # first draw (txt2img's noise, handed over as latents; img2img redraws it)
             from sdtui.engine import rng
 
-            self.generators = [rng.create(self.source, s, self.device) for s in self.seeds]
+            self._start_generators()
             for g in self.generators:
                 rng.randn(g, self.noise_shape)
         steps = len(sigmas) if sigmas is not None else int(num_inference_steps or 0)
@@ -219,16 +219,8 @@ class FlowKSampler:
         noising: ``sigma * noise + (1 - sigma) * latents``)."""
         if self.fill is not None:
             sample = self.fill(sample)
-        if self.source != "CPU":  # A1111's ImageRNG.first from the job's RNG, per image
+        if self.source != "CPU" or self.variation is not None:  # A1111's ImageRNG.first
             noise = self._first_draw(noise)
-        elif self.variation is not None:  # A1111's ImageRNG.first, per image
-            from sdtui.engine.latents import slerp
-
-            sub, strength = self.variation
-            drawn = noise.float().cpu()
-            noise = torch.stack(
-                [slerp(strength, drawn[i], sub[i].float()) for i in range(drawn.shape[0])]
-            ).to(noise)
         if self.mask is not None:
             init = sample.float()
             nmask = self.mask.to(init).expand(init.shape[0], init.shape[1], -1, -1)
@@ -238,21 +230,32 @@ class FlowKSampler:
         sigma = self.sigmas[0].to(sample.device, torch.float32)
         return (sigma * noise.float() + (1 - sigma) * sample.float()).to(sample.dtype)
 
-    def _first_draw(self, like: torch.Tensor) -> torch.Tensor:
-        """Each seed's first draw from a fresh generator of ``source`` (slerped toward the
-        variation seed's), shaped and placed as ``like``; the generators then give the step noise."""
+    def _start_generators(self) -> None:
+        """A fresh generator of ``source`` per seed (A1111's ImageRNG)."""
+        from sdtui.engine import rng
+
+        self.generators = [rng.create(self.source, s, self.device) for s in self.seeds]
+
+    def _first_draw(self, noise: torch.Tensor) -> torch.Tensor:
+        """The images' first noise, shaped and placed as ``noise``: with RNG CPU the
+        pipeline's own draw (``noise``), else the first draw of fresh generators of
+        ``source``, whose later draws are the step noise; slerped toward the variation
+        seed's when there is one. (Unpacked: the img2img pipelines noise the latents before
+        Flux packs them.)"""
         from sdtui.engine import rng
         from sdtui.engine.latents import slerp
 
-        self.generators = [rng.create(self.source, s, self.device) for s in self.seeds]
-        drawn = torch.stack([rng.randn(g, self.noise_shape).cpu() for g in self.generators])
+        if self.source == "CPU":
+            drawn = noise.float().cpu()
+        else:
+            self._start_generators()
+            drawn = torch.stack([rng.randn(g, self.noise_shape).cpu() for g in self.generators])
         if self.variation is not None:
             sub, strength = self.variation
             drawn = torch.stack(
                 [slerp(strength, drawn[i], sub[i].float()) for i in range(drawn.shape[0])]
             )
-        # (unpacked: the img2img pipelines noise the latents before Flux packs them)
-        return drawn.to(like.device, like.dtype)
+        return drawn.to(noise.device, noise.dtype)
 
     def _blended(self, latents: torch.Tensor) -> torch.Tensor:
         return latents if self._blend is None else self._blend(latents)

@@ -76,10 +76,6 @@ class Philox:
         self.seed = int(seed)
         self.offset = 0
 
-    def manual_seed(self, seed: int) -> Philox:
-        self.seed, self.offset = int(seed), 0
-        return self
-
     def initial_seed(self) -> int:
         return self.seed
 
