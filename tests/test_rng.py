@@ -195,3 +195,15 @@ def test_an_a1111_png_without_rng_runs_gpu_and_says_nothing(session: Any, tmp_pa
     assert "RNG" not in (read_infotext(done.paths[0]) or "")
     nv, _ = run_job(session, params.replace(rng="NV", preview_every=0), tmp_path / "nv")
     assert np.array_equal(_pixels(done.paths[0]), _pixels(nv.paths[0]))
+
+
+def test_the_rng_flag_reaches_the_job_and_its_help() -> None:
+    from sdtui.cli import build_parser, params_from
+
+    def parse(*flags: str) -> GenerationParams:
+        return params_from(build_parser().parse_args(["generate", "a cat", *flags]))
+
+    assert parse().rng == "CPU"
+    assert parse("--rng", "GPU").rng == "GPU"
+    with pytest.raises(SystemExit):
+        parse("--rng", "mersenne")

@@ -666,7 +666,13 @@ async def test_the_inpaint_rows_show_in_img2img_and_reach_the_job(
         assert (params.mask, params.mask_blur, params.inpainting_fill) == (str(mask), 12, "fill")
         assert params.inpaint_full_res and params.restore_faces
         assert (params.refiner_checkpoint, params.refiner_switch_at) == ("demo", 0.5)
-        assert params.cfg_rescale == 0.7
+        assert params.cfg_rescale == 0.7 and params.rng == "CPU"
+        main.set_form_field("rng", "NV")
+        await pilot.pause()
+        assert "RNG NV" in str(form.query_one("#more", Collapsible).title)
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        assert [q.rng for q in host.pending.values()][-1] == "NV"
         main.set_form_field("refiner_checkpoint", "")  # "none"
         await pilot.pause()
         assert refiner.value == "" and form.state.params.refiner_checkpoint is None
@@ -833,6 +839,12 @@ async def test_load_parameters_from_a1111_png(tui_env: Settings, tmp_path: Path)
             "6.5",
         )
         assert "someothermodel is not installed" in log_text(app)
+        # no RNG key: A1111's default source, GPU, on the form's RNG row and the More title
+        from textual.widgets import Collapsible, Select
+
+        form = app.main.query_one(SettingsForm)
+        assert form.query_one("#rng", Select).value == "GPU"
+        assert "RNG GPU" in str(form.query_one("#more", Collapsible).title)
 
 
 @run_async

@@ -275,6 +275,8 @@ class SettingsForm(VerticalScroll):
         for spec in form_spec.FIELDS:
             self._show(spec, values[spec.name])
         self._reparse()
+        # the fields' Changed events find the state already loaded: _reparse returns early
+        self._retitle(self.state)
 
     def set_field(self, name: str, text: str) -> None:
         spec = form_spec.field_spec(name)
@@ -377,10 +379,14 @@ class SettingsForm(VerticalScroll):
         self._posted = True
         self.state = state
         self.show_errors(errors)
+        self._retitle(state)
+        self.post_message(FormChanged(state, errors))
+
+    def _retitle(self, state: FormState) -> None:
+        """The folded sections' titles say what they hold (``More: VAE ..., RNG GPU``)."""
         for section in FOLDED:
             title = _title(section_title(section, state))
             self.query_one(f"#{section}", Collapsible).title = title  # type: ignore[assignment]
-        self.post_message(FormChanged(state, errors))
 
     def show_errors(self, errors: dict[str, str]) -> None:
         """Show each message under its field; only labels whose text changes are touched."""
